@@ -1,0 +1,257 @@
+/* Reference evaluation of data-movement and small arithmetic ops on host tensors of any
+ * dtype: used to fold constants and, at run time, for shape computations and copies. */
+#include "eval.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "schema.h"
+
+int qt_eval_handles(const struct qt_node *n, enum qt_dtype in0)
+{
+    switch (n->op) {
+    case QT_OP_SHAPE: case QT_OP_GATHER: case QT_OP_UNSQUEEZE: case QT_OP_SQUEEZE:
+    case QT_OP_CONCAT: case QT_OP_CONSTANT: case QT_OP_CAST: case QT_OP_RESHAPE:
+    case QT_OP_FLATTEN: case QT_OP_IDENTITY: case QT_OP_DROPOUT: case QT_OP_PAD:
+        return 1;
+    case QT_OP_ADD: case QT_OP_SUB: case QT_OP_MUL: case QT_OP_DIV:
+        return in0 == QT_I64 || in0 == QT_I32 || in0 == QT_F32;
+    default:
+        return 0;
+    }
+}
+
+static void set_f(struct qt_tensor *t, int64_t i, double v)
+{
+    switch (t->dtype) {
+    case QT_F32: ((float *)t->data)[i] = (float)v; break;
+    case QT_F64: ((double *)t->data)[i] = v; break;
+    case QT_I64: ((int64_t *)t->data)[i] = (int64_t)v; break;
+    case QT_I32: ((int32_t *)t->data)[i] = (int32_t)v; break;
+    case QT_U32: ((uint32_t *)t->data)[i] = (uint32_t)v; break;
+    case QT_I16: ((int16_t *)t->data)[i] = (int16_t)v; break;
+    case QT_U16: ((uint16_t *)t->data)[i] = (uint16_t)v; break;
+    case QT_I8: ((int8_t *)t->data)[i] = (int8_t)v; break;
+    case QT_U8: ((uint8_t *)t->data)[i] = (uint8_t)v; break;
+    case QT_BOOL: ((uint8_t *)t->data)[i] = v != 0; break;
+    case QT_U64: ((uint64_t *)t->data)[i] = (uint64_t)v; break;
+    default: break;
+    }
+}
+
+static void set_i(struct qt_tensor *t, int64_t i, int64_t v)
+{
+    if (t->dtype == QT_I64) ((int64_t *)t->data)[i] = v;
+    else set_f(t, i, (double)v);
+}
+
+/* Element strides of `s` broadcast over `o` (0 where broadcast). */
+static void bcast_strides(int64_t *st, const struct qt_shape *s, const struct qt_shape *o)
+{
+    int64_t acc = 1;
+    for (int i = o->ndim - 1; i >= 0; i--) {
+        int k = i - (o->ndim - s->ndim);
+        if (k < 0 || s->d[k] == 1) st[i] = 0;
+        else {
+            st[i] = acc;
+            acc *= s->d[k];
+        }
+    }
+}
+
+static int eval_binary(const struct qt_node *n, const struct qt_tensor **in, struct qt_tensor *o,
+                       struct qt_error *e)
+{
+    int64_t sa[QT_MAX_DIMS], sb[QT_MAX_DIMS], idx[QT_MAX_DIMS] = {0};
+    bcast_strides(sa, &in[0]->shape, &o->shape);
+    bcast_strides(sb, &in[1]->shape, &o->shape);
+    int64_t total = qt_shape_numel(&o->shape);
+    int r = o->shape.ndim;
+    int isint = o->dtype != QT_F32 && o->dtype != QT_F64;
+    for (int64_t i = 0; i < total; i++) {
+        int64_t ia = 0, ib = 0;
+        for (int d = 0; d < r; d++) {
+            ia += idx[d] * sa[d];
+            ib += idx[d] * sb[d];
+        }
+        if (isint) {
+            int64_t a = qt_tensor_get_i(in[0], ia), b = qt_tensor_get_i(in[1], ib), v = 0;
+            if (QT_IS_SYM_VAL(a) || QT_IS_SYM_VAL(b))
+                return qt_err(e, "%s node '%s': arithmetic on a symbolic dimension", qt_op_name(n->op), n->name);
+            switch (n->op) {
+            case QT_OP_ADD: v = a + b; break;
+            case QT_OP_SUB: v = a - b; break;
+            case QT_OP_MUL: v = a * b; break;
+            default:
+                if (b == 0) return qt_err(e, "Div node '%s': integer division by zero", n->name);
+                v = a / b;
+                if ((a % b != 0) && ((a < 0) != (b < 0))) v--; /* floor, as numpy */
+                break;
+            }
+            set_i(o, i, v);
+        } else {
+            double a = qt_tensor_get_f(in[0], ia), b = qt_tensor_get_f(in[1], ib), v;
+            switch (n->op) {
+            case QT_OP_ADD: v = (float)a + (float)b; break;
+            case QT_OP_SUB: v = (float)a - (float)b; break;
+            case QT_OP_MUL: v = (float)a * (float)b; break;
+            default: v = (float)a / (float)b; break;
+            }
+            set_f(o, i, v);
+        }
+        for (int d = r - 1; d >= 0; d--) {
+            if (++idx[d] < o->shape.d[d]) break;
+            idx[d] = 0;
+        }
+    }
+    return 0;
+}
+
+static int eval_gather(const struct qt_node *n, const struct qt_tensor **in, struct qt_tensor *o,
+                       struct qt_error *e)
+{
+    const struct qt_tensor *d = in[0], *ix = in[1];
+    int64_t axis = qt_node_int(n, "axis", 0);
+    if (axis < 0) axis += d->shape.ndim;
+    int64_t outer = 1, inner = 1, dim = d->shape.d[axis];
+    for (int i = 0; i < axis; i++) outer *= d->shape.d[i];
+    for (int i = (int)axis + 1; i < d->shape.ndim; i++) inner *= d->shape.d[i];
+    int64_t ni = qt_shape_numel(&ix->shape);
+    size_t es = qt_dtype_size(d->dtype);
+    for (int64_t o_ = 0; o_ < outer; o_++)
+        for (int64_t j = 0; j < ni; j++) {
+            int64_t k = qt_tensor_get_i(ix, j);
+            if (k < 0) k += dim;
+            if (k < 0 || k >= dim)
+                return qt_err(e, "Gather node '%s': index %lld out of range for a dimension of %lld",
+                              n->name, (long long)qt_tensor_get_i(ix, j), (long long)dim);
+            memcpy((char *)o->data + ((o_ * ni + j) * inner) * es,
+                   (const char *)d->data + ((o_ * dim + k) * inner) * es, inner * es);
+        }
+    return 0;
+}
+
+static int eval_concat(const struct qt_node *n, const struct qt_tensor **in, struct qt_tensor *o)
+{
+    int64_t axis = qt_node_int(n, "axis", 0);
+    if (axis < 0) axis += o->shape.ndim;
+    int64_t outer = 1;
+    for (int i = 0; i < axis; i++) outer *= o->shape.d[i];
+    size_t es = qt_dtype_size(o->dtype);
+    size_t orow = (size_t)(qt_shape_numel(&o->shape) / (outer ? outer : 1)) * es;
+    size_t off = 0;
+    for (int k = 0; k < n->nin; k++) {
+        size_t row = (size_t)(qt_shape_numel(&in[k]->shape) / (outer ? outer : 1)) * es;
+        for (int64_t i = 0; i < outer; i++)
+            memcpy((char *)o->data + i * orow + off, (const char *)in[k]->data + i * row, row);
+        off += row;
+    }
+    return 0;
+}
+
+static int eval_cast(const struct qt_tensor *x, struct qt_tensor *o)
+{
+    int64_t total = qt_shape_numel(&x->shape);
+    int from_float = x->dtype == QT_F32 || x->dtype == QT_F64;
+    for (int64_t i = 0; i < total; i++) {
+        if (from_float) {
+            double v = qt_tensor_get_f(x, i);
+            if (o->dtype == QT_BOOL) set_f(o, i, v != 0);
+            else if (o->dtype != QT_F32 && o->dtype != QT_F64) set_f(o, i, trunc(v));
+            else set_f(o, i, v);
+        } else {
+            set_i(o, i, qt_tensor_get_i(x, i));
+        }
+    }
+    return 0;
+}
+
+static int eval_pad(const struct qt_node *n, const struct qt_tensor **in, int nin,
+                    struct qt_tensor *o)
+{
+    const struct qt_tensor *x = in[0];
+    int r = x->shape.ndim;
+    int64_t pads[2 * QT_MAX_DIMS];
+    if (qt_node_ints(n, "pads", pads, 2 * QT_MAX_DIMS) < 0)
+        for (int i = 0; i < 2 * r; i++) pads[i] = qt_tensor_get_i(in[1], i);
+    double cval = qt_node_float(n, "value", 0.f);
+    if (nin > 2 && in[2]) cval = qt_tensor_get_f(in[2], 0);
+    const char *mode = qt_node_string(n, "mode", "constant");
+    int64_t total = qt_shape_numel(&o->shape), idx[QT_MAX_DIMS] = {0};
+    size_t es = qt_dtype_size(x->dtype);
+    int64_t xst[QT_MAX_DIMS], acc = 1;
+    for (int i = r - 1; i >= 0; i--) {
+        xst[i] = acc;
+        acc *= x->shape.d[i];
+    }
+    for (int64_t i = 0; i < total; i++) {
+        int64_t src = 0;
+        int outside = 0;
+        for (int d = 0; d < r; d++) {
+            int64_t s = idx[d] - pads[d], len = x->shape.d[d];
+            if (s < 0 || s >= len) {
+                if (mode[0] == 'c' || len == 0) outside = 1;
+                else if (mode[0] == 'e') s = s < 0 ? 0 : len - 1;
+                else {
+                    while (s < 0 || s >= len) s = s < 0 ? -s : 2 * (len - 1) - s;
+                }
+            }
+            src += s * xst[d];
+        }
+        if (outside) set_f(o, i, cval);
+        else memcpy((char *)o->data + i * es, (const char *)x->data + src * es, es);
+        for (int d = r - 1; d >= 0; d--) {
+            if (++idx[d] < o->shape.d[d]) break;
+            idx[d] = 0;
+        }
+    }
+    return 0;
+}
+
+static void constant_value(const struct qt_node *n, struct qt_tensor *o)
+{
+    const struct qt_attr *a = qt_node_attr(n, "value");
+    if (a && a->t) {
+        memcpy(o->data, a->t->data, o->nbytes);
+        return;
+    }
+    if ((a = qt_node_attr(n, "value_float"))) ((float *)o->data)[0] = a->f;
+    else if ((a = qt_node_attr(n, "value_int"))) ((int64_t *)o->data)[0] = a->i;
+    else if ((a = qt_node_attr(n, "value_floats"))) memcpy(o->data, a->floats, sizeof(float) * a->n);
+    else if ((a = qt_node_attr(n, "value_ints"))) memcpy(o->data, a->ints, sizeof(int64_t) * a->n);
+}
+
+int qt_eval_node(const struct qt_node *n, const struct qt_tensor **in, struct qt_tensor **out,
+                 struct qt_error *e)
+{
+    switch (n->op) {
+    case QT_OP_SHAPE: {
+        int r = in[0]->shape.ndim;
+        int64_t start = qt_node_int(n, "start", 0);
+        if (start < 0) start += r;
+        if (start < 0) start = 0;
+        for (int64_t i = 0; i < out[0]->shape.d[0]; i++) {
+            int64_t d = in[0]->shape.d[start + i];
+            ((int64_t *)out[0]->data)[i] = d >= 0 ? d : QT_SYM_VAL(-d - 1);
+        }
+        return 0;
+    }
+    case QT_OP_GATHER: return eval_gather(n, in, out[0], e);
+    case QT_OP_CONCAT: return eval_concat(n, in, out[0]);
+    case QT_OP_CONSTANT: constant_value(n, out[0]); return 0;
+    case QT_OP_CAST: return eval_cast(in[0], out[0]);
+    case QT_OP_PAD: return eval_pad(n, in, n->nin, out[0]);
+    case QT_OP_UNSQUEEZE: case QT_OP_SQUEEZE: case QT_OP_RESHAPE: case QT_OP_FLATTEN:
+    case QT_OP_IDENTITY:
+        if (out[0]->data != in[0]->data) memcpy(out[0]->data, in[0]->data, out[0]->nbytes);
+        return 0;
+    case QT_OP_DROPOUT:
+        if (out[0]->data != in[0]->data) memcpy(out[0]->data, in[0]->data, out[0]->nbytes);
+        if (n->nout > 1 && out[1]) memset(out[1]->data, 1, out[1]->nbytes);
+        return 0;
+    case QT_OP_ADD: case QT_OP_SUB: case QT_OP_MUL: case QT_OP_DIV:
+        return eval_binary(n, in, out[0], e);
+    default:
+        return qt_err(e, "%s node '%s': no reference evaluation for this op", qt_op_name(n->op), n->name);
+    }
+}

@@ -1,0 +1,828 @@
+/* The op schema table: ONNX names, arity, attribute parsing and shape inference per op.
+ * Inference handles symbolic dimensions (load time) and concrete shapes (run time) alike. */
+#include "schema.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#define NODE_FMT "%s node '%s'"
+#define NODE_ARGS(c) qt_op_name((c)->n->op), (c)->n->name
+
+static int64_t dim_combine(int64_t a, int64_t b)
+{
+    /* Result dimension of a window/arith computation that involves an unknown. */
+    (void)a;
+    (void)b;
+    return QT_DIM_ANY;
+}
+
+static int normalize_axis(int64_t *axis, int rank)
+{
+    if (*axis < -rank || *axis >= rank) return -1;
+    if (*axis < 0) *axis += rank;
+    return 0;
+}
+
+int64_t qt_window_out(int64_t in, int64_t k, int64_t s, int64_t d, int64_t pb, int64_t pe,
+                      int ceil_mode)
+{
+    if (in < 0) return dim_combine(in, k);
+    int64_t ek = (k - 1) * d + 1;
+    int64_t span = in + pb + pe - ek;
+    if (span < 0) return -2;
+    int64_t o = ceil_mode ? (span + s - 1) / s + 1 : span / s + 1;
+    /* A window that starts inside the end padding is dropped (ONNX/PyTorch convention). */
+    if (ceil_mode && (o - 1) * s >= in + pb) o--;
+    return o;
+}
+
+static int get_spatial_ints(const struct qt_node *n, const char *name, int64_t *out, int count,
+                            int64_t dflt, struct qt_error *e)
+{
+    int64_t tmp[16];
+    int got = qt_node_ints(n, name, tmp, 16);
+    if (got < 0) {
+        for (int i = 0; i < count; i++) out[i] = dflt;
+        return 0;
+    }
+    if (got != count)
+        return qt_err(e, "%s node '%s': attribute %s has %d values, expected %d", qt_op_name(n->op),
+                      n->name, name, got, count);
+    for (int i = 0; i < count; i++) out[i] = tmp[i];
+    return 0;
+}
+
+int qt_conv_attrs_get(const struct qt_node *n, const struct qt_shape *x, const struct qt_shape *w,
+                      struct qt_conv_attrs *a, struct qt_error *e, const char *what)
+{
+    memset(a, 0, sizeof *a);
+    int nsp = x->ndim - 2;
+    if (nsp < 1 || nsp > 3)
+        return qt_err(e, "%s node '%s': input has rank %d, expected 3 to 5", what, n->name,
+                      x->ndim);
+    a->nsp = nsp;
+    int64_t ks[3];
+    if (w) {
+        if (w->ndim != x->ndim)
+            return qt_err(e, "%s node '%s': weight has rank %d but input has rank %d", what,
+                          n->name, w->ndim, x->ndim);
+        for (int i = 0; i < nsp; i++) ks[i] = w->d[2 + i];
+        int64_t kk[3];
+        int got = qt_node_ints(n, "kernel_shape", kk, 3);
+        if (got == nsp)
+            for (int i = 0; i < nsp; i++)
+                if (kk[i] != ks[i] && ks[i] >= 0)
+                    return qt_err(e, "%s node '%s': kernel_shape disagrees with the weight shape",
+                                  what, n->name);
+    } else {
+        int got = qt_node_ints(n, "kernel_shape", ks, 3);
+        if (got != nsp)
+            return qt_err(e, "%s node '%s': kernel_shape must have %d values", what, n->name, nsp);
+    }
+    for (int i = 0; i < nsp; i++) {
+        a->kernel[i] = ks[i];
+        if (ks[i] <= 0) return qt_err(e, "%s node '%s': kernel size must be positive", what, n->name);
+    }
+    if (get_spatial_ints(n, "strides", a->stride, nsp, 1, e)) return -1;
+    if (get_spatial_ints(n, "dilations", a->dilation, nsp, 1, e)) return -1;
+    for (int i = 0; i < nsp; i++)
+        if (a->stride[i] <= 0 || a->dilation[i] <= 0)
+            return qt_err(e, "%s node '%s': strides and dilations must be positive", what,
+                          n->name);
+    int64_t pads[6];
+    int np = qt_node_ints(n, "pads", pads, 6);
+    if (np >= 0 && np != 2 * nsp)
+        return qt_err(e, "%s node '%s': pads has %d values, expected %d", what, n->name, np,
+                      2 * nsp);
+    for (int i = 0; i < nsp; i++) {
+        a->pad_begin[i] = np > 0 ? pads[i] : 0;
+        a->pad_end[i] = np > 0 ? pads[i + nsp] : 0;
+        if (a->pad_begin[i] < 0 || a->pad_end[i] < 0)
+            return qt_err(e, "%s node '%s': negative pads are not supported", what, n->name);
+    }
+    const char *ap = qt_node_string(n, "auto_pad", "NOTSET");
+    if (strcmp(ap, "SAME_UPPER") == 0 || strcmp(ap, "SAME_LOWER") == 0) {
+        for (int i = 0; i < nsp; i++) {
+            int64_t in = x->d[2 + i];
+            if (in < 0) continue;
+            int64_t out = (in + a->stride[i] - 1) / a->stride[i];
+            int64_t ek = (a->kernel[i] - 1) * a->dilation[i] + 1;
+            int64_t total = (out - 1) * a->stride[i] + ek - in;
+            if (total < 0) total = 0;
+            int64_t small = total / 2, big = total - small;
+            a->pad_begin[i] = ap[5] == 'U' ? small : big;
+            a->pad_end[i] = ap[5] == 'U' ? big : small;
+        }
+    } else if (strcmp(ap, "VALID") == 0) {
+        for (int i = 0; i < nsp; i++) a->pad_begin[i] = a->pad_end[i] = 0;
+    } else if (strcmp(ap, "NOTSET") != 0) {
+        return qt_err(e, "%s node '%s': unknown auto_pad '%s'", what, n->name, ap);
+    }
+    a->group = qt_node_int(n, "group", 1);
+    if (a->group <= 0) return qt_err(e, "%s node '%s': group must be positive", what, n->name);
+    return 0;
+}
+
+int qt_pool_attrs_get(const struct qt_node *n, const struct qt_shape *x, struct qt_pool_attrs *a,
+                      struct qt_error *e, const char *what)
+{
+    if (qt_conv_attrs_get(n, x, NULL, &a->c, e, what)) return -1;
+    a->ceil_mode = (int)qt_node_int(n, "ceil_mode", 0);
+    a->count_include_pad = (int)qt_node_int(n, "count_include_pad", 0);
+    if (n->op == QT_OP_MAXPOOL && qt_node_int(n, "storage_order", 0) != 0)
+        return qt_err(e, "%s node '%s': storage_order 1 is not supported", what, n->name);
+    return 0;
+}
+
+/* ---- inference per op ---- */
+
+static int same_as_input(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    (void)e;
+    c->out[0] = c->in[0];
+    c->out_dtype[0] = c->in_dtype[0];
+    return 0;
+}
+
+static int require_float(struct qt_infer_ctx *c, int k, struct qt_error *e)
+{
+    if (c->in_dtype[k] != QT_F32)
+        return qt_err(e, NODE_FMT ": input %d has type %s; qtune computes this op in float32",
+                      NODE_ARGS(c), k, qt_dtype_name(c->in_dtype[k]));
+    return 0;
+}
+
+static int infer_unary_float(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    if (require_float(c, 0, e)) return -1;
+    return same_as_input(c, e);
+}
+
+static int infer_clip(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    if (require_float(c, 0, e)) return -1;
+    for (int k = 1; k < c->n->nin; k++)
+        if (c->n->in[k] >= 0 && qt_shape_numel(&c->in[k]) != 1)
+            return qt_err(e, NODE_FMT ": min and max must be scalars", NODE_ARGS(c));
+    return same_as_input(c, e);
+}
+
+static int infer_dropout(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    c->out[0] = c->in[0];
+    c->out_dtype[0] = c->in_dtype[0];
+    if (c->n->nout > 1) {
+        c->out[1] = c->in[0];
+        c->out_dtype[1] = QT_BOOL;
+    }
+    return 0;
+}
+
+int qt_broadcast_shape(struct qt_shape *out, const struct qt_shape *a, const struct qt_shape *b)
+{
+    int r = a->ndim > b->ndim ? a->ndim : b->ndim;
+    out->ndim = r;
+    for (int i = 0; i < r; i++) {
+        int ia = i - (r - a->ndim), ib = i - (r - b->ndim);
+        int64_t da = ia >= 0 ? a->d[ia] : 1, db = ib >= 0 ? b->d[ib] : 1;
+        if (da == db) out->d[i] = da;
+        else if (da == 1) out->d[i] = db;
+        else if (db == 1) out->d[i] = da;
+        else if (da < 0 || db < 0) out->d[i] = da >= 0 ? da : db >= 0 ? db : QT_DIM_ANY;
+        else return -1;
+    }
+    return 0;
+}
+
+static int infer_binary(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    char b1[96], b2[96];
+    if (c->in_dtype[0] != c->in_dtype[1])
+        return qt_err(e, NODE_FMT ": inputs have different types (%s and %s)", NODE_ARGS(c),
+                      qt_dtype_name(c->in_dtype[0]), qt_dtype_name(c->in_dtype[1]));
+    if (c->in_dtype[0] != QT_F32 && c->in_dtype[0] != QT_I64 && c->in_dtype[0] != QT_I32)
+        return qt_err(e, NODE_FMT ": type %s is not supported", NODE_ARGS(c),
+                      qt_dtype_name(c->in_dtype[0]));
+    if (qt_broadcast_shape(&c->out[0], &c->in[0], &c->in[1]))
+        return qt_err(e, NODE_FMT ": shapes %s and %s do not broadcast", NODE_ARGS(c),
+                      qt_shape_str(c->g, &c->in[0], b1, sizeof b1),
+                      qt_shape_str(c->g, &c->in[1], b2, sizeof b2));
+    c->out_dtype[0] = c->in_dtype[0];
+    return 0;
+}
+
+static int infer_conv(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    const struct qt_shape *x = &c->in[0], *w = &c->in[1];
+    char b1[96], b2[96];
+    struct qt_conv_attrs a;
+    if (require_float(c, 0, e) || require_float(c, 1, e)) return -1;
+    if (qt_conv_attrs_get(c->n, x, w, &a, e, "Conv")) return -1;
+    if (x->d[1] >= 0 && w->d[1] >= 0 && x->d[1] != w->d[1] * a.group)
+        return qt_err(e, NODE_FMT ": input %s has %" PRId64 " channels but weight %s expects %" PRId64
+                         " (group %" PRId64 ")",
+                      NODE_ARGS(c), qt_shape_str(c->g, x, b1, sizeof b1),
+                      x->d[1], qt_shape_str(c->g, w, b2, sizeof b2), w->d[1] * a.group, a.group);
+    if (w->d[0] >= 0 && w->d[0] % a.group)
+        return qt_err(e, NODE_FMT ": %" PRId64 " output channels do not split into %" PRId64 " groups",
+                      NODE_ARGS(c), w->d[0], a.group);
+    if (c->n->nin > 2 && c->n->in[2] >= 0) {
+        const struct qt_shape *b = &c->in[2];
+        if (b->ndim != 1 || (b->d[0] >= 0 && w->d[0] >= 0 && b->d[0] != w->d[0]))
+            return qt_err(e, NODE_FMT ": bias shape %s does not match %" PRId64 " output channels",
+                          NODE_ARGS(c), qt_shape_str(c->g, b, b1, sizeof b1), w->d[0]);
+    }
+    struct qt_shape *o = &c->out[0];
+    o->ndim = x->ndim;
+    o->d[0] = x->d[0];
+    o->d[1] = w->d[0];
+    for (int i = 0; i < a.nsp; i++) {
+        o->d[2 + i] = qt_window_out(x->d[2 + i], a.kernel[i], a.stride[i], a.dilation[i],
+                                    a.pad_begin[i], a.pad_end[i], 0);
+        if (o->d[2 + i] == -2 || o->d[2 + i] == 0)
+            return qt_err(e, NODE_FMT ": kernel larger than the padded input %s", NODE_ARGS(c),
+                          qt_shape_str(c->g, x, b1, sizeof b1));
+    }
+    c->out_dtype[0] = QT_F32;
+    return 0;
+}
+
+static int infer_pool(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    const struct qt_shape *x = &c->in[0];
+    char b1[96];
+    struct qt_pool_attrs a;
+    if (require_float(c, 0, e)) return -1;
+    if (qt_pool_attrs_get(c->n, x, &a, e, qt_op_name(c->n->op))) return -1;
+    struct qt_shape *o = &c->out[0];
+    o->ndim = x->ndim;
+    o->d[0] = x->d[0];
+    o->d[1] = x->d[1];
+    for (int i = 0; i < a.c.nsp; i++) {
+        if (a.c.pad_begin[i] >= a.c.kernel[i] || a.c.pad_end[i] >= a.c.kernel[i])
+            return qt_err(e, NODE_FMT ": padding must be smaller than the kernel", NODE_ARGS(c));
+        o->d[2 + i] = qt_window_out(x->d[2 + i], a.c.kernel[i], a.c.stride[i], a.c.dilation[i],
+                                    a.c.pad_begin[i], a.c.pad_end[i], a.ceil_mode);
+        if (o->d[2 + i] == -2 || o->d[2 + i] == 0)
+            return qt_err(e, NODE_FMT ": window larger than the padded input %s", NODE_ARGS(c),
+                          qt_shape_str(c->g, x, b1, sizeof b1));
+    }
+    c->out_dtype[0] = QT_F32;
+    if (c->n->nout > 1) {
+        c->out[1] = *o;
+        c->out_dtype[1] = QT_I64;
+    }
+    return 0;
+}
+
+static int infer_global_pool(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    if (require_float(c, 0, e)) return -1;
+    if (c->in[0].ndim < 3)
+        return qt_err(e, NODE_FMT ": input must have rank 3 or more", NODE_ARGS(c));
+    c->out[0] = c->in[0];
+    for (int i = 2; i < c->in[0].ndim; i++) c->out[0].d[i] = 1;
+    c->out_dtype[0] = QT_F32;
+    return 0;
+}
+
+static int infer_batchnorm(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    char b1[96], b2[96];
+    if (require_float(c, 0, e)) return -1;
+    if (c->in[0].ndim < 2) return qt_err(e, NODE_FMT ": input must have rank 2 or more", NODE_ARGS(c));
+    for (int k = 1; k < 5; k++) {
+        if (require_float(c, k, e)) return -1;
+        if (c->in[k].ndim != 1 ||
+            (c->in[k].d[0] >= 0 && c->in[0].d[1] >= 0 && c->in[k].d[0] != c->in[0].d[1]))
+            return qt_err(e, NODE_FMT ": input %d has shape %s, expected [%s] channels of %s",
+                          NODE_ARGS(c), k, qt_shape_str(c->g, &c->in[k], b1, sizeof b1), "C",
+                          qt_shape_str(c->g, &c->in[0], b2, sizeof b2));
+    }
+    if (qt_node_int(c->n, "training_mode", 0))
+        return qt_err(e, NODE_FMT ": training_mode=1 in the file is not supported (qtune "
+                         "decides the mode itself)", NODE_ARGS(c));
+    c->out[0] = c->in[0];
+    c->out_dtype[0] = QT_F32;
+    for (int k = 1; k < c->n->nout; k++) {
+        c->out[k] = c->in[3];
+        c->out_dtype[k] = QT_F32;
+    }
+    return 0;
+}
+
+static int infer_gemm(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    char b1[96], b2[96];
+    const struct qt_shape *a = &c->in[0], *b = &c->in[1];
+    if (require_float(c, 0, e) || require_float(c, 1, e)) return -1;
+    if (a->ndim != 2 || b->ndim != 2)
+        return qt_err(e, NODE_FMT ": inputs must be matrices, got %s and %s", NODE_ARGS(c),
+                      qt_shape_str(c->g, a, b1, sizeof b1), qt_shape_str(c->g, b, b2, sizeof b2));
+    int ta = (int)qt_node_int(c->n, "transA", 0), tb = (int)qt_node_int(c->n, "transB", 0);
+    int64_t m = ta ? a->d[1] : a->d[0], ka = ta ? a->d[0] : a->d[1];
+    int64_t kb = tb ? b->d[1] : b->d[0], n = tb ? b->d[0] : b->d[1];
+    if (ka >= 0 && kb >= 0 && ka != kb)
+        return qt_err(e, NODE_FMT ": inner dimensions differ: %s x %s (transA=%d, transB=%d)",
+                      NODE_ARGS(c), qt_shape_str(c->g, a, b1, sizeof b1),
+                      qt_shape_str(c->g, b, b2, sizeof b2), ta, tb);
+    struct qt_shape *o = &c->out[0];
+    o->ndim = 2;
+    o->d[0] = m;
+    o->d[1] = n;
+    if (c->n->nin > 2 && c->n->in[2] >= 0) {
+        struct qt_shape t;
+        if (require_float(c, 2, e)) return -1;
+        if (c->in[2].ndim > 2 || qt_broadcast_shape(&t, o, &c->in[2]) || !qt_shape_eq(&t, o))
+            return qt_err(e, NODE_FMT ": C of shape %s does not broadcast to %s", NODE_ARGS(c),
+                          qt_shape_str(c->g, &c->in[2], b1, sizeof b1),
+                          qt_shape_str(c->g, o, b2, sizeof b2));
+    }
+    c->out_dtype[0] = QT_F32;
+    return 0;
+}
+
+static int infer_matmul(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    char b1[96], b2[96];
+    struct qt_shape a = c->in[0], b = c->in[1];
+    if (require_float(c, 0, e) || require_float(c, 1, e)) return -1;
+    if (a.ndim < 1 || b.ndim < 1) return qt_err(e, NODE_FMT ": scalar inputs", NODE_ARGS(c));
+    int a1 = a.ndim == 1, b1d = b.ndim == 1;
+    if (a1) { a.ndim = 2; a.d[1] = a.d[0]; a.d[0] = 1; }
+    if (b1d) { b.ndim = 2; b.d[1] = 1; }
+    int64_t ka = a.d[a.ndim - 1], kb = b.d[b.ndim - 2];
+    if (ka >= 0 && kb >= 0 && ka != kb)
+        return qt_err(e, NODE_FMT ": inner dimensions differ: %s x %s", NODE_ARGS(c),
+                      qt_shape_str(c->g, &c->in[0], b1, sizeof b1),
+                      qt_shape_str(c->g, &c->in[1], b2, sizeof b2));
+    struct qt_shape ba = a, bb = b, bo;
+    ba.ndim -= 2;
+    bb.ndim -= 2;
+    if (qt_broadcast_shape(&bo, &ba, &bb))
+        return qt_err(e, NODE_FMT ": batch dimensions of %s and %s do not broadcast", NODE_ARGS(c),
+                      qt_shape_str(c->g, &c->in[0], b1, sizeof b1),
+                      qt_shape_str(c->g, &c->in[1], b2, sizeof b2));
+    struct qt_shape *o = &c->out[0];
+    *o = bo;
+    if (!a1) o->d[o->ndim++] = a.d[a.ndim - 2];
+    if (!b1d) o->d[o->ndim++] = b.d[b.ndim - 1];
+    c->out_dtype[0] = QT_F32;
+    return 0;
+}
+
+static int infer_flatten(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    int64_t axis = qt_node_int(c->n, "axis", 1);
+    int r = c->in[0].ndim;
+    if (axis < -r || axis > r) return qt_err(e, NODE_FMT ": axis %" PRId64 " out of range", NODE_ARGS(c), axis);
+    if (axis < 0) axis += r;
+    int64_t outer = 1, inner = 1;
+    for (int i = 0; i < r; i++) {
+        int64_t d = c->in[0].d[i];
+        int64_t *acc = i < axis ? &outer : &inner;
+        if (d < 0 || *acc < 0) *acc = (d < 0 && *acc == 1 && r > 0) ? d : QT_DIM_ANY;
+        else *acc *= d;
+    }
+    c->out[0].ndim = 2;
+    c->out[0].d[0] = outer;
+    c->out[0].d[1] = inner;
+    c->out_dtype[0] = c->in_dtype[0];
+    return 0;
+}
+
+static int infer_reshape(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    char b1[96];
+    const struct qt_tensor *s = c->in_val ? c->in_val[1] : NULL;
+    if (c->in[1].ndim != 1) return qt_err(e, NODE_FMT ": shape input must be 1-D", NODE_ARGS(c));
+    if (c->in_dtype[1] != QT_I64) return qt_err(e, NODE_FMT ": shape input must be int64", NODE_ARGS(c));
+    int r = (int)c->in[1].d[0];
+    c->out_dtype[0] = c->in_dtype[0];
+    struct qt_shape *o = &c->out[0];
+    if (r < 0 || r > QT_MAX_DIMS) return qt_err(e, NODE_FMT ": unsupported output rank", NODE_ARGS(c));
+    o->ndim = r;
+    if (!s) {
+        for (int i = 0; i < r; i++) o->d[i] = QT_DIM_ANY;
+        return 0;
+    }
+    int allowzero = (int)qt_node_int(c->n, "allowzero", 0);
+    int neg = -1;
+    int64_t known = 1;
+    int sym = 0;
+    for (int i = 0; i < r; i++) {
+        int64_t v = qt_tensor_get_i(s, i);
+        if (QT_IS_SYM_VAL(v)) {
+            o->d[i] = -1 - QT_SYM_OF_VAL(v);
+            sym = 1;
+        } else if (v == 0 && !allowzero) {
+            if (i >= c->in[0].ndim)
+                return qt_err(e, NODE_FMT ": shape copies dimension %d the input lacks", NODE_ARGS(c), i);
+            o->d[i] = c->in[0].d[i];
+            if (o->d[i] < 0) sym = 1;
+            else known *= o->d[i];
+        } else if (v == -1) {
+            if (neg >= 0) return qt_err(e, NODE_FMT ": more than one -1 in the shape", NODE_ARGS(c));
+            neg = i;
+        } else if (v < 0) {
+            return qt_err(e, NODE_FMT ": invalid dimension %" PRId64 " in the shape", NODE_ARGS(c), v);
+        } else {
+            o->d[i] = v;
+            known *= v;
+        }
+    }
+    int64_t total = qt_shape_numel(&c->in[0]);
+    if (neg >= 0) {
+        if (total < 0 || sym) {
+            /* Symbolic input: the -1 takes whatever the known dims leave. */
+            int64_t rest = 1;
+            int unknown = 0;
+            for (int i = 0; i < c->in[0].ndim; i++) {
+                int64_t d = c->in[0].d[i];
+                if (d >= 0) rest *= d;
+                else unknown++;
+            }
+            int osym = 0;
+            for (int i = 0; i < r; i++) osym += i != neg && o->d[i] < 0;
+            o->d[neg] = (unknown == osym && known && rest % known == 0) ? rest / known : QT_DIM_ANY;
+        } else {
+            if (known == 0 || total % known)
+                return qt_err(e, NODE_FMT ": cannot reshape %s to the requested shape", NODE_ARGS(c),
+                              qt_shape_str(c->g, &c->in[0], b1, sizeof b1));
+            o->d[neg] = total / known;
+        }
+    } else if (total >= 0 && !sym && total != known) {
+        return qt_err(e, NODE_FMT ": cannot reshape %s (%" PRId64 " elements) to %" PRId64 " elements",
+                      NODE_ARGS(c), qt_shape_str(c->g, &c->in[0], b1, sizeof b1), total, known);
+    }
+    return 0;
+}
+
+static int infer_shape(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    int r = c->in[0].ndim;
+    int64_t start = qt_node_int(c->n, "start", 0), end = qt_node_int(c->n, "end", r);
+    if (start < 0) start += r;
+    if (end < 0) end += r;
+    if (start < 0) start = 0;
+    if (end > r) end = r;
+    c->out[0].ndim = 1;
+    c->out[0].d[0] = end > start ? end - start : 0;
+    c->out_dtype[0] = QT_I64;
+    (void)e;
+    return 0;
+}
+
+static int infer_gather(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    const struct qt_shape *d = &c->in[0], *ix = &c->in[1];
+    int64_t axis = qt_node_int(c->n, "axis", 0);
+    if (normalize_axis(&axis, d->ndim)) return qt_err(e, NODE_FMT ": axis out of range", NODE_ARGS(c));
+    if (c->in_dtype[1] != QT_I64 && c->in_dtype[1] != QT_I32)
+        return qt_err(e, NODE_FMT ": indices must be int32 or int64", NODE_ARGS(c));
+    if (d->ndim - 1 + ix->ndim > QT_MAX_DIMS) return qt_err(e, NODE_FMT ": rank too large", NODE_ARGS(c));
+    struct qt_shape *o = &c->out[0];
+    o->ndim = 0;
+    for (int i = 0; i < axis; i++) o->d[o->ndim++] = d->d[i];
+    for (int i = 0; i < ix->ndim; i++) o->d[o->ndim++] = ix->d[i];
+    for (int i = (int)axis + 1; i < d->ndim; i++) o->d[o->ndim++] = d->d[i];
+    c->out_dtype[0] = c->in_dtype[0];
+    return 0;
+}
+
+/* Axes from the attribute (older opsets) or the second input (newer ones). Returns count,
+ * 0 when none are given, -1 on error, -2 when the axes input is not known yet. */
+static int get_axes(struct qt_infer_ctx *c, int64_t *axes, struct qt_error *e)
+{
+    int na = qt_node_ints(c->n, "axes", axes, QT_MAX_DIMS);
+    if (na > QT_MAX_DIMS) return qt_err(e, NODE_FMT ": too many axes", NODE_ARGS(c));
+    if (na >= 0) return na;
+    if (c->n->nin > 1 && c->n->in[1] >= 0) {
+        const struct qt_tensor *t = c->in_val ? c->in_val[1] : NULL;
+        if (!t) return -2;
+        int64_t cnt = qt_shape_numel(&t->shape);
+        if (cnt > QT_MAX_DIMS) return qt_err(e, NODE_FMT ": too many axes", NODE_ARGS(c));
+        for (int i = 0; i < cnt; i++) axes[i] = qt_tensor_get_i(t, i);
+        return (int)cnt;
+    }
+    return 0;
+}
+
+static int infer_unsqueeze(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    int64_t axes[QT_MAX_DIMS];
+    int na = get_axes(c, axes, e);
+    if (na == -1) return -1;
+    if (na == -2) return qt_err(e, NODE_FMT ": axes must be a constant", NODE_ARGS(c));
+    int r = c->in[0].ndim + na;
+    if (r > QT_MAX_DIMS) return qt_err(e, NODE_FMT ": rank too large", NODE_ARGS(c));
+    char ins[QT_MAX_DIMS] = {0};
+    for (int i = 0; i < na; i++) {
+        if (normalize_axis(&axes[i], r) || ins[axes[i]])
+            return qt_err(e, NODE_FMT ": invalid or repeated axis", NODE_ARGS(c));
+        ins[axes[i]] = 1;
+    }
+    struct qt_shape *o = &c->out[0];
+    o->ndim = r;
+    for (int i = 0, k = 0; i < r; i++) o->d[i] = ins[i] ? 1 : c->in[0].d[k++];
+    c->out_dtype[0] = c->in_dtype[0];
+    return 0;
+}
+
+static int infer_squeeze(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    int64_t axes[QT_MAX_DIMS];
+    int na = get_axes(c, axes, e);
+    if (na == -1) return -1;
+    if (na == -2) return qt_err(e, NODE_FMT ": axes must be a constant", NODE_ARGS(c));
+    int r = c->in[0].ndim;
+    char rm[QT_MAX_DIMS] = {0};
+    if (na == 0) {
+        for (int i = 0; i < r; i++) rm[i] = c->in[0].d[i] == 1;
+    }
+    for (int i = 0; i < na; i++) {
+        if (normalize_axis(&axes[i], r))
+            return qt_err(e, NODE_FMT ": axis out of range", NODE_ARGS(c));
+        if (c->in[0].d[axes[i]] != 1 && c->in[0].d[axes[i]] >= 0)
+            return qt_err(e, NODE_FMT ": cannot squeeze axis %" PRId64 " of size %" PRId64, NODE_ARGS(c),
+                          axes[i], c->in[0].d[axes[i]]);
+        rm[axes[i]] = 1;
+    }
+    struct qt_shape *o = &c->out[0];
+    o->ndim = 0;
+    for (int i = 0; i < r; i++)
+        if (!rm[i]) o->d[o->ndim++] = c->in[0].d[i];
+    c->out_dtype[0] = c->in_dtype[0];
+    return 0;
+}
+
+static int infer_concat(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    char b1[96], b2[96];
+    int64_t axis = qt_node_int(c->n, "axis", 0);
+    int r = c->in[0].ndim;
+    if (normalize_axis(&axis, r)) return qt_err(e, NODE_FMT ": axis out of range", NODE_ARGS(c));
+    struct qt_shape *o = &c->out[0];
+    *o = c->in[0];
+    for (int k = 1; k < c->n->nin; k++) {
+        const struct qt_shape *s = &c->in[k];
+        if (c->in_dtype[k] != c->in_dtype[0])
+            return qt_err(e, NODE_FMT ": inputs have different types", NODE_ARGS(c));
+        if (s->ndim != r) return qt_err(e, NODE_FMT ": inputs have different ranks", NODE_ARGS(c));
+        for (int i = 0; i < r; i++) {
+            if (i == axis) {
+                o->d[i] = (o->d[i] >= 0 && s->d[i] >= 0) ? o->d[i] + s->d[i] : QT_DIM_ANY;
+            } else if (s->d[i] != o->d[i] && s->d[i] >= 0 && o->d[i] >= 0) {
+                return qt_err(e, NODE_FMT ": shapes %s and %s differ outside axis %" PRId64,
+                              NODE_ARGS(c), qt_shape_str(c->g, &c->in[0], b1, sizeof b1),
+                              qt_shape_str(c->g, s, b2, sizeof b2), axis);
+            }
+        }
+    }
+    c->out_dtype[0] = c->in_dtype[0];
+    return 0;
+}
+
+static int infer_constant(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    const struct qt_attr *a = qt_node_attr(c->n, "value");
+    struct qt_shape *o = &c->out[0];
+    if (a && a->type == QT_ATTR_TENSOR && a->t) {
+        *o = a->t->shape;
+        c->out_dtype[0] = a->t->dtype;
+        return 0;
+    }
+    if ((a = qt_node_attr(c->n, "value_float"))) { o->ndim = 0; c->out_dtype[0] = QT_F32; return 0; }
+    if ((a = qt_node_attr(c->n, "value_int"))) { o->ndim = 0; c->out_dtype[0] = QT_I64; return 0; }
+    if ((a = qt_node_attr(c->n, "value_floats"))) {
+        o->ndim = 1; o->d[0] = a->n; c->out_dtype[0] = QT_F32; return 0;
+    }
+    if ((a = qt_node_attr(c->n, "value_ints"))) {
+        o->ndim = 1; o->d[0] = a->n; c->out_dtype[0] = QT_I64; return 0;
+    }
+    return qt_err(e, NODE_FMT ": only value, value_float(s) and value_int(s) are supported", NODE_ARGS(c));
+}
+
+static int infer_cast(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    int64_t to = qt_node_int(c->n, "to", 0);
+    if (!qt_dtype_size((enum qt_dtype)to) || to == QT_F16)
+        return qt_err(e, NODE_FMT ": cast to %s is not supported", NODE_ARGS(c),
+                      qt_dtype_name((enum qt_dtype)to));
+    if (!qt_dtype_size(c->in_dtype[0]) || c->in_dtype[0] == QT_F16)
+        return qt_err(e, NODE_FMT ": cast from %s is not supported", NODE_ARGS(c),
+                      qt_dtype_name(c->in_dtype[0]));
+    c->out[0] = c->in[0];
+    c->out_dtype[0] = (enum qt_dtype)to;
+    return 0;
+}
+
+static int infer_softmax(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    if (require_float(c, 0, e)) return -1;
+    int64_t axis = qt_node_int(c->n, "axis", c->g && c->g->opset < 13 ? 1 : -1);
+    if (normalize_axis(&axis, c->in[0].ndim)) return qt_err(e, NODE_FMT ": axis out of range", NODE_ARGS(c));
+    return same_as_input(c, e);
+}
+
+static int infer_reducemean(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    if (require_float(c, 0, e)) return -1;
+    int64_t axes[QT_MAX_DIMS];
+    int na = get_axes(c, axes, e);
+    if (na == -1) return -1;
+    if (na == -2) return qt_err(e, NODE_FMT ": axes must be a constant", NODE_ARGS(c));
+    int r = c->in[0].ndim, keep = (int)qt_node_int(c->n, "keepdims", 1);
+    char red[QT_MAX_DIMS] = {0};
+    if (na == 0) {
+        if (qt_node_int(c->n, "noop_with_empty_axes", 0)) return same_as_input(c, e);
+        for (int i = 0; i < r; i++) red[i] = 1;
+    }
+    for (int i = 0; i < na; i++) {
+        if (normalize_axis(&axes[i], r)) return qt_err(e, NODE_FMT ": axis out of range", NODE_ARGS(c));
+        red[axes[i]] = 1;
+    }
+    struct qt_shape *o = &c->out[0];
+    o->ndim = 0;
+    for (int i = 0; i < r; i++) {
+        if (!red[i]) o->d[o->ndim++] = c->in[0].d[i];
+        else if (keep) o->d[o->ndim++] = 1;
+    }
+    c->out_dtype[0] = QT_F32;
+    return 0;
+}
+
+static int infer_pad(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    int r = c->in[0].ndim;
+    int64_t pads[2 * QT_MAX_DIMS];
+    int np = qt_node_ints(c->n, "pads", pads, 2 * QT_MAX_DIMS);
+    if (np < 0) {
+        const struct qt_tensor *t = c->in_val && c->n->nin > 1 ? c->in_val[1] : NULL;
+        if (!t) return qt_err(e, NODE_FMT ": pads must be a constant", NODE_ARGS(c));
+        np = (int)qt_shape_numel(&t->shape);
+        if (np > 2 * QT_MAX_DIMS) return qt_err(e, NODE_FMT ": too many pads", NODE_ARGS(c));
+        for (int i = 0; i < np; i++) pads[i] = qt_tensor_get_i(t, i);
+    }
+    if (c->n->nin > 3 && c->n->in[3] >= 0)
+        return qt_err(e, NODE_FMT ": the axes input is not supported", NODE_ARGS(c));
+    if (np != 2 * r)
+        return qt_err(e, NODE_FMT ": %d pads for an input of rank %d", NODE_ARGS(c), np, r);
+    const char *mode = qt_node_string(c->n, "mode", "constant");
+    if (strcmp(mode, "constant") && strcmp(mode, "reflect") && strcmp(mode, "edge"))
+        return qt_err(e, NODE_FMT ": pad mode '%s' is not supported", NODE_ARGS(c), mode);
+    c->out[0] = c->in[0];
+    for (int i = 0; i < r; i++) {
+        int64_t d = c->in[0].d[i];
+        if (d < 0) {
+            if (pads[i] || pads[i + r]) c->out[0].d[i] = QT_DIM_ANY;
+            continue;
+        }
+        c->out[0].d[i] = d + pads[i] + pads[i + r];
+        if (c->out[0].d[i] < 0) return qt_err(e, NODE_FMT ": pads remove more than the input", NODE_ARGS(c));
+        if (strcmp(mode, "reflect") == 0 && (pads[i] >= d || pads[i + r] >= d))
+            return qt_err(e, NODE_FMT ": reflect pads must be smaller than the dimension", NODE_ARGS(c));
+    }
+    c->out_dtype[0] = c->in_dtype[0];
+    return 0;
+}
+
+static int infer_identity(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    return same_as_input(c, e);
+}
+
+static const struct qt_op_schema schemas[] = {
+    {QT_OP_CONV, "Conv", 2, 3, 1, 1, 0, infer_conv},
+    {QT_OP_BATCHNORM, "BatchNormalization", 5, 5, 1, 3, 0, infer_batchnorm},
+    {QT_OP_RELU, "Relu", 1, 1, 1, 1, 0, infer_unary_float},
+    {QT_OP_CLIP, "Clip", 1, 3, 1, 1, 0, infer_clip},
+    {QT_OP_ADD, "Add", 2, 2, 1, 1, 0, infer_binary},
+    {QT_OP_SUB, "Sub", 2, 2, 1, 1, 0, infer_binary},
+    {QT_OP_MUL, "Mul", 2, 2, 1, 1, 0, infer_binary},
+    {QT_OP_DIV, "Div", 2, 2, 1, 1, 0, infer_binary},
+    {QT_OP_MAXPOOL, "MaxPool", 1, 1, 1, 2, 0, infer_pool},
+    {QT_OP_AVGPOOL, "AveragePool", 1, 1, 1, 1, 0, infer_pool},
+    {QT_OP_GLOBALAVGPOOL, "GlobalAveragePool", 1, 1, 1, 1, 0, infer_global_pool},
+    {QT_OP_PAD, "Pad", 1, 4, 1, 1, 2u | 4u, infer_pad},
+    {QT_OP_FLATTEN, "Flatten", 1, 1, 1, 1, 0, infer_flatten},
+    {QT_OP_RESHAPE, "Reshape", 2, 2, 1, 1, 2u, infer_reshape},
+    {QT_OP_GEMM, "Gemm", 2, 3, 1, 1, 0, infer_gemm},
+    {QT_OP_MATMUL, "MatMul", 2, 2, 1, 1, 0, infer_matmul},
+    {QT_OP_IDENTITY, "Identity", 1, 1, 1, 1, 0, infer_identity},
+    {QT_OP_DROPOUT, "Dropout", 1, 3, 1, 2, 0, infer_dropout},
+    {QT_OP_SHAPE, "Shape", 1, 1, 1, 1, 0, infer_shape},
+    {QT_OP_GATHER, "Gather", 2, 2, 1, 1, 0, infer_gather},
+    {QT_OP_UNSQUEEZE, "Unsqueeze", 1, 2, 1, 1, 2u, infer_unsqueeze},
+    {QT_OP_SQUEEZE, "Squeeze", 1, 2, 1, 1, 2u, infer_squeeze},
+    {QT_OP_CONCAT, "Concat", 1, 64, 1, 1, 0, infer_concat},
+    {QT_OP_CONSTANT, "Constant", 0, 0, 1, 1, 0, infer_constant},
+    {QT_OP_CAST, "Cast", 1, 1, 1, 1, 0, infer_cast},
+    {QT_OP_SOFTMAX, "Softmax", 1, 1, 1, 1, 0, infer_softmax},
+    {QT_OP_REDUCEMEAN, "ReduceMean", 1, 2, 1, 1, 2u, infer_reducemean},
+};
+
+const struct qt_op_schema *qt_schema_get(enum qt_op op)
+{
+    for (size_t i = 0; i < sizeof schemas / sizeof schemas[0]; i++)
+        if (schemas[i].op == op) return &schemas[i];
+    return NULL;
+}
+
+enum qt_op qt_schema_lookup(const char *domain, const char *name)
+{
+    if (domain && *domain && strcmp(domain, "ai.onnx") != 0) return QT_OP_INVALID;
+    for (size_t i = 0; i < sizeof schemas / sizeof schemas[0]; i++)
+        if (strcmp(schemas[i].name, name) == 0) return schemas[i].op;
+    return QT_OP_INVALID;
+}
+
+const char *qt_op_name(enum qt_op op)
+{
+    const struct qt_op_schema *s = qt_schema_get(op);
+    return s ? s->name : "?";
+}
+
+int qt_schema_infer(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    const struct qt_op_schema *s = qt_schema_get(c->n->op);
+    if (!s) return qt_err(e, "node '%s': unknown op", c->n->name);
+    for (int k = 0; k < c->n->nin; k++) {
+        if (c->n->in[k] < 0) continue;
+        if (c->in[k].ndim < 0 || c->in[k].ndim > QT_MAX_DIMS)
+            return qt_err(e, NODE_FMT ": input %d has an unsupported rank", NODE_ARGS(c), k);
+    }
+    for (int k = 0; k < s->min_in && k < c->n->nin; k++)
+        if (c->n->in[k] < 0)
+            return qt_err(e, NODE_FMT ": required input %d is missing", NODE_ARGS(c), k);
+    return s->infer(c, e);
+}
+
+int qt_graph_verify(const struct qt_graph *g, struct qt_error *e)
+{
+    for (int i = 0; i < g->nnodes; i++) {
+        const struct qt_node *n = &g->nodes[i];
+        const struct qt_op_schema *s = qt_schema_get(n->op);
+        if (!s) return qt_err(e, "node '%s': unknown op", n->name);
+        if (n->nin < s->min_in || n->nin > s->max_in)
+            return qt_err(e, "%s node '%s' has %d inputs, expected %d to %d", s->name, n->name,
+                          n->nin, s->min_in, s->max_in);
+        if (n->nout < s->min_out || n->nout > s->max_out)
+            return qt_err(e, "%s node '%s' has %d outputs, expected %d to %d", s->name, n->name,
+                          n->nout, s->min_out, s->max_out);
+        for (int k = 0; k < n->nin; k++) {
+            int v = n->in[k];
+            if (v < 0) continue;
+            if (v >= g->nvalues) return qt_err(e, "%s node '%s': bad input index", s->name, n->name);
+            const struct qt_value *val = &g->values[v];
+            int p = val->producer;
+            if (p < 0 && !val->init && !(val->flags & QT_V_INPUT))
+                return qt_err(e, "%s node '%s': input '%s' is neither produced, an initializer nor a "
+                                 "graph input", s->name, n->name, val->name);
+            if (p >= i) return qt_err(e, "%s node '%s': input '%s' is produced later (not sorted)",
+                                      s->name, n->name, val->name);
+        }
+    }
+    for (int k = 0; k < g->noutputs; k++) {
+        const struct qt_value *v = &g->values[g->outputs[k]];
+        if (v->producer < 0 && !v->init && !(v->flags & QT_V_INPUT))
+            return qt_err(e, "graph output '%s' is never produced", v->name);
+    }
+    return 0;
+}
+
+int qt_graph_infer_shapes(struct qt_graph *g, struct qt_error *e)
+{
+    for (int i = 0; i < g->nnodes; i++) {
+        struct qt_node *n = &g->nodes[i];
+        struct qt_shape in[64], out[3];
+        enum qt_dtype idt[64], odt[3];
+        const struct qt_tensor *vals[64];
+        if (n->nin > 64 || n->nout > 3) return qt_err(e, "node '%s': too many inputs or outputs", n->name);
+        for (int k = 0; k < n->nin; k++) {
+            vals[k] = NULL;
+            memset(&in[k], 0, sizeof in[k]);
+            idt[k] = QT_UNDEF;
+            if (n->in[k] < 0) continue;
+            struct qt_value *v = &g->values[n->in[k]];
+            if (!v->has_shape)
+                return qt_err(e, "%s node '%s': the shape of input '%s' is unknown", qt_op_name(n->op),
+                              n->name, v->name);
+            in[k] = v->shape;
+            idt[k] = v->dtype;
+            vals[k] = v->init;
+        }
+        memset(out, 0, sizeof out);
+        struct qt_infer_ctx c = {g, n, in, idt, vals, out, odt};
+        if (qt_schema_infer(&c, e)) return -1;
+        for (int k = 0; k < n->nout; k++) {
+            if (n->out[k] < 0) continue;
+            struct qt_value *v = &g->values[n->out[k]];
+            v->has_shape = 1;
+            v->shape = out[k];
+            v->dtype = odt[k];
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,65 @@
+/* The op schema table: each op's ONNX name, arity, attribute parsing and shape inference.
+ * Shape inference works on symbolic shapes (load time) and concrete ones (run time). */
+#ifndef QT_SCHEMA_H
+#define QT_SCHEMA_H
+
+#include "graph.h"
+
+struct qt_infer_ctx {
+    const struct qt_graph *g;
+    const struct qt_node *n;
+    const struct qt_shape *in;       /* shapes of the inputs (nin entries) */
+    const enum qt_dtype *in_dtype;   /* dtypes of the inputs */
+    const struct qt_tensor **in_val; /* constant or run-time values of small int inputs, or NULL */
+    struct qt_shape *out;            /* filled: shapes of the outputs */
+    enum qt_dtype *out_dtype;        /* filled: dtypes of the outputs */
+};
+
+struct qt_op_schema {
+    enum qt_op op;
+    const char *name;
+    int min_in, max_in, min_out, max_out;
+    /* Bit k set: input k's values (not only its shape) are needed to infer shapes. */
+    unsigned value_inputs;
+    int (*infer)(struct qt_infer_ctx *c, struct qt_error *e);
+};
+
+const struct qt_op_schema *qt_schema_get(enum qt_op op);
+/* The op for an ONNX (domain, name) pair, or QT_OP_INVALID. */
+enum qt_op qt_schema_lookup(const char *domain, const char *name);
+const char *qt_op_name(enum qt_op op);
+
+/* Infers one node's output shapes and dtypes. */
+int qt_schema_infer(struct qt_infer_ctx *c, struct qt_error *e);
+
+/* Runs inference over the whole graph (symbolic batch kept), storing shapes in values;
+ * checks arity, dtypes and shape consistency. Messages name the node. */
+int qt_graph_infer_shapes(struct qt_graph *g, struct qt_error *e);
+/* Structural checks: each value produced once, inputs defined, topological order, arity. */
+int qt_graph_verify(const struct qt_graph *g, struct qt_error *e);
+
+/* Numpy-style broadcast of two shapes; -1 when they do not broadcast. */
+int qt_broadcast_shape(struct qt_shape *out, const struct qt_shape *a, const struct qt_shape *b);
+
+/* Parsed attributes shared by shape inference and the kernels' dispatch. */
+struct qt_conv_attrs {
+    int nsp;                  /* spatial dims: 1..3 */
+    int64_t kernel[3], stride[3], dilation[3], pad_begin[3], pad_end[3];
+    int64_t group;
+};
+/* x: input shape, w: weight shape (may be NULL for pools, which pass kernel_shape). */
+int qt_conv_attrs_get(const struct qt_node *n, const struct qt_shape *x, const struct qt_shape *w,
+                      struct qt_conv_attrs *a, struct qt_error *e, const char *what);
+
+struct qt_pool_attrs {
+    struct qt_conv_attrs c;
+    int ceil_mode;
+    int count_include_pad;
+};
+int qt_pool_attrs_get(const struct qt_node *n, const struct qt_shape *x, struct qt_pool_attrs *a,
+                      struct qt_error *e, const char *what);
+/* Output spatial size of a window op. */
+int64_t qt_window_out(int64_t in, int64_t k, int64_t s, int64_t d, int64_t pb, int64_t pe,
+                      int ceil_mode);
+
+#endif

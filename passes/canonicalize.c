@@ -1,0 +1,250 @@
+/* Canonicalization: Constant nodes become initializers, Identity and Dropout go, constant
+ * subgraphs (shape computations included) are folded, a purely spatial zero Pad merges into
+ * the following Conv or pool, and the result is shape-checked. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../graph/eval.h"
+#include "../graph/schema.h"
+#include "passes.h"
+
+static int is_port(const struct qt_graph *g, int v)
+{
+    return (g->values[v].flags & (QT_V_INPUT | QT_V_OUTPUT)) != 0;
+}
+
+/* Identity and inference-mode Dropout forward their input. */
+static void drop_passthrough(struct qt_graph *g)
+{
+    for (int i = 0; i < g->nnodes; i++) {
+        struct qt_node *n = &g->nodes[i];
+        if (n->dead || (n->op != QT_OP_IDENTITY && n->op != QT_OP_DROPOUT)) continue;
+        if (n->op == QT_OP_DROPOUT && n->nout > 1 && n->out[1] >= 0 &&
+            qt_graph_use_count(g, n->out[1]) > 0)
+            continue; /* the mask is used */
+        int x = n->in[0], y = n->out[0];
+        if (is_port(g, y) && (is_port(g, x) || g->values[x].init)) continue;
+        if (is_port(g, y)) {
+            /* Keep the graph output's name: the producer of x now writes y. */
+            int p = g->values[x].producer;
+            if (p < 0 || qt_graph_use_count(g, x) != 1) continue;
+            struct qt_node *pn = &g->nodes[p];
+            for (int k = 0; k < pn->nout; k++)
+                if (pn->out[k] == x) pn->out[k] = y;
+            g->values[y].producer = p;
+            n->dead = 1;
+            continue;
+        }
+        qt_graph_replace_uses(g, y, x);
+        n->dead = 1;
+    }
+}
+
+static int has_sym_values(const struct qt_tensor *t)
+{
+    if (t->dtype != QT_I64) return 0;
+    int64_t n = qt_shape_numel(&t->shape);
+    for (int64_t i = 0; i < n; i++)
+        if (QT_IS_SYM_VAL(((int64_t *)t->data)[i])) return 1;
+    return 0;
+}
+
+/* Infers node i's shapes from its inputs; folds it when all its inputs are constant. */
+static int infer_and_fold(struct qt_graph *g, int i, struct qt_error *e)
+{
+    struct qt_node *n = &g->nodes[i];
+    struct qt_shape in[64], out[3];
+    enum qt_dtype idt[64], odt[3];
+    const struct qt_tensor *vals[64];
+    int all_const = 1;
+    if (n->nin > 64 || n->nout > 3) return qt_err(e, "node '%s': too many inputs or outputs", n->name);
+    for (int k = 0; k < n->nin; k++) {
+        vals[k] = NULL;
+        memset(&in[k], 0, sizeof in[k]);
+        idt[k] = QT_UNDEF;
+        if (n->in[k] < 0) continue;
+        struct qt_value *v = &g->values[n->in[k]];
+        if (!v->has_shape)
+            return qt_err(e, "%s node '%s': the shape of input '%s' is unknown", qt_op_name(n->op),
+                          n->name, v->name);
+        in[k] = v->shape;
+        idt[k] = v->dtype;
+        vals[k] = v->init;
+        if (!v->init) all_const = 0;
+    }
+    memset(out, 0, sizeof out);
+    struct qt_infer_ctx c = {g, n, in, idt, vals, out, odt};
+    if (qt_schema_infer(&c, e)) return -1;
+    for (int k = 0; k < n->nout; k++) {
+        if (n->out[k] < 0) continue;
+        struct qt_value *v = &g->values[n->out[k]];
+        v->has_shape = 1;
+        v->shape = out[k];
+        v->dtype = odt[k];
+    }
+    /* Shape only needs its input's shape; symbolic dims fold to placeholder values. */
+    int foldable = n->op == QT_OP_SHAPE ||
+                   (all_const && qt_eval_handles(n, n->nin ? idt[0] : QT_UNDEF));
+    if (!foldable) return 0;
+    for (int k = 0; k < n->nout; k++)
+        if (n->out[k] >= 0 && (g->values[n->out[k]].flags & QT_V_OUTPUT)) return 0;
+    if (n->op == QT_OP_DROPOUT && n->nout > 1) return 0;
+    struct qt_tensor *ot[3] = {NULL, NULL, NULL};
+    for (int k = 0; k < n->nout; k++) {
+        if (qt_shape_numel(&out[k]) < 0) return 0; /* symbolic result: cannot fold */
+        if (qt_shape_numel(&out[k]) > (1 << 24)) return 0;
+        ot[k] = qt_tensor_new(odt[k], &out[k]);
+    }
+    /* Arithmetic on placeholder values cannot be folded; leave such nodes alone. */
+    int sym_in = 0;
+    for (int k = 0; k < n->nin; k++) sym_in |= vals[k] && has_sym_values(vals[k]);
+    if (sym_in && (n->op == QT_OP_ADD || n->op == QT_OP_SUB || n->op == QT_OP_MUL ||
+                   n->op == QT_OP_DIV || n->op == QT_OP_CAST)) {
+        for (int k = 0; k < n->nout; k++) qt_tensor_free(ot[k]);
+        return 0;
+    }
+    if (n->op == QT_OP_SHAPE) {
+        struct qt_tensor shape_only = {idt[0], in[0], NULL, 0};
+        const struct qt_tensor *sin[1] = {&shape_only};
+        if (qt_eval_node(n, sin, ot, e)) goto fail;
+    } else if (qt_eval_node(n, vals, ot, e)) {
+        goto fail;
+    }
+    for (int k = 0; k < n->nout; k++) {
+        if (n->out[k] < 0) {
+            qt_tensor_free(ot[k]);
+            continue;
+        }
+        struct qt_value *v = &g->values[n->out[k]];
+        v->init = ot[k];
+        v->producer = -1;
+    }
+    n->dead = 1;
+    return 0;
+fail:
+    for (int k = 0; k < n->nout; k++) qt_tensor_free(ot[k]);
+    return -1;
+}
+
+/* A Reshape whose constant shape holds a symbolic dimension copies it from the input
+ * (value 0) when the input has the same symbol at the same position. */
+static int resolve_symbolic_reshapes(struct qt_graph *g, struct qt_error *e)
+{
+    for (int i = 0; i < g->nnodes; i++) {
+        struct qt_node *n = &g->nodes[i];
+        if (n->dead || n->op != QT_OP_RESHAPE) continue;
+        struct qt_value *sv = &g->values[n->in[1]];
+        if (!sv->init || !has_sym_values(sv->init)) continue;
+        const struct qt_shape *xs = &g->values[n->in[0]].shape;
+        struct qt_tensor *t = qt_tensor_clone(sv->init);
+        int64_t *d = t->data;
+        for (int64_t k = 0; k < qt_shape_numel(&t->shape); k++) {
+            if (!QT_IS_SYM_VAL(d[k])) continue;
+            int sym = QT_SYM_OF_VAL(d[k]);
+            if (k < xs->ndim && xs->d[k] == -1 - sym && !qt_node_int(n, "allowzero", 0)) {
+                d[k] = 0;
+            } else {
+                qt_tensor_free(t);
+                return qt_err(e, "Reshape node '%s': its target shape depends on the symbolic "
+                                 "dimension '%s' in a way qtune cannot express statically",
+                              n->name, g->syms[sym]);
+            }
+        }
+        char base[256];
+        snprintf(base, sizeof base, "%s_shape", n->name);
+        int nv = qt_graph_add_value_unique(g, base, QT_I64, &t->shape);
+        g->values[nv].init = t;
+        n = &g->nodes[i];
+        n->in[1] = nv;
+    }
+    for (int i = 0; i < g->nnodes; i++) {
+        struct qt_node *n = &g->nodes[i];
+        if (n->dead) continue;
+        for (int k = 0; k < n->nin; k++) {
+            if (n->in[k] < 0) continue;
+            const struct qt_value *v = &g->values[n->in[k]];
+            if (v->init && has_sym_values(v->init))
+                return qt_err(e, "%s node '%s': input '%s' depends on a symbolic dimension that "
+                                 "qtune cannot fold", qt_op_name(n->op), n->name, v->name);
+        }
+    }
+    return 0;
+}
+
+/* Pad(constant 0 on spatial dims) -> Conv, or Pad(-inf) -> MaxPool, or Pad(0) -> AveragePool
+ * (which then counts the padding, as the Pad did). */
+static void merge_pads(struct qt_graph *g)
+{
+    for (int i = 0; i < g->nnodes; i++) {
+        struct qt_node *p = &g->nodes[i];
+        if (p->dead || p->op != QT_OP_PAD) continue;
+        int y = p->out[0];
+        if (is_port(g, y) || qt_graph_use_count(g, y) != 1) continue;
+        int ci = qt_graph_first_consumer(g, y);
+        struct qt_node *c = &g->nodes[ci];
+        if (c->in[0] != y) continue;
+        if (c->op != QT_OP_CONV && c->op != QT_OP_MAXPOOL && c->op != QT_OP_AVGPOOL) continue;
+        if (strcmp(qt_node_string(c, "auto_pad", "NOTSET"), "NOTSET") != 0) continue;
+        if (strcmp(qt_node_string(p, "mode", "constant"), "constant") != 0) continue;
+        const struct qt_value *x = &g->values[p->in[0]];
+        int r = x->shape.ndim;
+        if (r < 3) continue;
+        int64_t pads[2 * QT_MAX_DIMS];
+        int np = qt_node_ints(p, "pads", pads, 2 * QT_MAX_DIMS);
+        if (np < 0) {
+            if (p->nin < 2 || !g->values[p->in[1]].init) continue;
+            const struct qt_tensor *t = g->values[p->in[1]].init;
+            np = (int)qt_shape_numel(&t->shape);
+            if (np > 2 * QT_MAX_DIMS) continue;
+            for (int k = 0; k < np; k++) pads[k] = qt_tensor_get_i(t, k);
+        }
+        if (np != 2 * r) continue;
+        double val = qt_node_float(p, "value", 0.f);
+        if (p->nin > 2 && p->in[2] >= 0) {
+            if (!g->values[p->in[2]].init) continue;
+            val = qt_tensor_get_f(g->values[p->in[2]].init, 0);
+        }
+        if (p->nin > 3 && p->in[3] >= 0) continue;
+        int ok = pads[0] == 0 && pads[1] == 0 && pads[r] == 0 && pads[r + 1] == 0;
+        for (int k = 0; k < 2 * r; k++) ok &= pads[k] >= 0;
+        if (!ok) continue;
+        if (c->op == QT_OP_MAXPOOL ? !(isinf(val) && val < 0) : val != 0) continue;
+        int nsp = r - 2;
+        int64_t cp[6] = {0};
+        int ncp = qt_node_ints(c, "pads", cp, 6);
+        if (ncp >= 0 && ncp != 2 * nsp) continue;
+        if (c->op == QT_OP_AVGPOOL) {
+            int any = 0;
+            for (int k = 0; k < 2 * nsp; k++) any |= cp[k] != 0;
+            if (any && !qt_node_int(c, "count_include_pad", 0)) continue;
+            int anypad = 0;
+            for (int k = 0; k < 2 * r; k++) anypad |= pads[k] != 0;
+            if (anypad) qt_node_set_int(c, "count_include_pad", 1);
+        }
+        for (int k = 0; k < nsp; k++) {
+            cp[k] += pads[2 + k];
+            cp[nsp + k] += pads[r + 2 + k];
+        }
+        qt_node_set_ints(c, "pads", cp, 2 * nsp);
+        c->in[0] = p->in[0];
+        p->dead = 1;
+    }
+}
+
+int qt_pass_canonicalize(struct qt_graph *g, struct qt_error *e)
+{
+    drop_passthrough(g);
+    if (qt_graph_compact(g, e)) return -1;
+    for (int i = 0; i < g->nnodes; i++) {
+        if (g->nodes[i].dead) continue;
+        if (infer_and_fold(g, i, e)) return -1;
+    }
+    if (qt_graph_compact(g, e)) return -1;
+    if (resolve_symbolic_reshapes(g, e)) return -1;
+    merge_pads(g);
+    if (qt_graph_compact(g, e)) return -1;
+    if (qt_graph_verify(g, e)) return -1;
+    return qt_graph_infer_shapes(g, e);
+}

@@ -1,0 +1,329 @@
+/* The CPU backend: translates graph nodes into calls of the kernels in kernels/cpu. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../graph/schema.h"
+#include "../kernels/cpu/cpu.h"
+#include "backend.h"
+
+static void *cpu_alloc(struct qt_backend *b, size_t bytes)
+{
+    (void)b;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64)) return NULL;
+    return p;
+}
+
+static void cpu_release(struct qt_backend *b, void *p)
+{
+    (void)b;
+    free(p);
+}
+
+static int cpu_copy(struct qt_backend *b, void *dst, const void *src, size_t bytes)
+{
+    (void)b;
+    memcpy(dst, src, bytes);
+    return 0;
+}
+
+static int cpu_supports(struct qt_backend *b, const struct qt_graph *g, const struct qt_node *n,
+                        const struct qt_tensor **in)
+{
+    (void)b;
+    (void)g;
+    switch (n->op) {
+    case QT_OP_CONV: case QT_OP_BATCHNORM: case QT_OP_RELU: case QT_OP_CLIP:
+    case QT_OP_MAXPOOL: case QT_OP_AVGPOOL: case QT_OP_GLOBALAVGPOOL: case QT_OP_GEMM:
+    case QT_OP_MATMUL: case QT_OP_SOFTMAX: case QT_OP_REDUCEMEAN:
+        return 1;
+    case QT_OP_ADD: case QT_OP_SUB: case QT_OP_MUL: case QT_OP_DIV:
+        return in[0]->dtype == QT_F32;
+    default:
+        return 0;
+    }
+}
+
+/* 1-D and 2-D window geometry as a 2-D descriptor. */
+static int window_desc(struct qt_conv2d_desc *d, const struct qt_conv_attrs *a,
+                       const struct qt_shape *x, const struct qt_shape *y, const struct qt_node *n,
+                       struct qt_error *e)
+{
+    if (a->nsp > 2)
+        return qt_err(e, "%s node '%s': %d-D windows are not supported on the CPU backend",
+                      qt_op_name(n->op), n->name, a->nsp);
+    int two = a->nsp == 2;
+    memset(d, 0, sizeof *d);
+    d->n = (int)x->d[0];
+    d->c = (int)x->d[1];
+    d->h = two ? (int)x->d[2] : 1;
+    d->w = (int)x->d[two ? 3 : 2];
+    d->k = (int)y->d[1];
+    d->oh = two ? (int)y->d[2] : 1;
+    d->ow = (int)y->d[two ? 3 : 2];
+    d->kh = two ? (int)a->kernel[0] : 1;
+    d->kw = (int)a->kernel[two ? 1 : 0];
+    d->sh = two ? (int)a->stride[0] : 1;
+    d->sw = (int)a->stride[two ? 1 : 0];
+    d->dh = two ? (int)a->dilation[0] : 1;
+    d->dw = (int)a->dilation[two ? 1 : 0];
+    d->pt = two ? (int)a->pad_begin[0] : 0;
+    d->pb = two ? (int)a->pad_end[0] : 0;
+    d->pl = (int)a->pad_begin[two ? 1 : 0];
+    d->pr = (int)a->pad_end[two ? 1 : 0];
+    d->group = (int)a->group;
+    return 0;
+}
+
+static int64_t cpu_workspace(struct qt_backend *b, const struct qt_graph *g,
+                             const struct qt_node *n, const struct qt_tensor **in,
+                             struct qt_tensor **out)
+{
+    (void)b;
+    (void)g;
+    if (n->op != QT_OP_CONV) return 0;
+    struct qt_conv_attrs a;
+    struct qt_conv2d_desc d;
+    if (qt_conv_attrs_get(n, &in[0]->shape, &in[1]->shape, &a, NULL, "Conv")) return 0;
+    if (window_desc(&d, &a, &in[0]->shape, &out[0]->shape, n, NULL)) return 0;
+    return conv2d_workspace_cpu(&d);
+}
+
+static void strides_over(int64_t *st, const struct qt_shape *s, const struct qt_shape *o)
+{
+    int64_t acc = 1;
+    for (int i = o->ndim - 1; i >= 0; i--) {
+        int k = i - (o->ndim - s->ndim);
+        if (k < 0 || s->d[k] == 1) st[i] = 0;
+        else {
+            st[i] = acc;
+            acc *= s->d[k];
+        }
+    }
+}
+
+static int fwd_matmul(const struct qt_tensor *a, const struct qt_tensor *b, struct qt_tensor *y)
+{
+    struct qt_shape as = a->shape, bs = b->shape;
+    if (as.ndim == 1) {
+        as.ndim = 2;
+        as.d[1] = as.d[0];
+        as.d[0] = 1;
+    }
+    if (bs.ndim == 1) {
+        bs.ndim = 2;
+        bs.d[1] = 1;
+    }
+    int64_t m = as.d[as.ndim - 2], k = as.d[as.ndim - 1], n = bs.d[bs.ndim - 1];
+    /* Batch dims: broadcast of as[:-2] and bs[:-2]. */
+    struct qt_shape ab = as, bb = bs, ob;
+    ab.ndim -= 2;
+    bb.ndim -= 2;
+    qt_broadcast_shape(&ob, &ab, &bb);
+    int64_t sa[QT_MAX_DIMS], sb[QT_MAX_DIMS], idx[QT_MAX_DIMS] = {0};
+    strides_over(sa, &ab, &ob);
+    strides_over(sb, &bb, &ob);
+    int64_t batches = qt_shape_numel(&ob);
+    const float *pa = a->data, *pb = b->data;
+    float *py = y->data;
+    for (int64_t t = 0; t < batches; t++) {
+        int64_t ia = 0, ib = 0;
+        for (int d = 0; d < ob.ndim; d++) {
+            ia += idx[d] * sa[d];
+            ib += idx[d] * sb[d];
+        }
+        gemm_forward_cpu(py + t * m * n, pa + ia * m * k, pb + ib * k * n, NULL, m, n, k, 0, 0, 1.f,
+                         0.f, 0, 0);
+        for (int d = ob.ndim - 1; d >= 0; d--) {
+            if (++idx[d] < ob.d[d]) break;
+            idx[d] = 0;
+        }
+    }
+    return 0;
+}
+
+static int fwd_reduce_mean(const struct qt_node *n, const struct qt_tensor *x, struct qt_tensor *y,
+                           const struct qt_tensor *axes_t)
+{
+    int r = x->shape.ndim;
+    int64_t axes[QT_MAX_DIMS];
+    int na = qt_node_ints(n, "axes", axes, QT_MAX_DIMS);
+    if (na < 0) {
+        na = 0;
+        if (axes_t)
+            for (int64_t i = 0; i < qt_shape_numel(&axes_t->shape); i++)
+                axes[na++] = qt_tensor_get_i(axes_t, i);
+    }
+    char red[QT_MAX_DIMS] = {0};
+    if (na == 0) {
+        if (qt_node_int(n, "noop_with_empty_axes", 0)) {
+            memcpy(y->data, x->data, x->nbytes);
+            return 0;
+        }
+        for (int i = 0; i < r; i++) red[i] = 1;
+    }
+    for (int i = 0; i < na; i++) red[axes[i] < 0 ? axes[i] + r : axes[i]] = 1;
+    /* Reduce one axis at a time (equal-sized groups: the mean of means is the mean). */
+    struct qt_shape cur = x->shape;
+    const float *src = x->data;
+    float *tmp = NULL;
+    int last = -1;
+    for (int i = 0; i < r; i++) if (red[i]) last = i;
+    for (int ax = 0; ax < r; ax++) {
+        if (!red[ax]) continue;
+        int64_t outer = 1, inner = 1;
+        for (int i = 0; i < ax; i++) outer *= cur.d[i];
+        for (int i = ax + 1; i < r; i++) inner *= cur.d[i];
+        float *dst = ax == last ? (float *)y->data : malloc(sizeof(float) * (outer * inner + 1));
+        reduce_mean_forward_cpu(dst, src, outer, cur.d[ax], inner);
+        cur.d[ax] = 1;
+        free(tmp);
+        tmp = ax == last ? NULL : dst;
+        src = dst;
+    }
+    if (last < 0) memcpy(y->data, x->data, x->nbytes);
+    return 0;
+}
+
+static int cpu_forward(struct qt_backend *b, const struct qt_graph *g, const struct qt_node *n,
+                       const struct qt_tensor **in, struct qt_tensor **out, float *ws,
+                       struct qt_error *e)
+{
+    (void)b;
+    struct qt_tensor *y = out[0];
+    const struct qt_tensor *x = in[0];
+    int64_t numel = qt_shape_numel(&y->shape);
+    switch (n->op) {
+    case QT_OP_CONV: {
+        struct qt_conv_attrs a;
+        struct qt_conv2d_desc d;
+        if (qt_conv_attrs_get(n, &x->shape, &in[1]->shape, &a, e, "Conv")) return -1;
+        if (window_desc(&d, &a, &x->shape, &y->shape, n, e)) return -1;
+        const float *bias = n->nin > 2 && in[2] ? in[2]->data : NULL;
+        conv2d_forward_cpu(y->data, x->data, in[1]->data, bias, ws, &d);
+        return 0;
+    }
+    case QT_OP_MAXPOOL: case QT_OP_AVGPOOL: {
+        struct qt_pool_attrs a;
+        struct qt_conv2d_desc d;
+        if (qt_pool_attrs_get(n, &x->shape, &a, e, qt_op_name(n->op))) return -1;
+        if (n->nout > 1 && out[1])
+            return qt_err(e, "MaxPool node '%s': the Indices output is not supported", n->name);
+        if (window_desc(&d, &a.c, &x->shape, &y->shape, n, e)) return -1;
+        if (n->op == QT_OP_MAXPOOL) maxpool2d_forward_cpu(y->data, x->data, &d);
+        else avgpool2d_forward_cpu(y->data, x->data, &d, a.count_include_pad);
+        return 0;
+    }
+    case QT_OP_GLOBALAVGPOOL: {
+        int64_t nc = x->shape.d[0] * x->shape.d[1];
+        global_avgpool_forward_cpu(y->data, x->data, nc, nc ? qt_shape_numel(&x->shape) / nc : 0);
+        return 0;
+    }
+    case QT_OP_BATCHNORM: {
+        int64_t nb = x->shape.d[0], c = x->shape.d[1];
+        int64_t hw = (nb * c) != 0 ? qt_shape_numel(&x->shape) / (nb * c) : 0;
+        float eps = qt_node_float(n, "epsilon", 1e-5f);
+        batchnorm_infer_forward_cpu(y->data, x->data, in[1]->data, in[2]->data, in[3]->data,
+                                    in[4]->data, eps, nb, c, hw);
+        for (int k = 1; k < n->nout; k++)
+            if (out[k]) memcpy(out[k]->data, in[k + 2]->data, out[k]->nbytes);
+        return 0;
+    }
+    case QT_OP_RELU:
+        relu_forward_cpu(y->data, x->data, numel);
+        return 0;
+    case QT_OP_CLIP: {
+        float lo = -INFINITY, hi = INFINITY;
+        if (g->opset < 11) {
+            lo = qt_node_float(n, "min", lo);
+            hi = qt_node_float(n, "max", hi);
+        } else {
+            if (n->nin > 1 && in[1]) lo = (float)qt_tensor_get_f(in[1], 0);
+            if (n->nin > 2 && in[2]) hi = (float)qt_tensor_get_f(in[2], 0);
+        }
+        clip_forward_cpu(y->data, x->data, lo, hi, numel);
+        return 0;
+    }
+    case QT_OP_ADD: case QT_OP_SUB: case QT_OP_MUL: case QT_OP_DIV: {
+        int64_t sa[QT_MAX_DIMS], sb[QT_MAX_DIMS];
+        strides_over(sa, &in[0]->shape, &y->shape);
+        strides_over(sb, &in[1]->shape, &y->shape);
+        enum qt_binop op = n->op == QT_OP_ADD ? QT_BIN_ADD : n->op == QT_OP_SUB ? QT_BIN_SUB
+                           : n->op == QT_OP_MUL ? QT_BIN_MUL : QT_BIN_DIV;
+        binary_forward_cpu(y->data, in[0]->data, in[1]->data, op, y->shape.d, sa, sb, y->shape.ndim);
+        return 0;
+    }
+    case QT_OP_GEMM: {
+        int ta = (int)qt_node_int(n, "transA", 0), tb = (int)qt_node_int(n, "transB", 0);
+        int64_t m = y->shape.d[0], nn = y->shape.d[1];
+        int64_t k = ta ? x->shape.d[0] : x->shape.d[1];
+        const struct qt_tensor *c = n->nin > 2 ? in[2] : NULL;
+        int64_t crs = 0, ccs = 0;
+        if (c) {
+            const struct qt_shape *cs = &c->shape;
+            if (cs->ndim == 2) {
+                crs = cs->d[0] == 1 ? 0 : cs->d[1];
+                ccs = cs->d[1] == 1 ? 0 : 1;
+            } else if (cs->ndim == 1) {
+                ccs = cs->d[0] == 1 ? 0 : 1;
+            }
+        }
+        gemm_forward_cpu(y->data, x->data, in[1]->data, c ? c->data : NULL, m, nn, k, ta, tb,
+                         qt_node_float(n, "alpha", 1.f), qt_node_float(n, "beta", 1.f), crs, ccs);
+        return 0;
+    }
+    case QT_OP_MATMUL:
+        return fwd_matmul(in[0], in[1], y);
+    case QT_OP_SOFTMAX: {
+        int r = x->shape.ndim;
+        int64_t axis = qt_node_int(n, "axis", g->opset < 13 ? 1 : -1);
+        if (axis < 0) axis += r;
+        int64_t outer = 1, mid = 1, inner = 1;
+        for (int i = 0; i < axis; i++) outer *= x->shape.d[i];
+        if (g->opset < 13) {
+            for (int i = (int)axis; i < r; i++) mid *= x->shape.d[i];
+        } else {
+            mid = x->shape.d[axis];
+            for (int i = (int)axis + 1; i < r; i++) inner *= x->shape.d[i];
+        }
+        softmax_forward_cpu(y->data, x->data, outer, mid, inner);
+        return 0;
+    }
+    case QT_OP_REDUCEMEAN:
+        return fwd_reduce_mean(n, x, y, n->nin > 1 ? in[1] : NULL);
+    default:
+        return qt_err(e, "%s node '%s': not computed by the CPU backend", qt_op_name(n->op), n->name);
+    }
+}
+
+static int cpu_sync(struct qt_backend *b, struct qt_error *e)
+{
+    (void)b;
+    (void)e;
+    return 0;
+}
+
+static void cpu_destroy(struct qt_backend *b)
+{
+    free(b);
+}
+
+struct qt_backend *qt_backend_cpu_new(int threads)
+{
+    struct qt_backend *b = calloc(1, sizeof *b);
+    if (!b) return NULL;
+    if (threads > 0) omp_set_num_threads(threads);
+    b->name = "cpu";
+    b->alloc = cpu_alloc;
+    b->release = cpu_release;
+    b->upload = cpu_copy;
+    b->download = cpu_copy;
+    b->supports = cpu_supports;
+    b->workspace = cpu_workspace;
+    b->forward = cpu_forward;
+    b->sync = cpu_sync;
+    b->destroy = cpu_destroy;
+    return b;
+}

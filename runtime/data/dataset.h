@@ -1,0 +1,38 @@
+/* Datasets: readers for IDX, CIFAR binary and image-folder trees (plain or in tar/tar.gz),
+ * decoded once into an in-memory uint8 cache, and batch assembly with normalization. */
+#ifndef QT_DATASET_H
+#define QT_DATASET_H
+
+#include <stdint.h>
+
+#include "../../graph/error.h"
+
+/* One split of a dataset, decoded: n samples of c x h x w uint8 pixels stored CHW. */
+struct qt_dataset {
+    int n;
+    int c, h, w;
+    int nclasses;
+    uint8_t *pixels;     /* n * c * h * w */
+    int32_t *labels;     /* n, each in [0, nclasses) */
+    char **class_names;  /* nclasses names, or NULL when the format has none */
+    char kind[32];       /* "idx", "cifar10", "cifar100", "imagefolder" */
+};
+
+/* Opens split "train" or "test" of the dataset at path (kind detected from the contents:
+ * an IDX folder with train-* and t10k-* files, .gz or not; a CIFAR-10/100 binary folder or
+ * its tar.gz; an image-folder tree or tar/tar.gz with train/ and test/ holding one folder
+ * per class of JPEG/PNG files). Every failure names the file and what is wrong with it. */
+int qt_dataset_load(struct qt_dataset *ds, const char *path, const char *split,
+                    struct qt_error *e);
+void qt_dataset_free(struct qt_dataset *ds);
+
+/* Normalization presets: "cifar10", "fashion-mnist", "mnist", "imagenet".
+ * Fills mean and std (per channel, for values scaled to [0, 1]); -1 for an unknown name. */
+int qt_norm_preset(const char *name, int channels, float *mean, float *std);
+
+/* Assembles a float NCHW batch from samples idx[0..count): x = (p / 255 - mean[c]) / std[c];
+ * labels copied to y when y is not NULL. */
+void qt_dataset_batch(const struct qt_dataset *ds, const int *idx, int count, const float *mean,
+                      const float *std, float *x, int32_t *y);
+
+#endif

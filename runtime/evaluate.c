@@ -1,0 +1,129 @@
+/* The evaluation loop: normalized batches through the executor, top-1/top-5 and loss. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "exec.h"
+#include "loops.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void qt_classify_stats(const float *logits, const int32_t *labels, int n, int classes,
+                       int64_t *top1, int64_t *top5, double *loss_sum)
+{
+    for (int i = 0; i < n; i++) {
+        const float *z = logits + (int64_t)i * classes;
+        int y = labels[i];
+        float zy = z[y];
+        int higher = 0;
+        double mx = z[0];
+        for (int c = 0; c < classes; c++) {
+            if (z[c] > zy || (z[c] == zy && c < y)) higher++;
+            if (z[c] > mx) mx = z[c];
+        }
+        double s = 0;
+        for (int c = 0; c < classes; c++) s += exp(z[c] - mx);
+        *loss_sum += log(s) + mx - zy;
+        *top1 += higher < 1;
+        *top5 += higher < 5;
+    }
+}
+
+int qt_evaluate(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
+                const float *mean, const float *std, int batch, int64_t limit,
+                qt_progress_fn progress, void *ctx, struct qt_eval_result *r, struct qt_error *e)
+{
+    char s1[128];
+    memset(r, 0, sizeof *r);
+    if (g->ninputs != 1) return qt_err(e, "the model has %d inputs; eval needs exactly one", g->ninputs);
+    const struct qt_value *in = &g->values[g->inputs[0]];
+    if (in->dtype != QT_F32 || in->shape.ndim != 4)
+        return qt_err(e, "the model's input '%s' is %s %s; eval needs a float NCHW image input",
+                      in->name, qt_dtype_name(in->dtype), qt_shape_str(g, &in->shape, s1, sizeof s1));
+    const int64_t want[3] = {ds->c, ds->h, ds->w};
+    for (int i = 0; i < 3; i++)
+        if (in->shape.d[1 + i] >= 0 && in->shape.d[1 + i] != want[i])
+            return qt_err(e, "the model expects images of %s but the dataset has %dx%dx%d",
+                          qt_shape_str(g, &in->shape, s1, sizeof s1), ds->c, ds->h, ds->w);
+    if (in->shape.d[0] >= 0 && in->shape.d[0] != batch) {
+        batch = (int)in->shape.d[0]; /* static batch in the file */
+    }
+    if (batch <= 0) return qt_err(e, "batch size must be positive");
+    int64_t total = limit > 0 && limit < ds->n ? limit : ds->n;
+    struct qt_exec *x = qt_exec_new(g, b, e);
+    if (!x) return -1;
+    struct qt_shape xs = {4, {batch, ds->c, ds->h, ds->w}};
+    struct qt_tensor *xt = qt_tensor_new(QT_F32, &xs);
+    int32_t *labels = malloc(sizeof(int32_t) * batch);
+    int *idx = malloc(sizeof(int) * batch);
+    float *host = NULL;
+    int64_t top1 = 0, top5 = 0, done = 0;
+    double loss = 0, t0 = now();
+    int rc = 0;
+    while (done < total) {
+        int n = (int)(total - done < batch ? total - done : batch);
+        int static_batch = in->shape.d[0] >= 0;
+        for (int i = 0; i < n; i++) idx[i] = (int)(done + i);
+        qt_dataset_batch(ds, idx, n, mean, std, xt->data, labels);
+        if (static_batch && n < batch) /* pad the last batch; extra rows are ignored */
+            memset((float *)xt->data + (int64_t)n * ds->c * ds->h * ds->w, 0,
+                   sizeof(float) * (int64_t)(batch - n) * ds->c * ds->h * ds->w);
+        xt->shape.d[0] = static_batch ? batch : n;
+        xt->nbytes = sizeof(float) * qt_shape_numel(&xt->shape);
+        const struct qt_tensor *ins[1] = {xt};
+        if (qt_exec_forward(x, ins, e)) {
+            rc = -1;
+            break;
+        }
+        const struct qt_tensor *out = qt_exec_output(x, 0);
+        if (out->dtype != QT_F32 || out->shape.ndim != 2 || out->shape.d[0] != xt->shape.d[0]) {
+            rc = qt_err(e, "the model's output is %s; eval needs [N, classes] logits",
+                        qt_shape_str(g, &out->shape, s1, sizeof s1));
+            break;
+        }
+        int classes = (int)out->shape.d[1];
+        if (classes < ds->nclasses) {
+            rc = qt_err(e, "the model predicts %d classes but the dataset has %d", classes, ds->nclasses);
+            break;
+        }
+        const float *logits = out->data;
+        if (strcmp(b->name, "cpu") != 0) {
+            host = realloc(host, out->nbytes);
+            if (b->download(b, host, out->data, out->nbytes)) {
+                rc = qt_err(e, "cannot read the model's output from the %s backend", b->name);
+                break;
+            }
+            logits = host;
+        }
+        for (int i = 0; i < n * classes; i++)
+            if (!isfinite(logits[i])) {
+                rc = qt_err(e, "the model produced a non-finite logit on sample %lld", (long long)(done + i / classes));
+                break;
+            }
+        if (rc) break;
+        qt_classify_stats(logits, labels, n, classes, &top1, &top5, &loss);
+        done += n;
+        if (progress) progress(ctx, done, total, now() - t0);
+    }
+    r->seconds = now() - t0;
+    r->images = done;
+    if (done) {
+        r->top1 = 100.0 * top1 / done;
+        r->top5 = 100.0 * top5 / done;
+        r->loss = loss / done;
+        r->images_per_s = done / (r->seconds > 0 ? r->seconds : 1e-9);
+    }
+    free(host);
+    free(idx);
+    free(labels);
+    qt_tensor_free(xt);
+    qt_exec_free(x);
+    return rc;
+}

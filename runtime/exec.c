@@ -1,0 +1,206 @@
+/* The executor: runs a graph forward on a backend. Shapes are inferred per run (so a
+ * symbolic batch takes any size); buffers come from a pool reused by liveness, so repeated
+ * runs at one batch size allocate nothing after the first. */
+#include "exec.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../graph/eval.h"
+#include "../graph/schema.h"
+
+struct block {
+    void *ptr;
+    size_t cap;
+    int host; /* allocated with malloc (host evaluator tensors) rather than by the backend */
+    int used;
+};
+
+struct qt_exec {
+    struct qt_graph *g;
+    struct qt_backend *b;
+    struct qt_tensor *val;  /* per value: current tensor (data NULL when not live) */
+    int *blk;               /* per value: block index holding it, -1 for none/constants */
+    int *last_use;          /* per value: index of the last node reading it */
+    struct block *blocks;
+    int nblocks;
+    float *ws;
+    int64_t ws_cap;
+};
+
+static int pool_get(struct qt_exec *x, size_t bytes, int host)
+{
+    int best = -1;
+    for (int i = 0; i < x->nblocks; i++) {
+        struct block *bl = &x->blocks[i];
+        if (bl->used || bl->host != host || bl->cap < bytes) continue;
+        if (best < 0 || bl->cap < x->blocks[best].cap) best = i;
+    }
+    if (best >= 0) {
+        x->blocks[best].used = 1;
+        return best;
+    }
+    x->blocks = realloc(x->blocks, sizeof *x->blocks * (x->nblocks + 1));
+    struct block *bl = &x->blocks[x->nblocks];
+    bl->ptr = host ? malloc(bytes ? bytes : 1) : x->b->alloc(x->b, bytes);
+    if (!bl->ptr) return -1;
+    bl->cap = bytes;
+    bl->host = host;
+    bl->used = 1;
+    return x->nblocks++;
+}
+
+struct qt_exec *qt_exec_new(struct qt_graph *g, struct qt_backend *b, struct qt_error *e)
+{
+    struct qt_exec *x = calloc(1, sizeof *x);
+    x->g = g;
+    x->b = b;
+    x->val = calloc(g->nvalues + 1, sizeof *x->val);
+    x->blk = malloc(sizeof(int) * (g->nvalues + 1));
+    x->last_use = malloc(sizeof(int) * (g->nvalues + 1));
+    for (int v = 0; v < g->nvalues; v++) {
+        x->blk[v] = -1;
+        x->last_use[v] = -1;
+        if (g->values[v].flags & QT_V_OUTPUT) x->last_use[v] = g->nnodes; /* kept */
+    }
+    for (int i = 0; i < g->nnodes; i++)
+        for (int k = 0; k < g->nodes[i].nin; k++) {
+            int v = g->nodes[i].in[k];
+            if (v >= 0 && x->last_use[v] < i && x->last_use[v] != g->nnodes) x->last_use[v] = i;
+        }
+    /* Constants: uploaded once. */
+    for (int v = 0; v < g->nvalues; v++) {
+        const struct qt_tensor *t = g->values[v].init;
+        if (!t) continue;
+        x->val[v] = *t;
+        x->val[v].data = t->data; /* host copy; the CPU backend uses it in place */
+        if (strcmp(b->name, "cpu") != 0 && t->dtype == QT_F32) {
+            int bi = pool_get(x, t->nbytes, 0);
+            if (bi < 0 || b->upload(b, x->blocks[bi].ptr, t->data, t->nbytes)) {
+                qt_err(e, "cannot place initializer '%s' on the %s backend", g->values[v].name, b->name);
+                qt_exec_free(x);
+                return NULL;
+            }
+            x->val[v].data = x->blocks[bi].ptr;
+            x->blk[v] = bi;
+        }
+    }
+    return x;
+}
+
+void qt_exec_free(struct qt_exec *x)
+{
+    if (!x) return;
+    for (int i = 0; i < x->nblocks; i++) {
+        if (x->blocks[i].host) free(x->blocks[i].ptr);
+        else x->b->release(x->b, x->blocks[i].ptr);
+    }
+    free(x->blocks);
+    free(x->val);
+    free(x->blk);
+    free(x->last_use);
+    free(x->ws);
+    free(x);
+}
+
+static void release_value(struct qt_exec *x, int v)
+{
+    if (x->blk[v] >= 0 && !x->g->values[v].init) {
+        x->blocks[x->blk[v]].used = 0;
+        x->blk[v] = -1;
+        x->val[v].data = NULL;
+    }
+}
+
+int qt_exec_forward(struct qt_exec *x, const struct qt_tensor **inputs, struct qt_error *e)
+{
+    struct qt_graph *g = x->g;
+    char b1[128], b2[128];
+    /* Release everything from the previous run. */
+    for (int v = 0; v < g->nvalues; v++) release_value(x, v);
+
+    for (int k = 0; k < g->ninputs; k++) {
+        int v = g->inputs[k];
+        const struct qt_value *gv = &g->values[v];
+        const struct qt_tensor *t = inputs[k];
+        int ok = t->dtype == gv->dtype && t->shape.ndim == gv->shape.ndim;
+        for (int i = 0; ok && i < t->shape.ndim; i++)
+            ok = gv->shape.d[i] < 0 || gv->shape.d[i] == t->shape.d[i];
+        if (!ok)
+            return qt_err(e, "input '%s' is %s %s, the model expects %s %s", gv->name,
+                          qt_dtype_name(t->dtype), qt_shape_str(g, &t->shape, b1, sizeof b1),
+                          qt_dtype_name(gv->dtype), qt_shape_str(g, &gv->shape, b2, sizeof b2));
+        int host = t->dtype != QT_F32;
+        int bi = pool_get(x, t->nbytes, host);
+        if (bi < 0) return qt_err(e, "out of memory for input '%s'", gv->name);
+        x->blk[v] = bi;
+        x->val[v] = *t;
+        x->val[v].data = x->blocks[bi].ptr;
+        if (host) memcpy(x->val[v].data, t->data, t->nbytes);
+        else if (x->b->upload(x->b, x->val[v].data, t->data, t->nbytes))
+            return qt_err(e, "cannot upload input '%s'", gv->name);
+    }
+
+    for (int i = 0; i < g->nnodes; i++) {
+        const struct qt_node *n = &g->nodes[i];
+        const struct qt_tensor *in[64];
+        struct qt_shape ish[64], osh[3];
+        enum qt_dtype idt[64], odt[3];
+        for (int k = 0; k < n->nin; k++) {
+            in[k] = NULL;
+            memset(&ish[k], 0, sizeof ish[k]);
+            idt[k] = QT_UNDEF;
+            if (n->in[k] < 0) continue;
+            in[k] = &x->val[n->in[k]];
+            if (!in[k]->data && in[k]->nbytes)
+                return qt_err(e, "%s node '%s': input '%s' has no value", qt_op_name(n->op), n->name,
+                              g->values[n->in[k]].name);
+            ish[k] = in[k]->shape;
+            idt[k] = in[k]->dtype;
+        }
+        struct qt_infer_ctx c = {g, n, ish, idt, in, osh, odt};
+        if (qt_schema_infer(&c, e)) return -1;
+        int on_backend = x->b->supports(x->b, g, n, in);
+        struct qt_tensor *out[3] = {NULL, NULL, NULL};
+        for (int k = 0; k < n->nout; k++) {
+            int v = n->out[k];
+            if (v < 0) continue;
+            struct qt_tensor *t = &x->val[v];
+            t->dtype = odt[k];
+            t->shape = osh[k];
+            int64_t cnt = qt_shape_numel(&osh[k]);
+            if (cnt < 0)
+                return qt_err(e, "%s node '%s': output shape %s is not concrete", qt_op_name(n->op),
+                              n->name, qt_shape_str(g, &osh[k], b1, sizeof b1));
+            t->nbytes = (size_t)cnt * qt_dtype_size(odt[k]);
+            int bi = pool_get(x, t->nbytes, !on_backend && odt[k] != QT_F32);
+            if (bi < 0) return qt_err(e, "%s node '%s': out of memory", qt_op_name(n->op), n->name);
+            x->blk[v] = bi;
+            t->data = x->blocks[bi].ptr;
+            out[k] = t;
+        }
+        if (on_backend) {
+            int64_t need = x->b->workspace(x->b, g, n, in, out);
+            if (need > x->ws_cap) {
+                free(x->ws);
+                x->ws = malloc(sizeof(float) * need);
+                if (!x->ws) return qt_err(e, "out of memory for a %lld-float workspace", (long long)need);
+                x->ws_cap = need;
+            }
+            if (x->b->forward(x->b, g, n, in, out, x->ws, e)) return -1;
+        } else {
+            if (qt_eval_node(n, in, out, e)) return -1;
+        }
+        for (int k = 0; k < n->nin; k++) {
+            int v = n->in[k];
+            if (v >= 0 && x->last_use[v] == i) release_value(x, v);
+        }
+    }
+    return x->b->sync(x->b, e);
+}
+
+const struct qt_tensor *qt_exec_output(const struct qt_exec *x, int k)
+{
+    return &x->val[x->g->outputs[k]];
+}

@@ -1,0 +1,31 @@
+/* Evaluation (and, later, training) loops over a dataset: batching, forward passes and
+ * metrics. Progress goes to a caller-supplied callback; nothing here prints. */
+#ifndef QT_LOOPS_H
+#define QT_LOOPS_H
+
+#include "../graph/graph.h"
+#include "backend.h"
+#include "data/dataset.h"
+
+struct qt_eval_result {
+    int64_t images;
+    double top1, top5; /* percent */
+    double loss;       /* mean cross-entropy */
+    double seconds;    /* wall time of batching + forward passes */
+    double images_per_s;
+};
+
+/* Called after each batch with images done so far and the total. */
+typedef void (*qt_progress_fn)(void *ctx, int64_t done, int64_t total, double seconds);
+
+/* Evaluates a classifier (first graph input NCHW float, first output [N, classes] logits)
+ * on the first `limit` samples (all when limit <= 0). */
+int qt_evaluate(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
+                const float *mean, const float *std, int batch, int64_t limit,
+                qt_progress_fn progress, void *ctx, struct qt_eval_result *r, struct qt_error *e);
+
+/* Top-k hits and summed cross-entropy of logits [n, classes] against labels. */
+void qt_classify_stats(const float *logits, const int32_t *labels, int n, int classes,
+                       int64_t *top1, int64_t *top5, double *loss_sum);
+
+#endif

@@ -1,0 +1,42 @@
+/* Helpers shared by the qtune subcommands: model loading, .npy files, option values,
+ * the progress display and error printing. The only place allowed to print and exit. */
+#ifndef QT_CLI_H
+#define QT_CLI_H
+
+#include <stdint.h>
+
+#include "../graph/graph.h"
+
+/* Prints "qtune: error: <msg>" to stderr; returns the exit status 1. */
+int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Loads and canonicalizes a model; prints the error and returns NULL on failure. */
+struct qt_graph *cli_load_model(const char *path);
+
+/* .npy (float32 or float64, C order) <-> tensor. */
+struct qt_tensor *cli_npy_read(const char *path, struct qt_error *e);
+int cli_npy_write(const char *path, const struct qt_tensor *t, struct qt_error *e);
+
+/* Parses "a,b,c" into up to max floats; returns the count or -1. */
+int cli_parse_floats(const char *s, float *out, int max);
+/* Parses a positive integer option; returns -1 when invalid. */
+long cli_parse_long(const char *s);
+
+/* Progress display on stderr: a bar with rate and ETA on a terminal, plain lines otherwise. */
+struct cli_progress {
+    const char *label;
+    int tty;
+    int quiet;
+    double last_print;
+    const char *unit;
+};
+void cli_progress_init(struct cli_progress *p, const char *label, const char *unit, int quiet);
+void cli_progress_update(void *ctx, int64_t done, int64_t total, double seconds);
+void cli_progress_end(struct cli_progress *p);
+
+int cmd_inspect(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_export(int argc, char **argv);
+
+#endif

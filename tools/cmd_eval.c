@@ -1,0 +1,128 @@
+/* qtune eval: top-1/top-5 accuracy, loss and throughput of a classifier on a dataset. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../runtime/data/dataset.h"
+#include "../runtime/loops.h"
+#include "cli.h"
+
+static void usage(void)
+{
+    printf("usage: qtune eval MODEL.onnx --data DATA [options]\n"
+           "  --data PATH        IDX folder, CIFAR binary folder or tar.gz, image-folder tree or tar(.gz)\n"
+           "  --split NAME       train or test (default test)\n"
+           "  --mean a,b,c       per-channel mean of pixels scaled to [0,1]\n"
+           "  --std a,b,c        per-channel standard deviation\n"
+           "  --preset NAME      cifar10, fashion-mnist, mnist or imagenet normalization\n"
+           "  --batch N          batch size (default 128)\n"
+           "  --limit N          evaluate the first N samples only\n"
+           "  --threads N        CPU threads (default: all cores)\n"
+           "  --device D         auto or cpu (default auto)\n"
+           "  --json             print a JSON summary as the last line\n"
+           "  --quiet            no progress display\n"
+           "Without --mean/--std/--preset the normalization stored in the model is used.\n");
+}
+
+int cmd_eval(int argc, char **argv)
+{
+    const char *path = NULL, *data = NULL, *split = "test", *preset = NULL, *device = "auto";
+    const char *mean_s = NULL, *std_s = NULL;
+    long batch = 128, limit = 0, threads = 0;
+    int json = 0, quiet = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int has = i + 1 < argc;
+        if (strcmp(a, "--help") == 0) {
+            usage();
+            return 0;
+        } else if (strcmp(a, "--json") == 0) json = 1;
+        else if (strcmp(a, "--quiet") == 0) quiet = 1;
+        else if (strcmp(a, "--data") == 0 && has) data = argv[++i];
+        else if (strcmp(a, "--split") == 0 && has) split = argv[++i];
+        else if (strcmp(a, "--mean") == 0 && has) mean_s = argv[++i];
+        else if (strcmp(a, "--std") == 0 && has) std_s = argv[++i];
+        else if (strcmp(a, "--preset") == 0 && has) preset = argv[++i];
+        else if (strcmp(a, "--device") == 0 && has) device = argv[++i];
+        else if (strcmp(a, "--batch") == 0 && has) {
+            if ((batch = cli_parse_long(argv[++i])) < 0) return cli_fail("eval: --batch needs a positive integer");
+        } else if (strcmp(a, "--limit") == 0 && has) {
+            if ((limit = cli_parse_long(argv[++i])) < 0) return cli_fail("eval: --limit needs a positive integer");
+        } else if (strcmp(a, "--threads") == 0 && has) {
+            if ((threads = cli_parse_long(argv[++i])) < 0) return cli_fail("eval: --threads needs a positive integer");
+        } else if (a[0] == '-') return cli_fail("eval: unknown or incomplete option '%s'", a);
+        else if (!path) path = a;
+        else return cli_fail("eval: more than one model given");
+    }
+    if (!path || !data) return cli_fail("eval: usage: qtune eval MODEL.onnx --data DATA [options]");
+    if (strcmp(split, "train") && strcmp(split, "test"))
+        return cli_fail("eval: --split must be train or test, not '%s'", split);
+    if (strcmp(device, "auto") && strcmp(device, "cpu"))
+        return cli_fail("eval: device '%s' is not available in this build (available: auto, cpu)", device);
+    if ((mean_s != NULL) != (std_s != NULL)) return cli_fail("eval: --mean and --std go together");
+
+    struct qt_graph *g = cli_load_model(path);
+    if (!g) return 1;
+    struct qt_error e;
+    struct qt_dataset ds;
+    memset(&ds, 0, sizeof ds);
+    int rc = 0;
+    struct qt_backend *b = NULL;
+    if (!quiet) fprintf(stderr, "loading %s (%s split)...\n", data, split);
+    if (qt_dataset_load(&ds, data, split, &e)) {
+        rc = cli_fail("%s", e.msg);
+        goto out;
+    }
+    float mean[4], std[4];
+    int nm = -1, ns = -1;
+    if (preset) {
+        if (qt_norm_preset(preset, ds.c, mean, std)) {
+            rc = cli_fail("eval: unknown preset '%s' for %d-channel images (cifar10, fashion-mnist, "
+                          "mnist, imagenet)", preset, ds.c);
+            goto out;
+        }
+        nm = ns = ds.c;
+    } else {
+        if (!mean_s) mean_s = qt_graph_meta(g, "qtune.mean");
+        if (!std_s) std_s = qt_graph_meta(g, "qtune.std");
+        if (!mean_s || !std_s) {
+            rc = cli_fail("eval: no normalization given and none stored in '%s': pass --mean and "
+                          "--std, or --preset", path);
+            goto out;
+        }
+        nm = cli_parse_floats(mean_s, mean, 4);
+        ns = cli_parse_floats(std_s, std, 4);
+    }
+    if (nm == 1 && ds.c > 1)
+        for (int c = 1; c < ds.c; c++) mean[c] = mean[0];
+    if (ns == 1 && ds.c > 1)
+        for (int c = 1; c < ds.c; c++) std[c] = std[0];
+    if ((nm != ds.c && nm != 1) || (ns != ds.c && ns != 1)) {
+        rc = cli_fail("eval: mean and std need 1 or %d comma-separated values", ds.c);
+        goto out;
+    }
+    for (int c = 0; c < ds.c; c++)
+        if (!(std[c] > 0)) {
+            rc = cli_fail("eval: std values must be positive");
+            goto out;
+        }
+    b = qt_backend_cpu_new((int)threads);
+    struct cli_progress prog;
+    cli_progress_init(&prog, "eval", "img", quiet);
+    struct qt_eval_result r;
+    if (qt_evaluate(g, b, &ds, mean, std, (int)batch, limit, cli_progress_update, &prog, &r, &e)) {
+        rc = cli_fail("'%s': %s", path, e.msg);
+        goto out;
+    }
+    printf("%s on %s (%s, %lld images): top-1 %.2f%%  top-5 %.2f%%  loss %.4f  %.0f images/s  %.1f s\n",
+           path, data, split, (long long)r.images, r.top1, r.top5, r.loss, r.images_per_s, r.seconds);
+    if (json)
+        printf("{\"top1\": %.4f, \"top5\": %.4f, \"loss\": %.6f, \"images\": %lld, "
+               "\"images_per_s\": %.2f, \"seconds\": %.3f, \"batch\": %ld, \"device\": \"%s\"}\n",
+               r.top1, r.top5, r.loss, (long long)r.images, r.images_per_s, r.seconds, batch, b->name);
+out:
+    if (b) b->destroy(b);
+    qt_dataset_free(&ds);
+    qt_graph_free(g);
+    return rc;
+}

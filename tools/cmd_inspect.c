@@ -1,0 +1,102 @@
+/* qtune inspect: the model's layers with output shapes, parameter counts and MACs. */
+#include <stdio.h>
+#include <string.h>
+
+#include "../graph/schema.h"
+#include "cli.h"
+
+/* Multiply-accumulates per sample of one node (0 for ops that do not multiply). */
+static int64_t node_macs(const struct qt_graph *g, const struct qt_node *n)
+{
+    const struct qt_shape *y = &g->values[n->out[0]].shape;
+    int64_t per = 1;
+    for (int i = 1; i < y->ndim; i++) per *= y->d[i] > 0 ? y->d[i] : 1;
+    if (n->op == QT_OP_CONV) {
+        const struct qt_shape *w = &g->values[n->in[1]].shape;
+        int64_t k = 1;
+        for (int i = 1; i < w->ndim; i++) k *= w->d[i];
+        return per * k;
+    }
+    if (n->op == QT_OP_GEMM || n->op == QT_OP_MATMUL) {
+        const struct qt_shape *a = &g->values[n->in[0]].shape;
+        int64_t k = a->d[a->ndim - 1];
+        if (n->op == QT_OP_GEMM && qt_node_int(n, "transA", 0)) k = a->d[0];
+        return per * (k > 0 ? k : 0);
+    }
+    return 0;
+}
+
+/* Parameters of a node: float initializers it reads, except BatchNorm running statistics. */
+static int64_t node_params(const struct qt_graph *g, const struct qt_node *n, int64_t *state)
+{
+    int64_t p = 0;
+    for (int k = 0; k < n->nin; k++) {
+        if (n->in[k] < 0) continue;
+        const struct qt_value *v = &g->values[n->in[k]];
+        if (!v->init || v->init->dtype != QT_F32) continue;
+        int64_t c = qt_shape_numel(&v->init->shape);
+        if (n->op == QT_OP_BATCHNORM && k >= 3) *state += c;
+        else p += c;
+    }
+    return p;
+}
+
+int cmd_inspect(int argc, char **argv)
+{
+    const char *path = NULL;
+    int json = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0) json = 1;
+        else if (strcmp(argv[i], "--help") == 0) {
+            printf("usage: qtune inspect MODEL.onnx [--json]\n");
+            return 0;
+        } else if (argv[i][0] == '-') return cli_fail("inspect: unknown option '%s'", argv[i]);
+        else if (!path) path = argv[i];
+        else return cli_fail("inspect: more than one model given");
+    }
+    if (!path) return cli_fail("inspect: no model given (usage: qtune inspect MODEL.onnx)");
+    struct qt_graph *g = cli_load_model(path);
+    if (!g) return 1;
+    int64_t params = 0, state = 0, macs = 0;
+    char sbuf[128];
+    if (json) printf("{\"model\": \"%s\", \"opset\": %lld, \"layers\": [", path, (long long)g->opset);
+    else {
+        printf("model %s (opset %lld, producer %s)\n", path, (long long)g->opset,
+               g->producer ? g->producer : "?");
+        for (int k = 0; k < g->ninputs; k++) {
+            const struct qt_value *v = &g->values[g->inputs[k]];
+            printf("input  %-24s %s %s\n", v->name, qt_dtype_name(v->dtype),
+                   qt_shape_str(g, &v->shape, sbuf, sizeof sbuf));
+        }
+        printf("\n%4s  %-18s %-28s %-18s %10s %14s\n", "#", "op", "name", "output", "params", "MACs");
+    }
+    for (int i = 0; i < g->nnodes; i++) {
+        const struct qt_node *n = &g->nodes[i];
+        int64_t p = node_params(g, n, &state), m = node_macs(g, n);
+        params += p;
+        macs += m;
+        qt_shape_str(g, &g->values[n->out[0]].shape, sbuf, sizeof sbuf);
+        if (json)
+            printf("%s{\"op\": \"%s\", \"name\": \"%s\", \"output\": \"%s\", \"params\": %lld, "
+                   "\"macs\": %lld}", i ? ", " : "", qt_op_name(n->op), n->name, sbuf,
+                   (long long)p, (long long)m);
+        else
+            printf("%4d  %-18s %-28.28s %-18s %10lld %14lld\n", i, qt_op_name(n->op), n->name, sbuf,
+                   (long long)p, (long long)m);
+    }
+    if (json) {
+        printf("], \"nodes\": %d, \"params\": %lld, \"state\": %lld, \"macs\": %lld}\n", g->nnodes,
+               (long long)params, (long long)state, (long long)macs);
+    } else {
+        for (int k = 0; k < g->noutputs; k++) {
+            const struct qt_value *v = &g->values[g->outputs[k]];
+            printf("\noutput %-24s %s %s", v->name, qt_dtype_name(v->dtype),
+                   qt_shape_str(g, &v->shape, sbuf, sizeof sbuf));
+        }
+        printf("\n\n%d nodes, %lld parameters (%.2f MB as float32), %lld BatchNorm statistics, "
+               "%.2f M MACs per sample\n", g->nnodes, (long long)params, params * 4 / 1e6,
+               (long long)state, macs / 1e6);
+    }
+    qt_graph_free(g);
+    return 0;
+}

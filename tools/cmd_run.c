@@ -1,0 +1,51 @@
+/* qtune run: one forward pass on an .npy input, output written as .npy. */
+#include <stdio.h>
+#include <string.h>
+
+#include "../runtime/exec.h"
+#include "cli.h"
+
+int cmd_run(int argc, char **argv)
+{
+    const char *path = NULL, *inp = NULL, *outp = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--input") == 0 && i + 1 < argc) inp = argv[++i];
+        else if (strcmp(argv[i], "--output") == 0 && i + 1 < argc) outp = argv[++i];
+        else if (strcmp(argv[i], "--help") == 0) {
+            printf("usage: qtune run MODEL.onnx --input x.npy --output y.npy\n");
+            return 0;
+        } else if (argv[i][0] == '-') return cli_fail("run: unknown or incomplete option '%s'", argv[i]);
+        else if (!path) path = argv[i];
+        else return cli_fail("run: more than one model given");
+    }
+    if (!path || !inp || !outp)
+        return cli_fail("run: usage: qtune run MODEL.onnx --input x.npy --output y.npy");
+    struct qt_error e;
+    struct qt_tensor *x = cli_npy_read(inp, &e);
+    if (!x) return cli_fail("%s", e.msg);
+    struct qt_graph *g = cli_load_model(path);
+    if (!g) {
+        qt_tensor_free(x);
+        return 1;
+    }
+    int rc = 0;
+    struct qt_backend *b = qt_backend_cpu_new(0);
+    struct qt_exec *ex = NULL;
+    if (g->ninputs != 1) {
+        rc = cli_fail("run: the model has %d inputs; run feeds exactly one", g->ninputs);
+        goto out;
+    }
+    ex = qt_exec_new(g, b, &e);
+    const struct qt_tensor *ins[1] = {x};
+    if (!ex || qt_exec_forward(ex, ins, &e)) {
+        rc = cli_fail("'%s': %s", path, e.msg);
+        goto out;
+    }
+    if (cli_npy_write(outp, qt_exec_output(ex, 0), &e)) rc = cli_fail("%s", e.msg);
+out:
+    qt_exec_free(ex);
+    b->destroy(b);
+    qt_graph_free(g);
+    qt_tensor_free(x);
+    return rc;
+}
