@@ -1,0 +1,149 @@
+/* Dataset entry points: kind detection from a path's contents, freeing, normalization
+ * presets and float batch assembly. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "internal.h"
+
+#define LAYOUTS                                                                                    \
+    "accepted layouts: an IDX folder (train-/t10k-images-idx3-ubyte and -labels-idx1-ubyte, "      \
+    ".gz or not), a CIFAR-10/100 binary folder (data_batch_1..5.bin and test_batch.bin, or "       \
+    "train.bin and test.bin) or its tar.gz, or an image-folder tree (train/<class>/*.jpg|png "     \
+    "and test/<class>/...) as a folder or a .tar/.tar.gz"
+
+static int gzip_magic(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    int a = fgetc(f), b = fgetc(f);
+    fclose(f);
+    return a == 0x1f && b == 0x8b;
+}
+
+static int load(struct qt_dataset *ds, const char *path, const char *split, struct qt_error *e)
+{
+    if (!split || (strcmp(split, "train") && strcmp(split, "test")))
+        return qt_err(e, "%s: unknown split '%s' (expected train or test)", path,
+                      split ? split : "(null)");
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return qt_err(e, "%s: cannot open dataset: %s", path, strerror(errno));
+    if (S_ISDIR(st.st_mode)) {
+        char sub[QT_DATA_PATH_MAX];
+        int v;
+        if (qt_data_idx_detect(path)) return qt_data_idx_load(ds, path, split, e);
+        if ((v = qt_data_cifar_detect(path, sub, sizeof sub)) != 0)
+            return qt_data_cifar_load_dir(ds, sub, v, split, e);
+        if (qt_data_imagefolder_detect(path))
+            return qt_data_imagefolder_load_dir(ds, path, split, e);
+        return qt_err(e, "%s: folder is not a dataset qtune reads; " LAYOUTS, path);
+    }
+    if (S_ISREG(st.st_mode)) {
+        if (qt_tar_probe(path)) return qt_data_archive_load(ds, path, split, e);
+        if (gzip_magic(path))
+            return qt_err(e, "%s: gzip file that holds no tar archive (or is corrupt); " LAYOUTS,
+                          path);
+        return qt_err(e, "%s: file is not a tar or tar.gz archive; " LAYOUTS, path);
+    }
+    return qt_err(e, "%s: neither a folder nor a file; " LAYOUTS, path);
+}
+
+int qt_dataset_load(struct qt_dataset *ds, const char *path, const char *split, struct qt_error *e)
+{
+    memset(ds, 0, sizeof *ds);
+    if (!path) return qt_err(e, "no dataset path given");
+    if (load(ds, path, split, e) < 0) {
+        qt_dataset_free(ds);
+        return -1;
+    }
+    return 0;
+}
+
+void qt_dataset_free(struct qt_dataset *ds)
+{
+    if (!ds) return;
+    if (ds->class_names)
+        for (int i = 0; i < ds->nclasses; i++) free(ds->class_names[i]);
+    free(ds->class_names);
+    free(ds->pixels);
+    free(ds->labels);
+    memset(ds, 0, sizeof *ds);
+}
+
+struct preset {
+    const char *name;
+    int channels;
+    float mean[3], std[3];
+};
+
+static const struct preset presets[] = {
+    {"cifar10", 3, {0.491f, 0.482f, 0.447f}, {0.247f, 0.243f, 0.262f}},
+    {"cifar100", 3, {0.5071f, 0.4865f, 0.4409f}, {0.2673f, 0.2564f, 0.2762f}},
+    {"imagenet", 3, {0.485f, 0.456f, 0.406f}, {0.229f, 0.224f, 0.225f}},
+    {"fashion-mnist", 1, {0.2860f}, {0.3530f}},
+    {"mnist", 1, {0.1307f}, {0.3081f}},
+};
+
+int qt_norm_preset(const char *name, int channels, float *mean, float *std)
+{
+    if (!name) return -1;
+    for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++) {
+        const struct preset *p = &presets[i];
+        if (strcmp(p->name, name)) continue;
+        if (channels != p->channels) return -1;
+        for (int c = 0; c < channels; c++) {
+            mean[c] = p->mean[c];
+            std[c] = p->std[c];
+        }
+        return 0;
+    }
+    return -1;
+}
+
+#define LUT_CHANNELS 4
+#define PAR_MIN_VALUES (1 << 21)
+
+/* Each channel maps its 256 byte values through a table holding (v / 255 - mean) / std,
+ * evaluated in float exactly as written (the same arithmetic as ToTensor + Normalize). */
+void qt_dataset_batch(const struct qt_dataset *ds, const int *idx, int count, const float *mean,
+                      const float *std, float *x, int32_t *y)
+{
+    if (count <= 0) return;
+    const int c = ds->c;
+    const size_t hw = (size_t)ds->h * ds->w, chw = (size_t)c * hw;
+    const int par = (size_t)count * chw >= PAR_MIN_VALUES;
+    if (c <= LUT_CHANNELS) {
+        float lut[LUT_CHANNELS][256];
+        for (int ch = 0; ch < c; ch++) {
+            float m = mean ? mean[ch] : 0.0f, s = std ? std[ch] : 1.0f;
+            for (int v = 0; v < 256; v++) lut[ch][v] = ((float)v / 255.0f - m) / s;
+        }
+#pragma omp parallel for schedule(static) if (par)
+        for (int i = 0; i < count; i++) {
+            const uint8_t *src = ds->pixels + (size_t)idx[i] * chw;
+            float *dst = x + (size_t)i * chw;
+            for (int ch = 0; ch < c; ch++) {
+                const float *t = lut[ch];
+                const uint8_t *sp = src + ch * hw;
+                float *dp = dst + ch * hw;
+                for (size_t p = 0; p < hw; p++) dp[p] = t[sp[p]];
+            }
+        }
+    } else {
+#pragma omp parallel for schedule(static) if (par)
+        for (int i = 0; i < count; i++) {
+            const uint8_t *src = ds->pixels + (size_t)idx[i] * chw;
+            float *dst = x + (size_t)i * chw;
+            for (int ch = 0; ch < c; ch++) {
+                float m = mean ? mean[ch] : 0.0f, s = std ? std[ch] : 1.0f;
+                for (size_t p = 0; p < hw; p++)
+                    dst[ch * hw + p] = ((float)src[ch * hw + p] / 255.0f - m) / s;
+            }
+        }
+    }
+    if (y)
+        for (int i = 0; i < count; i++) y[i] = ds->labels[idx[i]];
+}
