@@ -170,6 +170,10 @@ static int infer_clip(struct qt_infer_ctx *c, struct qt_error *e)
 
 static int infer_dropout(struct qt_infer_ctx *c, struct qt_error *e)
 {
+    const struct qt_tensor *tm = c->n->nin > 2 && c->in_val ? c->in_val[2] : NULL;
+    if ((tm && qt_tensor_get_i(tm, 0)) || qt_node_int(c->n, "is_test", 1) == 0)
+        return qt_err(e, NODE_FMT ": Dropout in training mode is not supported (it is dropped "
+                         "for inference)", NODE_ARGS(c));
     c->out[0] = c->in[0];
     c->out_dtype[0] = c->in_dtype[0];
     if (c->n->nout > 1) {
@@ -198,6 +202,9 @@ int qt_broadcast_shape(struct qt_shape *out, const struct qt_shape *a, const str
 static int infer_binary(struct qt_infer_ctx *c, struct qt_error *e)
 {
     char b1[96], b2[96];
+    if (qt_node_attr(c->n, "broadcast") || qt_node_attr(c->n, "axis"))
+        return qt_err(e, NODE_FMT ": the legacy broadcast/axis attributes (opset < 7) are not "
+                         "supported", NODE_ARGS(c));
     if (c->in_dtype[0] != c->in_dtype[1])
         return qt_err(e, NODE_FMT ": inputs have different types (%s and %s)", NODE_ARGS(c),
                       qt_dtype_name(c->in_dtype[0]), qt_dtype_name(c->in_dtype[1]));
@@ -300,6 +307,8 @@ static int infer_batchnorm(struct qt_infer_ctx *c, struct qt_error *e)
                           NODE_ARGS(c), k, qt_shape_str(c->g, &c->in[k], b1, sizeof b1), "C",
                           qt_shape_str(c->g, &c->in[0], b2, sizeof b2));
     }
+    if (qt_node_int(c->n, "spatial", 1) != 1)
+        return qt_err(e, NODE_FMT ": spatial=0 (opset < 9) is not supported", NODE_ARGS(c));
     if (qt_node_int(c->n, "training_mode", 0))
         return qt_err(e, NODE_FMT ": training_mode=1 in the file is not supported (qtune "
                          "decides the mode itself)", NODE_ARGS(c));
@@ -395,6 +404,8 @@ static int infer_flatten(struct qt_infer_ctx *c, struct qt_error *e)
 static int infer_reshape(struct qt_infer_ctx *c, struct qt_error *e)
 {
     char b1[96];
+    if (c->n->nin < 2)
+        return qt_err(e, NODE_FMT ": the shape attribute (opset < 5) is not supported", NODE_ARGS(c));
     const struct qt_tensor *s = c->in_val ? c->in_val[1] : NULL;
     if (c->in[1].ndim != 1) return qt_err(e, NODE_FMT ": shape input must be 1-D", NODE_ARGS(c));
     if (c->in_dtype[1] != QT_I64) return qt_err(e, NODE_FMT ": shape input must be int64", NODE_ARGS(c));
@@ -707,11 +718,11 @@ static const struct qt_op_schema schemas[] = {
     {QT_OP_GLOBALAVGPOOL, "GlobalAveragePool", 1, 1, 1, 1, 0, infer_global_pool},
     {QT_OP_PAD, "Pad", 1, 4, 1, 1, 2u | 4u, infer_pad},
     {QT_OP_FLATTEN, "Flatten", 1, 1, 1, 1, 0, infer_flatten},
-    {QT_OP_RESHAPE, "Reshape", 2, 2, 1, 1, 2u, infer_reshape},
+    {QT_OP_RESHAPE, "Reshape", 1, 2, 1, 1, 2u, infer_reshape},
     {QT_OP_GEMM, "Gemm", 2, 3, 1, 1, 0, infer_gemm},
     {QT_OP_MATMUL, "MatMul", 2, 2, 1, 1, 0, infer_matmul},
     {QT_OP_IDENTITY, "Identity", 1, 1, 1, 1, 0, infer_identity},
-    {QT_OP_DROPOUT, "Dropout", 1, 3, 1, 2, 0, infer_dropout},
+    {QT_OP_DROPOUT, "Dropout", 1, 3, 1, 2, 4u, infer_dropout},
     {QT_OP_SHAPE, "Shape", 1, 1, 1, 1, 0, infer_shape},
     {QT_OP_GATHER, "Gather", 2, 2, 1, 1, 0, infer_gather},
     {QT_OP_UNSQUEEZE, "Unsqueeze", 1, 2, 1, 1, 2u, infer_unsqueeze},
@@ -792,37 +803,49 @@ int qt_graph_verify(const struct qt_graph *g, struct qt_error *e)
     return 0;
 }
 
+int qt_infer_node_static(struct qt_graph *g, int i, struct qt_error *e)
+{
+    struct qt_node *n = &g->nodes[i];
+    const struct qt_op_schema *s = qt_schema_get(n->op);
+    struct qt_shape in[64], out[3];
+    enum qt_dtype idt[64], odt[3];
+    const struct qt_tensor *vals[64];
+    if (!s) return qt_err(e, "node '%s': unknown op", n->name);
+    if (n->nin > 64 || n->nout > 3) return qt_err(e, "node '%s': too many inputs or outputs", n->name);
+    int known = 1;
+    for (int k = 0; k < n->nin; k++) {
+        vals[k] = NULL;
+        memset(&in[k], 0, sizeof in[k]);
+        idt[k] = QT_UNDEF;
+        if (n->in[k] < 0) continue;
+        const struct qt_value *v = &g->values[n->in[k]];
+        in[k] = v->shape;
+        idt[k] = v->dtype;
+        vals[k] = v->init;
+        /* An unknown input shape, or a value only known at run time that the shape
+         * depends on, leaves the outputs to run-time inference. */
+        if (!v->has_shape || v->dtype == QT_UNDEF) known = 0;
+        if (k < 32 && (s->value_inputs & (1u << k)) && !v->init && n->op != QT_OP_DROPOUT) known = 0;
+    }
+    for (int k = 0; k < n->nout; k++)
+        if (n->out[k] >= 0) g->values[n->out[k]].has_shape = 0;
+    if (!known) return 0;
+    memset(out, 0, sizeof out);
+    struct qt_infer_ctx c = {g, n, in, idt, vals, out, odt};
+    if (qt_schema_infer(&c, e)) return -1;
+    for (int k = 0; k < n->nout; k++) {
+        if (n->out[k] < 0) continue;
+        struct qt_value *v = &g->values[n->out[k]];
+        v->has_shape = 1;
+        v->shape = out[k];
+        v->dtype = odt[k];
+    }
+    return 0;
+}
+
 int qt_graph_infer_shapes(struct qt_graph *g, struct qt_error *e)
 {
-    for (int i = 0; i < g->nnodes; i++) {
-        struct qt_node *n = &g->nodes[i];
-        struct qt_shape in[64], out[3];
-        enum qt_dtype idt[64], odt[3];
-        const struct qt_tensor *vals[64];
-        if (n->nin > 64 || n->nout > 3) return qt_err(e, "node '%s': too many inputs or outputs", n->name);
-        for (int k = 0; k < n->nin; k++) {
-            vals[k] = NULL;
-            memset(&in[k], 0, sizeof in[k]);
-            idt[k] = QT_UNDEF;
-            if (n->in[k] < 0) continue;
-            struct qt_value *v = &g->values[n->in[k]];
-            if (!v->has_shape)
-                return qt_err(e, "%s node '%s': the shape of input '%s' is unknown", qt_op_name(n->op),
-                              n->name, v->name);
-            in[k] = v->shape;
-            idt[k] = v->dtype;
-            vals[k] = v->init;
-        }
-        memset(out, 0, sizeof out);
-        struct qt_infer_ctx c = {g, n, in, idt, vals, out, odt};
-        if (qt_schema_infer(&c, e)) return -1;
-        for (int k = 0; k < n->nout; k++) {
-            if (n->out[k] < 0) continue;
-            struct qt_value *v = &g->values[n->out[k]];
-            v->has_shape = 1;
-            v->shape = out[k];
-            v->dtype = odt[k];
-        }
-    }
+    for (int i = 0; i < g->nnodes; i++)
+        if (qt_infer_node_static(g, i, e)) return -1;
     return 0;
 }

@@ -32,6 +32,10 @@ const char *qt_op_name(enum qt_op op);
 /* Infers one node's output shapes and dtypes. */
 int qt_schema_infer(struct qt_infer_ctx *c, struct qt_error *e);
 
+/* Infers node i's outputs from its inputs' stored shapes and constant values. Outputs stay
+ * without a shape when an input's shape or a shape-determining value is only known at run
+ * time (the executor infers those per run). */
+int qt_infer_node_static(struct qt_graph *g, int i, struct qt_error *e);
 /* Runs inference over the whole graph (symbolic batch kept), storing shapes in values;
  * checks arity, dtypes and shape consistency. Messages name the node. */
 int qt_graph_infer_shapes(struct qt_graph *g, struct qt_error *e);

@@ -203,7 +203,6 @@ static int convert_graph(struct qt_graph *g, const Onnx__GraphProto *gp, const c
         g->outputs[g->noutputs++] = v;
     }
     if (!g->noutputs) return qt_err(e, "the graph has no outputs");
-    if (!g->ninputs) return qt_err(e, "the graph has no inputs");
     return 0;
 }
 

@@ -7,7 +7,7 @@
 #include "../graph/graph.h"
 
 /* Lowest and highest default-domain opset qtune reads. */
-#define QT_ONNX_OPSET_MIN 7
+#define QT_ONNX_OPSET_MIN 1
 #define QT_ONNX_OPSET_MAX 21
 
 /* Loads a model file; external data is read relative to the file's folder. */

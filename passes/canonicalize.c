@@ -54,39 +54,31 @@ static int has_sym_values(const struct qt_tensor *t)
 /* Infers node i's shapes from its inputs; folds it when all its inputs are constant. */
 static int infer_and_fold(struct qt_graph *g, int i, struct qt_error *e)
 {
+    if (qt_infer_node_static(g, i, e)) return -1;
     struct qt_node *n = &g->nodes[i];
-    struct qt_shape in[64], out[3];
-    enum qt_dtype idt[64], odt[3];
+    struct qt_shape out[3];
+    enum qt_dtype odt[3];
     const struct qt_tensor *vals[64];
     int all_const = 1;
-    if (n->nin > 64 || n->nout > 3) return qt_err(e, "node '%s': too many inputs or outputs", n->name);
-    for (int k = 0; k < n->nin; k++) {
-        vals[k] = NULL;
-        memset(&in[k], 0, sizeof in[k]);
-        idt[k] = QT_UNDEF;
-        if (n->in[k] < 0) continue;
-        struct qt_value *v = &g->values[n->in[k]];
-        if (!v->has_shape)
-            return qt_err(e, "%s node '%s': the shape of input '%s' is unknown", qt_op_name(n->op),
-                          n->name, v->name);
-        in[k] = v->shape;
-        idt[k] = v->dtype;
-        vals[k] = v->init;
-        if (!v->init) all_const = 0;
-    }
-    memset(out, 0, sizeof out);
-    struct qt_infer_ctx c = {g, n, in, idt, vals, out, odt};
-    if (qt_schema_infer(&c, e)) return -1;
     for (int k = 0; k < n->nout; k++) {
-        if (n->out[k] < 0) continue;
-        struct qt_value *v = &g->values[n->out[k]];
-        v->has_shape = 1;
-        v->shape = out[k];
-        v->dtype = odt[k];
+        const struct qt_value *v = &g->values[n->out[k] >= 0 ? n->out[k] : n->out[0]];
+        if (!v->has_shape) return 0;
+        out[k] = v->shape;
+        odt[k] = v->dtype;
+    }
+    for (int k = 0; k < n->nin; k++) {
+        vals[k] = n->in[k] >= 0 ? g->values[n->in[k]].init : NULL;
+        if (n->in[k] >= 0 && !vals[k]) all_const = 0;
+    }
+    enum qt_dtype in0 = n->nin && n->in[0] >= 0 ? g->values[n->in[0]].dtype : QT_UNDEF;
+    if (n->op == QT_OP_SHAPE) {
+        const struct qt_shape *xs = &g->values[n->in[0]].shape;
+        for (int k = 0; k < xs->ndim; k++)
+            if (xs->d[k] < 0 && -xs->d[k] - 1 >= g->nsyms) return 0; /* unnamed unknown dim */
     }
     /* Shape only needs its input's shape; symbolic dims fold to placeholder values. */
     int foldable = n->op == QT_OP_SHAPE ||
-                   (all_const && qt_eval_handles(n, n->nin ? idt[0] : QT_UNDEF));
+                   (all_const && qt_eval_handles(n, in0));
     if (!foldable) return 0;
     for (int k = 0; k < n->nout; k++)
         if (n->out[k] >= 0 && (g->values[n->out[k]].flags & QT_V_OUTPUT)) return 0;
@@ -106,7 +98,7 @@ static int infer_and_fold(struct qt_graph *g, int i, struct qt_error *e)
         return 0;
     }
     if (n->op == QT_OP_SHAPE) {
-        struct qt_tensor shape_only = {idt[0], in[0], NULL, 0};
+        struct qt_tensor shape_only = {in0, g->values[n->in[0]].shape, NULL, 0};
         const struct qt_tensor *sin[1] = {&shape_only};
         if (qt_eval_node(n, sin, ot, e)) goto fail;
     } else if (qt_eval_node(n, vals, ot, e)) {

@@ -23,7 +23,7 @@
 
 struct ocase {
     char name[160];
-    char dir[512];
+    char dir[400];
 };
 
 static const char *skip_reason(const char *name)
@@ -64,7 +64,7 @@ static int run_case(const void *arg)
     const struct ocase *c = arg;
     const char *why = skip_reason(c->name);
     if (why) return qt_test_skip("%s", why);
-    char path[1024];
+    char path[2048];
     struct qt_error e;
     snprintf(path, sizeof path, "%s/model.onnx", c->dir);
     struct qt_graph *g = qt_onnx_load(path, &e);
@@ -152,7 +152,7 @@ out:
 /* Whether every node of the case's model is an op qtune's schema knows. */
 static int case_uses_supported_ops(const char *dir)
 {
-    char path[1024];
+    char path[2048];
     snprintf(path, sizeof path, "%s/model.onnx", dir);
     FILE *f = fopen(path, "rb");
     if (!f) return 0;
@@ -184,7 +184,7 @@ static int ncases;
 
 static void scan(const char *sub)
 {
-    char root[512];
+    char root[256];
     snprintf(root, sizeof root, "%s/%s", QT_ONNX_TESTDATA, sub);
     DIR *d = opendir(root);
     if (!d) return;
