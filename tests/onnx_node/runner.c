@@ -23,7 +23,7 @@
 
 struct ocase {
     char name[160];
-    char dir[400];
+    char dir[600];
 };
 
 static const char *skip_reason(const char *name)
