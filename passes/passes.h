@@ -8,4 +8,8 @@
  * folded, zero Pad merged into Conv/pools; ends with verification and shape inference. */
 int qt_pass_canonicalize(struct qt_graph *g, struct qt_error *e);
 
+/* Folds each inference BatchNormalization that follows a Conv into the Conv's weight and
+ * bias (for evaluation and inference runs; training keeps BatchNorm). */
+int qt_pass_fold_batchnorm(struct qt_graph *g, struct qt_error *e);
+
 #endif

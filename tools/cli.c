@@ -23,7 +23,7 @@ int cli_fail(const char *fmt, ...)
     return 1;
 }
 
-struct qt_graph *cli_load_model(const char *path)
+struct qt_graph *cli_load_model(const char *path, int inference)
 {
     struct qt_error e;
     struct qt_graph *g = qt_onnx_load(path, &e);
@@ -31,7 +31,7 @@ struct qt_graph *cli_load_model(const char *path)
         cli_fail("%s", e.msg);
         return NULL;
     }
-    if (qt_pass_canonicalize(g, &e)) {
+    if (qt_pass_canonicalize(g, &e) || (inference && qt_pass_fold_batchnorm(g, &e))) {
         cli_fail("'%s': %s", path, e.msg);
         qt_graph_free(g);
         return NULL;

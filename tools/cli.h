@@ -10,8 +10,9 @@
 /* Prints "qtune: error: <msg>" to stderr; returns the exit status 1. */
 int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* Loads and canonicalizes a model; prints the error and returns NULL on failure. */
-struct qt_graph *cli_load_model(const char *path);
+/* Loads and canonicalizes a model (for inference: BatchNorm folded into Conv); prints the
+ * error and returns NULL on failure. */
+struct qt_graph *cli_load_model(const char *path, int inference);
 
 /* .npy (float32 or float64, C order) <-> tensor. */
 struct qt_tensor *cli_npy_read(const char *path, struct qt_error *e);

@@ -61,7 +61,7 @@ int cmd_eval(int argc, char **argv)
         return cli_fail("eval: device '%s' is not available in this build (available: auto, cpu)", device);
     if ((mean_s != NULL) != (std_s != NULL)) return cli_fail("eval: --mean and --std go together");
 
-    struct qt_graph *g = cli_load_model(path);
+    struct qt_graph *g = cli_load_model(path, 1);
     if (!g) return 1;
     struct qt_error e;
     struct qt_dataset ds;

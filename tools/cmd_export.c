@@ -23,7 +23,7 @@ int cmd_export(int argc, char **argv)
     if (!path || !out) return cli_fail("export: usage: qtune export MODEL.onnx --format float -o OUT.onnx");
     if (strcmp(format, "float") != 0)
         return cli_fail("export: unknown format '%s' (available: float)", format);
-    struct qt_graph *g = cli_load_model(path);
+    struct qt_graph *g = cli_load_model(path, 0);
     if (!g) return 1;
     struct qt_error e;
     int rc = qt_onnx_save(g, out, &e) ? cli_fail("%s", e.msg) : 0;

@@ -55,7 +55,7 @@ int cmd_inspect(int argc, char **argv)
         else return cli_fail("inspect: more than one model given");
     }
     if (!path) return cli_fail("inspect: no model given (usage: qtune inspect MODEL.onnx)");
-    struct qt_graph *g = cli_load_model(path);
+    struct qt_graph *g = cli_load_model(path, 0);
     if (!g) return 1;
     int64_t params = 0, state = 0, macs = 0;
     char sbuf[128];

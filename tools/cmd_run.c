@@ -23,7 +23,7 @@ int cmd_run(int argc, char **argv)
     struct qt_error e;
     struct qt_tensor *x = cli_npy_read(inp, &e);
     if (!x) return cli_fail("%s", e.msg);
-    struct qt_graph *g = cli_load_model(path);
+    struct qt_graph *g = cli_load_model(path, 1);
     if (!g) {
         qt_tensor_free(x);
         return 1;
