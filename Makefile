@@ -2,7 +2,8 @@
 # `make SAN=1` builds with AddressSanitizer and UndefinedBehaviorSanitizer into build-san/.
 
 CC      ?= gcc
-ONNX_PROTO ?= /usr/include/onnx/onnx.proto
+ONNX_INCLUDE ?= /usr/include
+ONNX_PROTO := $(ONNX_INCLUDE)/onnx/onnx.proto
 BLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
 
 ifeq ($(SAN),1)
@@ -43,7 +44,7 @@ endif
 
 $(GEN_C): $(ONNX_PROTO)
 	@mkdir -p $(BUILD)/gen
-	protoc-c --c_out=$(BUILD)/gen -I$(dir $(ONNX_PROTO)).. $(ONNX_PROTO)
+	protoc-c --c_out=$(BUILD)/gen -I$(ONNX_INCLUDE) $(ONNX_PROTO)
 
 $(BUILD)/obj/gen/onnx.pb-c.o: $(GEN_C)
 	@mkdir -p $(dir $@)

@@ -90,7 +90,7 @@ struct qt_tensor *qt_tensor_from_proto(const Onnx__TensorProto *tp, const char *
     if (declared_external) {
         if (read_external(t, tp, base_dir, tname, e)) goto fail;
     } else if (tp->has_raw_data) {
-        memcpy(t->data, tp->raw_data.data, t->nbytes);
+        if (t->nbytes) memcpy(t->data, tp->raw_data.data, t->nbytes);
     } else if (tp->n_float_data) {
         if (dt != QT_F32) goto mismatch;
         memcpy(t->data, tp->float_data, t->nbytes);
