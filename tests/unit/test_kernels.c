@@ -1,0 +1,636 @@
+/* CPU forward kernels (kernels/cpu) against naive double-precision loops written here from
+ * the definitions, on random inputs over many shapes, and at several OpenMP team sizes. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "kernels/cpu/cpu.h"
+
+/* ---- helpers ---- */
+
+struct rng {
+    uint64_t s;
+};
+
+static uint32_t rng_u32(struct rng *r)
+{
+    r->s = r->s * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (uint32_t)(r->s >> 33);
+}
+
+/* Uniform integer in [lo, hi]. */
+static int rng_int(struct rng *r, int lo, int hi)
+{
+    return lo + (int)(rng_u32(r) % (uint32_t)(hi - lo + 1));
+}
+
+static float rng_float(struct rng *r)
+{
+    return (float)((rng_u32(r) & 0xffffff) / 16777216.0 * 2.0 - 1.0);
+}
+
+static float *rand_array(struct rng *r, int64_t n)
+{
+    float *p = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    for (int64_t i = 0; i < n; i++) p[i] = rng_float(r);
+    return p;
+}
+
+/* Buffers carry this many sentinel floats past their end to catch overruns. */
+#define GUARD 16
+#define SENTINEL 12345.678f
+
+static float *guarded(int64_t n)
+{
+    float *p = malloc(sizeof(float) * (size_t)(n + GUARD));
+    for (int64_t i = 0; i < n + GUARD; i++) p[i] = SENTINEL;
+    return p;
+}
+
+static int guard_intact(const float *p, int64_t n)
+{
+    for (int i = 0; i < GUARD; i++)
+        if (p[n + i] != SENTINEL) return 0;
+    return 1;
+}
+
+/* Output size along one axis for a floor-mode window. */
+static int out_size(int n, int k, int s, int dil, int p0, int p1)
+{
+    const int ek = (k - 1) * dil + 1;
+    return n + p0 + p1 < ek ? 0 : (n + p0 + p1 - ek) / s + 1;
+}
+
+static const int team_sizes[] = {1, 2, 3};
+#define NTEAMS ((int)(sizeof team_sizes / sizeof team_sizes[0]))
+
+/* ---- convolution ---- */
+
+/* Returns 0 when conv2d_forward_cpu matches the direct double-precision sum. */
+static int check_conv(const struct qt_conv2d_desc *d, int with_bias, struct rng *r,
+                      const char *what)
+{
+    const int cg = d->c / d->group, kg = d->k / d->group;
+    const int64_t nx = (int64_t)d->n * d->c * d->h * d->w;
+    const int64_t nw = (int64_t)d->k * cg * d->kh * d->kw;
+    const int64_t ny = (int64_t)d->n * d->k * d->oh * d->ow;
+    float *x = rand_array(r, nx), *w = rand_array(r, nw), *b = rand_array(r, d->k);
+    double *ref = malloc(sizeof(double) * (size_t)(ny > 0 ? ny : 1));
+    double *mag = malloc(sizeof(double) * (size_t)(ny > 0 ? ny : 1));
+    for (int n = 0; n < d->n; n++)
+        for (int k = 0; k < d->k; k++)
+            for (int oh = 0; oh < d->oh; oh++)
+                for (int ow = 0; ow < d->ow; ow++) {
+                    const int g = k / kg;
+                    double s = with_bias ? b[k] : 0.0, m = with_bias ? fabs(b[k]) : 0.0;
+                    for (int c = 0; c < cg; c++)
+                        for (int i = 0; i < d->kh; i++)
+                            for (int j = 0; j < d->kw; j++) {
+                                const int ih = oh * d->sh - d->pt + i * d->dh;
+                                const int iw = ow * d->sw - d->pl + j * d->dw;
+                                if (ih < 0 || ih >= d->h || iw < 0 || iw >= d->w) continue;
+                                const double xv =
+                                    x[(((int64_t)n * d->c + g * cg + c) * d->h + ih) * d->w + iw];
+                                const double wv =
+                                    w[(((int64_t)k * cg + c) * d->kh + i) * d->kw + j];
+                                s += xv * wv;
+                                m += fabs(xv * wv);
+                            }
+                    const int64_t at = (((int64_t)n * d->k + k) * d->oh + oh) * d->ow + ow;
+                    ref[at] = s;
+                    mag[at] = m;
+                }
+    int bad = 0;
+    const int saved = omp_get_max_threads();
+    for (int t = 0; t < NTEAMS && !bad; t++) {
+        omp_set_num_threads(team_sizes[t]);
+        const int64_t nws = conv2d_workspace_cpu(d);
+        float *ws = guarded(nws), *y = guarded(ny);
+        conv2d_forward_cpu(y, x, w, with_bias ? b : NULL, ws, d);
+        if (!guard_intact(ws, nws) || !guard_intact(y, ny)) {
+            qt_test_fail("%s: threads %d: write past the end of ws or y", what, team_sizes[t]);
+            bad = 1;
+        }
+        for (int64_t i = 0; i < ny && !bad; i++) {
+            const double tol = 1e-5 * mag[i] + 1e-6;
+            if (!(fabs(y[i] - ref[i]) <= tol)) {
+                qt_test_fail("%s: threads %d: y[%lld] = %.7g, expected %.7g", what, team_sizes[t],
+                             (long long)i, y[i], ref[i]);
+                bad = 1;
+            }
+        }
+        free(ws);
+        free(y);
+    }
+    omp_set_num_threads(saved);
+    free(x), free(w), free(b), free(ref), free(mag);
+    return bad;
+}
+
+static struct qt_conv2d_desc conv_desc(int n, int c, int h, int w, int k, int kh, int kw, int sh,
+                                       int sw, int dh, int dw, int pt, int pl, int pb, int pr,
+                                       int group)
+{
+    struct qt_conv2d_desc d = {n, c, h, w, k, 0, 0, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, group};
+    d.oh = out_size(h, kh, sh, dh, pt, pb);
+    d.ow = out_size(w, kw, sw, dw, pl, pr);
+    return d;
+}
+
+static void describe(char *buf, size_t len, const struct qt_conv2d_desc *d)
+{
+    snprintf(buf, len,
+             "conv n%d c%d %dx%d k%d kernel %dx%d stride %dx%d dil %dx%d pads %d,%d,%d,%d g%d",
+             d->n, d->c, d->h, d->w, d->k, d->kh, d->kw, d->sh, d->sw, d->dh, d->dw, d->pt, d->pl,
+             d->pb, d->pr, d->group);
+}
+
+QT_TEST(kernels_conv2d_resnet_shapes)
+{
+    struct rng r = {1};
+    /* ResNet-style layers at small batch: 3x3 same, stride 2, 1x1 shortcuts, 1x1 pointwise,
+     * the 7x7 stem, batch 1 and batches that do not divide among the threads. */
+    const struct qt_conv2d_desc cases[] = {
+        conv_desc(3, 3, 32, 32, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1),
+        conv_desc(5, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1),
+        conv_desc(1, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1),
+        conv_desc(4, 16, 16, 16, 32, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1),
+        conv_desc(7, 32, 8, 8, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1),
+        conv_desc(9, 8, 4, 4, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1),
+        conv_desc(4, 16, 16, 16, 32, 1, 1, 2, 2, 1, 1, 0, 0, 0, 0, 1),
+        conv_desc(3, 16, 9, 9, 24, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1),
+        conv_desc(1, 16, 9, 9, 24, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1),
+        conv_desc(2, 3, 37, 37, 8, 7, 7, 2, 2, 1, 1, 3, 3, 3, 3, 1),
+        conv_desc(1, 3, 37, 37, 8, 7, 7, 2, 2, 1, 1, 3, 3, 3, 3, 1),
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char what[200];
+        describe(what, sizeof what, &cases[i]);
+        if (check_conv(&cases[i], (int)(i % 2), &r, what)) return 1;
+    }
+    return 0;
+}
+
+QT_TEST(kernels_conv2d_groups_dilation_pads)
+{
+    struct rng r = {2};
+    const struct qt_conv2d_desc cases[] = {
+        /* grouped, depthwise, depthwise with channel multiplier */
+        conv_desc(3, 8, 10, 11, 12, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2),
+        conv_desc(3, 32, 10, 11, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4),
+        conv_desc(2, 6, 9, 7, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 6),
+        conv_desc(2, 6, 9, 7, 12, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 6),
+        conv_desc(4, 12, 6, 6, 12, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 3),
+        /* dilation, asymmetric and large pads, rectangular kernels and strides */
+        conv_desc(2, 16, 13, 12, 5, 3, 3, 1, 1, 2, 2, 2, 2, 2, 2, 1),
+        conv_desc(3, 16, 13, 12, 5, 3, 2, 1, 2, 3, 1, 0, 1, 2, 3, 1),
+        conv_desc(2, 5, 11, 17, 4, 2, 5, 3, 1, 1, 2, 1, 0, 0, 4, 1),
+        conv_desc(2, 20, 7, 9, 3, 5, 3, 1, 1, 1, 1, 4, 2, 5, 0, 1),
+        conv_desc(2, 4, 5, 5, 3, 3, 3, 1, 1, 1, 1, 6, 6, 6, 6, 1),
+        conv_desc(5, 16, 1, 1, 7, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1),
+        conv_desc(2, 16, 8, 8, 4, 8, 8, 1, 1, 1, 1, 0, 0, 0, 0, 1),
+        conv_desc(3, 7, 15, 14, 5, 1, 1, 3, 2, 1, 1, 1, 0, 2, 1, 1),
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char what[200];
+        describe(what, sizeof what, &cases[i]);
+        if (check_conv(&cases[i], (int)(i % 2), &r, what)) return 1;
+    }
+    return 0;
+}
+
+QT_TEST(kernels_conv2d_random)
+{
+    struct rng r = {3};
+    for (int it = 0; it < 300; it++) {
+        const int group = rng_int(&r, 0, 3) == 0 ? rng_int(&r, 2, 3) : 1;
+        const int cg = rng_int(&r, 1, 12), kg = rng_int(&r, 1, 6);
+        const int kh = rng_int(&r, 1, 5), kw = rng_int(&r, 1, 5);
+        const int sh = rng_int(&r, 1, 3), sw = rng_int(&r, 1, 3);
+        const int dh = rng_int(&r, 0, 3) ? 1 : rng_int(&r, 2, 3);
+        const int dw = rng_int(&r, 0, 3) ? 1 : rng_int(&r, 2, 3);
+        const int h = rng_int(&r, 1, 19), w = rng_int(&r, 1, 19);
+        const int n = rng_int(&r, 1, 6);
+        struct qt_conv2d_desc d =
+            conv_desc(n, cg * group, h, w, kg * group, kh, kw, sh, sw, dh, dw, rng_int(&r, 0, kh),
+                      rng_int(&r, 0, kw), rng_int(&r, 0, kh), rng_int(&r, 0, kw), group);
+        if (d.oh <= 0 || d.ow <= 0) continue;
+        char what[200];
+        describe(what, sizeof what, &d);
+        if (check_conv(&d, it % 2, &r, what)) return 1;
+    }
+    return 0;
+}
+
+/* ---- pools ---- */
+
+static double naive_pool(const float *plane, const struct qt_conv2d_desc *d, int oh, int ow,
+                         int max, int count_include_pad)
+{
+    double m = -INFINITY, s = 0.0;
+    int valid = 0, padded = 0;
+    for (int i = 0; i < d->kh; i++)
+        for (int j = 0; j < d->kw; j++) {
+            const int ih = oh * d->sh - d->pt + i * d->dh, iw = ow * d->sw - d->pl + j * d->dw;
+            if (ih < d->h + d->pb && iw < d->w + d->pr) padded++;
+            if (ih < 0 || ih >= d->h || iw < 0 || iw >= d->w) continue;
+            const double v = plane[ih * d->w + iw];
+            m = v > m ? v : m;
+            s += v;
+            valid++;
+        }
+    if (max) return m;
+    const int cnt = count_include_pad ? padded : valid;
+    return cnt ? s / cnt : 0.0;
+}
+
+/* kind: 0 max, 1 average excluding padding, 2 average including padding. */
+static int check_pool(const struct qt_conv2d_desc *d, int kind, struct rng *r, const char *what)
+{
+    const int64_t nx = (int64_t)d->n * d->c * d->h * d->w;
+    const int64_t ny = (int64_t)d->n * d->c * d->oh * d->ow;
+    float *x = rand_array(r, nx);
+    int bad = 0;
+    const int saved = omp_get_max_threads();
+    for (int t = 0; t < NTEAMS && !bad; t++) {
+        omp_set_num_threads(team_sizes[t]);
+        float *y = guarded(ny);
+        if (kind == 0)
+            maxpool2d_forward_cpu(y, x, d);
+        else
+            avgpool2d_forward_cpu(y, x, d, kind == 2);
+        if (!guard_intact(y, ny)) {
+            qt_test_fail("%s: write past the end of y", what);
+            bad = 1;
+        }
+        for (int64_t p = 0; p < (int64_t)d->n * d->c && !bad; p++)
+            for (int oh = 0; oh < d->oh && !bad; oh++)
+                for (int ow = 0; ow < d->ow && !bad; ow++) {
+                    const double ref =
+                        naive_pool(x + p * d->h * d->w, d, oh, ow, kind == 0, kind == 2);
+                    const double got = y[(p * d->oh + oh) * d->ow + ow];
+                    if (!(fabs(got - ref) <= 1e-6 * (1 + fabs(ref))) &&
+                        !(isinf(ref) && got == ref)) {
+                        qt_test_fail("%s kind %d: threads %d: y[%lld,%d,%d] = %.7g, expected %.7g",
+                                     what, kind, team_sizes[t], (long long)p, oh, ow, got, ref);
+                        bad = 1;
+                    }
+                }
+        free(y);
+    }
+    omp_set_num_threads(saved);
+    free(x);
+    return bad;
+}
+
+/* A pool descriptor; ceil rounds the output size up (the last window may then run past the
+ * bottom/right padding). */
+static struct qt_conv2d_desc pool_desc(int n, int c, int h, int w, int kh, int kw, int sh, int sw,
+                                       int dh, int dw, int pt, int pl, int pb, int pr, int ceil)
+{
+    struct qt_conv2d_desc d = {n, c, h, w, c, 0, 0, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, 1};
+    d.oh = out_size(h, kh, sh, dh, pt, pb);
+    d.ow = out_size(w, kw, sw, dw, pl, pr);
+    if (ceil) {
+        const int eh = (kh - 1) * dh + 1, ew = (kw - 1) * dw + 1;
+        d.oh = (h + pt + pb - eh + sh - 1) / sh + 1;
+        d.ow = (w + pl + pr - ew + sw - 1) / sw + 1;
+        /* As in ONNX and PyTorch, the last window must start inside the input or the
+         * leading padding. */
+        if ((d.oh - 1) * sh >= h + pt) d.oh--;
+        if ((d.ow - 1) * sw >= w + pl) d.ow--;
+    }
+    return d;
+}
+
+QT_TEST(kernels_pools)
+{
+    struct rng r = {4};
+    const struct qt_conv2d_desc cases[] = {
+        pool_desc(2, 3, 8, 8, 2, 2, 2, 2, 1, 1, 0, 0, 0, 0, 0),
+        pool_desc(2, 3, 112, 112, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 0), /* ResNet-18 stem */
+        pool_desc(1, 5, 7, 9, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1),
+        pool_desc(3, 2, 5, 5, 2, 2, 2, 2, 1, 1, 0, 0, 0, 0, 1),  /* ceil, no pads */
+        pool_desc(3, 2, 6, 7, 3, 2, 2, 3, 1, 1, 1, 0, 0, 0, 1),  /* ceil, asymmetric */
+        pool_desc(2, 2, 6, 7, 3, 2, 2, 2, 1, 1, 0, 1, 2, 1, 0),  /* ceil as extra end pad */
+        pool_desc(2, 2, 9, 10, 3, 3, 1, 2, 2, 2, 2, 1, 2, 1, 0), /* dilation */
+        pool_desc(2, 3, 4, 4, 4, 4, 1, 1, 1, 1, 0, 0, 0, 0, 0),  /* global-sized window */
+        pool_desc(1, 1, 1, 1, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 0),
+        pool_desc(1, 2, 3, 4500, 2, 3, 1, 2, 1, 1, 0, 1, 1, 1, 0), /* rows past the stack row */
+        pool_desc(1, 2, 3, 4500, 2, 3, 1, 2, 1, 2, 0, 1, 1, 1, 1),
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const struct qt_conv2d_desc *d = &cases[i];
+        char what[200];
+        snprintf(what, sizeof what, "pool case %zu (%dx%d -> %dx%d)", i, d->h, d->w, d->oh, d->ow);
+        for (int kind = 0; kind < 3; kind++)
+            if (check_pool(d, kind, &r, what)) return 1;
+    }
+    for (int it = 0; it < 200; it++) {
+        const int kh = rng_int(&r, 1, 4), kw = rng_int(&r, 1, 4);
+        const int dh = rng_int(&r, 0, 4) ? 1 : 2, dw = rng_int(&r, 0, 4) ? 1 : 2;
+        /* Pads stay below the window extent so that every window sees some input. */
+        const int pt = rng_int(&r, 0, kh - 1), pl = rng_int(&r, 0, kw - 1);
+        const int pb = rng_int(&r, 0, kh - 1), pr = rng_int(&r, 0, kw - 1);
+        struct qt_conv2d_desc d = pool_desc(
+            rng_int(&r, 1, 3), rng_int(&r, 1, 4), rng_int(&r, 1, 17), rng_int(&r, 1, 17), kh, kw,
+            rng_int(&r, 1, 3), rng_int(&r, 1, 3), dh, dw, pt, pl, pb, pr, rng_int(&r, 0, 1));
+        if (d.oh <= 0 || d.ow <= 0) continue;
+        char what[200];
+        snprintf(what, sizeof what, "random pool %d (%dx%d k%dx%d s%dx%d d%dx%d p%d,%d,%d,%d)", it,
+                 d.h, d.w, kh, kw, d.sh, d.sw, dh, dw, pt, pl, pb, pr);
+        for (int kind = 0; kind < 3; kind++)
+            if (check_pool(&d, kind, &r, what)) return 1;
+    }
+    return 0;
+}
+
+QT_TEST(kernels_pools_known_values)
+{
+    /* One row 1..5, window 2, stride 2, ceil mode: windows {1,2}, {3,4}, {5}. The last
+     * window overhangs the input with no padding there, so it averages one value either way. */
+    const float x[5] = {1, 2, 3, 4, 5};
+    struct qt_conv2d_desc d = {1, 1, 1, 5, 1, 1, 3, 1, 2, 1, 2, 1, 1, 0, 0, 0, 0, 1};
+    float y[3];
+    avgpool2d_forward_cpu(y, x, &d, 1);
+    QT_CHECK_NEAR(y[0], 1.5, 1e-6);
+    QT_CHECK_NEAR(y[2], 5.0, 1e-6);
+    maxpool2d_forward_cpu(y, x, &d);
+    QT_CHECK_NEAR(y[1], 4.0, 1e-6);
+    QT_CHECK_NEAR(y[2], 5.0, 1e-6);
+    /* The same with one column of end padding: it counts when padding is included. */
+    d.pr = 1;
+    avgpool2d_forward_cpu(y, x, &d, 1);
+    QT_CHECK_NEAR(y[2], 2.5, 1e-6);
+    avgpool2d_forward_cpu(y, x, &d, 0);
+    QT_CHECK_NEAR(y[2], 5.0, 1e-6);
+    /* Negative inputs with padding: padding never wins a max. */
+    const float neg[4] = {-4, -3, -2, -1};
+    struct qt_conv2d_desc e = {1, 1, 2, 2, 1, 2, 2, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    float z[4];
+    maxpool2d_forward_cpu(z, neg, &e);
+    QT_CHECK_NEAR(z[0], -1.0, 0);
+    QT_CHECK_NEAR(z[3], -1.0, 0);
+    avgpool2d_forward_cpu(z, neg, &e, 1);
+    QT_CHECK_NEAR(z[0], -10.0 / 9.0, 1e-6);
+    avgpool2d_forward_cpu(z, neg, &e, 0);
+    QT_CHECK_NEAR(z[0], -2.5, 1e-6);
+    return 0;
+}
+
+QT_TEST(kernels_global_avgpool)
+{
+    struct rng r = {5};
+    const int64_t shapes[][2] = {{1, 1}, {3, 7}, {128 * 64, 64}, {5, 1000}, {40000, 1}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int64_t nc = shapes[s][0], hw = shapes[s][1];
+        float *x = rand_array(&r, nc * hw), *y = guarded(nc);
+        global_avgpool_forward_cpu(y, x, nc, hw);
+        QT_CHECK(guard_intact(y, nc));
+        for (int64_t p = 0; p < nc; p++) {
+            double ref = 0;
+            for (int64_t q = 0; q < hw; q++) ref += x[p * hw + q];
+            QT_CHECK_NEAR(y[p], ref / hw, 1e-6);
+        }
+        free(x), free(y);
+    }
+    return 0;
+}
+
+/* ---- batchnorm ---- */
+
+QT_TEST(kernels_batchnorm_infer)
+{
+    struct rng r = {6};
+    const int64_t shapes[][3] = {{1, 1, 1}, {2, 3, 5}, {128, 16, 1024}, {4, 64, 1}, {3, 10, 49}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int64_t n = shapes[s][0], c = shapes[s][1], hw = shapes[s][2], len = n * c * hw;
+        float *x = rand_array(&r, len), *y = guarded(len);
+        float *scale = rand_array(&r, c), *bias = rand_array(&r, c), *mean = rand_array(&r, c);
+        float *var = rand_array(&r, c);
+        for (int64_t i = 0; i < c; i++) var[i] = fabsf(var[i]) + 0.01f;
+        const float eps = 1e-5f;
+        batchnorm_infer_forward_cpu(y, x, scale, bias, mean, var, eps, n, c, hw);
+        QT_CHECK(guard_intact(y, len));
+        for (int64_t i = 0; i < len; i++) {
+            const int64_t ch = (i / hw) % c;
+            const double ref =
+                ((double)x[i] - mean[ch]) / sqrt((double)var[ch] + eps) * scale[ch] + bias[ch];
+            QT_CHECK_NEAR(y[i], ref, 2e-5 * (1 + fabs(ref)));
+        }
+        /* In place. */
+        batchnorm_infer_forward_cpu(x, x, scale, bias, mean, var, eps, n, c, hw);
+        for (int64_t i = 0; i < len; i++) QT_CHECK(x[i] == y[i]);
+        free(x), free(y), free(scale), free(bias), free(mean), free(var);
+    }
+    return 0;
+}
+
+/* ---- gemm ---- */
+
+QT_TEST(kernels_gemm)
+{
+    struct rng r = {7};
+    const int64_t dims[][3] = {{1, 1, 1},    {3, 5, 7},     {17, 1, 9},    {1, 13, 6},
+                               {64, 10, 64}, {128, 10, 64}, {33, 65, 129}, {4, 3, 0}};
+    /* C forms: none, scalar, row vector [N], column [M, 1], full [M, N]. */
+    for (size_t s = 0; s < sizeof dims / sizeof dims[0]; s++) {
+        const int64_t m = dims[s][0], n = dims[s][1], k = dims[s][2];
+        float *a = rand_array(&r, m * k), *b = rand_array(&r, k * n);
+        float *cfull = rand_array(&r, m * n);
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                for (int cf = 0; cf < 5; cf++) {
+                    const float alpha = cf % 2 ? 0.75f : 1.0f, beta = cf == 3 ? 1.0f : -0.5f;
+                    const int64_t rs[5] = {0, 0, 0, 1, n}, cs[5] = {0, 0, 1, 0, 1};
+                    const float *c = cf ? cfull : NULL;
+                    float *y = guarded(m * n);
+                    gemm_forward_cpu(y, a, b, c, m, n, k, ta, tb, alpha, beta, rs[cf], cs[cf]);
+                    QT_CHECK(guard_intact(y, m * n));
+                    for (int64_t i = 0; i < m; i++)
+                        for (int64_t j = 0; j < n; j++) {
+                            double ref = 0, mag = 0;
+                            for (int64_t p = 0; p < k; p++) {
+                                const double av = ta ? a[p * m + i] : a[i * k + p];
+                                const double bv = tb ? b[j * k + p] : b[p * n + j];
+                                ref += av * bv;
+                                mag += fabs(av * bv);
+                            }
+                            ref *= alpha;
+                            if (c) ref += beta * (double)c[i * rs[cf] + j * cs[cf]];
+                            if (!(fabs(y[i * n + j] - ref) <= 1e-5 * (mag + 1)))
+                                return qt_test_fail(
+                                    "gemm m%lld n%lld k%lld ta%d tb%d c%d: y[%lld,%lld] "
+                                    "= %.7g, expected %.7g",
+                                    (long long)m, (long long)n, (long long)k, ta, tb, cf,
+                                    (long long)i, (long long)j, y[i * n + j], ref);
+                        }
+                    free(y);
+                }
+        free(a), free(b), free(cfull);
+    }
+    return 0;
+}
+
+/* ---- elementwise ---- */
+
+QT_TEST(kernels_relu_clip)
+{
+    struct rng r = {8};
+    const int64_t lens[] = {1, 7, 100003};
+    for (size_t s = 0; s < sizeof lens / sizeof lens[0]; s++) {
+        const int64_t n = lens[s];
+        float *x = rand_array(&r, n), *y = guarded(n);
+        relu_forward_cpu(y, x, n);
+        QT_CHECK(guard_intact(y, n));
+        for (int64_t i = 0; i < n; i++) QT_CHECK(y[i] == (x[i] > 0 ? x[i] : 0.0f));
+        clip_forward_cpu(y, x, -0.25f, 0.5f, n);
+        QT_CHECK(guard_intact(y, n));
+        for (int64_t i = 0; i < n; i++)
+            QT_CHECK(y[i] == (x[i] < -0.25f ? -0.25f : x[i] > 0.5f ? 0.5f : x[i]));
+        free(x), free(y);
+    }
+    const float nanx[2] = {NAN, -1.0f};
+    float nany[2];
+    clip_forward_cpu(nany, nanx, 0.0f, 6.0f, 2);
+    QT_CHECK(isnan(nany[0]));
+    QT_CHECK(nany[1] == 0.0f);
+    return 0;
+}
+
+/* Row-major strides of a tensor of shape `in` (rank nin) read through an output of rank
+ * nd, right-aligned, with stride 0 on broadcast dimensions. */
+static void broadcast_strides(int64_t *st, const int64_t *in, int nin, int nd)
+{
+    int64_t acc = 1;
+    for (int i = nd - 1; i >= 0; i--) {
+        const int k = i - (nd - nin);
+        if (k < 0 || in[k] == 1) {
+            st[i] = 0;
+        } else {
+            st[i] = acc;
+        }
+        if (k >= 0) acc *= in[k];
+    }
+}
+
+QT_TEST(kernels_binary_broadcast)
+{
+    struct rng r = {9};
+    struct {
+        int nd, na, nb;
+        int64_t out[5], a[5], b[5];
+    } cases[] = {
+        {1, 1, 1, {7}, {7}, {7}},
+        {1, 1, 1, {7}, {7}, {1}},
+        {0, 0, 0, {0}, {0}, {0}},
+        {4, 4, 1, {2, 3, 4, 5}, {2, 3, 4, 5}, {5}},
+        {4, 4, 3, {2, 3, 4, 5}, {2, 3, 4, 5}, {3, 1, 1}},                   /* per-channel bias */
+        {4, 4, 4, {128, 16, 32, 32}, {128, 16, 32, 32}, {128, 16, 32, 32}}, /* residual add */
+        {4, 2, 4, {2, 3, 4, 5}, {4, 1}, {2, 1, 1, 5}},
+        {3, 3, 3, {3, 1, 4}, {3, 1, 1}, {1, 1, 4}},
+        {5, 5, 2, {2, 1, 3, 1, 6}, {2, 1, 3, 1, 1}, {1, 6}},
+        {2, 2, 2, {70000, 2}, {70000, 1}, {1, 2}},
+        {1, 1, 1, {100000}, {1}, {100000}},
+    };
+    for (size_t s = 0; s < sizeof cases / sizeof cases[0]; s++) {
+        const int nd = cases[s].nd;
+        int64_t total = 1, na = 1, nb = 1, sa[5], sb[5];
+        for (int i = 0; i < nd; i++) total *= cases[s].out[i];
+        for (int i = 0; i < cases[s].na; i++) na *= cases[s].a[i];
+        for (int i = 0; i < cases[s].nb; i++) nb *= cases[s].b[i];
+        broadcast_strides(sa, cases[s].a, cases[s].na, nd);
+        broadcast_strides(sb, cases[s].b, cases[s].nb, nd);
+        float *a = rand_array(&r, na), *b = rand_array(&r, nb), *y = guarded(total);
+        for (int64_t i = 0; i < nb; i++) b[i] = b[i] + (b[i] >= 0 ? 0.5f : -0.5f); /* for DIV */
+        for (int op = QT_BIN_ADD; op <= QT_BIN_DIV; op++) {
+            binary_forward_cpu(y, a, b, (enum qt_binop)op, cases[s].out, sa, sb, nd);
+            QT_CHECK(guard_intact(y, total));
+            for (int64_t e = 0; e < total; e++) {
+                int64_t rem = e, ia = 0, ib = 0;
+                for (int i = nd - 1; i >= 0; i--) {
+                    const int64_t idx = rem % cases[s].out[i];
+                    rem /= cases[s].out[i];
+                    ia += idx * sa[i];
+                    ib += idx * sb[i];
+                }
+                const double u = a[ia], v = b[ib];
+                const double ref = op == QT_BIN_ADD   ? u + v
+                                   : op == QT_BIN_SUB ? u - v
+                                   : op == QT_BIN_MUL ? u * v
+                                                      : u / v;
+                if (!(fabs(y[e] - ref) <= 1e-6 * (1 + fabs(ref))))
+                    return qt_test_fail("binary case %zu op %d: y[%lld] = %.7g, expected %.7g", s,
+                                        op, (long long)e, y[e], ref);
+            }
+        }
+        free(a), free(b), free(y);
+    }
+    return 0;
+}
+
+/* ---- softmax and reduce ---- */
+
+QT_TEST(kernels_softmax)
+{
+    struct rng r = {10};
+    const int64_t shapes[][3] = {{1, 1, 1}, {4, 10, 1},  {128, 10, 1},
+                                 {3, 7, 5}, {2, 5, 300}, {1, 1000, 1}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int64_t outer = shapes[s][0], axis = shapes[s][1], inner = shapes[s][2];
+        const int64_t len = outer * axis * inner;
+        float *x = rand_array(&r, len), *y = guarded(len);
+        for (int64_t i = 0; i < len; i++) x[i] *= 30.0f; /* large logits: needs the max shift */
+        softmax_forward_cpu(y, x, outer, axis, inner);
+        QT_CHECK(guard_intact(y, len));
+        for (int64_t o = 0; o < outer; o++)
+            for (int64_t j = 0; j < inner; j++) {
+                double m = -INFINITY, sum = 0;
+                for (int64_t i = 0; i < axis; i++) {
+                    const double v = x[(o * axis + i) * inner + j];
+                    m = v > m ? v : m;
+                }
+                for (int64_t i = 0; i < axis; i++) sum += exp(x[(o * axis + i) * inner + j] - m);
+                for (int64_t i = 0; i < axis; i++) {
+                    const int64_t at = (o * axis + i) * inner + j;
+                    const double ref = exp(x[at] - m) / sum;
+                    QT_CHECK_NEAR(y[at], ref, 1e-6 + 1e-5 * ref);
+                }
+            }
+        free(x), free(y);
+    }
+    return 0;
+}
+
+QT_TEST(kernels_reduce_mean)
+{
+    struct rng r = {11};
+    const int64_t shapes[][3] = {{1, 1, 1},    {4, 10, 1},     {3, 7, 5},
+                                 {2, 64, 300}, {1, 100000, 1}, {50000, 1, 1}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int64_t outer = shapes[s][0], red = shapes[s][1], inner = shapes[s][2];
+        float *x = rand_array(&r, outer * red * inner), *y = guarded(outer * inner);
+        reduce_mean_forward_cpu(y, x, outer, red, inner);
+        QT_CHECK(guard_intact(y, outer * inner));
+        for (int64_t o = 0; o < outer; o++)
+            for (int64_t j = 0; j < inner; j++) {
+                double sum = 0;
+                for (int64_t i = 0; i < red; i++) sum += x[(o * red + i) * inner + j];
+                QT_CHECK_NEAR(y[o * inner + j], sum / red, 1e-6);
+            }
+        free(x), free(y);
+    }
+    return 0;
+}
+
+QT_TEST(kernels_threads)
+{
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(3);
+    QT_CHECK(qt_cpu_threads() == 3);
+    omp_set_num_threads(saved);
+    QT_CHECK(qt_cpu_threads() >= 1);
+    return 0;
+}
