@@ -66,9 +66,18 @@ $(BUILD)/qtune-tests: $(TEST_OBJ) $(BUILD)/libqtune.a
 test: all
 	tests/run.sh
 
-clean:
-	rm -rf build build-san
+# libFuzzer targets (clang): build-fuzz/fuzz_onnx, build-fuzz/fuzz_dataset
+FUZZ_SRC := $(filter-out tests/fuzz/%,$(LIB_SRC)) $(GEN_C)
+fuzz: $(GEN_C)
+	@mkdir -p build-fuzz
+	for t in onnx dataset; do \
+	  clang -std=c11 -D_DEFAULT_SOURCE -D_FILE_OFFSET_BITS=64 -g -O1 -fopenmp -march=x86-64-v3 \
+	    -fsanitize=fuzzer,address,undefined -I. -I$(BUILD)/gen tests/fuzz/fuzz_$$t.c $(FUZZ_SRC) \
+	    -o build-fuzz/fuzz_$$t $(LDLIBS) || exit 1; done
 
-.PHONY: all info test clean
+clean:
+	rm -rf build build-san build-fuzz
+
+.PHONY: all info test clean fuzz
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
