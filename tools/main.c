@@ -14,6 +14,7 @@ static void usage(FILE *f)
             "  run MODEL.onnx --input x.npy --output y.npy  run a model on one input\n"
             "  eval MODEL.onnx --data DATA [options]        top-1/top-5 accuracy on a dataset\n"
             "  export MODEL.onnx --format float -o OUT.onnx write the canonicalized model\n"
+            "  init ARCH --input CxHxW --classes K -o OUT   a new ResNet: resnet20|32|56|18\n"
             "\n"
             "Run 'qtune COMMAND --help' for a command's options.\n");
 }
@@ -29,6 +30,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "run") == 0) return cmd_run(argc - 1, argv + 1);
     if (strcmp(cmd, "eval") == 0) return cmd_eval(argc - 1, argv + 1);
     if (strcmp(cmd, "export") == 0) return cmd_export(argc - 1, argv + 1);
+    if (strcmp(cmd, "init") == 0) return cmd_init(argc - 1, argv + 1);
     fprintf(stderr, "qtune: error: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;
