@@ -26,6 +26,21 @@ struct qt_backend {
     int (*forward)(struct qt_backend *b, const struct qt_graph *g, const struct qt_node *n,
                    const struct qt_tensor **in, struct qt_tensor **out, float *ws,
                    struct qt_error *e);
+    /* Training. Floats node n keeps between its training forward and its backward
+     * (BatchNorm's batch mean and inverse std, for instance). */
+    int64_t (*aux_floats)(struct qt_backend *b, const struct qt_graph *g, const struct qt_node *n,
+                          const struct qt_tensor **in);
+    /* Forward in training mode: BatchNorm uses batch statistics and updates its running
+     * statistics (the node's inputs 3 and 4) in place; aux receives what backward needs. */
+    int (*forward_train)(struct qt_backend *b, const struct qt_graph *g, const struct qt_node *n,
+                         const struct qt_tensor **in, struct qt_tensor **out, float *aux,
+                         float *ws, struct qt_error *e);
+    /* Gradients of the node's inputs from those of its outputs. din[k] is NULL where no
+     * gradient is wanted; it is assigned (=) when acc[k] is 0 and accumulated (+=) when 1. */
+    int (*backward)(struct qt_backend *b, const struct qt_graph *g, const struct qt_node *n,
+                    const struct qt_tensor **in, const struct qt_tensor **out,
+                    const struct qt_tensor **dout, struct qt_tensor **din, const int *acc,
+                    const float *aux, float *ws, struct qt_error *e);
     int (*sync)(struct qt_backend *b, struct qt_error *e);
     void (*destroy)(struct qt_backend *b);
     void *impl;

@@ -12,6 +12,14 @@ struct qt_exec *qt_exec_new(struct qt_graph *g, struct qt_backend *b, struct qt_
 void qt_exec_free(struct qt_exec *x);
 /* inputs[k] (host memory) feeds graph input k; shapes are checked against the model's. */
 int qt_exec_forward(struct qt_exec *x, const struct qt_tensor **inputs, struct qt_error *e);
+/* Training forward: BatchNorm in batch-statistics mode (running statistics updated in the
+ * graph's initializers), every value kept for the backward pass. */
+int qt_exec_forward_train(struct qt_exec *x, const struct qt_tensor **inputs, struct qt_error *e);
+/* Backward from dy, the gradient of graph output 0 (host memory), after a training forward.
+ * Afterwards qt_exec_grad gives each parameter's gradient (QT_V_PARAM values). */
+int qt_exec_backward(struct qt_exec *x, const struct qt_tensor *dy, struct qt_error *e);
+/* Gradient of value v from the last backward (backend memory), or NULL when none reached it. */
+const float *qt_exec_grad(const struct qt_exec *x, int v);
 /* Graph output k of the last run (backend memory; host memory on the CPU backend). */
 const struct qt_tensor *qt_exec_output(const struct qt_exec *x, int k);
 
