@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Installs what qtune's build and tests need on Debian 12 (run as root; safe to re-run):
+# the Debian packages below (apt-get update only when one is missing), then the project's
+# .venv (Debian's python with system site packages, for torch/onnx/numpy) with onnxruntime
+# and pytest from PyPI.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+VENV="$REPO/.venv"
+PACKAGES=(
+    build-essential make protobuf-c-compiler libprotobuf-c-dev libonnx-dev
+    libopenblas-openmp-dev libdnnl-dev libjpeg-dev libpng-dev zlib1g-dev
+    python3-venv python3-torch python3-torchvision python3-onnx python3-numpy
+    libonnx-testdata dataset-fashion-mnist
+)
+PIP_PACKAGES=(onnxruntime pytest)
+
+die() {
+    echo "deps.sh: error: $*" >&2
+    exit 1
+}
+
+installed() {
+    [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = "installed" ]
+}
+
+command -v dpkg-query >/dev/null || die "dpkg-query not found: this script expects Debian 12"
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    installed "$p" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+    [ "$(id -u)" -eq 0 ] || die "missing packages (${missing[*]}); run this script as root"
+    echo "deps.sh: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    log=$(mktemp)
+    if ! apt-get update -qq >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        die "apt-get update failed"
+    fi
+    if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        rm -f "$log"
+        die "apt-get install failed for: ${missing[*]}"
+    fi
+    rm -f "$log"
+    for p in "${missing[@]}"; do
+        installed "$p" || die "package $p is still not installed after apt-get install"
+    done
+else
+    echo "deps.sh: Debian packages present"
+fi
+
+SYSPY=/usr/bin/python3
+[ -x "$SYSPY" ] || die "$SYSPY not found"
+"$SYSPY" -c "import torch, torchvision, onnx, numpy" 2>/dev/null \
+    || die "$SYSPY cannot import torch, torchvision, onnx and numpy"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "deps.sh: creating $VENV"
+    "$SYSPY" -m venv --system-site-packages "$VENV" || die "could not create $VENV"
+fi
+
+if "$VENV/bin/python" -c "import onnxruntime, pytest" 2>/dev/null; then
+    echo "deps.sh: .venv has ${PIP_PACKAGES[*]}"
+else
+    echo "deps.sh: pip install ${PIP_PACKAGES[*]} into $VENV"
+    log=$(mktemp)
+    if ! "$VENV/bin/pip" install -q --disable-pip-version-check "${PIP_PACKAGES[@]}" >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        rm -f "$log"
+        die "pip install ${PIP_PACKAGES[*]} failed (PyPI reachable?)"
+    fi
+    rm -f "$log"
+fi
+
+"$VENV/bin/python" -c "import torch, torchvision, onnx, numpy, onnxruntime, pytest" \
+    || die "$VENV/bin/python cannot import every test dependency"
+echo "deps.sh: done"

@@ -1,0 +1,68 @@
+"""Small data helpers for the reference scripts and CLI tests: IDX reading and writing,
+a minimal PNG encoder (no PIL needed) and the locations of the datasets on this machine."""
+import gzip
+import os
+import struct
+import zlib
+
+import numpy as np
+
+FASHION_DIR = os.environ.get("QT_FASHION", "/usr/share/datasets/fashion-mnist")
+# Normalization used with Fashion-MNIST throughout the tests.
+FASHION_MEAN = 0.2860
+FASHION_STD = 0.3530
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path):
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype not in _IDX_DTYPES:
+        raise ValueError("%s: not an IDX file" % path)
+    dims = struct.unpack(">%dI" % ndim, data[4:4 + 4 * ndim])
+    arr = np.frombuffer(data, dtype=_IDX_DTYPES[dtype], offset=4 + 4 * ndim)
+    return arr.reshape(dims)
+
+
+def write_idx(path, arr, magic=None):
+    """Writes a uint8 array as IDX (gzip-compressed when path ends in .gz); magic overrides
+    the 4-byte header word."""
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    head = struct.pack(">I", magic) if magic is not None else struct.pack(">HBB", 0, 0x08, arr.ndim)
+    data = head + struct.pack(">%dI" % arr.ndim, *arr.shape) + arr.tobytes()
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wb") as fh:
+        fh.write(data)
+
+
+def fashion_available():
+    return all(os.path.exists(os.path.join(FASHION_DIR, f)) for f in (
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
+        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"))
+
+
+def load_fashion(split):
+    prefix = "t10k" if split == "test" else "train"
+    x = read_idx(os.path.join(FASHION_DIR, prefix + "-images-idx3-ubyte.gz"))
+    y = read_idx(os.path.join(FASHION_DIR, prefix + "-labels-idx1-ubyte.gz"))
+    return x, y
+
+
+def encode_png(img):
+    """img: uint8 array HxW (grayscale) or HxWx3 (RGB); returns PNG file bytes."""
+    img = np.ascontiguousarray(img, dtype=np.uint8)
+    h, w = img.shape[:2]
+    color = 0 if img.ndim == 2 else 2
+    rows = img.reshape(h, -1)
+    raw = b"".join(b"\x00" + rows[i].tobytes() for i in range(h))
+
+    def chunk(kind, payload):
+        body = kind + payload
+        return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
