@@ -3,6 +3,7 @@
 #define QT_ONNX_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "../graph/graph.h"
 
@@ -19,6 +20,8 @@ struct qt_graph *qt_onnx_load_buffer(const void *buf, size_t len, const char *ba
 /* Writes the graph as a ModelProto (initializers as raw_data). Writes to a temporary file
  * and renames it, so a failed save never leaves a truncated model behind. */
 int qt_onnx_save(const struct qt_graph *g, const char *path, struct qt_error *e);
+/* Serializes the graph as a ModelProto into a malloc'd buffer. */
+int qt_onnx_serialize(const struct qt_graph *g, uint8_t **buf, size_t *len, struct qt_error *e);
 /* Reads a serialized TensorProto (ONNX test data's input_N.pb / output_N.pb). */
 struct qt_tensor *qt_onnx_load_tensor(const char *path, char *name, size_t name_len,
                                       struct qt_error *e);

@@ -1,13 +1,12 @@
 /* ONNX export: a qtune graph back into a ModelProto that onnx.checker and onnxruntime accept.
  * Protobuf structures point into the graph's memory; nothing is copied twice. */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "onnx.h"
 #include "../graph/schema.h"
+#include "../graph/fileio.h"
 #include "tensor_proto.h"
 
 /* All allocations made for one save, freed together. */
@@ -125,7 +124,7 @@ static Onnx__AttributeProto *attr_proto(struct arena *ar, const struct qt_attr *
     return ap;
 }
 
-int qt_onnx_save(const struct qt_graph *g, const char *path, struct qt_error *e)
+int qt_onnx_serialize(const struct qt_graph *g, uint8_t **out, size_t *out_len, struct qt_error *e)
 {
     struct arena ar = {0};
     Onnx__ModelProto mp;
@@ -208,23 +207,19 @@ int qt_onnx_save(const struct qt_graph *g, const char *path, struct qt_error *e)
         goto done;
     }
     onnx__model_proto__pack(&mp, buf);
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        rc = qt_err(e, "cannot write '%s': %s", path, strerror(errno));
-    } else {
-        int ok = fwrite(buf, 1, len, f) == len;
-        ok &= fflush(f) == 0;
-        ok &= fsync(fileno(f)) == 0;
-        ok &= fclose(f) == 0;
-        if (!ok || rename(tmp, path) != 0) {
-            rc = qt_err(e, "cannot write '%s': %s", path, strerror(errno));
-            unlink(tmp);
-        }
-    }
-    free(buf);
+    *out = buf;
+    *out_len = len;
 done:
     arena_free(&ar);
+    return rc;
+}
+
+int qt_onnx_save(const struct qt_graph *g, const char *path, struct qt_error *e)
+{
+    uint8_t *buf;
+    size_t len;
+    if (qt_onnx_serialize(g, &buf, &len, e)) return -1;
+    int rc = qt_write_file_atomic(path, buf, len, e);
+    free(buf);
     return rc;
 }

@@ -103,47 +103,65 @@ int qt_norm_preset(const char *name, int channels, float *mean, float *std)
     return -1;
 }
 
-#define LUT_CHANNELS 4
 #define PAR_MIN_VALUES (1 << 21)
 
 /* Each channel maps its 256 byte values through a table holding (v / 255 - mean) / std,
- * evaluated in float exactly as written (the same arithmetic as ToTensor + Normalize). */
-void qt_dataset_batch(const struct qt_dataset *ds, const int *idx, int count, const float *mean,
-                      const float *std, float *x, int32_t *y)
+ * evaluated in float exactly as written (the same arithmetic as ToTensor + Normalize).
+ * One sample goes channel by channel through the tables t (256 entries per channel):
+ * shifted by (oy, ox) with zero pixels outside, then mirrored when flip. */
+static void sample_to_float(float *dst, const uint8_t *src, const float *t, int c, int h, int w,
+                            int oy, int ox, int flip)
 {
-    if (count <= 0) return;
-    const int c = ds->c;
-    const size_t hw = (size_t)ds->h * ds->w, chw = (size_t)c * hw;
-    const int par = (size_t)count * chw >= PAR_MIN_VALUES;
-    if (c <= LUT_CHANNELS) {
-        float lut[LUT_CHANNELS][256];
-        for (int ch = 0; ch < c; ch++) {
-            float m = mean ? mean[ch] : 0.0f, s = std ? std[ch] : 1.0f;
-            for (int v = 0; v < 256; v++) lut[ch][v] = ((float)v / 255.0f - m) / s;
+    const size_t hw = (size_t)h * w;
+    for (int ch = 0; ch < c; ch++) {
+        const float *tc = t + ch * 256;
+        const uint8_t *sp = src + ch * hw;
+        float *dp = dst + ch * hw;
+        if (!oy && !ox && !flip) {
+            for (size_t p = 0; p < hw; p++) dp[p] = tc[sp[p]];
+            continue;
         }
-#pragma omp parallel for schedule(static) if (par)
-        for (int i = 0; i < count; i++) {
-            const uint8_t *src = ds->pixels + (size_t)idx[i] * chw;
-            float *dst = x + (size_t)i * chw;
-            for (int ch = 0; ch < c; ch++) {
-                const float *t = lut[ch];
-                const uint8_t *sp = src + ch * hw;
-                float *dp = dst + ch * hw;
-                for (size_t p = 0; p < hw; p++) dp[p] = t[sp[p]];
+        for (int r = 0; r < h; r++) {
+            int sr = r + oy;
+            float *row = dp + (size_t)r * w;
+            if (sr < 0 || sr >= h) {
+                for (int q = 0; q < w; q++) row[q] = tc[0];
+                continue;
             }
-        }
-    } else {
-#pragma omp parallel for schedule(static) if (par)
-        for (int i = 0; i < count; i++) {
-            const uint8_t *src = ds->pixels + (size_t)idx[i] * chw;
-            float *dst = x + (size_t)i * chw;
-            for (int ch = 0; ch < c; ch++) {
-                float m = mean ? mean[ch] : 0.0f, s = std ? std[ch] : 1.0f;
-                for (size_t p = 0; p < hw; p++)
-                    dst[ch * hw + p] = ((float)src[ch * hw + p] / 255.0f - m) / s;
+            const uint8_t *srow = sp + (size_t)sr * w;
+            for (int q = 0; q < w; q++) {
+                int sq = (flip ? w - 1 - q : q) + ox;
+                row[q] = sq >= 0 && sq < w ? tc[srow[sq]] : tc[0];
             }
         }
     }
+}
+
+void qt_dataset_batch_augmented(const struct qt_dataset *ds, const int *idx, int count,
+                                const float *mean, const float *std, const struct qt_augment *aug,
+                                float *x, int32_t *y)
+{
+    if (count <= 0) return;
+    const int c = ds->c;
+    const size_t chw = (size_t)c * ds->h * ds->w;
+    const int par = (size_t)count * chw >= PAR_MIN_VALUES;
+    float *lut = malloc(sizeof(float) * 256 * (size_t)c);
+    if (!lut) return;
+    for (int ch = 0; ch < c; ch++) {
+        float m = mean ? mean[ch] : 0.0f, s = std ? std[ch] : 1.0f;
+        for (int v = 0; v < 256; v++) lut[ch * 256 + v] = ((float)v / 255.0f - m) / s;
+    }
+#pragma omp parallel for schedule(static) if (par)
+    for (int i = 0; i < count; i++)
+        sample_to_float(x + (size_t)i * chw, ds->pixels + (size_t)idx[i] * chw, lut, c, ds->h,
+                        ds->w, aug ? aug->oy[i] : 0, aug ? aug->ox[i] : 0, aug ? aug->flip[i] : 0);
+    free(lut);
     if (y)
         for (int i = 0; i < count; i++) y[i] = ds->labels[idx[i]];
+}
+
+void qt_dataset_batch(const struct qt_dataset *ds, const int *idx, int count, const float *mean,
+                      const float *std, float *x, int32_t *y)
+{
+    qt_dataset_batch_augmented(ds, idx, count, mean, std, NULL, x, y);
 }

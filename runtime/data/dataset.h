@@ -35,4 +35,15 @@ int qt_norm_preset(const char *name, int channels, float *mean, float *std);
 void qt_dataset_batch(const struct qt_dataset *ds, const int *idx, int count, const float *mean,
                       const float *std, float *x, int32_t *y);
 
+/* Per-sample augmentation drawn by the caller: sample i is shifted by (oy[i], ox[i]) pixels
+ * with zero pixels filling the border (a random crop of the zero-padded image), then
+ * mirrored horizontally when flip[i]. */
+struct qt_augment {
+    const int8_t *oy, *ox;
+    const uint8_t *flip;
+};
+void qt_dataset_batch_augmented(const struct qt_dataset *ds, const int *idx, int count,
+                                const float *mean, const float *std, const struct qt_augment *aug,
+                                float *x, int32_t *y);
+
 #endif

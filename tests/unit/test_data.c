@@ -1086,3 +1086,41 @@ QT_TEST(data_cifar10_jpeg_shared)
     QT_CHECK(ok);
     return 0;
 }
+
+/* Augmented batches against a direct reading of the definition: crop of the zero-padded
+ * image at offset (oy, ox), then a horizontal mirror. */
+QT_TEST(data_batch_augmented_crop_flip)
+{
+    struct qt_dataset ds;
+    memset(&ds, 0, sizeof ds);
+    ds.n = 2;
+    ds.c = 2;
+    ds.h = 5;
+    ds.w = 4;
+    ds.nclasses = 2;
+    uint8_t pix[2 * 2 * 5 * 4];
+    for (int i = 0; i < (int)sizeof pix; i++) pix[i] = (uint8_t)(i * 7 + 3);
+    int32_t labels[2] = {1, 0};
+    ds.pixels = pix;
+    ds.labels = labels;
+    const float mean[2] = {0.25f, 0.5f}, std[2] = {0.5f, 0.25f};
+    const int idx[2] = {1, 0};
+    const int8_t oy[2] = {-2, 1}, ox[2] = {3, -1};
+    const uint8_t flip[2] = {1, 0};
+    struct qt_augment aug = {oy, ox, flip};
+    float x[2 * 2 * 5 * 4];
+    int32_t y[2];
+    qt_dataset_batch_augmented(&ds, idx, 2, mean, std, &aug, x, y);
+    QT_CHECK(y[0] == 0 && y[1] == 1);
+    for (int i = 0; i < 2; i++)
+        for (int c = 0; c < 2; c++)
+            for (int r = 0; r < 5; r++)
+                for (int q = 0; q < 4; q++) {
+                    int cq = flip[i] ? 3 - q : q; /* column of the cropped image */
+                    int sr = r + oy[i], sq = cq + ox[i];
+                    int v = (sr >= 0 && sr < 5 && sq >= 0 && sq < 4) ? pix[((idx[i] * 2 + c) * 5 + sr) * 4 + sq] : 0;
+                    float want = ((float)v / 255.0f - mean[c]) / std[c];
+                    QT_CHECK_NEAR(x[((i * 2 + c) * 5 + r) * 4 + q], want, 1e-6);
+                }
+    return 0;
+}
