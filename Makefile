@@ -18,7 +18,7 @@ endif
 
 CFLAGS  += -std=c11 -D_DEFAULT_SOURCE -D_FILE_OFFSET_BITS=64 $(OPT) -fopenmp -Wall -Wextra \
            -Wno-unused-parameter -I. -I$(BUILD)/gen
-LDLIBS  := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -lprotobuf-c -ljpeg -lpng -lz -lm
+LDLIBS  := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -ldnnl -lprotobuf-c -ljpeg -lpng -lz -lm
 LDFLAGS += -fopenmp $(LDSAN)
 
 GEN_C   := $(BUILD)/gen/onnx/onnx.pb-c.c

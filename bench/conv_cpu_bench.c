@@ -1,19 +1,22 @@
-/* Times ResNet-20 (CIFAR-10) convolution forward at batch 128: qtune's im2col + OpenBLAS
- * kernel (kernels/cpu/conv.c) against oneDNN's convolution primitive (NCHW in and out,
- * oneDNN's own layout inside, activation reorders counted). Build and run from the
- * repository root:
+/* Times ResNet-20 (CIFAR-10) convolution forward: qtune's kernel (conv2d_forward_cpu, oneDNN
+ * through a struct qt_cpu_ctx: per call a convolution descriptor, the cached primitive and
+ * reorders of src, weights and dst between NCHW/OIHW and oneDNN's layouts) against a oneDNN
+ * primitive created once and kept (what the per-call descriptor and cache lookup cost is
+ * measured against). The im2col + OpenBLAS kernel it was first compared with is in git
+ * history (commit c1b6b69) with its numbers in bench/results/conv_cpu_backend.txt. Build and
+ * run from the repository root:
  *
  *   gcc -std=c11 -D_DEFAULT_SOURCE -O2 -march=x86-64-v3 -fopenmp -I. -o build/conv_cpu_bench \
- *       bench/conv_cpu_bench.c kernels/cpu/conv.c kernels/cpu/threads.c \
- *       -L/usr/lib/x86_64-linux-gnu/openblas-openmp \
- *       -Wl,-rpath,/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -ldnnl -lm
- *   OMP_NUM_THREADS=2 build/conv_cpu_bench [--batch N] [--reps R] [--isa avx2|native]
+ *       bench/conv_cpu_bench.c kernels/cpu/conv.c kernels/cpu/onednn.c kernels/cpu/threads.c \
+ *       -ldnnl -lm
+ *   build/conv_cpu_bench [--batch N] [--reps R] [--threads T] [--isa avx2|native]
  *
- * --isa avx2 caps oneDNN at AVX2. OpenBLAS picks its kernels from the CPU it recognizes
- * (printed as "OpenBLAS core"); OPENBLAS_CORETYPE=SkylakeX in the environment forces its
- * AVX-512 kernels. Each layer: warm-up, then R timed repetitions of each variant back to
- * back; the median is printed. The network total weights each layer by how many times
- * ResNet-20 uses it. bench/conv_ort_bench.py times onnxruntime on the same layers. */
+ * --threads calls omp_set_num_threads(T) as the CPU backend does (default: OpenMP's own,
+ * OMP_NUM_THREADS). --isa avx2 caps oneDNN at AVX2. Each layer: the first qtune call is timed
+ * on its own (primitive creation and JIT), then warm-up, then R timed repetitions in which
+ * the variants take turns; the median of each is printed. The network total weights each layer by how
+ * many times ResNet-20 uses it; the tiny layers at the end (uses 0) show the fixed per-call
+ * cost. bench/conv_ort_bench.py times onnxruntime on the same layers. */
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
@@ -25,9 +28,6 @@
 #include <oneapi/dnnl/dnnl.h>
 
 #include "kernels/cpu/cpu.h"
-
-/* From OpenBLAS (declared in its cblas.h, not in every cblas.h). */
-char *openblas_get_corename(void);
 
 #define CHECK(call)                                                                                \
     do {                                                                                           \
@@ -53,6 +53,8 @@ static const struct layer layers[] = {
     {"s3 64->64 3x3 8x8", 5, 64, 64, 8, 3, 1, 1},
     {"sc 16->32 1x1 s2 32x32", 1, 16, 32, 32, 1, 2, 0},
     {"sc 32->64 1x1 s2 16x16", 1, 32, 64, 16, 1, 2, 0},
+    {"tiny 16->16 3x3 4x4", 0, 16, 16, 4, 3, 1, 1},
+    {"tiny 4->4 1x1 2x2", 0, 4, 4, 2, 1, 1, 0},
 };
 #define NLAYERS ((int)(sizeof layers / sizeof layers[0]))
 
@@ -175,16 +177,18 @@ static void dnnl_conv_weights(struct dnnl_conv *dc, dnnl_stream_t st)
     CHECK(dnnl_stream_wait(st));
 }
 
-/* which: 0 = src reorder + conv + dst reorder; 1 = conv alone. */
+/* which: 0 = src reorder + conv + dst reorder; 1 = conv alone; 2 = as 0 with the weight
+ * reorder too (the work of one qtune call). */
 static void dnnl_conv_run(struct dnnl_conv *dc, dnnl_stream_t st, int which)
 {
-    if (which == 0 && dc->rsrc) run2(dc->rsrc, st, DNNL_ARG_FROM, dc->usrc, DNNL_ARG_TO, dc->src);
+    if (which == 2 && dc->rwei) run2(dc->rwei, st, DNNL_ARG_FROM, dc->uwei, DNNL_ARG_TO, dc->wei);
+    if (which != 1 && dc->rsrc) run2(dc->rsrc, st, DNNL_ARG_FROM, dc->usrc, DNNL_ARG_TO, dc->src);
     dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, dc->src},
                                {DNNL_ARG_WEIGHTS, dc->wei},
                                {DNNL_ARG_BIAS, dc->bias},
                                {DNNL_ARG_DST, dc->dst}};
     CHECK(dnnl_primitive_execute(dc->conv, st, 4, args));
-    if (which == 0 && dc->rdst) run2(dc->rdst, st, DNNL_ARG_FROM, dc->dst, DNNL_ARG_TO, dc->udst);
+    if (which != 1 && dc->rdst) run2(dc->rdst, st, DNNL_ARG_FROM, dc->dst, DNNL_ARG_TO, dc->udst);
     CHECK(dnnl_stream_wait(st));
 }
 
@@ -200,21 +204,34 @@ static void dnnl_conv_free(struct dnnl_conv *dc)
     dnnl_memory_destroy(dc->bias);
 }
 
+static void fail_qtune(struct qt_cpu_ctx *ctx)
+{
+    fprintf(stderr, "conv2d_forward_cpu: %s\n", qt_cpu_ctx_error(ctx));
+    exit(1);
+}
+
 int main(int argc, char **argv)
 {
-    int batch = 128, reps = 20;
+    int batch = 128, reps = 20, threads = 0;
     const char *isa = "native";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--batch") && i + 1 < argc)
             batch = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
             reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--isa") && i + 1 < argc)
             isa = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--batch N] [--reps R] [--isa avx2|native]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--batch N] [--reps R] [--threads T] [--isa avx2|native]\n",
+                    argv[0]);
             return 2;
         }
+    }
+    if (batch < 1 || reps < 1) {
+        fprintf(stderr, "--batch and --reps must be positive\n");
+        return 2;
     }
     if (!strcmp(isa, "avx2"))
         CHECK(dnnl_set_max_cpu_isa(dnnl_cpu_isa_avx2));
@@ -222,23 +239,28 @@ int main(int argc, char **argv)
         fprintf(stderr, "unknown --isa %s\n", isa);
         return 2;
     }
+    if (threads > 0) omp_set_num_threads(threads);
 
+    char err[256];
+    struct qt_cpu_ctx *ctx = qt_cpu_ctx_new(err, sizeof err);
+    if (!ctx) {
+        fprintf(stderr, "qt_cpu_ctx_new: %s\n", err);
+        return 1;
+    }
     dnnl_engine_t eng;
     dnnl_stream_t st;
     CHECK(dnnl_engine_create(&eng, dnnl_cpu, 0));
     CHECK(dnnl_stream_create(&st, eng, dnnl_stream_default_flags));
 
     const dnnl_version_t *ver = dnnl_version();
-    printf("batch %d, threads %d, reps %d (median); OpenBLAS core %s; oneDNN %d.%d.%d, isa cap: "
-           "%s\n",
-           batch, qt_cpu_threads(), reps, openblas_get_corename(), ver->major, ver->minor,
-           ver->patch, isa);
-    printf("%-24s %3s %10s %10s %10s %8s %8s %9s  %s\n", "layer", "x", "im2col_ms", "dnnl_ms",
-           "dnnlconv", "ratio", "ratio_c", "maxdiff", "oneDNN impl");
-    double tot_q = 0, tot_d = 0, tot_dc = 0, tot_w = 0;
+    printf("batch %d, threads %d, reps %d (median); oneDNN %d.%d.%d, isa cap: %s\n", batch,
+           qt_cpu_threads(), reps, ver->major, ver->minor, ver->patch, isa);
+    printf("%-24s %3s %9s %9s %9s %9s %9s %8s %9s  %s\n", "layer", "x", "first_ms", "qtune_ms",
+           "kept_w_ms", "kept_ms", "conv_ms", "call_us", "maxdiff", "oneDNN impl");
+    double tot_q = 0, tot_w = 0, tot_d = 0, tot_c = 0;
     uint64_t seed = 12345;
-    double *tq = malloc(sizeof(double) * reps), *td = malloc(sizeof(double) * reps),
-           *tc = malloc(sizeof(double) * reps);
+    double *tq = malloc(sizeof(double) * reps), *tw = malloc(sizeof(double) * reps),
+           *td = malloc(sizeof(double) * reps), *tc = malloc(sizeof(double) * reps);
     for (int li = 0; li < NLAYERS; li++) {
         const struct layer *L = &layers[li];
         struct qt_conv2d_desc d = {0};
@@ -252,30 +274,31 @@ int main(int argc, char **argv)
         float *x = rand_buf(nx, &seed, 2.0f), *w = rand_buf(nw, &seed, 0.5f),
               *b = rand_buf(d.k, &seed, 0.2f);
         float *yq = alloc_f(ny), *yd = alloc_f(ny);
-        float *ws = alloc_f(conv2d_workspace_cpu(&d));
+
+        double t0 = now_ms();
+        if (conv2d_forward_cpu(ctx, yq, x, w, b, &d)) fail_qtune(ctx);
+        const double first = now_ms() - t0;
 
         struct dnnl_conv dc;
         dnnl_conv_make(&dc, eng, &d, x, w, b, yd);
-        double t0 = now_ms();
         dnnl_conv_weights(&dc, st);
-        tot_w += (now_ms() - t0) * L->count;
 
         for (int r = 0; r < 3; r++) {
-            conv2d_forward_cpu(yq, x, w, b, ws, &d);
+            if (conv2d_forward_cpu(ctx, yq, x, w, b, &d)) fail_qtune(ctx);
             dnnl_conv_run(&dc, st, 0);
         }
-        /* Each variant runs its repetitions back to back. */
+        /* The variants take turns within each repetition, so that drift in the machine's
+         * speed (other jobs) reaches all of them alike. */
         for (int r = 0; r < reps; r++) {
             t0 = now_ms();
-            conv2d_forward_cpu(yq, x, w, b, ws, &d);
+            if (conv2d_forward_cpu(ctx, yq, x, w, b, &d)) fail_qtune(ctx);
             tq[r] = now_ms() - t0;
-        }
-        for (int r = 0; r < reps; r++) {
+            t0 = now_ms();
+            dnnl_conv_run(&dc, st, 2);
+            tw[r] = now_ms() - t0;
             t0 = now_ms();
             dnnl_conv_run(&dc, st, 0);
             td[r] = now_ms() - t0;
-        }
-        for (int r = 0; r < reps; r++) {
             t0 = now_ms();
             dnnl_conv_run(&dc, st, 1);
             tc[r] = now_ms() - t0;
@@ -287,22 +310,27 @@ int main(int argc, char **argv)
             if (!(e <= md)) md = e;
             if (fabs(yd[i]) > mref) mref = fabs(yd[i]);
         }
-        double q = median(tq, reps), dd = median(td, reps), c = median(tc, reps);
-        printf("%-24s %3d %10.3f %10.3f %10.3f %8.2f %8.2f %9.2e  %s\n", L->name, L->count, q, dd,
-               c, dd / q, c / q, md / (mref > 0 ? mref : 1), dc.impl);
+        double q = median(tq, reps), wq = median(tw, reps), dd = median(td, reps),
+               c = median(tc, reps);
+        printf("%-24s %3d %9.3f %9.3f %9.3f %9.3f %9.3f %8.1f %9.2e  %s\n", L->name, L->count,
+               first, q, wq, dd, c, (q - wq) * 1e3, md / (mref > 0 ? mref : 1), dc.impl);
         fflush(stdout);
         tot_q += q * L->count;
+        tot_w += wq * L->count;
         tot_d += dd * L->count;
-        tot_dc += c * L->count;
+        tot_c += c * L->count;
         dnnl_conv_free(&dc);
-        free(x), free(w), free(b), free(yq), free(yd), free(ws);
+        free(x), free(w), free(b), free(yq), free(yd);
     }
-    printf("%-24s %3s %10.3f %10.3f %10.3f %8.2f %8.2f\n", "ResNet-20 convs total", "", tot_q,
-           tot_d, tot_dc, tot_d / tot_q, tot_dc / tot_q);
-    printf("ratio = dnnl_ms / im2col_ms (above 1: im2col+OpenBLAS faster); ratio_c uses oneDNN's "
-           "conv alone (no activation reorders); maxdiff is relative to max |y|.\n");
-    printf("oneDNN weight reorders (once per weight update, not in the totals): %.3f ms\n", tot_w);
-    free(tq), free(td), free(tc);
+    printf("%-24s %3s %9s %9.3f %9.3f %9.3f %9.3f %8.1f\n", "ResNet-20 convs total", "", "",
+           tot_q, tot_w, tot_d, tot_c, (tot_q - tot_w) * 1e3);
+    printf("first_ms: first qtune call (primitive creation, JIT); qtune_ms: conv2d_forward_cpu; "
+           "kept_w_ms: kept primitive with src, weight and dst reorders (the same work); "
+           "kept_ms: without the weight reorder; conv_ms: the convolution alone; call_us = "
+           "qtune_ms - kept_w_ms, the per-call cost of descriptor, cache lookup and memory "
+           "objects; maxdiff: |qtune - kept| relative to max |y|.\n");
+    free(tq), free(tw), free(td), free(tc);
+    qt_cpu_ctx_free(ctx);
     dnnl_stream_destroy(st);
     dnnl_engine_destroy(eng);
     return 0;

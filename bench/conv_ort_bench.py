@@ -3,6 +3,9 @@
 # Run from the repository root: OMP_NUM_THREADS=2 .venv/bin/python bench/conv_ort_bench.py
 # [--batch N] [--reps R] [--threads T]. Each layer is a one-node model (Conv with bias, NCHW
 # input and output); onnxruntime's own layout changes happen inside the session and are timed.
+# With --model M.onnx it times session.run of that whole model instead, on one fixed random
+# [batch, C, H, W] input (C, H, W from the model's input), after warm-up runs, and prints the
+# median ms per batch and images/s.
 import argparse
 import statistics
 import time
@@ -42,17 +45,40 @@ def conv_model(batch, c, k, hw, ks, stride, pad, rng):
     return model.SerializeToString()
 
 
+def time_model(args, so, rng):
+    sess = ort.InferenceSession(args.model, so, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    dims = [args.batch] + [int(d) for d in inp.shape[1:]]
+    x = rng.uniform(-1, 1, size=dims).astype(np.float32)
+    feed = {inp.name: x}
+    for _ in range(5):
+        sess.run(None, feed)
+    times = []
+    for _ in range(args.reps):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1e3)
+    med = statistics.median(times)
+    print(f"onnxruntime {ort.__version__}, {args.model}, input {dims}, threads {args.threads}, "
+          f"reps {args.reps}: median {med:.3f} ms per batch (min {min(times):.3f}), "
+          f"{args.batch / med * 1e3:.0f} images/s")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", help="time this whole model instead of the conv layers")
     args = ap.parse_args()
     rng = np.random.default_rng(12345)
     so = ort.SessionOptions()
     so.intra_op_num_threads = args.threads
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if args.model:
+        time_model(args, so, rng)
+        return
     print(f"onnxruntime {ort.__version__}, batch {args.batch}, threads {args.threads}, "
           f"reps {args.reps} (median)")
     print(f"{'layer':<24} {'x':>3} {'ort_ms':>10}")

@@ -77,18 +77,17 @@ static int window_desc(struct qt_conv2d_desc *d, const struct qt_conv_attrs *a,
     return 0;
 }
 
+/* No kernel needs scratch from the executor (oneDNN's lives in the kernel context). */
 static int64_t cpu_workspace(struct qt_backend *b, const struct qt_graph *g,
                              const struct qt_node *n, const struct qt_tensor **in,
                              struct qt_tensor **out)
 {
     (void)b;
     (void)g;
-    if (n->op != QT_OP_CONV) return 0;
-    struct qt_conv_attrs a;
-    struct qt_conv2d_desc d;
-    if (qt_conv_attrs_get(n, &in[0]->shape, &in[1]->shape, &a, NULL, "Conv")) return 0;
-    if (window_desc(&d, &a, &in[0]->shape, &out[0]->shape, n, NULL)) return 0;
-    return conv2d_workspace_cpu(&d);
+    (void)n;
+    (void)in;
+    (void)out;
+    return 0;
 }
 
 static void strides_over(int64_t *st, const struct qt_shape *s, const struct qt_shape *o)
@@ -191,7 +190,8 @@ static int cpu_forward(struct qt_backend *b, const struct qt_graph *g, const str
                        const struct qt_tensor **in, struct qt_tensor **out, float *ws,
                        struct qt_error *e)
 {
-    (void)b;
+    (void)ws;
+    struct qt_cpu_ctx *ctx = b->impl;
     struct qt_tensor *y = out[0];
     const struct qt_tensor *x = in[0];
     int64_t numel = qt_shape_numel(&y->shape);
@@ -202,7 +202,8 @@ static int cpu_forward(struct qt_backend *b, const struct qt_graph *g, const str
         if (qt_conv_attrs_get(n, &x->shape, &in[1]->shape, &a, e, "Conv")) return -1;
         if (window_desc(&d, &a, &x->shape, &y->shape, n, e)) return -1;
         const float *bias = n->nin > 2 && in[2] ? in[2]->data : NULL;
-        conv2d_forward_cpu(y->data, x->data, in[1]->data, bias, ws, &d);
+        if (conv2d_forward_cpu(ctx, y->data, x->data, in[1]->data, bias, &d))
+            return qt_err(e, "Conv node '%s': %s", n->name, qt_cpu_ctx_error(ctx));
         return 0;
     }
     case QT_OP_MAXPOOL: case QT_OP_AVGPOOL: {
@@ -307,13 +308,21 @@ static int cpu_sync(struct qt_backend *b, struct qt_error *e)
 
 static void cpu_destroy(struct qt_backend *b)
 {
+    if (!b) return;
+    qt_cpu_ctx_free(b->impl);
     free(b);
 }
 
+/* NULL when the kernel context (oneDNN's engine and stream) cannot be created. */
 struct qt_backend *qt_backend_cpu_new(int threads)
 {
     struct qt_backend *b = calloc(1, sizeof *b);
     if (!b) return NULL;
+    b->impl = qt_cpu_ctx_new(NULL, 0);
+    if (!b->impl) {
+        free(b);
+        return NULL;
+    }
     if (threads > 0) omp_set_num_threads(threads);
     b->name = "cpu";
     b->alloc = cpu_alloc;

@@ -107,6 +107,11 @@ int cmd_eval(int argc, char **argv)
             goto out;
         }
     b = qt_backend_cpu_new((int)threads);
+    if (!b) {
+        rc = cli_fail("eval: cannot create the CPU backend (oneDNN engine or stream creation "
+                      "failed, or out of memory)");
+        goto out;
+    }
     struct cli_progress prog;
     cli_progress_init(&prog, "eval", "img", quiet);
     struct qt_eval_result r;

@@ -31,6 +31,11 @@ int cmd_run(int argc, char **argv)
     int rc = 0;
     struct qt_backend *b = qt_backend_cpu_new(0);
     struct qt_exec *ex = NULL;
+    if (!b) {
+        rc = cli_fail("run: cannot create the CPU backend (oneDNN engine or stream creation "
+                      "failed, or out of memory)");
+        goto out;
+    }
     if (g->ninputs != 1) {
         rc = cli_fail("run: the model has %d inputs; run feeds exactly one", g->ninputs);
         goto out;
@@ -44,7 +49,7 @@ int cmd_run(int argc, char **argv)
     if (cli_npy_write(outp, qt_exec_output(ex, 0), &e)) rc = cli_fail("%s", e.msg);
 out:
     qt_exec_free(ex);
-    b->destroy(b);
+    if (b) b->destroy(b);
     qt_graph_free(g);
     qt_tensor_free(x);
     return rc;

@@ -1,10 +1,21 @@
 /* CPU kernels: plain float32 arrays in NCHW layout, no knowledge of the graph IR.
  * Argument order: outputs, then inputs, then sizes. Every kernel assigns (=) its outputs
- * unless its comment says it accumulates (+=). Threads come from OpenMP (and OpenBLAS). */
+ * unless its comment says it accumulates (+=). Threads come from OpenMP (and OpenBLAS and
+ * oneDNN, which both use OpenMP's current maximum team size). */
 #ifndef QT_KERNELS_CPU_H
 #define QT_KERNELS_CPU_H
 
+#include <stddef.h>
 #include <stdint.h>
+
+/* State of the kernels that run through oneDNN (convolution): its engine and stream and a
+ * scratch buffer. One per backend; not to be used by two threads at once. */
+struct qt_cpu_ctx;
+/* NULL on failure, with a message in err (errlen bytes; err may be NULL). */
+struct qt_cpu_ctx *qt_cpu_ctx_new(char *err, size_t errlen);
+void qt_cpu_ctx_free(struct qt_cpu_ctx *ctx);
+/* Message of the last kernel call on ctx that returned -1. */
+const char *qt_cpu_ctx_error(const struct qt_cpu_ctx *ctx);
 
 /* 2-D convolution / window geometry. Pads: top, left, bottom, right. */
 struct qt_conv2d_desc {
@@ -15,12 +26,11 @@ struct qt_conv2d_desc {
     int group;
 };
 
-/* Scratch space the conv kernels need, in floats (per call). */
-int64_t conv2d_workspace_cpu(const struct qt_conv2d_desc *d);
-/* y[n,k,oh,ow] = sum x * w (+ b[k]); w is [k, c/group, kh, kw]; b may be NULL.
- * ws: at least conv2d_workspace_cpu(d) floats. */
-void conv2d_forward_cpu(float *y, const float *x, const float *w, const float *b, float *ws,
-                        const struct qt_conv2d_desc *d);
+/* y[n,k,oh,ow] = sum x * w (+ b[k]); w is [k, c/group, kh, kw]; b may be NULL. Computed by
+ * oneDNN. Returns 0, or -1 with a message in qt_cpu_ctx_error(ctx) (for instance when oh, ow
+ * do not follow from the other sizes). */
+int conv2d_forward_cpu(struct qt_cpu_ctx *ctx, float *y, const float *x, const float *w,
+                       const float *b, const struct qt_conv2d_desc *d);
 
 /* Pools over [n*c] planes. Max pool: padding never wins. Average pool: divides by the
  * window size including padding when count_include_pad, else by the valid count. */

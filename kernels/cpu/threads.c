@@ -1,5 +1,5 @@
-/* Thread count shared by the CPU kernels: OpenMP's current maximum team size, which also
- * sizes per-thread workspaces (conv2d_workspace_cpu). */
+/* Thread count shared by the CPU kernels: OpenMP's current maximum team size of the calling
+ * thread, which is also the team oneDNN (built on OpenMP) and OpenBLAS use. */
 #include <omp.h>
 
 #include "kernels/cpu/cpu.h"

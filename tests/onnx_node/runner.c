@@ -73,6 +73,11 @@ static int run_case(const void *arg)
     struct qt_backend *b = qt_backend_cpu_new(0);
     struct qt_exec *x = NULL;
     struct qt_tensor *ins[16] = {0};
+    if (!b) {
+        rc = qt_test_fail("cannot create the CPU backend (oneDNN engine or stream creation "
+                          "failed, or out of memory)");
+        goto out;
+    }
     if (g->ninputs > 16 || g->noutputs > 16) {
         rc = qt_test_fail("too many inputs");
         goto out;
@@ -144,7 +149,7 @@ static int run_case(const void *arg)
 out:
     for (int k = 0; k < 16; k++) qt_tensor_free(ins[k]);
     qt_exec_free(x);
-    b->destroy(b);
+    if (b) b->destroy(b);
     qt_graph_free(g);
     return rc;
 }

@@ -1,5 +1,6 @@
 /* CPU forward kernels (kernels/cpu) against naive double-precision loops written here from
- * the definitions, on random inputs over many shapes, and at several OpenMP team sizes. */
+ * the definitions, on random inputs over many shapes, and at several OpenMP team sizes.
+ * Convolution runs through oneDNN (one kernel context per test). */
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -69,8 +70,8 @@ static const int team_sizes[] = {1, 2, 3};
 /* ---- convolution ---- */
 
 /* Returns 0 when conv2d_forward_cpu matches the direct double-precision sum. */
-static int check_conv(const struct qt_conv2d_desc *d, int with_bias, struct rng *r,
-                      const char *what)
+static int check_conv(struct qt_cpu_ctx *ctx, const struct qt_conv2d_desc *d, int with_bias,
+                      struct rng *r, const char *what)
 {
     const int cg = d->c / d->group, kg = d->k / d->group;
     const int64_t nx = (int64_t)d->n * d->c * d->h * d->w;
@@ -106,11 +107,12 @@ static int check_conv(const struct qt_conv2d_desc *d, int with_bias, struct rng 
     const int saved = omp_get_max_threads();
     for (int t = 0; t < NTEAMS && !bad; t++) {
         omp_set_num_threads(team_sizes[t]);
-        const int64_t nws = conv2d_workspace_cpu(d);
-        float *ws = guarded(nws), *y = guarded(ny);
-        conv2d_forward_cpu(y, x, w, with_bias ? b : NULL, ws, d);
-        if (!guard_intact(ws, nws) || !guard_intact(y, ny)) {
-            qt_test_fail("%s: threads %d: write past the end of ws or y", what, team_sizes[t]);
+        float *y = guarded(ny);
+        if (conv2d_forward_cpu(ctx, y, x, w, with_bias ? b : NULL, d)) {
+            qt_test_fail("%s: threads %d: %s", what, team_sizes[t], qt_cpu_ctx_error(ctx));
+            bad = 1;
+        } else if (!guard_intact(y, ny)) {
+            qt_test_fail("%s: threads %d: write past the end of y", what, team_sizes[t]);
             bad = 1;
         }
         for (int64_t i = 0; i < ny && !bad; i++) {
@@ -121,7 +123,6 @@ static int check_conv(const struct qt_conv2d_desc *d, int with_bias, struct rng 
                 bad = 1;
             }
         }
-        free(ws);
         free(y);
     }
     omp_set_num_threads(saved);
@@ -147,6 +148,30 @@ static void describe(char *buf, size_t len, const struct qt_conv2d_desc *d)
              d->pb, d->pr, d->group);
 }
 
+/* A kernel context for one test; NULL after reporting the failure. */
+static struct qt_cpu_ctx *new_ctx(void)
+{
+    char err[256];
+    struct qt_cpu_ctx *ctx = qt_cpu_ctx_new(err, sizeof err);
+    if (!ctx) qt_test_fail("qt_cpu_ctx_new: %s", err);
+    return ctx;
+}
+
+/* Checks every case of a list, with a bias on every other one. */
+static int check_conv_list(const struct qt_conv2d_desc *cases, size_t count, struct rng *r)
+{
+    struct qt_cpu_ctx *ctx = new_ctx();
+    if (!ctx) return 1;
+    int bad = 0;
+    for (size_t i = 0; i < count && !bad; i++) {
+        char what[200];
+        describe(what, sizeof what, &cases[i]);
+        bad = check_conv(ctx, &cases[i], (int)(i % 2), r, what);
+    }
+    qt_cpu_ctx_free(ctx);
+    return bad;
+}
+
 QT_TEST(kernels_conv2d_resnet_shapes)
 {
     struct rng r = {1};
@@ -164,13 +189,12 @@ QT_TEST(kernels_conv2d_resnet_shapes)
         conv_desc(1, 16, 9, 9, 24, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1),
         conv_desc(2, 3, 37, 37, 8, 7, 7, 2, 2, 1, 1, 3, 3, 3, 3, 1),
         conv_desc(1, 3, 37, 37, 8, 7, 7, 2, 2, 1, 1, 3, 3, 3, 3, 1),
+        /* large batches, one of them odd */
+        conv_desc(130, 8, 6, 6, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1),
+        conv_desc(64, 16, 8, 8, 16, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1),
+        conv_desc(129, 16, 5, 5, 32, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1),
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char what[200];
-        describe(what, sizeof what, &cases[i]);
-        if (check_conv(&cases[i], (int)(i % 2), &r, what)) return 1;
-    }
-    return 0;
+    return check_conv_list(cases, sizeof cases / sizeof cases[0], &r);
 }
 
 QT_TEST(kernels_conv2d_groups_dilation_pads)
@@ -183,6 +207,8 @@ QT_TEST(kernels_conv2d_groups_dilation_pads)
         conv_desc(2, 6, 9, 7, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 6),
         conv_desc(2, 6, 9, 7, 12, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 6),
         conv_desc(4, 12, 6, 6, 12, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 3),
+        conv_desc(1, 64, 14, 14, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 64),
+        conv_desc(1, 64, 14, 14, 64, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 64),
         /* dilation, asymmetric and large pads, rectangular kernels and strides */
         conv_desc(2, 16, 13, 12, 5, 3, 3, 1, 1, 2, 2, 2, 2, 2, 2, 1),
         conv_desc(3, 16, 13, 12, 5, 3, 2, 1, 2, 3, 1, 0, 1, 2, 3, 1),
@@ -192,19 +218,20 @@ QT_TEST(kernels_conv2d_groups_dilation_pads)
         conv_desc(5, 16, 1, 1, 7, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1),
         conv_desc(2, 16, 8, 8, 4, 8, 8, 1, 1, 1, 1, 0, 0, 0, 0, 1),
         conv_desc(3, 7, 15, 14, 5, 1, 1, 3, 2, 1, 1, 1, 0, 2, 1, 1),
+        /* 1-D convolutions as the backend passes them (height 1) */
+        conv_desc(2, 6, 1, 30, 4, 1, 5, 1, 2, 1, 2, 0, 3, 0, 1, 1),
+        conv_desc(1, 6, 1, 9, 6, 1, 3, 1, 1, 1, 1, 0, 1, 0, 1, 3),
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char what[200];
-        describe(what, sizeof what, &cases[i]);
-        if (check_conv(&cases[i], (int)(i % 2), &r, what)) return 1;
-    }
-    return 0;
+    return check_conv_list(cases, sizeof cases / sizeof cases[0], &r);
 }
 
 QT_TEST(kernels_conv2d_random)
 {
     struct rng r = {3};
-    for (int it = 0; it < 300; it++) {
+    struct qt_cpu_ctx *ctx = new_ctx();
+    if (!ctx) return 1;
+    int bad = 0;
+    for (int it = 0; it < 300 && !bad; it++) {
         const int group = rng_int(&r, 0, 3) == 0 ? rng_int(&r, 2, 3) : 1;
         const int cg = rng_int(&r, 1, 12), kg = rng_int(&r, 1, 6);
         const int kh = rng_int(&r, 1, 5), kw = rng_int(&r, 1, 5);
@@ -219,9 +246,66 @@ QT_TEST(kernels_conv2d_random)
         if (d.oh <= 0 || d.ow <= 0) continue;
         char what[200];
         describe(what, sizeof what, &d);
-        if (check_conv(&d, it % 2, &r, what)) return 1;
+        bad = check_conv(ctx, &d, it % 2, &r, what);
     }
-    return 0;
+    qt_cpu_ctx_free(ctx);
+    return bad;
+}
+
+/* Sizes that do not describe a convolution fail with a message naming it, and leave the
+ * context usable. */
+QT_TEST(kernels_conv2d_errors)
+{
+    struct rng r = {4};
+    struct qt_cpu_ctx *ctx = new_ctx();
+    if (!ctx) return 1;
+    int bad = 0;
+    struct qt_conv2d_desc d = conv_desc(2, 4, 8, 8, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1);
+    float *x = rand_array(&r, 2 * 4 * 8 * 8), *w = rand_array(&r, 6 * 4 * 9);
+    float *y = guarded(2 * 6 * 9 * 9);
+    d.oh = d.ow = 9; /* inconsistent with the pads and kernel */
+    if (conv2d_forward_cpu(ctx, y, x, w, NULL, &d) == 0)
+        bad = qt_test_fail("an output size of 9 instead of 8 was accepted");
+    else if (!strstr(qt_cpu_ctx_error(ctx), "convolution forward"))
+        bad = qt_test_fail("message does not name the convolution: %s", qt_cpu_ctx_error(ctx));
+    d = conv_desc(2, 4, 8, 8, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1);
+    d.group = 3; /* 4 channels in 3 groups */
+    if (!bad && conv2d_forward_cpu(ctx, y, x, w, NULL, &d) == 0)
+        bad = qt_test_fail("4 channels in 3 groups were accepted");
+    d.group = 1;
+    if (!bad && check_conv(ctx, &d, 1, &r, "after errors")) bad = 1;
+    free(x), free(w), free(y);
+    qt_cpu_ctx_free(ctx);
+    return bad;
+}
+
+/* Repeated calls on one shape give identical results (oneDNN's cached primitive), and a
+ * context works after another shape ran in between. */
+QT_TEST(kernels_conv2d_repeat)
+{
+    struct rng r = {5};
+    struct qt_cpu_ctx *ctx = new_ctx();
+    if (!ctx) return 1;
+    const struct qt_conv2d_desc a = conv_desc(4, 16, 12, 12, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1);
+    const struct qt_conv2d_desc b = conv_desc(3, 8, 7, 7, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 2);
+    const int64_t ny = (int64_t)a.n * a.k * a.oh * a.ow;
+    float *x = rand_array(&r, (int64_t)a.n * a.c * a.h * a.w), *w = rand_array(&r, 32 * 16 * 9);
+    float *bias = rand_array(&r, a.k), *y0 = guarded(ny), *y1 = guarded(ny);
+    int bad = 0;
+    if (conv2d_forward_cpu(ctx, y0, x, w, bias, &a)) bad = 1;
+    for (int it = 0; it < 3 && !bad; it++) {
+        if (check_conv(ctx, &b, it % 2, &r, "interleaved shape") ||
+            conv2d_forward_cpu(ctx, y1, x, w, bias, &a)) {
+            bad = 1;
+            break;
+        }
+        if (memcmp(y0, y1, sizeof(float) * (size_t)ny))
+            bad = qt_test_fail("repeat %d differs from the first call", it);
+    }
+    if (bad == 1 && qt_cpu_ctx_error(ctx)[0]) qt_test_fail("%s", qt_cpu_ctx_error(ctx));
+    free(x), free(w), free(bias), free(y0), free(y1);
+    qt_cpu_ctx_free(ctx);
+    return bad;
 }
 
 /* ---- pools ---- */

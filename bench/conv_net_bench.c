@@ -1,0 +1,145 @@
+/* Times the forward pass of a whole model through qtune's executor on the CPU backend, on one
+ * fixed random batch, as `qtune eval` prepares the model (canonicalize, BatchNorm folded) but
+ * without data loading: the counterpart of onnxruntime's session.run in
+ * `bench/conv_ort_bench.py --model`. The backend's forward is wrapped to add up the time per
+ * op type. Build (after `make`) and run from the repository root:
+ *
+ *   gcc -std=c11 -D_DEFAULT_SOURCE -O2 -fopenmp -I. -Ibuild/gen -o build/conv_net_bench \
+ *       bench/conv_net_bench.c build/libqtune.a \
+ *       -L/usr/lib/x86_64-linux-gnu/openblas-openmp \
+ *       -Wl,-rpath,/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -ldnnl \
+ *       -lprotobuf-c -ljpeg -lpng -lz -lm
+ *   build/conv_net_bench MODEL.onnx [--batch N] [--reps R] [--threads T]
+ *
+ * Warm-up runs first (primitive creation and JIT), then R timed runs; prints the median time
+ * per batch, images/s and the per-op-type share of the summed node times. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "graph/schema.h"
+#include "kernels/cpu/cpu.h"
+#include "onnx/onnx.h"
+#include "passes/passes.h"
+#include "runtime/backend.h"
+#include "runtime/exec.h"
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Node time per op type, collected by the wrapped forward. */
+static double op_ms[QT_OP_COUNT];
+static int op_calls[QT_OP_COUNT];
+static int (*inner_forward)(struct qt_backend *, const struct qt_graph *, const struct qt_node *,
+                            const struct qt_tensor **, struct qt_tensor **, float *,
+                            struct qt_error *);
+
+static int timed_forward(struct qt_backend *b, const struct qt_graph *g, const struct qt_node *n,
+                         const struct qt_tensor **in, struct qt_tensor **out, float *ws,
+                         struct qt_error *e)
+{
+    const double t0 = now_ms();
+    const int rc = inner_forward(b, g, n, in, out, ws, e);
+    op_ms[n->op] += now_ms() - t0;
+    op_calls[n->op]++;
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = NULL;
+    int batch = 128, reps = 30, threads = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--batch") && i + 1 < argc)
+            batch = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+            reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            threads = atoi(argv[++i]);
+        else if (argv[i][0] != '-' && !path)
+            path = argv[i];
+        else {
+            fprintf(stderr, "usage: %s MODEL.onnx [--batch N] [--reps R] [--threads T]\n", argv[0]);
+            return 2;
+        }
+    }
+    if (!path || batch < 1 || reps < 1) {
+        fprintf(stderr, "usage: %s MODEL.onnx [--batch N] [--reps R] [--threads T]\n", argv[0]);
+        return 2;
+    }
+    struct qt_error e;
+    struct qt_graph *g = qt_onnx_load(path, &e);
+    if (!g || qt_pass_canonicalize(g, &e) || qt_pass_fold_batchnorm(g, &e)) {
+        fprintf(stderr, "%s: %s\n", path, e.msg);
+        return 1;
+    }
+    struct qt_backend *b = qt_backend_cpu_new(threads);
+    if (!b) {
+        fprintf(stderr, "cannot create the CPU backend\n");
+        return 1;
+    }
+    inner_forward = b->forward;
+    b->forward = timed_forward;
+    const struct qt_value *in = &g->values[g->inputs[0]];
+    struct qt_shape xs = in->shape;
+    xs.d[0] = batch;
+    struct qt_tensor *x = qt_tensor_new(QT_F32, &xs);
+    float *xd = x->data;
+    uint64_t s = 12345;
+    for (size_t i = 0; i < x->nbytes / sizeof(float); i++) {
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        xd[i] = (float)((s >> 40) & 0xffffff) / 16777216.0f * 2.0f - 1.0f;
+    }
+    struct qt_exec *ex = qt_exec_new(g, b, &e);
+    const struct qt_tensor *ins[1] = {x};
+    double *t = malloc(sizeof(double) * reps);
+    for (int r = 0; r < 3; r++)
+        if (!ex || qt_exec_forward(ex, ins, &e)) {
+            fprintf(stderr, "%s: %s\n", path, e.msg);
+            return 1;
+        }
+    memset(op_ms, 0, sizeof op_ms);
+    memset(op_calls, 0, sizeof op_calls);
+    for (int r = 0; r < reps; r++) {
+        const double t0 = now_ms();
+        if (qt_exec_forward(ex, ins, &e)) {
+            fprintf(stderr, "%s: %s\n", path, e.msg);
+            return 1;
+        }
+        t[r] = now_ms() - t0;
+    }
+    double sum = 0, nodes = 0;
+    for (int r = 0; r < reps; r++)
+        sum += t[r];
+    qsort(t, reps, sizeof *t, cmp_double);
+    const double med = reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]);
+    printf("qtune executor, %s, batch %d, threads %d, reps %d: median %.3f ms per batch (min "
+           "%.3f), %.0f images/s\n",
+           path, batch, qt_cpu_threads(), reps, med, t[0], batch / med * 1e3);
+    for (int op = 0; op < QT_OP_COUNT; op++)
+        nodes += op_ms[op];
+    printf("per op type (mean ms per batch, share of the mean batch time %.3f ms):\n", sum / reps);
+    for (int op = 0; op < QT_OP_COUNT; op++)
+        if (op_calls[op])
+            printf("  %-18s %3d nodes %9.3f ms %6.1f%%\n", qt_op_name(op), op_calls[op] / reps,
+                   op_ms[op] / reps, 100.0 * op_ms[op] / sum);
+    printf("  %-18s           %9.3f ms %6.1f%%\n", "(executor, rest)", (sum - nodes) / reps,
+           100.0 * (sum - nodes) / sum);
+    free(t);
+    qt_exec_free(ex);
+    b->destroy(b);
+    qt_tensor_free(x);
+    qt_graph_free(g);
+    return 0;
+}
