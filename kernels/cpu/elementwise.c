@@ -115,3 +115,100 @@ void binary_forward_cpu(float *y, const float *a, const float *b, enum qt_binop 
         binary_run(y + r * len, a + oa, b + ob, op, len, isa, isb);
     }
 }
+
+/* dx (= when acc is 0, += when 1) = dy where y > 0 (y is ReLU's output). */
+void relu_backward_cpu(float *dx, const float *dy, const float *y, int64_t n, int acc)
+{
+    if (acc) {
+#pragma omp parallel for simd schedule(static) if (n > EW_PAR_MIN)
+        for (int64_t i = 0; i < n; i++) dx[i] += y[i] > 0.0f ? dy[i] : 0.0f;
+    } else {
+#pragma omp parallel for simd schedule(static) if (n > EW_PAR_MIN)
+        for (int64_t i = 0; i < n; i++) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+    }
+}
+
+/* dx (= or += when acc) = dy where lo <= x <= hi (torch.clamp's convention). */
+void clip_backward_cpu(float *dx, const float *dy, const float *x, float lo, float hi, int64_t n,
+                       int acc)
+{
+#pragma omp parallel for simd schedule(static) if (n > EW_PAR_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        const float g = x[i] >= lo && x[i] <= hi ? dy[i] : 0.0f;
+        dx[i] = acc ? dx[i] + g : g;
+    }
+}
+
+/* Partial derivatives of u op v with respect to u and v. */
+static inline void binary_partials(enum qt_binop op, float u, float v, float *du, float *dv)
+{
+    *du = 1.0f;
+    *dv = 1.0f;
+    switch (op) {
+    case QT_BIN_ADD: break;
+    case QT_BIN_SUB: *dv = -1.0f; break;
+    case QT_BIN_MUL: *du = v; *dv = u; break;
+    case QT_BIN_DIV: *du = 1.0f / v; *dv = -u / (v * v); break;
+    }
+}
+
+/* Elements an operand spans given its strides over the output's dimensions. */
+static int64_t operand_span(const int64_t *shape, const int64_t *s, int ndim)
+{
+    int64_t last = 0;
+    for (int i = 0; i < ndim; i++) last += (shape[i] - 1) * s[i];
+    return last + 1;
+}
+
+static int contiguous(const int64_t *shape, const int64_t *s, int ndim)
+{
+    int64_t acc = 1;
+    for (int i = ndim - 1; i >= 0; i--) {
+        if (shape[i] != 1 && s[i] != acc) return 0;
+        acc *= shape[i];
+    }
+    return 1;
+}
+
+/* Gradients of y = a op b: da and db (either may be NULL) receive dy times the partial
+ * derivative, summed over the dimensions where the operand was broadcast. Each is assigned
+ * (=) when its acc flag is 0 and accumulated (+=) when 1. */
+void binary_backward_cpu(float *da, float *db, const float *dy, const float *a, const float *b,
+                         enum qt_binop op, const int64_t *shape, const int64_t *sa,
+                         const int64_t *sb, int ndim, int acc_a, int acc_b)
+{
+    int64_t total = 1;
+    for (int i = 0; i < ndim; i++) total *= shape[i];
+    if (total <= 0) return;
+    if (contiguous(shape, sa, ndim) && contiguous(shape, sb, ndim)) {
+#pragma omp parallel for schedule(static) if (total > EW_PAR_MIN)
+        for (int64_t i = 0; i < total; i++) {
+            float pu, pv;
+            binary_partials(op, a[i], b[i], &pu, &pv);
+            if (da) da[i] = (acc_a ? da[i] : 0.0f) + dy[i] * pu;
+            if (db) db[i] = (acc_b ? db[i] : 0.0f) + dy[i] * pv;
+        }
+        return;
+    }
+    /* Broadcast: one pass in output order, reducing into the operands. */
+    if (da && !acc_a)
+        for (int64_t i = 0, n = operand_span(shape, sa, ndim); i < n; i++) da[i] = 0.0f;
+    if (db && !acc_b)
+        for (int64_t i = 0, n = operand_span(shape, sb, ndim); i < n; i++) db[i] = 0.0f;
+    int64_t idx[16] = {0};
+    for (int64_t i = 0; i < total; i++) {
+        int64_t ia = 0, ib = 0;
+        for (int k = 0; k < ndim; k++) {
+            ia += idx[k] * sa[k];
+            ib += idx[k] * sb[k];
+        }
+        float pu, pv;
+        binary_partials(op, a[ia], b[ib], &pu, &pv);
+        if (da) da[ia] += dy[i] * pu;
+        if (db) db[ib] += dy[i] * pv;
+        for (int k = ndim - 1; k >= 0; k--) {
+            if (++idx[k] < shape[k]) break;
+            idx[k] = 0;
+        }
+    }
+}

@@ -247,3 +247,97 @@ void global_avgpool_forward_cpu(float *y, const float *x, int64_t nc, int64_t hw
         y[p] = s * inv;
     }
 }
+
+/* Max pool backward: each output's gradient goes to the first maximum of its window in
+ * row-major tap order (the tap the forward picks; NaN wins, as in PyTorch).
+ * dx: assigned (=) when acc is 0, accumulated (+=) when 1. */
+void maxpool2d_backward_cpu(float *dx, const float *dy, const float *x,
+                            const struct qt_conv2d_desc *d, int acc)
+{
+    struct axis ah, aw;
+    axes(&ah, &aw, d);
+    const int64_t planes = (int64_t)d->n * d->c, hw = (int64_t)d->h * d->w;
+    const int64_t ohw = (int64_t)d->oh * d->ow;
+#pragma omp parallel for schedule(static) if (planes * hw > 32768)
+    for (int64_t p = 0; p < planes; p++) {
+        float *dxp = dx + p * hw;
+        const float *xp = x + p * hw, *dyp = dy + p * ohw;
+        if (!acc)
+            for (int64_t i = 0; i < hw; i++) dxp[i] = 0.0f;
+        for (int oh = 0; oh < d->oh; oh++) {
+            int r0, r1;
+            axis_taps(&ah, oh, &r0, &r1);
+            for (int ow = 0; ow < d->ow; ow++) {
+                int c0, c1;
+                axis_taps(&aw, ow, &c0, &c1);
+                int64_t best = -1;
+                float bv = -INFINITY;
+                for (int r = r0; r < r1; r++) {
+                    const int ih = oh * d->sh - d->pt + r * d->dh;
+                    for (int c = c0; c < c1; c++) {
+                        const int64_t at = (int64_t)ih * d->w + ow * d->sw - d->pl + c * d->dw;
+                        const float v = xp[at];
+                        if (best < 0 || v > bv || (isnan(v) && !isnan(bv))) {
+                            best = at;
+                            bv = v;
+                        }
+                    }
+                }
+                if (best >= 0) dxp[best] += dyp[(int64_t)oh * d->ow + ow];
+            }
+        }
+    }
+}
+
+/* Average pool backward: each output's gradient, divided by the forward's divisor, spread
+ * over the window's taps inside the input. dx: assigned (=) when acc is 0, else (+=). */
+void avgpool2d_backward_cpu(float *dx, const float *dy, const struct qt_conv2d_desc *d,
+                            int count_include_pad, int acc)
+{
+    struct axis ah, aw;
+    axes(&ah, &aw, d);
+    const int64_t planes = (int64_t)d->n * d->c, hw = (int64_t)d->h * d->w;
+    const int64_t ohw = (int64_t)d->oh * d->ow;
+#pragma omp parallel for schedule(static) if (planes * hw > 32768)
+    for (int64_t p = 0; p < planes; p++) {
+        float *dxp = dx + p * hw;
+        const float *dyp = dy + p * ohw;
+        if (!acc)
+            for (int64_t i = 0; i < hw; i++) dxp[i] = 0.0f;
+        for (int oh = 0; oh < d->oh; oh++) {
+            int r0, r1;
+            axis_taps(&ah, oh, &r0, &r1);
+            const int rows = window_count(&ah, oh, d->pb, count_include_pad);
+            for (int ow = 0; ow < d->ow; ow++) {
+                int c0, c1;
+                axis_taps(&aw, ow, &c0, &c1);
+                const int cnt = rows * window_count(&aw, ow, d->pr, count_include_pad);
+                if (cnt <= 0) continue;
+                const float g = dyp[(int64_t)oh * d->ow + ow] / (float)cnt;
+                for (int r = r0; r < r1; r++) {
+                    const int ih = oh * d->sh - d->pt + r * d->dh;
+                    for (int c = c0; c < c1; c++)
+                        dxp[(int64_t)ih * d->w + ow * d->sw - d->pl + c * d->dw] += g;
+                }
+            }
+        }
+    }
+}
+
+/* dx[n,c,:] (= or += when acc) dy[n,c] / hw */
+void global_avgpool_backward_cpu(float *dx, const float *dy, int64_t nc, int64_t hw, int acc)
+{
+    const float inv = hw > 0 ? 1.0f / (float)hw : 0.0f;
+#pragma omp parallel for schedule(static) if (nc * hw > 32768)
+    for (int64_t p = 0; p < nc; p++) {
+        const float g = dy[p] * inv;
+        float *dxp = dx + p * hw;
+        if (acc) {
+#pragma omp simd
+            for (int64_t i = 0; i < hw; i++) dxp[i] += g;
+        } else {
+#pragma omp simd
+            for (int64_t i = 0; i < hw; i++) dxp[i] = g;
+        }
+    }
+}
