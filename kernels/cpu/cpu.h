@@ -69,4 +69,34 @@ void reduce_mean_forward_cpu(float *y, const float *x, int64_t outer, int64_t r,
 /* Number of threads the CPU kernels use. */
 int qt_cpu_threads(void);
 
+/* ---- Training: backward kernels, loss and optimizer. Each backward assigns (=) an output
+ * when its acc flag is 0 and accumulates (+=) when 1; NULL outputs are skipped. ---- */
+void relu_backward_cpu(float *dx, const float *dy, const float *y, int64_t n, int acc);
+void clip_backward_cpu(float *dx, const float *dy, const float *x, float lo, float hi, int64_t n,
+                       int acc);
+void binary_backward_cpu(float *da, float *db, const float *dy, const float *a, const float *b,
+                         enum qt_binop op, const int64_t *shape, const int64_t *sa,
+                         const int64_t *sb, int ndim, int acc_a, int acc_b);
+void batchnorm_train_forward_cpu(float *y, float *save_mean, float *save_invstd, float *run_mean,
+                                 float *run_var, const float *x, const float *scale,
+                                 const float *bias, float eps, float momentum, int64_t n,
+                                 int64_t c, int64_t hw);
+void batchnorm_backward_cpu(float *dx, float *dscale, float *dbias, const float *dy,
+                            const float *x, const float *scale, const float *save_mean,
+                            const float *save_invstd, int64_t n, int64_t c, int64_t hw,
+                            int acc_x, int acc_scale, int acc_bias);
+void maxpool2d_backward_cpu(float *dx, const float *dy, const float *x,
+                            const struct qt_conv2d_desc *d, int acc);
+void avgpool2d_backward_cpu(float *dx, const float *dy, const struct qt_conv2d_desc *d,
+                            int count_include_pad, int acc);
+void global_avgpool_backward_cpu(float *dx, const float *dy, int64_t nc, int64_t hw, int acc);
+void gemm_backward_cpu(float *da, float *db, float *dc, const float *dy, const float *a,
+                       const float *b, int64_t m, int64_t n, int64_t k, int ta, int tb,
+                       float alpha, float beta, int64_t c_rs, int64_t c_cs, int64_t c_rows,
+                       int64_t c_cols, int acc_a, int acc_b, int acc_c);
+double softmax_xent_cpu(float *dlogits, int64_t *hits, const float *logits, const int32_t *labels,
+                        int64_t n, int64_t k, float smoothing, float scale);
+void sgd_update_cpu(float *p, float *buf, const float *grad, int64_t n, float lr, float momentum,
+                    float wd, int nesterov, int first);
+
 #endif
