@@ -3,6 +3,7 @@
  * the operands are reordered on the way in and out (kernels/cpu/onednn.c). The geometry is
  * described once (struct conv_geom) for every direction of the convolution. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/cpu/onednn.h"
@@ -103,4 +104,102 @@ int conv2d_forward_cpu(struct qt_cpu_ctx *ctx, float *y, const float *x, const f
 fail:
     if (pd) dnnl_primitive_desc_destroy(pd);
     return conv_fail(ctx, d, "forward");
+}
+
+/* out (+)= tmp over n floats: assigned when acc is 0, accumulated when 1. */
+static void store(float *out, const float *tmp, int64_t n, int acc)
+{
+    if (!acc) return; /* already written in place */
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; i++) out[i] += tmp[i];
+}
+
+/* Backward of the convolution: dx from dy and w (oneDNN backward-data), dw and db from x and
+ * dy (backward-weights). Any of dx, dw, db may be NULL. Each is assigned (=) when its acc
+ * flag is 0 and accumulated (+=) when 1 (through a temporary). Returns 0 or -1 with a message
+ * in the context. */
+int conv2d_backward_cpu(struct qt_cpu_ctx *ctx, float *dx, float *dw, float *db, const float *dy,
+                        const float *x, const float *w, const struct qt_conv2d_desc *d, int acc_x,
+                        int acc_w, int acc_b)
+{
+    struct conv_geom g;
+    dnnl_primitive_desc_t fpd = NULL, pd = NULL;
+    float *tmp = NULL;
+    ctx->err[0] = '\0';
+    if (conv_geom_init(ctx, &g, d)) return conv_fail(ctx, d, "backward");
+    const int64_t nx = (int64_t)d->n * d->c * d->h * d->w;
+    const int64_t nw = (int64_t)d->k * (d->group ? d->c / d->group : 0) * d->kh * d->kw;
+    const int64_t ny = (int64_t)d->n * d->k * d->oh * d->ow;
+    if (ny <= 0 || d->c == 0) {
+        if (dx && !acc_x) memset(dx, 0, sizeof(float) * (size_t)(nx > 0 ? nx : 0));
+        if (dw && !acc_w) memset(dw, 0, sizeof(float) * (size_t)(nw > 0 ? nw : 0));
+        if (db && !acc_b) memset(db, 0, sizeof(float) * (size_t)d->k);
+        return 0;
+    }
+    /* The forward primitive descriptor is the hint both backward primitives need. */
+    dnnl_convolution_desc_t cd;
+    QT_DNNL_TRY(ctx, dnnl_dilated_convolution_forward_desc_init(
+                         &cd, dnnl_forward_training, dnnl_convolution_direct, &g.src_any,
+                         &g.wei_any, db ? &g.bias : NULL, &g.dst_any, g.strides, g.dilates,
+                         g.pad_l, g.pad_r));
+    QT_DNNL_TRY(ctx, dnnl_primitive_desc_create(&fpd, &cd, ctx->attr, ctx->engine, NULL));
+    if (dx) {
+        dnnl_convolution_desc_t bd;
+        QT_DNNL_TRY(ctx, dnnl_dilated_convolution_backward_data_desc_init(
+                             &bd, dnnl_convolution_direct, &g.src_any, &g.wei_any, &g.dst_any,
+                             g.strides, g.dilates, g.pad_l, g.pad_r));
+        QT_DNNL_TRY(ctx, dnnl_primitive_desc_create(&pd, &bd, ctx->attr, ctx->engine, fpd));
+        float *out = dx;
+        if (acc_x && !(out = tmp = malloc(sizeof(float) * (size_t)nx))) {
+            snprintf(ctx->err, sizeof ctx->err, "out of memory");
+            goto fail;
+        }
+        const struct qt_dnnl_arg args[] = {
+            {DNNL_ARG_DIFF_DST, &g.dst, (void *)dy, 0},
+            {DNNL_ARG_WEIGHTS, &g.wei, (void *)w, 0},
+            {DNNL_ARG_DIFF_SRC, &g.src, out, 1},
+        };
+        if (qt_dnnl_execute(ctx, pd, args, 3)) goto fail;
+        store(dx, out, nx, acc_x);
+        dnnl_primitive_desc_destroy(pd);
+        pd = NULL;
+        free(tmp);
+        tmp = NULL;
+    }
+    if (dw || db) {
+        dnnl_convolution_desc_t wd;
+        QT_DNNL_TRY(ctx, dnnl_dilated_convolution_backward_weights_desc_init(
+                             &wd, dnnl_convolution_direct, &g.src_any, &g.wei_any,
+                             db ? &g.bias : NULL, &g.dst_any, g.strides, g.dilates, g.pad_l,
+                             g.pad_r));
+        QT_DNNL_TRY(ctx, dnnl_primitive_desc_create(&pd, &wd, ctx->attr, ctx->engine, fpd));
+        /* oneDNN computes both; a gradient nobody wants, or one to accumulate, lands in
+         * the temporary. */
+        const int wtmp = !dw || acc_w, btmp = db && acc_b;
+        const int64_t ntmp = (wtmp ? nw : 0) + (btmp ? d->k : 0);
+        if (ntmp && !(tmp = malloc(sizeof(float) * (size_t)ntmp))) {
+            snprintf(ctx->err, sizeof ctx->err, "out of memory");
+            goto fail;
+        }
+        float *ow = wtmp ? tmp : dw;
+        float *ob = btmp ? tmp + (wtmp ? nw : 0) : db;
+        const struct qt_dnnl_arg args[] = {
+            {DNNL_ARG_SRC, &g.src, (void *)x, 0},
+            {DNNL_ARG_DIFF_DST, &g.dst, (void *)dy, 0},
+            {DNNL_ARG_DIFF_WEIGHTS, &g.wei, ow, 1},
+            {DNNL_ARG_DIFF_BIAS, &g.bias, ob, 1},
+        };
+        if (qt_dnnl_execute(ctx, pd, args, db ? 4 : 3)) goto fail;
+        if (dw && acc_w) store(dw, ow, nw, 1);
+        if (db && acc_b) store(db, ob, d->k, 1);
+    }
+    free(tmp);
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    dnnl_primitive_desc_destroy(fpd);
+    return 0;
+fail:
+    free(tmp);
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (fpd) dnnl_primitive_desc_destroy(fpd);
+    return conv_fail(ctx, d, "backward");
 }

@@ -71,6 +71,9 @@ int qt_cpu_threads(void);
 
 /* ---- Training: backward kernels, loss and optimizer. Each backward assigns (=) an output
  * when its acc flag is 0 and accumulates (+=) when 1; NULL outputs are skipped. ---- */
+int conv2d_backward_cpu(struct qt_cpu_ctx *ctx, float *dx, float *dw, float *db, const float *dy,
+                        const float *x, const float *w, const struct qt_conv2d_desc *d, int acc_x,
+                        int acc_w, int acc_b);
 void relu_backward_cpu(float *dx, const float *dy, const float *y, int64_t n, int acc);
 void clip_backward_cpu(float *dx, const float *dy, const float *x, float lo, float hi, int64_t n,
                        int acc);

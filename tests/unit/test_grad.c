@@ -345,3 +345,55 @@ QT_TEST(grad_sgd_matches_pytorch_rule)
     }
     return 0;
 }
+
+/* ---- Convolution through oneDNN: x, w, b for several geometries ---- */
+
+struct conv_fd {
+    struct qt_cpu_ctx *ctx;
+    struct qt_conv2d_desc d;
+};
+
+static void conv_f(const struct fd_case *c, float *y)
+{
+    const struct conv_fd *cf = c->ctx;
+    if (conv2d_forward_cpu(cf->ctx, y, c->in[0], c->in[1], c->in[2], &cf->d))
+        fprintf(stdout, "    %s\n", qt_cpu_ctx_error(cf->ctx));
+}
+static void conv_b(const struct fd_case *c, float **d, const float *dy, int acc)
+{
+    const struct conv_fd *cf = c->ctx;
+    if (conv2d_backward_cpu(cf->ctx, d[0], d[1], d[2], dy, c->in[0], c->in[1], &cf->d, acc, acc, acc))
+        fprintf(stdout, "    %s\n", qt_cpu_ctx_error(cf->ctx));
+}
+
+QT_TEST(grad_conv)
+{
+    char err[256];
+    struct qt_cpu_ctx *ctx = qt_cpu_ctx_new(err, sizeof err);
+    if (!ctx) return qt_test_fail("%s", err);
+    /* n c h w k oh ow kh kw sh sw dh dw pt pl pb pr group */
+    const struct qt_conv2d_desc ds[] = {
+        {2, 3, 6, 5, 4, 6, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},
+        {2, 4, 7, 6, 6, 4, 3, 3, 3, 2, 2, 1, 1, 1, 1, 1, 0, 2},
+        {1, 2, 7, 7, 3, 3, 6, 3, 2, 1, 1, 2, 2, 0, 1, 0, 0, 1},
+        {2, 4, 5, 5, 8, 3, 3, 1, 1, 2, 2, 1, 1, 0, 0, 0, 0, 1},
+    };
+    int rc = 0;
+    for (size_t k = 0; k < sizeof ds / sizeof ds[0] && !rc; k++) {
+        struct conv_fd cf = {ctx, ds[k]};
+        const struct qt_conv2d_desc *d = &ds[k];
+        int64_t nx = (int64_t)d->n * d->c * d->h * d->w, nw = (int64_t)d->k * (d->c / d->group) * d->kh * d->kw;
+        int64_t ny = (int64_t)d->n * d->k * d->oh * d->ow;
+        float *x = malloc(sizeof(float) * nx), *w = malloc(sizeof(float) * nw), *b = malloc(sizeof(float) * d->k);
+        fill(x, nx, -1, 1);
+        fill(w, nw, -1, 1);
+        fill(b, d->k, -1, 1);
+        struct fd_case c = {3, {x, w, b}, {nx, nw, d->k}, ny, conv_f, conv_b, &cf};
+        rc = fd_check("conv", &c, 1e-2, 2e-3);
+        free(x);
+        free(w);
+        free(b);
+    }
+    qt_cpu_ctx_free(ctx);
+    return rc;
+}
