@@ -41,6 +41,9 @@ struct qt_backend {
                     const struct qt_tensor **in, const struct qt_tensor **out,
                     const struct qt_tensor **dout, struct qt_tensor **din, const int *acc,
                     const float *aux, float *ws, struct qt_error *e);
+    /* One SGD step on n parameters in backend memory (PyTorch's rule; see sgd_update_cpu). */
+    void (*sgd_update)(struct qt_backend *b, float *p, float *buf, const float *grad, int64_t n,
+                       float lr, float momentum, float wd, int nesterov, int first);
     int (*sync)(struct qt_backend *b, struct qt_error *e);
     void (*destroy)(struct qt_backend *b);
     void *impl;

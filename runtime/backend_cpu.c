@@ -299,6 +299,147 @@ static int cpu_forward(struct qt_backend *b, const struct qt_graph *g, const str
     }
 }
 
+/* ---- Training ---- */
+
+static int64_t cpu_aux_floats(struct qt_backend *b, const struct qt_graph *g,
+                              const struct qt_node *n, const struct qt_tensor **in)
+{
+    (void)b;
+    (void)g;
+    /* BatchNorm keeps its batch mean and inverse standard deviation. */
+    return n->op == QT_OP_BATCHNORM ? 2 * in[0]->shape.d[1] : 0;
+}
+
+static int cpu_forward_train(struct qt_backend *b, const struct qt_graph *g,
+                             const struct qt_node *n, const struct qt_tensor **in,
+                             struct qt_tensor **out, float *aux, float *ws, struct qt_error *e)
+{
+    if (n->op != QT_OP_BATCHNORM) return cpu_forward(b, g, n, in, out, ws, e);
+    const struct qt_tensor *x = in[0];
+    int64_t nb = x->shape.d[0], c = x->shape.d[1];
+    int64_t hw = (nb * c) != 0 ? qt_shape_numel(&x->shape) / (nb * c) : 0;
+    if (n->nout > 1) return qt_err(e, "BatchNormalization node '%s': training with several outputs is not supported", n->name);
+    /* ONNX's momentum weighs the old running value; PyTorch's (used by the kernel) the new. */
+    float momentum = 1.0f - qt_node_float(n, "momentum", 0.9f);
+    /* The running statistics are training state: updated in place in the graph. */
+    batchnorm_train_forward_cpu(out[0]->data, aux, aux + c, (float *)in[3]->data,
+                                (float *)in[4]->data, x->data, in[1]->data, in[2]->data,
+                                qt_node_float(n, "epsilon", 1e-5f), momentum, nb, c, hw);
+    return 0;
+}
+
+static float *grad_ptr(struct qt_tensor **din, int k, int nin)
+{
+    return k < nin && din[k] ? din[k]->data : NULL;
+}
+
+static int cpu_backward(struct qt_backend *b, const struct qt_graph *g, const struct qt_node *n,
+                        const struct qt_tensor **in, const struct qt_tensor **out,
+                        const struct qt_tensor **dout, struct qt_tensor **din, const int *acc,
+                        const float *aux, float *ws, struct qt_error *e)
+{
+    (void)ws;
+    struct qt_cpu_ctx *ctx = b->impl;
+    const struct qt_tensor *x = in[0], *dy = dout[0];
+    float *dx = grad_ptr(din, 0, n->nin);
+    if (!dy) return 0;
+    int64_t numel = qt_shape_numel(&x->shape);
+    switch (n->op) {
+    case QT_OP_CONV: {
+        struct qt_conv_attrs a;
+        struct qt_conv2d_desc d;
+        if (qt_conv_attrs_get(n, &x->shape, &in[1]->shape, &a, e, "Conv")) return -1;
+        if (window_desc(&d, &a, &x->shape, &out[0]->shape, n, e)) return -1;
+        if (conv2d_backward_cpu(ctx, dx, grad_ptr(din, 1, n->nin), grad_ptr(din, 2, n->nin), dy->data,
+                                x->data, in[1]->data, &d, acc[0], n->nin > 1 ? acc[1] : 0,
+                                n->nin > 2 ? acc[2] : 0))
+            return qt_err(e, "Conv node '%s': %s", n->name, qt_cpu_ctx_error(ctx));
+        return 0;
+    }
+    case QT_OP_BATCHNORM: {
+        int64_t nb = x->shape.d[0], c = x->shape.d[1];
+        int64_t hw = (nb * c) != 0 ? numel / (nb * c) : 0;
+        batchnorm_backward_cpu(dx, grad_ptr(din, 1, n->nin), grad_ptr(din, 2, n->nin), dy->data,
+                               x->data, in[1]->data, aux, aux + c, nb, c, hw, acc[0], acc[1], acc[2]);
+        return 0;
+    }
+    case QT_OP_RELU:
+        if (dx) relu_backward_cpu(dx, dy->data, out[0]->data, numel, acc[0]);
+        return 0;
+    case QT_OP_CLIP: {
+        float lo = -INFINITY, hi = INFINITY;
+        if (g->opset < 11) {
+            lo = qt_node_float(n, "min", lo);
+            hi = qt_node_float(n, "max", hi);
+        } else {
+            if (n->nin > 1 && in[1]) lo = (float)qt_tensor_get_f(in[1], 0);
+            if (n->nin > 2 && in[2]) hi = (float)qt_tensor_get_f(in[2], 0);
+        }
+        if (grad_ptr(din, 1, n->nin) || grad_ptr(din, 2, n->nin))
+            return qt_err(e, "Clip node '%s': gradients of min and max are not supported", n->name);
+        if (dx) clip_backward_cpu(dx, dy->data, x->data, lo, hi, numel, acc[0]);
+        return 0;
+    }
+    case QT_OP_ADD: case QT_OP_SUB: case QT_OP_MUL: case QT_OP_DIV: {
+        const struct qt_shape *ys = &out[0]->shape;
+        int64_t sa[QT_MAX_DIMS], sb[QT_MAX_DIMS];
+        strides_over(sa, &in[0]->shape, ys);
+        strides_over(sb, &in[1]->shape, ys);
+        enum qt_binop op = n->op == QT_OP_ADD ? QT_BIN_ADD : n->op == QT_OP_SUB ? QT_BIN_SUB
+                           : n->op == QT_OP_MUL ? QT_BIN_MUL : QT_BIN_DIV;
+        binary_backward_cpu(dx, grad_ptr(din, 1, n->nin), dy->data, in[0]->data, in[1]->data, op,
+                            ys->d, sa, sb, ys->ndim, acc[0], acc[1]);
+        return 0;
+    }
+    case QT_OP_MAXPOOL: case QT_OP_AVGPOOL: {
+        struct qt_pool_attrs a;
+        struct qt_conv2d_desc d;
+        if (qt_pool_attrs_get(n, &x->shape, &a, e, qt_op_name(n->op))) return -1;
+        if (window_desc(&d, &a.c, &x->shape, &out[0]->shape, n, e)) return -1;
+        if (!dx) return 0;
+        if (n->op == QT_OP_MAXPOOL) maxpool2d_backward_cpu(dx, dy->data, x->data, &d, acc[0]);
+        else avgpool2d_backward_cpu(dx, dy->data, &d, a.count_include_pad, acc[0]);
+        return 0;
+    }
+    case QT_OP_GLOBALAVGPOOL: {
+        int64_t nc = x->shape.d[0] * x->shape.d[1];
+        if (dx) global_avgpool_backward_cpu(dx, dy->data, nc, nc ? numel / nc : 0, acc[0]);
+        return 0;
+    }
+    case QT_OP_GEMM: {
+        int ta = (int)qt_node_int(n, "transA", 0), tb = (int)qt_node_int(n, "transB", 0);
+        int64_t m = out[0]->shape.d[0], nn = out[0]->shape.d[1];
+        int64_t k = ta ? x->shape.d[0] : x->shape.d[1];
+        const struct qt_tensor *c = n->nin > 2 ? in[2] : NULL;
+        int64_t crs = 0, ccs = 0, crows = 1, ccols = 1;
+        if (c && c->shape.ndim == 2) {
+            crows = c->shape.d[0];
+            ccols = c->shape.d[1];
+            crs = crows == 1 ? 0 : ccols;
+            ccs = ccols == 1 ? 0 : 1;
+        } else if (c && c->shape.ndim == 1) {
+            ccols = c->shape.d[0];
+            ccs = ccols == 1 ? 0 : 1;
+        }
+        gemm_backward_cpu(dx, grad_ptr(din, 1, n->nin), grad_ptr(din, 2, n->nin), dy->data, x->data,
+                          in[1]->data, m, nn, k, ta, tb, qt_node_float(n, "alpha", 1.f),
+                          qt_node_float(n, "beta", 1.f), crs, ccs, crows, ccols, acc[0],
+                          n->nin > 1 ? acc[1] : 0, n->nin > 2 ? acc[2] : 0);
+        return 0;
+    }
+    default:
+        return qt_err(e, "%s node '%s': training through this op is not supported on the CPU "
+                         "backend", qt_op_name(n->op), n->name);
+    }
+}
+
+static void cpu_sgd_update(struct qt_backend *b, float *p, float *buf, const float *grad, int64_t n,
+                           float lr, float momentum, float wd, int nesterov, int first)
+{
+    (void)b;
+    sgd_update_cpu(p, buf, grad, n, lr, momentum, wd, nesterov, first);
+}
+
 static int cpu_sync(struct qt_backend *b, struct qt_error *e)
 {
     (void)b;
@@ -332,6 +473,10 @@ struct qt_backend *qt_backend_cpu_new(int threads)
     b->supports = cpu_supports;
     b->workspace = cpu_workspace;
     b->forward = cpu_forward;
+    b->aux_floats = cpu_aux_floats;
+    b->forward_train = cpu_forward_train;
+    b->backward = cpu_backward;
+    b->sgd_update = cpu_sgd_update;
     b->sync = cpu_sync;
     b->destroy = cpu_destroy;
     return b;

@@ -1,0 +1,363 @@
+/* The training loop. Each epoch draws its permutation and augmentation from the RNG state it
+ * starts with; a checkpoint stores that state and the batch position, so a resumed run makes
+ * exactly the same updates as an uninterrupted one. */
+#include "train.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../kernels/cpu/cpu.h"
+#include "checkpoint.h"
+#include "exec.h"
+#include "rng.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+struct run {
+    struct qt_graph *g;
+    struct qt_backend *b;
+    const struct qt_train_config *cfg;
+    struct qt_params ps;
+    float **mom; /* per parameter: momentum buffer (backend memory) */
+    int epoch;   /* epochs completed */
+    int64_t step;
+    int batch_pos; /* batches done in the current epoch */
+    struct qt_rng epoch_rng;
+    double best_top1;
+    int best_epoch;
+};
+
+static int state_values(const struct qt_graph *g, int *out, int max)
+{
+    int n = 0;
+    for (int v = 0; v < g->nvalues; v++)
+        if ((g->values[v].flags & QT_V_STATE) && g->values[v].init && n < max) out[n++] = v;
+    return n;
+}
+
+static int save_checkpoint(struct run *r, struct qt_error *e)
+{
+    const struct qt_graph *g = r->g;
+    struct qt_ckpt c;
+    char buf[160];
+    qt_ckpt_init(&c);
+    snprintf(buf, sizeof buf, "%d", r->epoch);
+    qt_ckpt_set(&c, "epoch", buf);
+    snprintf(buf, sizeof buf, "%" PRId64, r->step);
+    qt_ckpt_set(&c, "step", buf);
+    snprintf(buf, sizeof buf, "%d", r->batch_pos);
+    qt_ckpt_set(&c, "batch_pos", buf);
+    snprintf(buf, sizeof buf, "%016" PRIx64 " %016" PRIx64 " %016" PRIx64 " %016" PRIx64,
+             r->epoch_rng.s[0], r->epoch_rng.s[1], r->epoch_rng.s[2], r->epoch_rng.s[3]);
+    qt_ckpt_set(&c, "rng", buf);
+    snprintf(buf, sizeof buf, "%.17g", r->best_top1);
+    qt_ckpt_set(&c, "best_top1", buf);
+    snprintf(buf, sizeof buf, "%d", r->best_epoch);
+    qt_ckpt_set(&c, "best_epoch", buf);
+    snprintf(buf, sizeof buf, "%d", r->cfg->batch);
+    qt_ckpt_set(&c, "batch", buf);
+    snprintf(buf, sizeof buf, "%" PRIu64, r->cfg->seed);
+    qt_ckpt_set(&c, "seed", buf);
+    for (int i = 0; i < r->ps.n; i++) {
+        const struct qt_value *v = &g->values[r->ps.p[i].value];
+        char name[300];
+        snprintf(name, sizeof name, "param:%s", v->name);
+        qt_ckpt_add(&c, name, v->init->data, r->ps.p[i].numel);
+        snprintf(name, sizeof name, "momentum:%s", v->name);
+        if (r->mom[i]) qt_ckpt_add(&c, name, r->mom[i], r->ps.p[i].numel);
+    }
+    int sv[4096];
+    int ns = state_values(g, sv, 4096);
+    for (int i = 0; i < ns; i++) {
+        char name[300];
+        snprintf(name, sizeof name, "state:%s", g->values[sv[i]].name);
+        qt_ckpt_add(&c, name, g->values[sv[i]].init->data, qt_shape_numel(&g->values[sv[i]].init->shape));
+    }
+    int rc = qt_ckpt_save(&c, r->cfg->checkpoint, e);
+    qt_ckpt_free(&c);
+    return rc;
+}
+
+static int restore_tensor(const struct qt_ckpt *c, const char *kind, const struct qt_value *v,
+                          float *dst, int64_t numel, const char *path, struct qt_error *e)
+{
+    char name[300];
+    snprintf(name, sizeof name, "%s:%s", kind, v->name);
+    const struct qt_ckpt_tensor *t = qt_ckpt_find(c, name);
+    if (!t)
+        return qt_err(e, "checkpoint '%s' has no %s for '%s': it belongs to another model", path,
+                      kind, v->name);
+    if (t->numel != numel)
+        return qt_err(e, "checkpoint '%s': '%s' has %lld values, the model's has %lld", path, v->name,
+                      (long long)t->numel, (long long)numel);
+    memcpy(dst, t->data, sizeof(float) * numel);
+    return 0;
+}
+
+static int load_checkpoint(struct run *r, const char *path, struct qt_error *e)
+{
+    struct qt_ckpt c;
+    char buf[256];
+    if (qt_ckpt_load(&c, path, e)) return -1;
+    int rc = -1;
+    struct qt_graph *g = r->g;
+    if (qt_ckpt_get(&c, "epoch", buf, sizeof buf)) goto bad;
+    r->epoch = atoi(buf);
+    if (qt_ckpt_get(&c, "step", buf, sizeof buf)) goto bad;
+    r->step = strtoll(buf, NULL, 10);
+    if (qt_ckpt_get(&c, "batch_pos", buf, sizeof buf)) goto bad;
+    r->batch_pos = atoi(buf);
+    if (qt_ckpt_get(&c, "rng", buf, sizeof buf) ||
+        sscanf(buf, "%" SCNx64 " %" SCNx64 " %" SCNx64 " %" SCNx64, &r->epoch_rng.s[0],
+               &r->epoch_rng.s[1], &r->epoch_rng.s[2], &r->epoch_rng.s[3]) != 4)
+        goto bad;
+    if (qt_ckpt_get(&c, "best_top1", buf, sizeof buf)) goto bad;
+    r->best_top1 = strtod(buf, NULL);
+    if (qt_ckpt_get(&c, "best_epoch", buf, sizeof buf)) goto bad;
+    r->best_epoch = atoi(buf);
+    if (qt_ckpt_get(&c, "batch", buf, sizeof buf)) goto bad;
+    if (atoi(buf) != r->cfg->batch) {
+        qt_err(e, "checkpoint '%s' was written with batch %s; resume with --batch %s", path, buf, buf);
+        goto out;
+    }
+    for (int i = 0; i < r->ps.n; i++) {
+        const struct qt_value *v = &g->values[r->ps.p[i].value];
+        if (restore_tensor(&c, "param", v, v->init->data, r->ps.p[i].numel, path, e)) goto out;
+        char name[300];
+        snprintf(name, sizeof name, "momentum:%s", v->name);
+        if (qt_ckpt_find(&c, name)) {
+            if (!r->mom[i]) r->mom[i] = r->b->alloc(r->b, sizeof(float) * r->ps.p[i].numel);
+            if (restore_tensor(&c, "momentum", v, r->mom[i], r->ps.p[i].numel, path, e)) goto out;
+        }
+    }
+    int sv[4096];
+    int ns = state_values(g, sv, 4096);
+    for (int i = 0; i < ns; i++) {
+        const struct qt_value *v = &g->values[sv[i]];
+        if (restore_tensor(&c, "state", v, v->init->data, qt_shape_numel(&v->init->shape), path, e)) goto out;
+    }
+    rc = 0;
+    goto out;
+bad:
+    qt_err(e, "checkpoint '%s' lacks its training counters", path);
+out:
+    qt_ckpt_free(&c);
+    return rc;
+}
+
+/* Permutation and augmentation of one epoch, drawn from rng. */
+struct epoch_plan {
+    int *perm;
+    int8_t *oy, *ox;
+    uint8_t *flip;
+};
+
+static void plan_epoch(struct epoch_plan *p, struct qt_rng *rng, int n, int pad, int flip)
+{
+    for (int i = 0; i < n; i++) p->perm[i] = i;
+    qt_rng_shuffle(rng, p->perm, n);
+    for (int i = 0; i < n; i++) {
+        p->oy[i] = pad ? (int8_t)((int)qt_rng_below(rng, 2 * pad + 1) - pad) : 0;
+        p->ox[i] = pad ? (int8_t)((int)qt_rng_below(rng, 2 * pad + 1) - pad) : 0;
+        p->flip[i] = flip ? (uint8_t)qt_rng_below(rng, 2) : 0;
+    }
+}
+
+int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *train,
+             const struct qt_dataset *test, const struct qt_train_config *cfg,
+             const struct qt_train_callbacks *cb, struct qt_train_result *res, struct qt_error *e)
+{
+    char s1[128];
+    memset(res, 0, sizeof *res);
+    if (g->ninputs != 1 || g->noutputs < 1)
+        return qt_err(e, "training needs a model with one input and a logits output");
+    const struct qt_value *in = &g->values[g->inputs[0]];
+    const int64_t want[3] = {train->c, train->h, train->w};
+    if (in->dtype != QT_F32 || in->shape.ndim != 4)
+        return qt_err(e, "the model's input '%s' is %s; training needs a float NCHW image input",
+                      in->name, qt_shape_str(g, &in->shape, s1, sizeof s1));
+    for (int i = 0; i < 3; i++)
+        if (in->shape.d[1 + i] >= 0 && in->shape.d[1 + i] != want[i])
+            return qt_err(e, "the model expects images of %s but the dataset has %dx%dx%d",
+                          qt_shape_str(g, &in->shape, s1, sizeof s1), train->c, train->h, train->w);
+    if (in->shape.d[0] >= 0 && in->shape.d[0] != cfg->batch)
+        return qt_err(e, "the model has a fixed batch of %lld; train it with --batch %lld",
+                      (long long)in->shape.d[0], (long long)in->shape.d[0]);
+    if (cfg->crop_pad < 0 || cfg->crop_pad > 127) return qt_err(e, "crop padding must be 0 to 127");
+    if (cfg->batch <= 0 || cfg->epochs < 0) return qt_err(e, "batch and epochs must be positive");
+
+    struct run r;
+    memset(&r, 0, sizeof r);
+    r.g = g;
+    r.b = b;
+    r.cfg = cfg;
+    r.best_top1 = -1;
+    if (qt_params_find(g, &r.ps, e)) return -1;
+    r.mom = calloc(r.ps.n + 1, sizeof *r.mom);
+    qt_rng_seed(&r.epoch_rng, cfg->seed);
+    int rc = 0;
+    struct qt_exec *x = NULL;
+    struct qt_tensor *xt = NULL, *dy = NULL;
+    int32_t *labels = NULL;
+    float *logits_host = NULL;
+    int n = (int)(cfg->train_limit > 0 && cfg->train_limit < train->n ? cfg->train_limit : train->n);
+    struct epoch_plan plan = {malloc(sizeof(int) * (n + 1)), malloc(n + 1), malloc(n + 1), malloc(n + 1)};
+    if (cfg->resume && load_checkpoint(&r, cfg->resume, e)) {
+        rc = -1;
+        goto out;
+    }
+    if (!(x = qt_exec_new(g, b, e))) {
+        rc = -1;
+        goto out;
+    }
+    const int nb = (n + cfg->batch - 1) / cfg->batch;
+    struct qt_shape xs = {4, {cfg->batch, train->c, train->h, train->w}};
+    xt = qt_tensor_new(QT_F32, &xs);
+    labels = malloc(sizeof(int32_t) * cfg->batch);
+    double t_start = now();
+    while (r.epoch < cfg->epochs) {
+        struct qt_rng rng = r.epoch_rng;
+        plan_epoch(&plan, &rng, n, cfg->crop_pad, cfg->flip);
+        double t0 = now(), loss_sum = 0;
+        int64_t hits = 0, seen = 0;
+        for (int bi = r.batch_pos; bi < nb; bi++) {
+            int cnt = bi == nb - 1 ? n - bi * cfg->batch : cfg->batch;
+            const int *idx = plan.perm + (int64_t)bi * cfg->batch;
+            struct qt_augment aug = {plan.oy + (int64_t)bi * cfg->batch, plan.ox + (int64_t)bi * cfg->batch,
+                                     plan.flip + (int64_t)bi * cfg->batch};
+            /* Augmentation indexes follow batch positions, as drawn for the permuted order. */
+            qt_dataset_batch_augmented(train, idx, cnt, cfg->mean, cfg->std, &aug, xt->data, labels);
+            xt->shape.d[0] = cnt;
+            xt->nbytes = sizeof(float) * qt_shape_numel(&xt->shape);
+            const struct qt_tensor *ins[1] = {xt};
+            if (qt_exec_forward_train(x, ins, e)) {
+                rc = -1;
+                goto out;
+            }
+            const struct qt_tensor *out = qt_exec_output(x, 0);
+            if (out->shape.ndim != 2 || out->shape.d[0] != cnt || out->shape.d[1] < train->nclasses) {
+                rc = qt_err(e, "the model's output %s is not [N, classes>=%d] logits",
+                            qt_shape_str(g, &out->shape, s1, sizeof s1), train->nclasses);
+                goto out;
+            }
+            if (!dy || dy->nbytes < out->nbytes) {
+                qt_tensor_free(dy);
+                dy = qt_tensor_new(QT_F32, &out->shape);
+                logits_host = realloc(logits_host, out->nbytes);
+            }
+            dy->shape = out->shape;
+            dy->nbytes = out->nbytes;
+            if (b->download(b, logits_host, out->data, out->nbytes)) {
+                rc = qt_err(e, "cannot read the logits from the %s backend", b->name);
+                goto out;
+            }
+            int64_t h = 0;
+            /* The loss is computed on the host from the downloaded logits (small). */
+            double l = softmax_xent_cpu(dy->data, &h, logits_host, labels, cnt, out->shape.d[1],
+                                         cfg->label_smoothing, 1.0f / cnt);
+            if (!isfinite(l)) {
+                rc = qt_err(e, "the loss became %s at epoch %d, step %" PRId64 "; training stopped%s%s%s",
+                            isnan(l) ? "NaN" : "infinite", r.epoch + 1, r.step + 1,
+                            cfg->checkpoint ? " (the last good checkpoint is '" : "",
+                            cfg->checkpoint ? cfg->checkpoint : "", cfg->checkpoint ? "')" : "");
+                goto out;
+            }
+            if (qt_exec_backward(x, dy, e)) {
+                rc = -1;
+                goto out;
+            }
+            float lr = qt_schedule_lr(&cfg->sched, r.step);
+            for (int i = 0; i < r.ps.n; i++) {
+                const struct qt_param *p = &r.ps.p[i];
+                const float *grad = qt_exec_grad(x, p->value);
+                if (!grad) continue; /* no gradient reached it: left alone, as PyTorch does */
+                const struct qt_group *grp = &cfg->sgd.group[p->role];
+                int first = 0;
+                if (cfg->sgd.momentum != 0 && !r.mom[i]) {
+                    r.mom[i] = b->alloc(b, sizeof(float) * p->numel);
+                    first = 1;
+                }
+                b->sgd_update(b, g->values[p->value].init->data, r.mom[i], grad, p->numel,
+                              lr * grp->lr_scale, cfg->sgd.momentum, grp->wd, cfg->sgd.nesterov, first);
+            }
+            r.step++;
+            r.batch_pos = bi + 1;
+            loss_sum += l;
+            hits += h;
+            seen += cnt;
+            if (cb && cb->batch)
+                cb->batch(cb->ctx, r.epoch + 1, (int64_t)bi * cfg->batch + cnt, n, loss_sum / seen,
+                          100.0 * hits / seen, now() - t0);
+            if (cfg->stop && *cfg->stop) {
+                if (cfg->checkpoint && save_checkpoint(&r, e)) {
+                    rc = -1;
+                    goto out;
+                }
+                res->interrupted = 1;
+                goto done;
+            }
+        }
+        double train_seconds = now() - t0;
+        struct qt_epoch_stats st;
+        memset(&st, 0, sizeof st);
+        if (qt_evaluate(g, b, test, cfg->mean, cfg->std, cfg->batch, cfg->test_limit, NULL, NULL,
+                        &st.test, e)) {
+            rc = -1;
+            goto out;
+        }
+        r.epoch++;
+        r.batch_pos = 0;
+        r.epoch_rng = rng;
+        st.epoch = r.epoch;
+        st.epochs = cfg->epochs;
+        st.lr = qt_schedule_lr(&cfg->sched, r.step > 0 ? r.step - 1 : 0);
+        st.train_loss = seen ? loss_sum / seen : 0;
+        st.train_top1 = seen ? 100.0 * hits / seen : 0;
+        st.seconds = train_seconds;
+        st.images_per_s = train_seconds > 0 ? seen / train_seconds : 0;
+        st.best = st.test.top1 > r.best_top1;
+        if (st.best) {
+            r.best_top1 = st.test.top1;
+            r.best_epoch = r.epoch;
+        }
+        res->last = st.test;
+        if (cfg->checkpoint && save_checkpoint(&r, e)) {
+            rc = -1;
+            goto out;
+        }
+        if (cb && cb->epoch_end && cb->epoch_end(cb->ctx, &st)) {
+            rc = qt_err(e, "stopped after epoch %d", r.epoch);
+            goto out;
+        }
+    }
+done:
+    res->epochs_done = r.epoch;
+    res->steps = r.step;
+    res->best_top1 = r.best_top1;
+    res->best_epoch = r.best_epoch;
+    res->seconds = now() - t_start;
+out:
+    for (int i = 0; i < r.ps.n; i++)
+        if (r.mom[i]) b->release(b, r.mom[i]);
+    free(r.mom);
+    qt_params_free(&r.ps);
+    free(plan.perm);
+    free(plan.oy);
+    free(plan.ox);
+    free(plan.flip);
+    free(labels);
+    free(logits_host);
+    qt_tensor_free(xt);
+    qt_tensor_free(dy);
+    qt_exec_free(x);
+    return rc;
+}

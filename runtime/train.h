@@ -1,0 +1,65 @@
+/* The training loop: seeded shuffling and augmentation, forward/backward/SGD per batch,
+ * evaluation and a checkpoint after every epoch, resume, interruption and NaN handling. */
+#ifndef QT_TRAIN_H
+#define QT_TRAIN_H
+
+#include <signal.h>
+
+#include "backend.h"
+#include "data/dataset.h"
+#include "loops.h"
+#include "params.h"
+
+struct qt_train_config {
+    int epochs;
+    int batch;
+    struct qt_sgd sgd;
+    struct qt_schedule sched; /* milestones, total and warm-up in steps */
+    float label_smoothing;
+    int crop_pad;             /* random crop with this much zero padding (0: off) */
+    int flip;                 /* random horizontal flip */
+    uint64_t seed;
+    const float *mean, *std;  /* normalization, one value per channel */
+    int64_t train_limit;      /* use the first N training samples (0: all) */
+    int64_t test_limit;       /* evaluate on the first N test samples (0: all) */
+    const char *checkpoint;   /* written after every epoch and on interruption (NULL: none) */
+    const char *resume;       /* checkpoint to continue from (NULL: start fresh) */
+    volatile sig_atomic_t *stop; /* set asynchronously to stop after the current batch */
+};
+
+struct qt_epoch_stats {
+    int epoch;          /* 1-based */
+    int epochs;
+    double lr;          /* at the end of the epoch */
+    double train_loss, train_top1;
+    struct qt_eval_result test;
+    double seconds;     /* training part of the epoch */
+    double images_per_s;
+    int best;           /* the best test top-1 so far */
+};
+
+struct qt_train_callbacks {
+    void *ctx;
+    /* After each batch: epoch (1-based), images done in the epoch, total, running loss. */
+    void (*batch)(void *ctx, int epoch, int64_t done, int64_t total, double loss, double top1,
+                  double seconds);
+    /* After each epoch's evaluation; a non-zero return stops training with an error. */
+    int (*epoch_end)(void *ctx, const struct qt_epoch_stats *s);
+};
+
+struct qt_train_result {
+    int epochs_done;
+    int64_t steps;
+    double best_top1;
+    int best_epoch;
+    struct qt_eval_result last;
+    double seconds;
+    int interrupted; /* stopped through cfg->stop; a checkpoint was written */
+};
+
+/* Trains g (parameters and BatchNorm statistics are updated in its initializers). */
+int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *train,
+             const struct qt_dataset *test, const struct qt_train_config *cfg,
+             const struct qt_train_callbacks *cb, struct qt_train_result *r, struct qt_error *e);
+
+#endif
