@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# The main job on a default that needs nothing else: train a small classifier on
-# Fashion-MNIST with PyTorch, export it to ONNX, then inspect and evaluate it with qtune
-# beside onnxruntime.
+# The main job on a default that needs nothing else: build qtune, create a ResNet-20 for
+# 28x28 grayscale images, train it on Fashion-MNIST (Debian's dataset-fashion-mnist) for one
+# epoch on the CPU, evaluate it, and check the exported model with onnxruntime.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
 make -j"$(nproc)"
 out=${QT_DEMO_DIR:-build/demo}
-mkdir -p "$out"
 data=/usr/share/datasets/fashion-mnist
-.venv/bin/python scripts/demo_train.py --data "$data" --out "$out/fmnist_cnn.onnx"
-build/qtune inspect "$out/fmnist_cnn.onnx"
-build/qtune eval "$out/fmnist_cnn.onnx" --data "$data" --preset fashion-mnist --json | tee "$out/eval.txt"
-.venv/bin/python scripts/demo_train.py --data "$data" --ort-eval "$out/fmnist_cnn.onnx"
+epochs=${QT_DEMO_EPOCHS:-1}
+mkdir -p "$out"
+build/qtune init resnet20 --input 1x28x28 --classes 10 --seed 0 -o "$out/resnet20.onnx"
+build/qtune train "$out/resnet20.onnx" --data "$data" --preset fashion-mnist --epochs "$epochs" \
+    --lr 0.1 --schedule cosine --batch 128 --wd 5e-4 -o "$out/resnet20_fmnist.onnx"
+build/qtune inspect "$out/resnet20_fmnist.onnx" | tail -n 1
+build/qtune eval "$out/resnet20_fmnist.onnx" --data "$data" --json
+.venv/bin/python scripts/ort_eval.py "$out/resnet20_fmnist.onnx" --data "$data"

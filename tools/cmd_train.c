@@ -178,6 +178,9 @@ int cmd_train(int argc, char **argv)
     if (milestones && (nms = parse_milestones(milestones, ms, QT_SCHED_MAX_MILESTONES)) < 0)
         return cli_fail("train: --milestones needs up to %d comma-separated epochs", QT_SCHED_MAX_MILESTONES);
 
+    /* From here on an interruption is a request to stop cleanly. */
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
     struct qt_graph *g = cli_load_model(path, 0);
     if (!g) return 1;
     struct qt_error e;
@@ -261,7 +264,7 @@ int cmd_train(int argc, char **argv)
     snprintf(best_buf, sizeof best_buf, "%s", out);
     char *dot = strrchr(best_buf, '.');
     if (dot && strcmp(dot, ".onnx") == 0) *dot = 0;
-    snprintf(log_buf, sizeof log_buf, "%s.log.jsonl", best_buf);
+    snprintf(log_buf, sizeof log_buf, "%.4000s.log.jsonl", best_buf);
     strncat(best_buf, ".best.onnx", sizeof best_buf - strlen(best_buf) - 1);
     cfg.checkpoint = ckpt ? ckpt : ckpt_buf;
     cfg.resume = resume;
@@ -278,8 +281,6 @@ int cmd_train(int argc, char **argv)
     ui.best_path = best_buf;
     ui.quiet = quiet;
     struct qt_train_callbacks cb = {&ui, on_batch, on_epoch};
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
     struct qt_train_result r;
     if (qt_train(g, b, &tr, &te, &cfg, &cb, &r, &e)) {
         rc = cli_fail("%s", e.msg);
