@@ -18,7 +18,8 @@ static int add_param(struct qt_graph *g, struct qt_params *ps, int v, enum qt_pa
     if (val->init->dtype != QT_F32)
         return qt_err(e, "parameter '%s' of node '%s' is %s; training needs float32", val->name, node,
                       qt_dtype_name(val->init->dtype));
-    if (val->flags & QT_V_PARAM) return 0; /* shared by several nodes: one parameter */
+    for (int i = 0; i < ps->n; i++)
+        if (ps->p[i].value == v) return 0; /* shared by several nodes: one parameter */
     val->flags |= QT_V_PARAM;
     ps->p = realloc(ps->p, sizeof *ps->p * (ps->n + 1));
     ps->p[ps->n].value = v;
