@@ -1,9 +1,11 @@
 """One training step of ResNet-20 (batch 128, 3x32x32, SGD with momentum) in qtune and in
 PyTorch on the same machine and thread count; prints both step times and their ratio.
 
-qtune's step time comes from `qtune train` on a synthetic CIFAR-10 folder (the per-epoch
-log's training images/s, which excludes evaluation); PyTorch's from timing forward,
-backward and optimizer step of the same architecture.
+qtune's step time comes from two `qtune train` runs on a synthetic CIFAR-10 folder, of
+`steps` and of 2 x `steps` batches: the difference of their training times (the per-epoch
+log's seconds, which exclude data loading and evaluation) divided by `steps`, so the first
+steps' one-time costs cancel as PyTorch's warm-up steps are excluded. PyTorch's time is
+forward, backward and optimizer step of the same architecture.
 Usage: .venv/bin/python bench/train_step_vs_torch.py [--threads 2] [--steps 40]"""
 import argparse
 import json
@@ -38,7 +40,7 @@ def qtune_step(qtune, threads, steps, batch, tmp):
     data = os.path.join(tmp, "cifar")
     os.makedirs(data, exist_ok=True)
     rng = np.random.default_rng(0)
-    n = steps * batch
+    n = 2 * steps * batch
     for name, count in [("data_batch_%d.bin" % i, n) for i in range(1, 6)] + [("test_batch.bin", batch)]:
         rec = np.concatenate([rng.integers(0, 10, (count, 1), dtype=np.uint8),
                               rng.integers(0, 256, (count, 3072), dtype=np.uint8)], axis=1)
@@ -46,14 +48,16 @@ def qtune_step(qtune, threads, steps, batch, tmp):
     model = os.path.join(tmp, "r20.onnx")
     subprocess.run([qtune, "init", "resnet20", "--input", "3x32x32", "--classes", "10", "-o", model],
                    check=True, capture_output=True)
-    out = os.path.join(tmp, "trained.onnx")
-    cmd = [qtune, "train", model, "--data", data, "--epochs", "1", "--batch", str(batch),
-           "--train-limit", str(n), "--test-limit", str(batch), "--threads", str(threads),
-           "--preset", "cifar10", "--lr", "0.05", "--quiet", "-o", out]
-    subprocess.run(cmd, check=True, capture_output=True)
-    with open(os.path.join(tmp, "trained.log.jsonl")) as f:
-        ips = json.loads(f.readline())["images_per_s"]
-    return batch / ips, " ".join(cmd)
+    seconds = {}
+    for k in (1, 2):
+        out = os.path.join(tmp, "trained%d.onnx" % k)
+        cmd = [qtune, "train", model, "--data", data, "--epochs", "1", "--batch", str(batch),
+               "--train-limit", str(k * steps * batch), "--test-limit", str(batch),
+               "--threads", str(threads), "--preset", "cifar10", "--lr", "0.05", "--quiet", "-o", out]
+        subprocess.run(cmd, check=True, capture_output=True)
+        with open(os.path.join(tmp, "trained%d.log.jsonl" % k)) as f:
+            seconds[k] = json.loads(f.readline())["seconds"]
+    return (seconds[2] - seconds[1]) / steps, " ".join(cmd)
 
 
 def torch_step(threads, steps, batch):
@@ -95,7 +99,7 @@ def main():
         "machine:  %s, %d logical CPUs" % (cpu_name(), os.cpu_count()),
         "command:  .venv/bin/python bench/train_step_vs_torch.py --threads %d --steps %d" % (a.threads, a.steps),
         "qtune:    %s" % cmd,
-        "qtune:    %.1f ms per step (%d steps; log images/s, evaluation excluded)" % (q * 1e3, a.steps),
+        "qtune:    %.1f ms per step (runs of %d and %d steps, difference / %d)" % (q * 1e3, a.steps, 2 * a.steps, a.steps),
         "pytorch:  %.1f ms per step (torch %s, %d steps after 3 warm-up)" % (t * 1e3, torch.__version__, a.steps),
         "ratio qtune/pytorch step time: %.3f (target <= 1.0)" % (q / t),
     ]
