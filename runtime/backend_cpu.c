@@ -328,6 +328,50 @@ static int cpu_forward_train(struct qt_backend *b, const struct qt_graph *g,
     return 0;
 }
 
+/* MatMul backward over the broadcast batch: each batch's product contributes to the slices
+ * of A and B it read, so the gradients are cleared (unless accumulating) and then summed. */
+static int bwd_matmul(const struct qt_tensor *a, const struct qt_tensor *b, const struct qt_tensor *dy,
+                      float *da, float *db, int acc_a, int acc_b)
+{
+    struct qt_shape as = a->shape, bs = b->shape;
+    if (as.ndim == 1) {
+        as.ndim = 2;
+        as.d[1] = as.d[0];
+        as.d[0] = 1;
+    }
+    if (bs.ndim == 1) {
+        bs.ndim = 2;
+        bs.d[1] = 1;
+    }
+    int64_t m = as.d[as.ndim - 2], k = as.d[as.ndim - 1], n = bs.d[bs.ndim - 1];
+    struct qt_shape ab = as, bb = bs, ob;
+    ab.ndim -= 2;
+    bb.ndim -= 2;
+    qt_broadcast_shape(&ob, &ab, &bb);
+    int64_t sa[QT_MAX_DIMS], sb[QT_MAX_DIMS], idx[QT_MAX_DIMS] = {0};
+    strides_over(sa, &ab, &ob);
+    strides_over(sb, &bb, &ob);
+    if (da && !acc_a) memset(da, 0, a->nbytes);
+    if (db && !acc_b) memset(db, 0, b->nbytes);
+    int64_t batches = qt_shape_numel(&ob);
+    for (int64_t t = 0; t < batches; t++) {
+        int64_t ia = 0, ib = 0;
+        for (int d = 0; d < ob.ndim; d++) {
+            ia += idx[d] * sa[d];
+            ib += idx[d] * sb[d];
+        }
+        gemm_backward_cpu(da ? da + ia * m * k : NULL, db ? db + ib * k * n : NULL, NULL,
+                          (const float *)dy->data + t * m * n, (const float *)a->data + ia * m * k,
+                          (const float *)b->data + ib * k * n, m, n, k, 0, 0, 1.f, 0.f, 0, 0, 0, 0,
+                          1, 1, 0);
+        for (int d = ob.ndim - 1; d >= 0; d--) {
+            if (++idx[d] < ob.d[d]) break;
+            idx[d] = 0;
+        }
+    }
+    return 0;
+}
+
 static float *grad_ptr(struct qt_tensor **din, int k, int nin)
 {
     return k < nin && din[k] ? din[k]->data : NULL;
@@ -427,6 +471,8 @@ static int cpu_backward(struct qt_backend *b, const struct qt_graph *g, const st
                           n->nin > 1 ? acc[1] : 0, n->nin > 2 ? acc[2] : 0);
         return 0;
     }
+    case QT_OP_MATMUL:
+        return bwd_matmul(in[0], in[1], dy, dx, grad_ptr(din, 1, n->nin), acc[0], acc[1]);
     default:
         return qt_err(e, "%s node '%s': training through this op is not supported on the CPU "
                          "backend", qt_op_name(n->op), n->name);

@@ -46,6 +46,15 @@ int qt_params_find(struct qt_graph *g, struct qt_params *ps, struct qt_error *e)
         case QT_OP_MATMUL:
             rc = add_param(g, ps, n->in[1], QT_ROLE_WEIGHT, n->name, e);
             break;
+        case QT_OP_ADD: {
+            /* MatMul + Add is how exporters write a linear layer on batched inputs. */
+            for (int k = 0; k < 2 && !rc; k++) {
+                int other = n->in[1 - k], p = other >= 0 ? g->values[other].producer : -1;
+                if (p >= 0 && g->nodes[p].op == QT_OP_MATMUL && g->values[n->in[k]].init)
+                    rc = add_param(g, ps, n->in[k], QT_ROLE_BIAS, n->name, e);
+            }
+            break;
+        }
         case QT_OP_BATCHNORM:
             rc = add_param(g, ps, n->in[1], QT_ROLE_BN, n->name, e);
             if (!rc) rc = add_param(g, ps, n->in[2], QT_ROLE_BN, n->name, e);
