@@ -1,18 +1,20 @@
 /* Times the forward pass of a whole model through qtune's executor on the CPU backend, on one
  * fixed random batch, as `qtune eval` prepares the model (canonicalize, BatchNorm folded) but
  * without data loading: the counterpart of onnxruntime's session.run in
- * `bench/conv_ort_bench.py --model`. The backend's forward is wrapped to add up the time per
- * op type. Build (after `make`) and run from the repository root:
+ * `bench/conv_ort_bench.py --model`. The backend's forward functions are wrapped to add up
+ * the time per kind of step (an op, or an op with the ops fused into it, as qt_exec_forward
+ * runs them; --plain: every node on its own in plain NCHW, QT_EXEC_PLAIN). Build (after
+ * `make`) and run from the repository root:
  *
  *   gcc -std=c11 -D_DEFAULT_SOURCE -O2 -fopenmp -I. -Ibuild/gen -o build/conv_net_bench \
  *       bench/conv_net_bench.c build/libqtune.a \
  *       -L/usr/lib/x86_64-linux-gnu/openblas-openmp \
  *       -Wl,-rpath,/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -ldnnl \
  *       -lprotobuf-c -ljpeg -lpng -lz -lm
- *   build/conv_net_bench MODEL.onnx [--batch N] [--reps R] [--threads T]
+ *   build/conv_net_bench MODEL.onnx [--batch N] [--reps R] [--threads T] [--plain]
  *
  * Warm-up runs first (primitive creation and JIT), then R timed runs; prints the median time
- * per batch, images/s and the per-op-type share of the summed node times. */
+ * per batch, images/s and each kind's share of the mean batch time. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +26,8 @@
 #include "passes/passes.h"
 #include "runtime/backend.h"
 #include "runtime/exec.h"
+
+#define USAGE "MODEL.onnx [--batch N] [--reps R] [--threads T] [--plain]"
 
 static double now_ms(void)
 {
@@ -38,28 +42,71 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* Node time per op type, collected by the wrapped forward. */
-static double op_ms[QT_OP_COUNT];
-static int op_calls[QT_OP_COUNT];
-static int (*inner_forward)(struct qt_backend *, const struct qt_graph *, const struct qt_node *,
-                            const struct qt_tensor **, struct qt_tensor **, float *,
-                            struct qt_error *);
+/* Time per kind of step (an op, or an op with the ops fused into it, "Conv+Add+Relu"),
+ * collected by the wrapped forward functions of the backend; conversions to plain order are
+ * one more kind. */
+#define MAX_KINDS 32
+struct kind {
+    char name[64];
+    double ms;
+    long calls;
+};
+static struct kind kinds[MAX_KINDS];
+static int nkinds;
+static struct qt_backend inner; /* the backend's own functions */
+
+static struct kind *kind_of(const char *name)
+{
+    for (int i = 0; i < nkinds; i++)
+        if (!strcmp(kinds[i].name, name)) return &kinds[i];
+    if (nkinds == MAX_KINDS) return &kinds[MAX_KINDS - 1];
+    snprintf(kinds[nkinds].name, sizeof kinds[nkinds].name, "%s", name);
+    return &kinds[nkinds++];
+}
+
+static void account(const char *name, double ms)
+{
+    struct kind *k = kind_of(name);
+    k->ms += ms;
+    k->calls++;
+}
 
 static int timed_forward(struct qt_backend *b, const struct qt_graph *g, const struct qt_node *n,
                          const struct qt_tensor **in, struct qt_tensor **out, float *ws,
                          struct qt_error *e)
 {
     const double t0 = now_ms();
-    const int rc = inner_forward(b, g, n, in, out, ws, e);
-    op_ms[n->op] += now_ms() - t0;
-    op_calls[n->op]++;
+    const int rc = inner.forward(b, g, n, in, out, ws, e);
+    account(qt_op_name(n->op), now_ms() - t0);
+    return rc;
+}
+
+static int timed_forward_infer(struct qt_backend *b, const struct qt_graph *g,
+                               const struct qt_step *s, struct qt_error *e)
+{
+    char name[64];
+    int len = snprintf(name, sizeof name, "%s", qt_op_name(s->node->op));
+    for (int i = 0; i < s->npost && len < (int)sizeof name; i++)
+        len += snprintf(name + len, sizeof name - len, "+%s", qt_op_name(s->post[i].node->op));
+    const double t0 = now_ms();
+    const int rc = inner.forward_infer(b, g, s, e);
+    account(name, now_ms() - t0);
+    return rc;
+}
+
+static int timed_to_plain(struct qt_backend *b, void *dst, const struct qt_tensor *t, int layout,
+                          struct qt_error *e)
+{
+    const double t0 = now_ms();
+    const int rc = inner.to_plain(b, dst, t, layout, e);
+    account("(to plain order)", now_ms() - t0);
     return rc;
 }
 
 int main(int argc, char **argv)
 {
     const char *path = NULL;
-    int batch = 128, reps = 30, threads = 0;
+    int batch = 128, reps = 30, threads = 0, plain = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--batch") && i + 1 < argc)
             batch = atoi(argv[++i]);
@@ -67,15 +114,17 @@ int main(int argc, char **argv)
             reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--plain"))
+            plain = 1;
         else if (argv[i][0] != '-' && !path)
             path = argv[i];
         else {
-            fprintf(stderr, "usage: %s MODEL.onnx [--batch N] [--reps R] [--threads T]\n", argv[0]);
+            fprintf(stderr, "usage: %s %s\n", argv[0], USAGE);
             return 2;
         }
     }
     if (!path || batch < 1 || reps < 1) {
-        fprintf(stderr, "usage: %s MODEL.onnx [--batch N] [--reps R] [--threads T]\n", argv[0]);
+        fprintf(stderr, "usage: %s %s\n", argv[0], USAGE);
         return 2;
     }
     struct qt_error e;
@@ -89,8 +138,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "cannot create the CPU backend\n");
         return 1;
     }
-    inner_forward = b->forward;
+    inner = *b;
     b->forward = timed_forward;
+    if (b->forward_infer) b->forward_infer = timed_forward_infer;
+    if (b->to_plain) b->to_plain = timed_to_plain;
     const struct qt_value *in = &g->values[g->inputs[0]];
     struct qt_shape xs = in->shape;
     xs.d[0] = batch;
@@ -102,6 +153,7 @@ int main(int argc, char **argv)
         xd[i] = (float)((s >> 40) & 0xffffff) / 16777216.0f * 2.0f - 1.0f;
     }
     struct qt_exec *ex = qt_exec_new(g, b, &e);
+    if (ex && plain) qt_exec_set_mode(ex, QT_EXEC_PLAIN);
     const struct qt_tensor *ins[1] = {x};
     double *t = malloc(sizeof(double) * reps);
     for (int r = 0; r < 3; r++)
@@ -109,8 +161,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "%s: %s\n", path, e.msg);
             return 1;
         }
-    memset(op_ms, 0, sizeof op_ms);
-    memset(op_calls, 0, sizeof op_calls);
+    memset(kinds, 0, sizeof kinds);
+    nkinds = 0;
     for (int r = 0; r < reps; r++) {
         const double t0 = now_ms();
         if (qt_exec_forward(ex, ins, &e)) {
@@ -127,14 +179,14 @@ int main(int argc, char **argv)
     printf("qtune executor, %s, batch %d, threads %d, reps %d: median %.3f ms per batch (min "
            "%.3f), %.0f images/s\n",
            path, batch, qt_cpu_threads(), reps, med, t[0], batch / med * 1e3);
-    for (int op = 0; op < QT_OP_COUNT; op++)
-        nodes += op_ms[op];
-    printf("per op type (mean ms per batch, share of the mean batch time %.3f ms):\n", sum / reps);
-    for (int op = 0; op < QT_OP_COUNT; op++)
-        if (op_calls[op])
-            printf("  %-18s %3d nodes %9.3f ms %6.1f%%\n", qt_op_name(op), op_calls[op] / reps,
-                   op_ms[op] / reps, 100.0 * op_ms[op] / sum);
-    printf("  %-18s           %9.3f ms %6.1f%%\n", "(executor, rest)", (sum - nodes) / reps,
+    for (int k = 0; k < nkinds; k++)
+        nodes += kinds[k].ms;
+    printf("per step kind (mean ms per batch, share of the mean batch time %.3f ms):\n",
+           sum / reps);
+    for (int k = 0; k < nkinds; k++)
+        printf("  %-24s %3ld calls %9.3f ms %6.1f%%\n", kinds[k].name, kinds[k].calls / reps,
+               kinds[k].ms / reps, 100.0 * kinds[k].ms / sum);
+    printf("  %-24s           %9.3f ms %6.1f%%\n", "(executor, rest)", (sum - nodes) / reps,
            100.0 * (sum - nodes) / sum);
     free(t);
     qt_exec_free(ex);

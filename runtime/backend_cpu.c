@@ -299,6 +299,132 @@ static int cpu_forward(struct qt_backend *b, const struct qt_graph *g, const str
     }
 }
 
+/* ---- Inference fast path: activations stay in the layouts oneDNN's convolutions choose
+ * (enum qt_cpu_layout numbers are the backend's layout numbers) and a Conv computes the Add
+ * (of a same-shaped tensor) and Relu nodes after it as post-ops. ---- */
+
+/* The 4-D view [n, c, h, w] of a 3-D ([n, c, w], h = 1) or 4-D activation; 0 for other ranks. */
+static int act_dims(int64_t dims[4], const struct qt_shape *s)
+{
+    if (s->ndim != 3 && s->ndim != 4) return 0;
+    dims[0] = s->d[0];
+    dims[1] = s->d[1];
+    dims[2] = s->ndim == 4 ? s->d[2] : 1;
+    dims[3] = s->d[s->ndim - 1];
+    return 1;
+}
+
+/* Whether values a and b are float tensors of one known shape (symbols included). */
+static int same_f32_shape(const struct qt_graph *g, int a, int b)
+{
+    const struct qt_value *va = &g->values[a], *vb = &g->values[b];
+    if (va->dtype != QT_F32 || vb->dtype != QT_F32 || !va->has_shape || !vb->has_shape) return 0;
+    for (int i = 0; i < va->shape.ndim; i++)
+        if (va->shape.d[i] == QT_DIM_ANY) return 0;
+    return qt_shape_eq(&va->shape, &vb->shape);
+}
+
+/* A Conv computes, in this order: an Add (first only), then Relus. */
+static int cpu_can_fuse(struct qt_backend *b, const struct qt_graph *g, const struct qt_node *n,
+                        const struct qt_node *const *post, int npost)
+{
+    (void)b;
+    if (n->op != QT_OP_CONV || n->nin < 2 || n->in[1] < 0 || npost > QT_MAX_POST) return 0;
+    const struct qt_value *w = &g->values[n->in[1]];
+    if (!w->has_shape || (w->shape.ndim != 3 && w->shape.ndim != 4)) return 0;
+    for (int i = 0; i < npost; i++) {
+        const struct qt_node *p = post[i];
+        if (p->op == QT_OP_RELU && p->nin == 1) continue;
+        if (p->op == QT_OP_ADD && i == 0 && p->nin == 2 && p->in[0] >= 0 && p->in[1] >= 0 &&
+            same_f32_shape(g, p->in[0], p->in[1]))
+            continue;
+        return 0;
+    }
+    return 1;
+}
+
+static int cpu_reads_layout(struct qt_backend *b, const struct qt_graph *g,
+                            const struct qt_node *n, const struct qt_tensor **in, const int *layout,
+                            int k)
+{
+    (void)b;
+    (void)g;
+    switch (n->op) {
+    case QT_OP_CONV: case QT_OP_RELU: case QT_OP_CLIP:
+        return k == 0;
+    case QT_OP_ADD: case QT_OP_SUB: case QT_OP_MUL: case QT_OP_DIV:
+        /* Elementwise over two tensors in one order: any order will do. */
+        return n->nin == 2 && in[0] && in[1] && in[0]->dtype == QT_F32 &&
+               qt_shape_eq(&in[0]->shape, &in[1]->shape) && layout[0] == layout[1];
+    default:
+        return 0;
+    }
+}
+
+static int infer_conv(struct qt_cpu_ctx *ctx, const struct qt_step *s, struct qt_error *e)
+{
+    const struct qt_node *n = s->node;
+    const struct qt_tensor *x = s->in[0], *w = s->in[1];
+    struct qt_tensor *y = s->out[0];
+    struct qt_conv_attrs a;
+    struct qt_conv2d_desc d;
+    struct qt_conv2d_post post = {NULL, 0, 0};
+    if (qt_conv_attrs_get(n, &x->shape, &w->shape, &a, e, "Conv")) return -1;
+    if (window_desc(&d, &a, &x->shape, &y->shape, n, e)) return -1;
+    for (int i = 0; i < s->npost; i++) {
+        const struct qt_post *p = &s->post[i];
+        if (p->node->op == QT_OP_RELU) {
+            post.relu = 1;
+        } else if (!qt_shape_eq(&p->other->shape, &y->shape)) {
+            return qt_err(e, "Conv node '%s': the Add node '%s' fused into it adds a tensor of "
+                          "another shape", n->name, p->node->name);
+        } else {
+            post.sum = p->other->data;
+            post.sum_layout = p->other_layout;
+        }
+    }
+    const float *bias = n->nin > 2 && s->in[2] ? s->in[2]->data : NULL;
+    if (conv2d_infer_cpu(ctx, y->data, &s->out_layout[0], x->data, s->in_layout[0], w->data, bias,
+                         &d, &post)) {
+        if (!s->npost) return qt_err(e, "Conv node '%s': %s", n->name, qt_cpu_ctx_error(ctx));
+        return qt_err(e, "Conv node '%s' (with %s node '%s'%s fused): %s", n->name,
+                      qt_op_name(s->post[0].node->op), s->post[0].node->name,
+                      s->npost > 1 ? " and more" : "", qt_cpu_ctx_error(ctx));
+    }
+    return 0;
+}
+
+static int cpu_forward_infer(struct qt_backend *b, const struct qt_graph *g,
+                             const struct qt_step *s, struct qt_error *e)
+{
+    const struct qt_node *n = s->node;
+    for (int k = 0; k < n->nout; k++) s->out_layout[k] = 0;
+    if (n->op == QT_OP_CONV) return infer_conv(b->impl, s, e);
+    if (s->npost)
+        return qt_err(e, "%s node '%s': the CPU backend fuses nothing into this op",
+                      qt_op_name(n->op), n->name);
+    /* Inputs in a layout are those of elementwise ops (cpu_reads_layout), whose plain kernels
+     * work in any order shared by their operands. */
+    if (cpu_forward(b, g, n, s->in, s->out, s->ws, e)) return -1;
+    if (n->op == QT_OP_RELU || n->op == QT_OP_CLIP || n->op == QT_OP_ADD || n->op == QT_OP_SUB ||
+        n->op == QT_OP_MUL || n->op == QT_OP_DIV)
+        s->out_layout[0] = s->in_layout[0];
+    return 0;
+}
+
+static int cpu_to_plain(struct qt_backend *b, void *dst, const struct qt_tensor *t, int layout,
+                        struct qt_error *e)
+{
+    struct qt_cpu_ctx *ctx = b->impl;
+    int64_t dims[4];
+    if (t->dtype != QT_F32 || !act_dims(dims, &t->shape))
+        return qt_err(e, "layout %d does not apply to a %s tensor of rank %d", layout,
+                      qt_dtype_name(t->dtype), t->shape.ndim);
+    if (qt_cpu_reorder(ctx, dst, QT_CPU_NCHW, t->data, layout, dims))
+        return qt_err(e, "%s", qt_cpu_ctx_error(ctx));
+    return 0;
+}
+
 /* ---- Training ---- */
 
 static int64_t cpu_aux_floats(struct qt_backend *b, const struct qt_graph *g,
@@ -523,6 +649,10 @@ struct qt_backend *qt_backend_cpu_new(int threads)
     b->forward_train = cpu_forward_train;
     b->backward = cpu_backward;
     b->sgd_update = cpu_sgd_update;
+    b->can_fuse = cpu_can_fuse;
+    b->reads_layout = cpu_reads_layout;
+    b->forward_infer = cpu_forward_infer;
+    b->to_plain = cpu_to_plain;
     b->sync = cpu_sync;
     b->destroy = cpu_destroy;
     return b;

@@ -1,5 +1,5 @@
-/* The executor: runs a graph forward (inference or training) and backward on a backend.
- * Shapes are inferred per run (so a symbolic batch takes any size); buffers come from a pool
+/* The executor: runs a graph forward (inference, with backend layouts and fused nodes, or
+ * training) and backward on a backend. Shapes are inferred per run; buffers come from a pool
  * reused by liveness, so repeated runs at one batch size allocate nothing after the first. */
 #include "exec.h"
 
@@ -35,6 +35,13 @@ struct qt_exec {
     float **pgrad;          /* per value: persistent gradient buffer of a parameter */
     float **aux;            /* per node: what its backward needs from its forward */
     int64_t *aux_cap;
+    /* Inference fast path (run_infer). */
+    enum qt_exec_mode mode;
+    int *head;              /* per node: the node whose step computes it (itself if unfused) */
+    int *npost;             /* per node: how many nodes its step computes after it */
+    int (*post)[QT_MAX_POST]; /* per node: those nodes */
+    int *last_step;         /* per value: the last step reading it (nnodes: never released) */
+    int *layout;            /* per value: backend layout of its data (0: plain) */
 };
 
 static int pool_get(struct qt_exec *x, size_t bytes, int host)
@@ -59,6 +66,85 @@ static int pool_get(struct qt_exec *x, size_t bytes, int host)
     return x->nblocks++;
 }
 
+/* ---- Inference plan ----
+ * A step is a node (the head) plus the nodes the backend computes inside the head's kernel
+ * (posts): each post is the only reader of the result before it, and its other inputs are
+ * stored values that exist when the head runs. Values between the head and the last post
+ * live only inside the kernel. Steps run in head order; a value is released after the last
+ * step reading it. Returns 0, or -1 when out of memory. */
+static int plan_infer(struct qt_exec *x)
+{
+    const struct qt_graph *g = x->g;
+    const struct qt_backend *b = x->b;
+    const int nn = g->nnodes, nv = g->nvalues;
+    x->head = malloc(sizeof(int) * (nn + 1));
+    x->npost = calloc(nn + 1, sizeof(int));
+    x->post = malloc(sizeof *x->post * (nn + 1));
+    x->last_step = malloc(sizeof(int) * (nv + 1));
+    x->layout = calloc(nv + 1, sizeof(int));
+    /* Per value: its producer, how many node inputs read it and the last node reading it. */
+    int *prod = malloc(sizeof(int) * (nv + 1)), *reads = calloc(nv + 1, sizeof(int));
+    int *reader = malloc(sizeof(int) * (nv + 1));
+    char *inner = calloc(nv + 1, 1); /* values living only inside a step */
+    int rc = -1;
+    if (!x->head || !x->npost || !x->post || !x->last_step || !x->layout || !prod || !reads ||
+        !reader || !inner)
+        goto out;
+    for (int v = 0; v < nv; v++) prod[v] = reader[v] = -1;
+    for (int i = 0; i < nn; i++) {
+        const struct qt_node *n = &g->nodes[i];
+        x->head[i] = i;
+        for (int k = 0; k < n->nout; k++)
+            if (n->out[k] >= 0) prod[n->out[k]] = i;
+        for (int k = 0; k < n->nin; k++)
+            if (n->in[k] >= 0) {
+                reads[n->in[k]]++;
+                reader[n->in[k]] = i;
+            }
+    }
+    for (int i = 0; i < nn && b->can_fuse && b->forward_infer; i++) {
+        if (x->head[i] != i) continue;
+        const struct qt_node *chain[QT_MAX_POST];
+        int last = i;
+        while (x->npost[i] < QT_MAX_POST) {
+            const struct qt_node *t = &g->nodes[last];
+            if (t->nout != 1 || t->out[0] < 0) break;
+            const int v = t->out[0];
+            if ((g->values[v].flags & QT_V_OUTPUT) || reads[v] != 1) break;
+            const int m = reader[v];
+            if (m <= last || x->head[m] != m || g->nodes[m].nout != 1 || g->nodes[m].out[0] < 0)
+                break;
+            const struct qt_node *mn = &g->nodes[m];
+            int ready = 1;
+            for (int k = 0; k < mn->nin; k++) {
+                const int u = mn->in[k];
+                if (u >= 0 && u != v && (inner[u] || prod[u] >= i)) ready = 0;
+            }
+            if (!ready) break;
+            chain[x->npost[i]] = mn;
+            if (!b->can_fuse(x->b, g, &g->nodes[i], chain, x->npost[i] + 1)) break;
+            x->post[i][x->npost[i]++] = m;
+            x->head[m] = i;
+            inner[v] = 1;
+            last = m;
+        }
+    }
+    for (int v = 0; v < nv; v++)
+        x->last_step[v] = (g->values[v].flags & QT_V_OUTPUT) ? nn : -1;
+    for (int i = 0; i < nn; i++)
+        for (int k = 0; k < g->nodes[i].nin; k++) {
+            const int v = g->nodes[i].in[k];
+            if (v >= 0 && x->last_step[v] < x->head[i]) x->last_step[v] = x->head[i];
+        }
+    rc = 0;
+out:
+    free(prod);
+    free(reads);
+    free(reader);
+    free(inner);
+    return rc;
+}
+
 struct qt_exec *qt_exec_new(struct qt_graph *g, struct qt_backend *b, struct qt_error *e)
 {
     struct qt_exec *x = calloc(1, sizeof *x);
@@ -77,6 +163,11 @@ struct qt_exec *qt_exec_new(struct qt_graph *g, struct qt_backend *b, struct qt_
             int v = g->nodes[i].in[k];
             if (v >= 0 && x->last_use[v] < i && x->last_use[v] != g->nnodes) x->last_use[v] = i;
         }
+    if (plan_infer(x)) {
+        qt_err(e, "out of memory planning the inference of '%s'", g->name ? g->name : "the graph");
+        qt_exec_free(x);
+        return NULL;
+    }
     /* Constants: uploaded once. */
     for (int v = 0; v < g->nvalues; v++) {
         const struct qt_tensor *t = g->values[v].init;
@@ -119,6 +210,11 @@ void qt_exec_free(struct qt_exec *x)
     free(x->need_grad);
     free(x->grad);
     free(x->gblk);
+    free(x->head);
+    free(x->npost);
+    free(x->post);
+    free(x->last_step);
+    free(x->layout);
     free(x);
 }
 
@@ -171,15 +267,11 @@ static int train_setup(struct qt_exec *x, struct qt_error *e)
     return 0;
 }
 
-static int run_forward(struct qt_exec *x, const struct qt_tensor **inputs, int train,
-                       struct qt_error *e)
+/* Copies the run's inputs into pool blocks (checking them against the model's inputs). */
+static int feed_inputs(struct qt_exec *x, const struct qt_tensor **inputs, struct qt_error *e)
 {
     struct qt_graph *g = x->g;
     char b1[128], b2[128];
-    if (train && train_setup(x, e)) return -1;
-    /* Release everything from the previous run. */
-    for (int v = 0; v < g->nvalues; v++) release_value(x, v);
-
     for (int k = 0; k < g->ninputs; k++) {
         int v = g->inputs[k];
         const struct qt_value *gv = &g->values[v];
@@ -201,40 +293,77 @@ static int run_forward(struct qt_exec *x, const struct qt_tensor **inputs, int t
         else if (x->b->upload(x->b, x->val[v].data, t->data, t->nbytes))
             return qt_err(e, "cannot upload input '%s'", gv->name);
     }
+    return 0;
+}
+
+/* in[k] = the current tensor of node n's input k (NULL where omitted). Value `inner` (-1 for
+ * none) may be without data: it lives inside a fused step. */
+static int gather_inputs(struct qt_exec *x, const struct qt_node *n, int inner,
+                         const struct qt_tensor **in, struct qt_error *e)
+{
+    for (int k = 0; k < n->nin; k++) {
+        in[k] = NULL;
+        if (n->in[k] < 0) continue;
+        in[k] = &x->val[n->in[k]];
+        if (!in[k]->data && in[k]->nbytes && n->in[k] != inner)
+            return qt_err(e, "%s node '%s': input '%s' has no value", qt_op_name(n->op), n->name,
+                          x->g->values[n->in[k]].name);
+    }
+    return 0;
+}
+
+/* Infers node n's output dtypes, shapes and sizes into the value tensors (data untouched). */
+static int infer_outputs(struct qt_exec *x, const struct qt_node *n, const struct qt_tensor **in,
+                         struct qt_error *e)
+{
+    struct qt_shape ish[64], osh[3];
+    enum qt_dtype idt[64], odt[3];
+    char b1[128];
+    for (int k = 0; k < n->nin; k++) {
+        memset(&ish[k], 0, sizeof ish[k]);
+        idt[k] = QT_UNDEF;
+        if (!in[k]) continue;
+        ish[k] = in[k]->shape;
+        idt[k] = in[k]->dtype;
+    }
+    struct qt_infer_ctx c = {x->g, n, ish, idt, in, osh, odt};
+    if (qt_schema_infer(&c, e)) return -1;
+    for (int k = 0; k < n->nout; k++) {
+        int v = n->out[k];
+        if (v < 0) continue;
+        struct qt_tensor *t = &x->val[v];
+        t->dtype = odt[k];
+        t->shape = osh[k];
+        int64_t cnt = qt_shape_numel(&osh[k]);
+        if (cnt < 0)
+            return qt_err(e, "%s node '%s': output shape %s is not concrete", qt_op_name(n->op),
+                          n->name, qt_shape_str(x->g, &osh[k], b1, sizeof b1));
+        t->nbytes = (size_t)cnt * qt_dtype_size(odt[k]);
+    }
+    return 0;
+}
+
+static int run_forward(struct qt_exec *x, const struct qt_tensor **inputs, int train,
+                       struct qt_error *e)
+{
+    struct qt_graph *g = x->g;
+    if (train && train_setup(x, e)) return -1;
+    /* Release everything from the previous run. */
+    for (int v = 0; v < g->nvalues; v++) release_value(x, v);
+
+    if (feed_inputs(x, inputs, e)) return -1;
 
     for (int i = 0; i < g->nnodes; i++) {
         const struct qt_node *n = &g->nodes[i];
         const struct qt_tensor *in[64];
-        struct qt_shape ish[64], osh[3];
-        enum qt_dtype idt[64], odt[3];
-        for (int k = 0; k < n->nin; k++) {
-            in[k] = NULL;
-            memset(&ish[k], 0, sizeof ish[k]);
-            idt[k] = QT_UNDEF;
-            if (n->in[k] < 0) continue;
-            in[k] = &x->val[n->in[k]];
-            if (!in[k]->data && in[k]->nbytes)
-                return qt_err(e, "%s node '%s': input '%s' has no value", qt_op_name(n->op), n->name,
-                              g->values[n->in[k]].name);
-            ish[k] = in[k]->shape;
-            idt[k] = in[k]->dtype;
-        }
-        struct qt_infer_ctx c = {g, n, ish, idt, in, osh, odt};
-        if (qt_schema_infer(&c, e)) return -1;
+        if (gather_inputs(x, n, -1, in, e) || infer_outputs(x, n, in, e)) return -1;
         int on_backend = x->b->supports(x->b, g, n, in);
         struct qt_tensor *out[3] = {NULL, NULL, NULL};
         for (int k = 0; k < n->nout; k++) {
             int v = n->out[k];
             if (v < 0) continue;
             struct qt_tensor *t = &x->val[v];
-            t->dtype = odt[k];
-            t->shape = osh[k];
-            int64_t cnt = qt_shape_numel(&osh[k]);
-            if (cnt < 0)
-                return qt_err(e, "%s node '%s': output shape %s is not concrete", qt_op_name(n->op),
-                              n->name, qt_shape_str(g, &osh[k], b1, sizeof b1));
-            t->nbytes = (size_t)cnt * qt_dtype_size(odt[k]);
-            int bi = pool_get(x, t->nbytes, !on_backend && odt[k] != QT_F32);
+            int bi = pool_get(x, t->nbytes, !on_backend && t->dtype != QT_F32);
             if (bi < 0) return qt_err(e, "%s node '%s': out of memory", qt_op_name(n->op), n->name);
             x->blk[v] = bi;
             t->data = x->blocks[bi].ptr;
@@ -267,9 +396,174 @@ static int run_forward(struct qt_exec *x, const struct qt_tensor **inputs, int t
     return x->b->sync(x->b, e);
 }
 
+/* ---- Inference fast path ----
+ * Steps of the plan (plan_infer) run on the backend's forward_infer, which may leave a value
+ * in a layout of its own (x->layout). A value becomes plain when a reader needs it plain: a
+ * node the backend does not compute, or an input the backend does not read in that layout;
+ * graph outputs become plain as soon as they are computed. A fused Add may write its result
+ * over its other operand when nothing reads that operand afterwards. */
+
+/* Converts value v from its backend layout to plain, into a new pool block. */
+static int make_plain(struct qt_exec *x, int v, struct qt_error *e)
+{
+    struct qt_tensor *t = &x->val[v];
+    if (!x->layout[v]) return 0;
+    int bi = pool_get(x, t->nbytes, 0);
+    if (bi < 0)
+        return qt_err(e, "out of memory converting '%s' to plain order", x->g->values[v].name);
+    if (x->b->to_plain(x->b, x->blocks[bi].ptr, t, x->layout[v], e)) {
+        x->blocks[bi].used = 0;
+        return qt_err_prefix(e, "converting '%s' to plain order: ", x->g->values[v].name);
+    }
+    if (x->blk[v] >= 0) x->blocks[x->blk[v]].used = 0;
+    x->blk[v] = bi;
+    t->data = x->blocks[bi].ptr;
+    x->layout[v] = 0;
+    return 0;
+}
+
+/* How many times step i (node i and its posts) reads value v, not counting the values that
+ * pass from one node of the step to the next. */
+static int step_reads(const struct qt_exec *x, int i, int v)
+{
+    const struct qt_graph *g = x->g;
+    int count = 0, prev = -1;
+    for (int p = -1; p < x->npost[i]; p++) {
+        const struct qt_node *n = &g->nodes[p < 0 ? i : x->post[i][p]];
+        for (int k = 0; k < n->nin; k++) count += n->in[k] == v && v != prev;
+        prev = n->out[0];
+    }
+    return count;
+}
+
+static int run_step(struct qt_exec *x, int i, struct qt_error *e)
+{
+    struct qt_graph *g = x->g;
+    struct qt_backend *b = x->b;
+    const struct qt_node *n = &g->nodes[i];
+    const struct qt_tensor *in[64];
+    int inl[64], keep[64];
+    if (gather_inputs(x, n, -1, in, e)) return -1;
+    const int on_backend = b->supports(b, g, n, in);
+    const int np = x->npost[i];
+    if (np && !on_backend)
+        return qt_err(e, "%s node '%s': planned with fused nodes, but the %s backend does not "
+                      "compute it", qt_op_name(n->op), n->name, b->name);
+    /* Inputs the node does not read in their layout become plain (decided on the layouts as
+     * they are, then converted). */
+    for (int k = 0; k < n->nin; k++) inl[k] = in[k] ? x->layout[n->in[k]] : 0;
+    for (int k = 0; k < n->nin; k++)
+        keep[k] = !inl[k] || (on_backend && b->reads_layout(b, g, n, in, inl, k));
+    for (int k = 0; k < n->nin; k++)
+        if (!keep[k] && make_plain(x, n->in[k], e)) return -1;
+    for (int k = 0; k < n->nin; k++) inl[k] = in[k] ? x->layout[n->in[k]] : 0;
+    if (infer_outputs(x, n, in, e)) return -1;
+
+    /* The fused nodes: shapes in order; the step's result is the last one's output. */
+    struct qt_step st;
+    memset(&st, 0, sizeof st);
+    const struct qt_node *last = n;
+    for (int p = 0; p < np; p++) {
+        const struct qt_node *m = &g->nodes[x->post[i][p]];
+        const struct qt_tensor *min[64];
+        const int prev = last->out[0];
+        if (gather_inputs(x, m, prev, min, e) || infer_outputs(x, m, min, e)) return -1;
+        st.post[p].node = m;
+        for (int k = 0; k < m->nin; k++)
+            if (m->in[k] >= 0 && m->in[k] != prev) {
+                st.post[p].other = min[k];
+                st.post[p].other_layout = x->layout[m->in[k]];
+            }
+        last = m;
+    }
+    st.npost = np;
+
+    /* Storage of the results: a fused operand that dies here, or pool blocks. */
+    struct qt_tensor *out[3] = {NULL, NULL, NULL};
+    int outl[3] = {0, 0, 0}, taken = -1;
+    for (int p = 0; p < np && taken < 0; p++) {
+        const struct qt_node *m = st.post[p].node;
+        for (int k = 0; k < m->nin && taken < 0; k++) {
+            const int u = m->in[k];
+            if (u < 0 || &x->val[u] != st.post[p].other || x->last_step[u] != i) continue;
+            const int bu = x->blk[u];
+            if (bu < 0 || g->values[u].init || x->blocks[bu].host ||
+                x->blocks[bu].cap < x->val[last->out[0]].nbytes || step_reads(x, i, u) != 1)
+                continue;
+            taken = u;
+        }
+    }
+    for (int k = 0; k < last->nout; k++) {
+        const int v = last->out[k];
+        if (v < 0) continue;
+        struct qt_tensor *t = &x->val[v];
+        int bi;
+        if (k == 0 && taken >= 0) {
+            bi = x->blk[taken];
+            x->blk[taken] = -1;
+        } else if ((bi = pool_get(x, t->nbytes, !on_backend && t->dtype != QT_F32)) < 0) {
+            return qt_err(e, "%s node '%s': out of memory", qt_op_name(last->op), last->name);
+        }
+        x->blk[v] = bi;
+        t->data = x->blocks[bi].ptr;
+        out[k] = t;
+    }
+
+    if (on_backend) {
+        if (ensure_ws(x, b->workspace(b, g, n, in, out), e)) return -1;
+        st.node = n;
+        st.in = in;
+        st.in_layout = inl;
+        st.out = out;
+        st.out_layout = outl;
+        st.ws = x->ws;
+        if (b->forward_infer(b, g, &st, e)) return -1;
+    } else if (qt_eval_node(n, in, out, e)) {
+        return -1;
+    }
+    if (taken >= 0) x->val[taken].data = NULL; /* its storage now holds the result */
+    for (int k = 0; k < last->nout; k++) {
+        const int v = last->out[k];
+        if (v < 0) continue;
+        x->layout[v] = outl[k];
+        if ((g->values[v].flags & QT_V_OUTPUT) && make_plain(x, v, e)) return -1;
+    }
+    /* Values whose last reader was in this step. */
+    for (int p = -1; p < np; p++) {
+        const struct qt_node *m = &g->nodes[p < 0 ? i : x->post[i][p]];
+        for (int k = 0; k < m->nin; k++) {
+            const int v = m->in[k];
+            if (v >= 0 && x->last_step[v] == i) release_value(x, v);
+        }
+    }
+    return 0;
+}
+
+static int run_infer(struct qt_exec *x, const struct qt_tensor **inputs, struct qt_error *e)
+{
+    struct qt_graph *g = x->g;
+    for (int v = 0; v < g->nvalues; v++) {
+        release_value(x, v);
+        x->layout[v] = 0;
+    }
+    if (feed_inputs(x, inputs, e)) return -1;
+    for (int i = 0; i < g->nnodes; i++)
+        if (x->head[i] == i && run_step(x, i, e)) return -1;
+    x->trained = 0;
+    return x->b->sync(x->b, e);
+}
+
 int qt_exec_forward(struct qt_exec *x, const struct qt_tensor **inputs, struct qt_error *e)
 {
-    return run_forward(x, inputs, 0, e);
+    const struct qt_backend *b = x->b;
+    if (x->mode == QT_EXEC_PLAIN || !b->forward_infer || !b->reads_layout || !b->to_plain)
+        return run_forward(x, inputs, 0, e);
+    return run_infer(x, inputs, e);
+}
+
+void qt_exec_set_mode(struct qt_exec *x, enum qt_exec_mode mode)
+{
+    x->mode = mode;
 }
 
 int qt_exec_forward_train(struct qt_exec *x, const struct qt_tensor **inputs, struct qt_error *e)

@@ -10,8 +10,16 @@ struct qt_exec;
 /* The graph must stay alive and unchanged while the executor exists. */
 struct qt_exec *qt_exec_new(struct qt_graph *g, struct qt_backend *b, struct qt_error *e);
 void qt_exec_free(struct qt_exec *x);
-/* inputs[k] (host memory) feeds graph input k; shapes are checked against the model's. */
+/* inputs[k] (host memory) feeds graph input k; shapes are checked against the model's.
+ * Inference: BatchNorm uses running statistics; see qt_exec_set_mode. */
 int qt_exec_forward(struct qt_exec *x, const struct qt_tensor **inputs, struct qt_error *e);
+/* How qt_exec_forward runs. QT_EXEC_FAST (the default): where the backend offers it, values
+ * between its kernels stay in the backend's own layouts and elementwise nodes run fused into
+ * the kernel before them (Conv followed by Add and Relu on the CPU); graph outputs are plain.
+ * QT_EXEC_PLAIN: every node on its own, every value plain (the reference the fast path is
+ * tested against). Training runs are always plain. */
+enum qt_exec_mode { QT_EXEC_FAST = 0, QT_EXEC_PLAIN = 1 };
+void qt_exec_set_mode(struct qt_exec *x, enum qt_exec_mode mode);
 /* Training forward: BatchNorm in batch-statistics mode (running statistics updated in the
  * graph's initializers), every value kept for the backward pass. */
 int qt_exec_forward_train(struct qt_exec *x, const struct qt_tensor **inputs, struct qt_error *e);

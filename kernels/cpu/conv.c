@@ -1,7 +1,6 @@
-/* 2-D convolution on the CPU through oneDNN. The caller's activations are NCHW and its
- * weights OIHW (GOIHW with groups); oneDNN's convolution works in layouts of its choosing and
- * the operands are reordered on the way in and out (kernels/cpu/onednn.c). The geometry is
- * described once (struct conv_geom) for every direction of the convolution. */
+/* 2-D convolution on the CPU through oneDNN: forward (plain NCHW, or for inference any enum
+ * qt_cpu_layout with a sum and ReLU fused as post-ops) and backward, reordering operands between
+ * the caller's layouts and the primitive's (kernels/cpu/onednn.c); geometry in struct conv_geom. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,41 +68,140 @@ fail:
     return -1;
 }
 
-int conv2d_forward_cpu(struct qt_cpu_ctx *ctx, float *y, const float *x, const float *w,
-                       const float *b, const struct qt_conv2d_desc *d)
+/* The attributes of a forward convolution: ctx's, plus post-ops for post's steps. Returns 0,
+ * or -1 with ctx->err set. */
+static int post_attr(struct qt_cpu_ctx *ctx, dnnl_primitive_attr_t *attr,
+                     const struct qt_conv2d_post *post)
+{
+    dnnl_post_ops_t ops = NULL;
+    *attr = NULL;
+    QT_DNNL_TRY(ctx, dnnl_primitive_attr_clone(attr, ctx->attr));
+    QT_DNNL_TRY(ctx, dnnl_post_ops_create(&ops));
+    if (post->sum) QT_DNNL_TRY(ctx, dnnl_post_ops_append_sum(ops, 1.0f));
+    if (post->relu)
+        QT_DNNL_TRY(ctx, dnnl_post_ops_append_eltwise(ops, 1.0f, dnnl_eltwise_relu, 0.0f, 0.0f));
+    QT_DNNL_TRY(ctx, dnnl_primitive_attr_set_post_ops(*attr, ops));
+    dnnl_post_ops_destroy(ops);
+    return 0;
+fail:
+    if (ops) dnnl_post_ops_destroy(ops);
+    if (*attr) dnnl_primitive_attr_destroy(*attr);
+    *attr = NULL;
+    return -1;
+}
+
+/* A convolution without input channels: y = b (+ sum), then relu, written plain. Returns 0,
+ * or -1 with ctx->err set. */
+static int conv_no_channels(struct qt_cpu_ctx *ctx, float *y, const float *b,
+                            const struct qt_conv2d_desc *d, const struct qt_conv2d_post *post)
+{
+    const int64_t ohw = (int64_t)d->oh * d->ow, ny = (int64_t)d->n * d->k * ohw;
+    const int64_t dims[4] = {d->n, d->k, d->oh, d->ow};
+    const float *sum = post ? post->sum : NULL;
+    float *tmp = NULL;
+    if (sum && post->sum_layout != QT_CPU_NCHW) {
+        /* The sum into plain order first (through a copy when it is y itself). */
+        if (!(tmp = malloc(sizeof(float) * (size_t)ny))) {
+            snprintf(ctx->err, sizeof ctx->err, "out of memory");
+            return -1;
+        }
+        int rc = qt_cpu_reorder(ctx, tmp, QT_CPU_NCHW, sum, post->sum_layout, dims);
+        sum = tmp;
+        if (rc) {
+            free(tmp);
+            return -1;
+        }
+    }
+    for (int64_t i = 0; i < ny; i++) {
+        float v = (b ? b[(i / ohw) % d->k] : 0.0f) + (sum ? sum[i] : 0.0f);
+        y[i] = post && post->relu && !(v > 0.0f) ? 0.0f : v;
+    }
+    free(tmp);
+    return 0;
+}
+
+/* A request for the layout of a convolution's result: whichever the primitive prefers. */
+#define LAYOUT_ANY (-1)
+
+/* Forward convolution of x (layout x_layout) into y. *y_layout on entry: the layout y must be
+ * written in, or LAYOUT_ANY for the primitive's choice when it is an enum qt_cpu_layout (plain
+ * otherwise); on return, the layout written. post (may be NULL) adds fused steps. */
+static int conv_forward(struct qt_cpu_ctx *ctx, float *y, int *y_layout, const float *x,
+                        int x_layout, const float *w, const float *b,
+                        const struct qt_conv2d_desc *d, const struct qt_conv2d_post *post)
 {
     struct conv_geom g;
     dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_attr_t attr = NULL;
+    const int fused = post && (post->sum || post->relu);
     ctx->err[0] = '\0';
     if (conv_geom_init(ctx, &g, d)) return conv_fail(ctx, d, "forward");
     const int64_t ny = (int64_t)d->n * d->k * d->oh * d->ow;
-    if (ny <= 0) return 0;
-    if (d->c == 0) {
-        /* No input channels: every output is the bias. */
-        const int64_t ohw = (int64_t)d->oh * d->ow;
-        for (int64_t i = 0; i < ny; i++)
-            y[i] = b ? b[(i / ohw) % d->k] : 0.0f;
+    const dnnl_dims_t sd = {d->n, d->c, d->h, d->w}, dd = {d->n, d->k, d->oh, d->ow};
+    const int64_t ydims[4] = {d->n, d->k, d->oh, d->ow};
+    if (ny <= 0) {
+        *y_layout = QT_CPU_NCHW;
         return 0;
     }
+    if (d->c == 0) {
+        /* No input channels: every output is the bias. */
+        *y_layout = QT_CPU_NCHW;
+        return conv_no_channels(ctx, y, b, d, post) ? conv_fail(ctx, d, "forward") : 0;
+    }
+    if (x_layout != QT_CPU_NCHW && qt_cpu_layout_md(ctx, &g.src, x_layout, sd)) goto fail;
+    if (fused && post_attr(ctx, &attr, post)) goto fail;
     dnnl_convolution_desc_t cd;
     QT_DNNL_TRY(ctx,
                 dnnl_dilated_convolution_forward_desc_init(
                     &cd, dnnl_forward_inference, dnnl_convolution_direct, &g.src_any, &g.wei_any,
                     b ? &g.bias : NULL, &g.dst_any, g.strides, g.dilates, g.pad_l, g.pad_r));
-    QT_DNNL_TRY(ctx, dnnl_primitive_desc_create(&pd, &cd, ctx->attr, ctx->engine, NULL));
+    QT_DNNL_TRY(ctx, dnnl_primitive_desc_create(&pd, &cd, attr ? attr : ctx->attr, ctx->engine,
+                                                NULL));
+    /* The layout of y: the sum's when the sum is y, else the one asked for or, for any, the
+     * primitive's own when qtune has a name for it. */
+    int yl = *y_layout;
+    if (post && post->sum && post->sum == y) {
+        yl = post->sum_layout;
+    } else if (yl == LAYOUT_ANY) {
+        yl = qt_cpu_layout_of(dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0));
+        if (yl < 0) yl = QT_CPU_NCHW;
+    }
+    if (yl != QT_CPU_NCHW && qt_cpu_layout_md(ctx, &g.dst, yl, dd)) goto fail;
+    /* The sum post-op adds to what y holds: the sum, in y's layout. */
+    if (post && post->sum && post->sum != y &&
+        qt_cpu_reorder(ctx, y, yl, post->sum, post->sum_layout, ydims))
+        goto fail;
     /* oneDNN reads but never writes the inputs, which its memory objects hold as void *. */
     const struct qt_dnnl_arg args[] = {
         {DNNL_ARG_SRC, &g.src, (void *)x, 0},
         {DNNL_ARG_WEIGHTS, &g.wei, (void *)w, 0},
-        {DNNL_ARG_DST, &g.dst, y, 1},
+        {DNNL_ARG_DST, &g.dst, y, post && post->sum ? 2 : 1},
         {DNNL_ARG_BIAS, &g.bias, (void *)b, 0},
     };
     if (qt_dnnl_execute(ctx, pd, args, b ? 4 : 3)) goto fail;
     dnnl_primitive_desc_destroy(pd);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    *y_layout = yl;
     return 0;
 fail:
     if (pd) dnnl_primitive_desc_destroy(pd);
+    if (attr) dnnl_primitive_attr_destroy(attr);
     return conv_fail(ctx, d, "forward");
+}
+
+int conv2d_forward_cpu(struct qt_cpu_ctx *ctx, float *y, const float *x, const float *w,
+                       const float *b, const struct qt_conv2d_desc *d)
+{
+    int yl = QT_CPU_NCHW;
+    return conv_forward(ctx, y, &yl, x, QT_CPU_NCHW, w, b, d, NULL);
+}
+
+int conv2d_infer_cpu(struct qt_cpu_ctx *ctx, float *y, int *y_layout, const float *x,
+                     int x_layout, const float *w, const float *b,
+                     const struct qt_conv2d_desc *d, const struct qt_conv2d_post *post)
+{
+    *y_layout = LAYOUT_ANY;
+    return conv_forward(ctx, y, y_layout, x, x_layout, w, b, d, post);
 }
 
 /* out (+)= tmp over n floats: assigned when acc is 0, accumulated when 1. */

@@ -32,6 +32,41 @@ struct qt_conv2d_desc {
 int conv2d_forward_cpu(struct qt_cpu_ctx *ctx, float *y, const float *x, const float *w,
                        const float *b, const struct qt_conv2d_desc *d);
 
+/* ---- Inference: activation layouts and fused convolution ----
+ * Orders of a 4-D float activation [n, c, h, w] (a 3-D one [n, c, w] is taken as h = 1) that
+ * the inference kernels read and write: plain NCHW and the orders oneDNN's convolutions work
+ * in. Every layout holds exactly n*c*h*w floats: a channel-blocked order only applies when its
+ * block divides c. */
+enum qt_cpu_layout {
+    QT_CPU_NCHW = 0,
+    QT_CPU_NHWC = 1,
+    QT_CPU_NCHW8C = 2,  /* oneDNN's nChw8c: [n, c/8, h, w, 8] */
+    QT_CPU_NCHW16C = 3, /* oneDNN's nChw16c: [n, c/16, h, w, 16] */
+};
+/* Whether `layout` can hold an activation with c channels. */
+int qt_cpu_layout_fits(int layout, int64_t c);
+/* y (layout `to`) = x (layout `from`), dims = {n, c, h, w}; y and x must not overlap.
+ * Returns 0, or -1 with a message in qt_cpu_ctx_error(ctx). */
+int qt_cpu_reorder(struct qt_cpu_ctx *ctx, float *y, int to, const float *x, int from,
+                   const int64_t dims[4]);
+
+/* Steps an inference convolution applies to its result, in this order:
+ *   y = conv(x, w) + b;  y += sum (when sum is not NULL);  y = max(y, 0) (when relu). */
+struct qt_conv2d_post {
+    const float *sum; /* an activation shaped like y, in layout sum_layout; may be y itself */
+    int sum_layout;
+    int relu;
+};
+
+/* Inference convolution with fused steps (post may be NULL) on activations in any enum
+ * qt_cpu_layout: x is read in x_layout, and y is written in the layout oneDNN's convolution
+ * prefers, returned in *y_layout (QT_CPU_NCHW where no other layout fits; the layout of sum
+ * when sum is y, unless c is 0). w is plain ([k, c/group, kh, kw]). Same sizes and errors as
+ * conv2d_forward_cpu. */
+int conv2d_infer_cpu(struct qt_cpu_ctx *ctx, float *y, int *y_layout, const float *x,
+                     int x_layout, const float *w, const float *b,
+                     const struct qt_conv2d_desc *d, const struct qt_conv2d_post *post);
+
 /* Pools over [n*c] planes. Max pool: padding never wins. Average pool: divides by the
  * window size including padding when count_include_pad, else by the valid count. */
 void maxpool2d_forward_cpu(float *y, const float *x, const struct qt_conv2d_desc *d);

@@ -1,6 +1,6 @@
-/* The CPU kernel context (a oneDNN engine, an in-order stream and one scratch buffer) and the
- * execution of a primitive between caller buffers in plain layouts and the layouts the
- * primitive chose, with reorders in between. */
+/* The CPU kernel context (a oneDNN engine, an in-order stream and one scratch buffer), the
+ * execution of a primitive between caller buffers and the layouts the primitive chose (reorders
+ * in between), and the activation layouts (enum qt_cpu_layout) as oneDNN memory descriptors. */
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -136,12 +136,13 @@ int qt_dnnl_execute(struct qt_cpu_ctx *ctx, const_dnnl_primitive_desc_t pd,
                     const struct qt_dnnl_arg *args, int nargs)
 {
     /* Per argument: the primitive's layout, the caller's and the primitive's memory objects
-     * (the same one when the layouts agree), the reorder between them and its place in
-     * scratch. */
+     * (the same one when the layouts agree), the reorders between them (into the primitive's
+     * layout for a read argument, out of it for a written one) and its place in scratch. */
     const dnnl_memory_desc_t *pmd[QT_DNNL_MAX_ARGS];
     dnnl_memory_t umem[QT_DNNL_MAX_ARGS] = {0}, pmem[QT_DNNL_MAX_ARGS] = {0};
-    dnnl_primitive_desc_t rpd[QT_DNNL_MAX_ARGS] = {0};
-    dnnl_primitive_t rp[QT_DNNL_MAX_ARGS] = {0};
+    dnnl_primitive_desc_t rin_pd[QT_DNNL_MAX_ARGS] = {0}, rout_pd[QT_DNNL_MAX_ARGS] = {0};
+    dnnl_primitive_t rin[QT_DNNL_MAX_ARGS] = {0}, rout[QT_DNNL_MAX_ARGS] = {0};
+    int moved[QT_DNNL_MAX_ARGS] = {0};
     size_t off[QT_DNNL_MAX_ARGS] = {0};
     dnnl_primitive_t prim = NULL;
     dnnl_exec_arg_t ea[QT_DNNL_MAX_ARGS + 1];
@@ -162,16 +163,19 @@ int qt_dnnl_execute(struct qt_cpu_ctx *ctx, const_dnnl_primitive_desc_t pd,
             goto fail;
         }
         if (dnnl_memory_desc_equal(pmd[i], args[i].md)) continue;
-        if (args[i].out)
-            QT_DNNL_TRY(ctx, dnnl_reorder_primitive_desc_create(
-                                 &rpd[i], pmd[i], ctx->engine, args[i].md, ctx->engine, ctx->attr));
-        else
-            QT_DNNL_TRY(ctx, dnnl_reorder_primitive_desc_create(&rpd[i], args[i].md, ctx->engine,
+        moved[i] = 1;
+        if (args[i].out != 1)
+            QT_DNNL_TRY(ctx, dnnl_reorder_primitive_desc_create(&rin_pd[i], args[i].md, ctx->engine,
                                                                 pmd[i], ctx->engine, ctx->attr));
+        if (args[i].out)
+            QT_DNNL_TRY(ctx, dnnl_reorder_primitive_desc_create(&rout_pd[i], pmd[i], ctx->engine,
+                                                                args[i].md, ctx->engine, ctx->attr));
         off[i] = used;
         used += align64(dnnl_memory_desc_get_size(pmd[i]));
-        const size_t rpad = scratchpad_bytes(rpd[i]);
-        if (rpad > pad) pad = rpad;
+        const size_t pin = rin_pd[i] ? scratchpad_bytes(rin_pd[i]) : 0;
+        const size_t pout = rout_pd[i] ? scratchpad_bytes(rout_pd[i]) : 0;
+        if (pin > pad) pad = pin;
+        if (pout > pad) pad = pout;
     }
     if (scratch_reserve(ctx, used + pad)) {
         set_msg(ctx->err, sizeof ctx->err, "out of memory for %zu bytes of scratch", used + pad);
@@ -182,37 +186,109 @@ int qt_dnnl_execute(struct qt_cpu_ctx *ctx, const_dnnl_primitive_desc_t pd,
 
     for (int i = 0; i < nargs; i++) {
         QT_DNNL_TRY(ctx, dnnl_memory_create(&umem[i], args[i].md, ctx->engine, args[i].data));
-        if (rpd[i]) {
+        if (moved[i])
             QT_DNNL_TRY(ctx, dnnl_memory_create(&pmem[i], pmd[i], ctx->engine, base + off[i]));
-            QT_DNNL_TRY(ctx, dnnl_primitive_create(&rp[i], rpd[i]));
-        }
+        if (rin_pd[i]) QT_DNNL_TRY(ctx, dnnl_primitive_create(&rin[i], rin_pd[i]));
+        if (rout_pd[i]) QT_DNNL_TRY(ctx, dnnl_primitive_create(&rout[i], rout_pd[i]));
     }
     QT_DNNL_TRY(ctx, dnnl_primitive_create(&prim, pd));
 
     for (int i = 0; i < nargs; i++) {
-        if (!rpd[i] || args[i].out) continue;
+        if (!rin[i]) continue;
         ea[0] = (dnnl_exec_arg_t){DNNL_ARG_FROM, umem[i]};
         ea[1] = (dnnl_exec_arg_t){DNNL_ARG_TO, pmem[i]};
-        if (exec_with_pad(ctx, rp[i], rpd[i], ea, 2, padp)) goto fail;
+        if (exec_with_pad(ctx, rin[i], rin_pd[i], ea, 2, padp)) goto fail;
     }
     for (int i = 0; i < nargs; i++)
-        ea[i] = (dnnl_exec_arg_t){args[i].arg, rpd[i] ? pmem[i] : umem[i]};
+        ea[i] = (dnnl_exec_arg_t){args[i].arg, moved[i] ? pmem[i] : umem[i]};
     if (exec_with_pad(ctx, prim, pd, ea, nargs, padp)) goto fail;
     for (int i = 0; i < nargs; i++) {
-        if (!rpd[i] || !args[i].out) continue;
+        if (!rout[i]) continue;
         ea[0] = (dnnl_exec_arg_t){DNNL_ARG_FROM, pmem[i]};
         ea[1] = (dnnl_exec_arg_t){DNNL_ARG_TO, umem[i]};
-        if (exec_with_pad(ctx, rp[i], rpd[i], ea, 2, padp)) goto fail;
+        if (exec_with_pad(ctx, rout[i], rout_pd[i], ea, 2, padp)) goto fail;
     }
     QT_DNNL_TRY(ctx, dnnl_stream_wait(ctx->stream));
     rc = 0;
 fail:
     if (prim) dnnl_primitive_destroy(prim);
     for (int i = 0; i < nargs; i++) {
-        if (rp[i]) dnnl_primitive_destroy(rp[i]);
-        if (rpd[i]) dnnl_primitive_desc_destroy(rpd[i]);
+        if (rin[i]) dnnl_primitive_destroy(rin[i]);
+        if (rout[i]) dnnl_primitive_destroy(rout[i]);
+        if (rin_pd[i]) dnnl_primitive_desc_destroy(rin_pd[i]);
+        if (rout_pd[i]) dnnl_primitive_desc_destroy(rout_pd[i]);
         if (pmem[i]) dnnl_memory_destroy(pmem[i]);
         if (umem[i]) dnnl_memory_destroy(umem[i]);
     }
     return rc;
+}
+
+/* ---- Activation layouts ---- */
+
+static int layout_block(int layout)
+{
+    return layout == QT_CPU_NCHW8C ? 8 : layout == QT_CPU_NCHW16C ? 16 : 1;
+}
+
+int qt_cpu_layout_fits(int layout, int64_t c)
+{
+    if (layout < QT_CPU_NCHW || layout > QT_CPU_NCHW16C) return 0;
+    return c % layout_block(layout) == 0;
+}
+
+int qt_cpu_layout_md(struct qt_cpu_ctx *ctx, dnnl_memory_desc_t *md, int layout,
+                     const dnnl_dims_t dims)
+{
+    static const dnnl_format_tag_t tags[] = {dnnl_nchw, dnnl_nhwc, dnnl_nChw8c, dnnl_nChw16c};
+    if (!qt_cpu_layout_fits(layout, dims[1])) {
+        set_msg(ctx->err, sizeof ctx->err, "activation layout %d does not fit %lld channels",
+                layout, (long long)dims[1]);
+        return -1;
+    }
+    QT_DNNL_TRY(ctx, dnnl_memory_desc_init_by_tag(md, 4, dims, dnnl_f32, tags[layout]));
+    return 0;
+fail:
+    return -1;
+}
+
+int qt_cpu_layout_of(const dnnl_memory_desc_t *md)
+{
+    if (md->ndims != 4 || md->data_type != dnnl_f32) return -1;
+    static const dnnl_format_tag_t tags[] = {dnnl_nchw, dnnl_nhwc, dnnl_nChw8c, dnnl_nChw16c};
+    for (int l = QT_CPU_NCHW; l <= QT_CPU_NCHW16C; l++) {
+        dnnl_memory_desc_t m;
+        if (!qt_cpu_layout_fits(l, md->dims[1])) continue;
+        if (dnnl_memory_desc_init_by_tag(&m, 4, md->dims, dnnl_f32, tags[l]) != dnnl_success)
+            continue;
+        if (dnnl_memory_desc_equal(&m, md)) return l;
+    }
+    return -1;
+}
+
+int qt_cpu_reorder(struct qt_cpu_ctx *ctx, float *y, int to, const float *x, int from,
+                   const int64_t dims[4])
+{
+    const dnnl_dims_t d = {dims[0], dims[1], dims[2], dims[3]};
+    dnnl_memory_desc_t src, dst;
+    dnnl_primitive_desc_t pd = NULL;
+    ctx->err[0] = '\0';
+    if (qt_cpu_layout_md(ctx, &src, from, d) || qt_cpu_layout_md(ctx, &dst, to, d)) goto fail;
+    if (dims[0] * dims[1] * dims[2] * dims[3] <= 0) return 0;
+    if (from == to) {
+        memcpy(y, x, sizeof(float) * (size_t)(dims[0] * dims[1] * dims[2] * dims[3]));
+        return 0;
+    }
+    QT_DNNL_TRY(ctx, dnnl_reorder_primitive_desc_create(&pd, &src, ctx->engine, &dst, ctx->engine,
+                                                        ctx->attr));
+    /* A reorder is a primitive whose source and destination are exec arguments. */
+    const struct qt_dnnl_arg args[] = {
+        {DNNL_ARG_FROM, &src, (void *)x, 0},
+        {DNNL_ARG_TO, &dst, y, 1},
+    };
+    if (qt_dnnl_execute(ctx, pd, args, 2)) goto fail;
+    dnnl_primitive_desc_destroy(pd);
+    return 0;
+fail:
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    return qt_cpu_ctx_prefix(ctx, "activation reorder from layout %d to %d", from, to);
 }

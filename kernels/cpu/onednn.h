@@ -1,6 +1,6 @@
 /* oneDNN plumbing shared by the CPU kernels that use it (internal to kernels/cpu): what a
- * struct qt_cpu_ctx holds, status checks that record a message, and running one primitive on
- * caller buffers in plain layouts while the primitive works in layouts of its own choice. */
+ * struct qt_cpu_ctx holds, status checks that record a message, running one primitive on caller
+ * buffers in their layouts while it works in its own, and the activation layouts' descriptors. */
 #ifndef QT_KERNELS_CPU_ONEDNN_H
 #define QT_KERNELS_CPU_ONEDNN_H
 
@@ -45,17 +45,26 @@ struct qt_dnnl_arg {
     int arg;                      /* DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, ... */
     const dnnl_memory_desc_t *md; /* the caller's layout */
     void *data;                   /* only written when out is set */
-    int out;                      /* written by the primitive */
+    int out;                      /* 0: read; 1: written (assigned); 2: read, then written (a
+                                     destination that a sum post-op adds to) */
 };
 
 #define QT_DNNL_MAX_ARGS 8
 
-/* Runs the primitive of pd (created with ctx->attr) once on args and waits for it. An argument
- * whose layout differs from the one pd chose is reordered into ctx's scratch before the
- * primitive (inputs) or from it afterwards (outputs); outputs are assigned. Primitives come
+/* Runs the primitive of pd (created with ctx->attr or a copy of it) once on args and waits for
+ * it. An argument whose layout differs from the one pd chose is reordered into ctx's scratch
+ * before the primitive (read arguments) and from it afterwards (written arguments). Primitives come
  * from oneDNN's primitive cache, so repeated shapes are not compiled again. Returns 0, or -1
  * with a message in ctx->err. */
 int qt_dnnl_execute(struct qt_cpu_ctx *ctx, const_dnnl_primitive_desc_t pd,
                     const struct qt_dnnl_arg *args, int nargs);
+
+/* The memory descriptor of a 4-D float activation [n, c, h, w] held in `layout` (enum
+ * qt_cpu_layout). Returns 0, or -1 with ctx->err set when the layout does not apply to these
+ * dimensions (a channel block that does not divide c). */
+int qt_cpu_layout_md(struct qt_cpu_ctx *ctx, dnnl_memory_desc_t *md, int layout,
+                     const dnnl_dims_t dims);
+/* The enum qt_cpu_layout that md (4-D float) is, or -1 when it is none of them. */
+int qt_cpu_layout_of(const dnnl_memory_desc_t *md);
 
 #endif

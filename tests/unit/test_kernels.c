@@ -308,6 +308,172 @@ QT_TEST(kernels_conv2d_repeat)
     return bad;
 }
 
+/* ---- activation layouts and the inference convolution ---- */
+
+/* Offset of element (n, c, h, w) of a [N, C, H, W] activation in `layout`, from the layouts'
+ * definitions (cpu.h). */
+static int64_t layout_offset(int layout, const int64_t *dm, int64_t n, int64_t c, int64_t h,
+                             int64_t w)
+{
+    const int64_t C = dm[1], H = dm[2], W = dm[3];
+    switch (layout) {
+    case QT_CPU_NHWC: return ((n * H + h) * W + w) * C + c;
+    case QT_CPU_NCHW8C: return (((n * (C / 8) + c / 8) * H + h) * W + w) * 8 + c % 8;
+    case QT_CPU_NCHW16C: return (((n * (C / 16) + c / 16) * H + h) * W + w) * 16 + c % 16;
+    default: return ((n * C + c) * H + h) * W + w;
+    }
+}
+
+static const int all_layouts[] = {QT_CPU_NCHW, QT_CPU_NHWC, QT_CPU_NCHW8C, QT_CPU_NCHW16C};
+
+QT_TEST(kernels_layout_reorder)
+{
+    struct rng r = {17};
+    struct qt_cpu_ctx *ctx = new_ctx();
+    if (!ctx) return 1;
+    const int64_t shapes[][4] = {{2, 16, 3, 5}, {1, 32, 4, 4}, {3, 8, 1, 7}, {2, 24, 2, 3}};
+    int bad = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0] && !bad; si++) {
+        const int64_t *dm = shapes[si], cnt = dm[0] * dm[1] * dm[2] * dm[3];
+        float *x = rand_array(&r, cnt), *y = guarded(cnt), *back = guarded(cnt);
+        for (int li = 0; li < 4 && !bad; li++) {
+            const int l = all_layouts[li];
+            const int fits = dm[1] % (l == QT_CPU_NCHW8C ? 8 : l == QT_CPU_NCHW16C ? 16 : 1) == 0;
+            if (qt_cpu_layout_fits(l, dm[1]) != fits) {
+                bad = qt_test_fail("layout %d, %lld channels: fits is wrong", l, (long long)dm[1]);
+                break;
+            }
+            if (!fits) {
+                if (qt_cpu_reorder(ctx, y, l, x, QT_CPU_NCHW, dm) == 0)
+                    bad = qt_test_fail("layout %d accepted %lld channels", l, (long long)dm[1]);
+                continue;
+            }
+            if (qt_cpu_reorder(ctx, y, l, x, QT_CPU_NCHW, dm) ||
+                qt_cpu_reorder(ctx, back, QT_CPU_NCHW, y, l, dm)) {
+                bad = qt_test_fail("layout %d: %s", l, qt_cpu_ctx_error(ctx));
+                break;
+            }
+            for (int64_t n = 0; n < dm[0] && !bad; n++)
+                for (int64_t c = 0; c < dm[1] && !bad; c++)
+                    for (int64_t h = 0; h < dm[2] && !bad; h++)
+                        for (int64_t w = 0; w < dm[3] && !bad; w++) {
+                            const int64_t i = layout_offset(QT_CPU_NCHW, dm, n, c, h, w);
+                            if (y[layout_offset(l, dm, n, c, h, w)] != x[i] || back[i] != x[i])
+                                bad = qt_test_fail("layout %d, shape %lldx%lldx%lldx%lld: element "
+                                                   "(%lld,%lld,%lld,%lld) misplaced", l,
+                                                   (long long)dm[0], (long long)dm[1],
+                                                   (long long)dm[2], (long long)dm[3],
+                                                   (long long)n, (long long)c, (long long)h,
+                                                   (long long)w);
+                        }
+            if (!bad && (!guard_intact(y, cnt) || !guard_intact(back, cnt)))
+                bad = qt_test_fail("layout %d: write past the end", l);
+        }
+        free(x), free(y), free(back);
+    }
+    qt_cpu_ctx_free(ctx);
+    return bad;
+}
+
+/* One case of conv2d_infer_cpu: x in layout xl, the fused steps of `post` (its sum given in
+ * plain order in s, passed in layout sum_layout, as y itself when alias), against the plain
+ * convolution ref (conv2d_forward_cpu) followed by the steps computed here. */
+static int check_conv_infer(struct qt_cpu_ctx *ctx, const struct qt_conv2d_desc *d,
+                            const float *x, const float *w, const float *b, const float *ref,
+                            const float *s, int xl, int use_sum, int sum_layout, int alias,
+                            int relu, const char *what)
+{
+    const int64_t xd[4] = {d->n, d->c, d->h, d->w}, yd[4] = {d->n, d->k, d->oh, d->ow};
+    const int64_t nx = xd[0] * xd[1] * xd[2] * xd[3], ny = yd[0] * yd[1] * yd[2] * yd[3];
+    float *xl_buf = guarded(nx), *y = guarded(ny), *sl = guarded(ny), *plain = guarded(ny);
+    int bad = 0, yl = -2;
+    if (qt_cpu_reorder(ctx, xl_buf, xl, x, QT_CPU_NCHW, xd) ||
+        (use_sum && qt_cpu_reorder(ctx, alias ? y : sl, sum_layout, s, QT_CPU_NCHW, yd))) {
+        bad = qt_test_fail("%s: reorder: %s", what, qt_cpu_ctx_error(ctx));
+        goto out;
+    }
+    struct qt_conv2d_post post = {use_sum ? (alias ? y : sl) : NULL, sum_layout, relu};
+    if (conv2d_infer_cpu(ctx, y, &yl, xl_buf, xl, w, b, d, &post)) {
+        bad = qt_test_fail("%s: %s", what, qt_cpu_ctx_error(ctx));
+        goto out;
+    }
+    if (!qt_cpu_layout_fits(yl, d->k) ||
+        (use_sum && alias && ny > 0 && d->c > 0 && yl != sum_layout)) {
+        bad = qt_test_fail("%s: result in layout %d", what, yl);
+        goto out;
+    }
+    if (qt_cpu_reorder(ctx, plain, QT_CPU_NCHW, y, yl, yd)) {
+        bad = qt_test_fail("%s: reorder back: %s", what, qt_cpu_ctx_error(ctx));
+        goto out;
+    }
+    if (!guard_intact(y, ny)) {
+        bad = qt_test_fail("%s: write past the end of y", what);
+        goto out;
+    }
+    for (int64_t i = 0; i < ny && !bad; i++) {
+        double want = (double)ref[i] + (use_sum ? s[i] : 0.0);
+        if (relu && !(want > 0)) want = 0;
+        if (!(fabs(plain[i] - want) <= 1e-5 * (fabs(ref[i]) + fabs(s[i]) + 1.0)))
+            bad = qt_test_fail("%s: y[%lld] = %.7g, expected %.7g", what, (long long)i, plain[i],
+                               want);
+    }
+out:
+    free(xl_buf), free(y), free(sl), free(plain);
+    return bad;
+}
+
+/* conv2d_infer_cpu in every input layout, with no fused step, Relu, a sum (in every layout,
+ * given apart from y or as y itself) and a sum then Relu; a grouped convolution, 3 input
+ * channels, a strided 1x1 and one without input channels. */
+QT_TEST(kernels_conv2d_infer_layouts)
+{
+    struct rng r = {23};
+    struct qt_cpu_ctx *ctx = new_ctx();
+    if (!ctx) return 1;
+    const struct qt_conv2d_desc cases[] = {
+        conv_desc(2, 16, 6, 6, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1),
+        conv_desc(2, 3, 7, 7, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1),
+        conv_desc(2, 32, 8, 8, 64, 1, 1, 2, 2, 1, 1, 0, 0, 0, 0, 1),
+        conv_desc(1, 16, 5, 5, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4),
+        conv_desc(2, 0, 4, 4, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1),
+    };
+    int bad = 0;
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0] && !bad; ci++) {
+        const struct qt_conv2d_desc *d = &cases[ci];
+        const int64_t nx = (int64_t)d->n * d->c * d->h * d->w;
+        const int64_t ny = (int64_t)d->n * d->k * d->oh * d->ow;
+        float *x = rand_array(&r, nx), *b = rand_array(&r, d->k), *s = rand_array(&r, ny);
+        float *w = rand_array(&r, (int64_t)d->k * (d->c / d->group) * d->kh * d->kw);
+        float *ref = guarded(ny);
+        char desc[200];
+        describe(desc, sizeof desc, d);
+        if (conv2d_forward_cpu(ctx, ref, x, w, b, d))
+            bad = qt_test_fail("%s: %s", desc, qt_cpu_ctx_error(ctx));
+        for (int xi = 0; xi < 4 && !bad; xi++) {
+            const int xl = all_layouts[xi];
+            if (!qt_cpu_layout_fits(xl, d->c)) continue;
+            for (int step = 0; step < 4 && !bad; step++) {
+                const int use_sum = step >= 2, relu = step % 2;
+                for (int si = 0; si < (use_sum ? 4 : 1) && !bad; si++) {
+                    const int sl = all_layouts[si];
+                    if (!qt_cpu_layout_fits(sl, d->k)) continue;
+                    for (int alias = 0; alias < 1 + use_sum && !bad; alias++) {
+                        char what[300];
+                        snprintf(what, sizeof what,
+                                 "%s, x layout %d, sum %d (layout %d%s), relu %d", desc, xl,
+                                 use_sum, sl, alias ? ", as y" : "", relu);
+                        bad = check_conv_infer(ctx, d, x, w, b, ref, s, xl, use_sum, sl, alias,
+                                               relu, what);
+                    }
+                }
+            }
+        }
+        free(x), free(b), free(s), free(w), free(ref);
+    }
+    qt_cpu_ctx_free(ctx);
+    return bad;
+}
+
 /* ---- pools ---- */
 
 static double naive_pool(const float *plane, const struct qt_conv2d_desc *d, int oh, int ow,
