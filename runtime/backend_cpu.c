@@ -103,7 +103,15 @@ static void strides_over(int64_t *st, const struct qt_shape *s, const struct qt_
     }
 }
 
-static int fwd_matmul(const struct qt_tensor *a, const struct qt_tensor *b, struct qt_tensor *y)
+/* MatMul as a batch of [m,k] x [k,n] products: 1-D operands promoted as numpy does, batch
+ * dimensions broadcast; matmul_offsets gives the matrices product t reads. */
+struct matmul_geom {
+    int64_t m, k, n, batches;
+    struct qt_shape ob;
+    int64_t sa[QT_MAX_DIMS], sb[QT_MAX_DIMS];
+};
+
+static void matmul_geom(struct matmul_geom *mg, const struct qt_tensor *a, const struct qt_tensor *b)
 {
     struct qt_shape as = a->shape, bs = b->shape;
     if (as.ndim == 1) {
@@ -115,30 +123,41 @@ static int fwd_matmul(const struct qt_tensor *a, const struct qt_tensor *b, stru
         bs.ndim = 2;
         bs.d[1] = 1;
     }
-    int64_t m = as.d[as.ndim - 2], k = as.d[as.ndim - 1], n = bs.d[bs.ndim - 1];
-    /* Batch dims: broadcast of as[:-2] and bs[:-2]. */
-    struct qt_shape ab = as, bb = bs, ob;
+    mg->m = as.d[as.ndim - 2];
+    mg->k = as.d[as.ndim - 1];
+    mg->n = bs.d[bs.ndim - 1];
+    struct qt_shape ab = as, bb = bs;
     ab.ndim -= 2;
     bb.ndim -= 2;
-    qt_broadcast_shape(&ob, &ab, &bb);
-    int64_t sa[QT_MAX_DIMS], sb[QT_MAX_DIMS], idx[QT_MAX_DIMS] = {0};
-    strides_over(sa, &ab, &ob);
-    strides_over(sb, &bb, &ob);
-    int64_t batches = qt_shape_numel(&ob);
-    const float *pa = a->data, *pb = b->data;
-    float *py = y->data;
-    for (int64_t t = 0; t < batches; t++) {
-        int64_t ia = 0, ib = 0;
-        for (int d = 0; d < ob.ndim; d++) {
-            ia += idx[d] * sa[d];
-            ib += idx[d] * sb[d];
-        }
-        gemm_forward_cpu(py + t * m * n, pa + ia * m * k, pb + ib * k * n, NULL, m, n, k, 0, 0, 1.f,
-                         0.f, 0, 0);
-        for (int d = ob.ndim - 1; d >= 0; d--) {
-            if (++idx[d] < ob.d[d]) break;
-            idx[d] = 0;
-        }
+    qt_broadcast_shape(&mg->ob, &ab, &bb);
+    strides_over(mg->sa, &ab, &mg->ob);
+    strides_over(mg->sb, &bb, &mg->ob);
+    mg->batches = qt_shape_numel(&mg->ob);
+}
+
+/* Element offsets of the A and B matrices read by product t. */
+static void matmul_offsets(const struct matmul_geom *mg, int64_t t, int64_t *oa, int64_t *ob)
+{
+    int64_t ia = 0, ib = 0;
+    for (int d = mg->ob.ndim - 1; d >= 0; d--) {
+        int64_t i = t % mg->ob.d[d];
+        t /= mg->ob.d[d];
+        ia += i * mg->sa[d];
+        ib += i * mg->sb[d];
+    }
+    *oa = ia * mg->m * mg->k;
+    *ob = ib * mg->k * mg->n;
+}
+
+static int fwd_matmul(const struct qt_tensor *a, const struct qt_tensor *b, struct qt_tensor *y)
+{
+    struct matmul_geom mg;
+    matmul_geom(&mg, a, b);
+    for (int64_t t = 0; t < mg.batches; t++) {
+        int64_t oa, ob;
+        matmul_offsets(&mg, t, &oa, &ob);
+        gemm_forward_cpu((float *)y->data + t * mg.m * mg.n, (const float *)a->data + oa,
+                         (const float *)b->data + ob, NULL, mg.m, mg.n, mg.k, 0, 0, 1.f, 0.f, 0, 0);
     }
     return 0;
 }
@@ -459,41 +478,17 @@ static int cpu_forward_train(struct qt_backend *b, const struct qt_graph *g,
 static int bwd_matmul(const struct qt_tensor *a, const struct qt_tensor *b, const struct qt_tensor *dy,
                       float *da, float *db, int acc_a, int acc_b)
 {
-    struct qt_shape as = a->shape, bs = b->shape;
-    if (as.ndim == 1) {
-        as.ndim = 2;
-        as.d[1] = as.d[0];
-        as.d[0] = 1;
-    }
-    if (bs.ndim == 1) {
-        bs.ndim = 2;
-        bs.d[1] = 1;
-    }
-    int64_t m = as.d[as.ndim - 2], k = as.d[as.ndim - 1], n = bs.d[bs.ndim - 1];
-    struct qt_shape ab = as, bb = bs, ob;
-    ab.ndim -= 2;
-    bb.ndim -= 2;
-    qt_broadcast_shape(&ob, &ab, &bb);
-    int64_t sa[QT_MAX_DIMS], sb[QT_MAX_DIMS], idx[QT_MAX_DIMS] = {0};
-    strides_over(sa, &ab, &ob);
-    strides_over(sb, &bb, &ob);
+    struct matmul_geom mg;
+    matmul_geom(&mg, a, b);
     if (da && !acc_a) memset(da, 0, a->nbytes);
     if (db && !acc_b) memset(db, 0, b->nbytes);
-    int64_t batches = qt_shape_numel(&ob);
-    for (int64_t t = 0; t < batches; t++) {
-        int64_t ia = 0, ib = 0;
-        for (int d = 0; d < ob.ndim; d++) {
-            ia += idx[d] * sa[d];
-            ib += idx[d] * sb[d];
-        }
-        gemm_backward_cpu(da ? da + ia * m * k : NULL, db ? db + ib * k * n : NULL, NULL,
-                          (const float *)dy->data + t * m * n, (const float *)a->data + ia * m * k,
-                          (const float *)b->data + ib * k * n, m, n, k, 0, 0, 1.f, 0.f, 0, 0, 0, 0,
-                          1, 1, 0);
-        for (int d = ob.ndim - 1; d >= 0; d--) {
-            if (++idx[d] < ob.d[d]) break;
-            idx[d] = 0;
-        }
+    for (int64_t t = 0; t < mg.batches; t++) {
+        int64_t oa, ob;
+        matmul_offsets(&mg, t, &oa, &ob);
+        gemm_backward_cpu(da ? da + oa : NULL, db ? db + ob : NULL, NULL,
+                          (const float *)dy->data + t * mg.m * mg.n, (const float *)a->data + oa,
+                          (const float *)b->data + ob, mg.m, mg.n, mg.k, 0, 0, 1.f, 0.f, 0, 0, 0,
+                          0, 1, 1, 0);
     }
     return 0;
 }
