@@ -149,6 +149,47 @@ static void matmul_offsets(const struct matmul_geom *mg, int64_t t, int64_t *oa,
     *ob = ib * mg->k * mg->n;
 }
 
+/* Clip's bounds: attributes before opset 11, optional scalar inputs from then on. */
+static void clip_bounds(const struct qt_graph *g, const struct qt_node *n,
+                        const struct qt_tensor **in, float *lo, float *hi)
+{
+    *lo = -INFINITY;
+    *hi = INFINITY;
+    if (g->opset < 11) {
+        *lo = qt_node_float(n, "min", *lo);
+        *hi = qt_node_float(n, "max", *hi);
+    } else {
+        if (n->nin > 1 && in[1]) *lo = (float)qt_tensor_get_f(in[1], 0);
+        if (n->nin > 2 && in[2]) *hi = (float)qt_tensor_get_f(in[2], 0);
+    }
+}
+
+static enum qt_binop binop_of(enum qt_op op)
+{
+    return op == QT_OP_ADD ? QT_BIN_ADD : op == QT_OP_SUB ? QT_BIN_SUB
+           : op == QT_OP_MUL ? QT_BIN_MUL : QT_BIN_DIV;
+}
+
+/* Gemm's C operand as a [rows, cols] matrix broadcast to [M, N] by strides (0 where it
+ * broadcasts): a scalar, a row of N, or a matrix; all zero when C is absent. */
+struct gemm_c {
+    int64_t rs, cs, rows, cols;
+};
+
+static struct gemm_c gemm_c_of(const struct qt_tensor *c)
+{
+    struct gemm_c r = {0, 0, 1, 1};
+    if (c && c->shape.ndim == 2) {
+        r.rows = c->shape.d[0];
+        r.cols = c->shape.d[1];
+    } else if (c && c->shape.ndim == 1) {
+        r.cols = c->shape.d[0];
+    }
+    r.rs = r.rows == 1 ? 0 : r.cols;
+    r.cs = r.cols == 1 ? 0 : 1;
+    return r;
+}
+
 static int fwd_matmul(const struct qt_tensor *a, const struct qt_tensor *b, struct qt_tensor *y)
 {
     struct matmul_geom mg;
@@ -255,14 +296,8 @@ static int cpu_forward(struct qt_backend *b, const struct qt_graph *g, const str
         relu_forward_cpu(y->data, x->data, numel);
         return 0;
     case QT_OP_CLIP: {
-        float lo = -INFINITY, hi = INFINITY;
-        if (g->opset < 11) {
-            lo = qt_node_float(n, "min", lo);
-            hi = qt_node_float(n, "max", hi);
-        } else {
-            if (n->nin > 1 && in[1]) lo = (float)qt_tensor_get_f(in[1], 0);
-            if (n->nin > 2 && in[2]) hi = (float)qt_tensor_get_f(in[2], 0);
-        }
+        float lo, hi;
+        clip_bounds(g, n, in, &lo, &hi);
         clip_forward_cpu(y->data, x->data, lo, hi, numel);
         return 0;
     }
@@ -270,8 +305,7 @@ static int cpu_forward(struct qt_backend *b, const struct qt_graph *g, const str
         int64_t sa[QT_MAX_DIMS], sb[QT_MAX_DIMS];
         strides_over(sa, &in[0]->shape, &y->shape);
         strides_over(sb, &in[1]->shape, &y->shape);
-        enum qt_binop op = n->op == QT_OP_ADD ? QT_BIN_ADD : n->op == QT_OP_SUB ? QT_BIN_SUB
-                           : n->op == QT_OP_MUL ? QT_BIN_MUL : QT_BIN_DIV;
+        enum qt_binop op = binop_of(n->op);
         binary_forward_cpu(y->data, in[0]->data, in[1]->data, op, y->shape.d, sa, sb, y->shape.ndim);
         return 0;
     }
@@ -280,18 +314,9 @@ static int cpu_forward(struct qt_backend *b, const struct qt_graph *g, const str
         int64_t m = y->shape.d[0], nn = y->shape.d[1];
         int64_t k = ta ? x->shape.d[0] : x->shape.d[1];
         const struct qt_tensor *c = n->nin > 2 ? in[2] : NULL;
-        int64_t crs = 0, ccs = 0;
-        if (c) {
-            const struct qt_shape *cs = &c->shape;
-            if (cs->ndim == 2) {
-                crs = cs->d[0] == 1 ? 0 : cs->d[1];
-                ccs = cs->d[1] == 1 ? 0 : 1;
-            } else if (cs->ndim == 1) {
-                ccs = cs->d[0] == 1 ? 0 : 1;
-            }
-        }
+        const struct gemm_c cl = gemm_c_of(c);
         gemm_forward_cpu(y->data, x->data, in[1]->data, c ? c->data : NULL, m, nn, k, ta, tb,
-                         qt_node_float(n, "alpha", 1.f), qt_node_float(n, "beta", 1.f), crs, ccs);
+                         qt_node_float(n, "alpha", 1.f), qt_node_float(n, "beta", 1.f), cl.rs, cl.cs);
         return 0;
     }
     case QT_OP_MATMUL:
@@ -532,14 +557,8 @@ static int cpu_backward(struct qt_backend *b, const struct qt_graph *g, const st
         if (dx) relu_backward_cpu(dx, dy->data, out[0]->data, numel, acc[0]);
         return 0;
     case QT_OP_CLIP: {
-        float lo = -INFINITY, hi = INFINITY;
-        if (g->opset < 11) {
-            lo = qt_node_float(n, "min", lo);
-            hi = qt_node_float(n, "max", hi);
-        } else {
-            if (n->nin > 1 && in[1]) lo = (float)qt_tensor_get_f(in[1], 0);
-            if (n->nin > 2 && in[2]) hi = (float)qt_tensor_get_f(in[2], 0);
-        }
+        float lo, hi;
+        clip_bounds(g, n, in, &lo, &hi);
         if (grad_ptr(din, 1, n->nin) || grad_ptr(din, 2, n->nin))
             return qt_err(e, "Clip node '%s': gradients of min and max are not supported", n->name);
         if (dx) clip_backward_cpu(dx, dy->data, x->data, lo, hi, numel, acc[0]);
@@ -550,8 +569,7 @@ static int cpu_backward(struct qt_backend *b, const struct qt_graph *g, const st
         int64_t sa[QT_MAX_DIMS], sb[QT_MAX_DIMS];
         strides_over(sa, &in[0]->shape, ys);
         strides_over(sb, &in[1]->shape, ys);
-        enum qt_binop op = n->op == QT_OP_ADD ? QT_BIN_ADD : n->op == QT_OP_SUB ? QT_BIN_SUB
-                           : n->op == QT_OP_MUL ? QT_BIN_MUL : QT_BIN_DIV;
+        enum qt_binop op = binop_of(n->op);
         binary_backward_cpu(dx, grad_ptr(din, 1, n->nin), dy->data, in[0]->data, in[1]->data, op,
                             ys->d, sa, sb, ys->ndim, acc[0], acc[1]);
         return 0;
@@ -575,20 +593,10 @@ static int cpu_backward(struct qt_backend *b, const struct qt_graph *g, const st
         int ta = (int)qt_node_int(n, "transA", 0), tb = (int)qt_node_int(n, "transB", 0);
         int64_t m = out[0]->shape.d[0], nn = out[0]->shape.d[1];
         int64_t k = ta ? x->shape.d[0] : x->shape.d[1];
-        const struct qt_tensor *c = n->nin > 2 ? in[2] : NULL;
-        int64_t crs = 0, ccs = 0, crows = 1, ccols = 1;
-        if (c && c->shape.ndim == 2) {
-            crows = c->shape.d[0];
-            ccols = c->shape.d[1];
-            crs = crows == 1 ? 0 : ccols;
-            ccs = ccols == 1 ? 0 : 1;
-        } else if (c && c->shape.ndim == 1) {
-            ccols = c->shape.d[0];
-            ccs = ccols == 1 ? 0 : 1;
-        }
+        const struct gemm_c cl = gemm_c_of(n->nin > 2 ? in[2] : NULL);
         gemm_backward_cpu(dx, grad_ptr(din, 1, n->nin), grad_ptr(din, 2, n->nin), dy->data, x->data,
                           in[1]->data, m, nn, k, ta, tb, qt_node_float(n, "alpha", 1.f),
-                          qt_node_float(n, "beta", 1.f), crs, ccs, crows, ccols, acc[0],
+                          qt_node_float(n, "beta", 1.f), cl.rs, cl.cs, cl.rows, cl.cols, acc[0],
                           n->nin > 1 ? acc[1] : 0, n->nin > 2 ? acc[2] : 0);
         return 0;
     }
