@@ -36,22 +36,32 @@ void qt_classify_stats(const float *logits, const int32_t *labels, int n, int cl
     }
 }
 
-int qt_evaluate(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
-                const float *mean, const float *std, int batch, int64_t limit,
-                qt_progress_fn progress, void *ctx, struct qt_eval_result *r, struct qt_error *e)
+int qt_check_image_model(const struct qt_graph *g, const struct qt_dataset *ds, struct qt_error *e)
 {
     char s1[128];
-    memset(r, 0, sizeof *r);
-    if (g->ninputs != 1) return qt_err(e, "the model has %d inputs; eval needs exactly one", g->ninputs);
+    if (g->ninputs != 1 || g->noutputs < 1)
+        return qt_err(e, "the model has %d inputs and %d outputs; a classifier needs one image input "
+                         "and a logits output", g->ninputs, g->noutputs);
     const struct qt_value *in = &g->values[g->inputs[0]];
     if (in->dtype != QT_F32 || in->shape.ndim != 4)
-        return qt_err(e, "the model's input '%s' is %s %s; eval needs a float NCHW image input",
+        return qt_err(e, "the model's input '%s' is %s %s; it needs a float NCHW image input",
                       in->name, qt_dtype_name(in->dtype), qt_shape_str(g, &in->shape, s1, sizeof s1));
     const int64_t want[3] = {ds->c, ds->h, ds->w};
     for (int i = 0; i < 3; i++)
         if (in->shape.d[1 + i] >= 0 && in->shape.d[1 + i] != want[i])
             return qt_err(e, "the model expects images of %s but the dataset has %dx%dx%d",
                           qt_shape_str(g, &in->shape, s1, sizeof s1), ds->c, ds->h, ds->w);
+    return 0;
+}
+
+int qt_evaluate(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
+                const float *mean, const float *std, int batch, int64_t limit,
+                qt_progress_fn progress, void *ctx, struct qt_eval_result *r, struct qt_error *e)
+{
+    char s1[128];
+    memset(r, 0, sizeof *r);
+    if (qt_check_image_model(g, ds, e)) return -1;
+    const struct qt_value *in = &g->values[g->inputs[0]];
     if (in->shape.d[0] >= 0 && in->shape.d[0] != batch) {
         batch = (int)in->shape.d[0]; /* static batch in the file */
     }

@@ -18,6 +18,10 @@ struct qt_eval_result {
 /* Called after each batch with images done so far and the total. */
 typedef void (*qt_progress_fn)(void *ctx, int64_t done, int64_t total, double seconds);
 
+/* Checks that g is a classifier of the dataset's images: one float NCHW input whose known
+ * dimensions match the samples, and an output. */
+int qt_check_image_model(const struct qt_graph *g, const struct qt_dataset *ds, struct qt_error *e);
+
 /* Evaluates a classifier (first graph input NCHW float, first output [N, classes] logits)
  * on the first `limit` samples (all when limit <= 0). */
 int qt_evaluate(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,

@@ -178,17 +178,8 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
 {
     char s1[128];
     memset(res, 0, sizeof *res);
-    if (g->ninputs != 1 || g->noutputs < 1)
-        return qt_err(e, "training needs a model with one input and a logits output");
+    if (qt_check_image_model(g, train, e)) return -1;
     const struct qt_value *in = &g->values[g->inputs[0]];
-    const int64_t want[3] = {train->c, train->h, train->w};
-    if (in->dtype != QT_F32 || in->shape.ndim != 4)
-        return qt_err(e, "the model's input '%s' is %s; training needs a float NCHW image input",
-                      in->name, qt_shape_str(g, &in->shape, s1, sizeof s1));
-    for (int i = 0; i < 3; i++)
-        if (in->shape.d[1 + i] >= 0 && in->shape.d[1 + i] != want[i])
-            return qt_err(e, "the model expects images of %s but the dataset has %dx%dx%d",
-                          qt_shape_str(g, &in->shape, s1, sizeof s1), train->c, train->h, train->w);
     if (in->shape.d[0] >= 0 && in->shape.d[0] != cfg->batch)
         return qt_err(e, "the model has a fixed batch of %lld; train it with --batch %lld",
                       (long long)in->shape.d[0], (long long)in->shape.d[0]);

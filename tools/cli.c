@@ -11,6 +11,7 @@
 
 #include "../onnx/onnx.h"
 #include "../passes/passes.h"
+#include "../runtime/data/dataset.h"
 
 int cli_fail(const char *fmt, ...)
 {
@@ -250,4 +251,35 @@ void cli_progress_update(void *ctx, int64_t done, int64_t total, double seconds)
 void cli_progress_end(struct cli_progress *p)
 {
     (void)p;
+}
+
+int cli_normalization(const char *cmd, const struct qt_graph *g, const char *model,
+                      const char *preset, const char *mean_s, const char *std_s, int channels,
+                      float *mean, float *std)
+{
+    int nm, ns;
+    if (channels < 1 || channels > 4)
+        return cli_fail("%s: %d-channel images are not supported (1 to 4)", cmd, channels);
+    if (preset) {
+        if (qt_norm_preset(preset, channels, mean, std))
+            return cli_fail("%s: unknown preset '%s' for %d-channel images (cifar10, cifar100, "
+                            "fashion-mnist, mnist, imagenet)", cmd, preset, channels);
+        return 0;
+    }
+    if (!mean_s) mean_s = qt_graph_meta(g, "qtune.mean");
+    if (!std_s) std_s = qt_graph_meta(g, "qtune.std");
+    if (!mean_s || !std_s)
+        return cli_fail("%s: no normalization given and none stored in '%s': pass --mean and "
+                        "--std, or --preset", cmd, model);
+    nm = cli_parse_floats(mean_s, mean, 4);
+    ns = cli_parse_floats(std_s, std, 4);
+    if ((nm != channels && nm != 1) || (ns != channels && ns != 1))
+        return cli_fail("%s: mean and std need 1 or %d comma-separated values", cmd, channels);
+    for (int c = 1; c < channels; c++) {
+        if (nm == 1) mean[c] = mean[0];
+        if (ns == 1) std[c] = std[0];
+    }
+    for (int c = 0; c < channels; c++)
+        if (!(std[c] > 0)) return cli_fail("%s: std values must be positive", cmd);
+    return 0;
 }

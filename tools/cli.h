@@ -18,6 +18,12 @@ struct qt_graph *cli_load_model(const char *path, int inference);
 struct qt_tensor *cli_npy_read(const char *path, struct qt_error *e);
 int cli_npy_write(const char *path, const struct qt_tensor *t, struct qt_error *e);
 
+/* Per-channel normalization from --preset, or --mean/--std (one value or one per channel),
+ * or else the model's stored qtune.mean/qtune.std. Returns 0, or prints the error (prefixed
+ * with cmd) and returns the exit status. */
+int cli_normalization(const char *cmd, const struct qt_graph *g, const char *model,
+                      const char *preset, const char *mean_s, const char *std_s, int channels,
+                      float *mean, float *std);
 /* Parses "a,b,c" into up to max floats; returns the count or -1. */
 int cli_parse_floats(const char *s, float *out, int max);
 /* Parses a positive integer option; returns -1 when invalid. */

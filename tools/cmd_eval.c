@@ -74,38 +74,7 @@ int cmd_eval(int argc, char **argv)
         goto out;
     }
     float mean[4], std[4];
-    int nm = -1, ns = -1;
-    if (preset) {
-        if (qt_norm_preset(preset, ds.c, mean, std)) {
-            rc = cli_fail("eval: unknown preset '%s' for %d-channel images (cifar10, fashion-mnist, "
-                          "mnist, imagenet)", preset, ds.c);
-            goto out;
-        }
-        nm = ns = ds.c;
-    } else {
-        if (!mean_s) mean_s = qt_graph_meta(g, "qtune.mean");
-        if (!std_s) std_s = qt_graph_meta(g, "qtune.std");
-        if (!mean_s || !std_s) {
-            rc = cli_fail("eval: no normalization given and none stored in '%s': pass --mean and "
-                          "--std, or --preset", path);
-            goto out;
-        }
-        nm = cli_parse_floats(mean_s, mean, 4);
-        ns = cli_parse_floats(std_s, std, 4);
-    }
-    if (nm == 1 && ds.c > 1)
-        for (int c = 1; c < ds.c; c++) mean[c] = mean[0];
-    if (ns == 1 && ds.c > 1)
-        for (int c = 1; c < ds.c; c++) std[c] = std[0];
-    if ((nm != ds.c && nm != 1) || (ns != ds.c && ns != 1)) {
-        rc = cli_fail("eval: mean and std need 1 or %d comma-separated values", ds.c);
-        goto out;
-    }
-    for (int c = 0; c < ds.c; c++)
-        if (!(std[c] > 0)) {
-            rc = cli_fail("eval: std values must be positive");
-            goto out;
-        }
+    if ((rc = cli_normalization("eval", g, path, preset, mean_s, std_s, ds.c, mean, std))) goto out;
     b = qt_backend_cpu_new((int)threads);
     if (!b) {
         rc = cli_fail("eval: cannot create the CPU backend (oneDNN engine or stream creation "

@@ -93,11 +93,6 @@ static int on_epoch(void *ctx, const struct qt_epoch_stats *s)
     return 0;
 }
 
-static int parse_milestones(const char *s, float *out, int max)
-{
-    return cli_parse_floats(s, out, max);
-}
-
 int cmd_train(int argc, char **argv)
 {
     const char *path = NULL, *data = NULL, *out = NULL, *preset = NULL, *mean_s = NULL, *std_s = NULL;
@@ -175,7 +170,7 @@ int cmd_train(int argc, char **argv)
     else return cli_fail("train: --schedule must be const, step or cosine");
     float ms[QT_SCHED_MAX_MILESTONES];
     int nms = 0;
-    if (milestones && (nms = parse_milestones(milestones, ms, QT_SCHED_MAX_MILESTONES)) < 0)
+    if (milestones && (nms = cli_parse_floats(milestones, ms, QT_SCHED_MAX_MILESTONES)) < 0)
         return cli_fail("train: --milestones needs up to %d comma-separated epochs", QT_SCHED_MAX_MILESTONES);
 
     /* From here on an interruption is a request to stop cleanly. */
@@ -197,30 +192,7 @@ int cmd_train(int argc, char **argv)
         goto out;
     }
     float mean[4], std[4];
-    int nm, ns;
-    if (preset) {
-        if (qt_norm_preset(preset, tr.c, mean, std)) {
-            rc = cli_fail("train: unknown preset '%s' for %d-channel images", preset, tr.c);
-            goto out;
-        }
-        nm = ns = tr.c;
-    } else {
-        if (!mean_s) mean_s = qt_graph_meta(g, "qtune.mean");
-        if (!std_s) std_s = qt_graph_meta(g, "qtune.std");
-        if (!mean_s || !std_s) {
-            rc = cli_fail("train: no normalization given and none stored in '%s': pass --mean and "
-                          "--std, or --preset", path);
-            goto out;
-        }
-        nm = cli_parse_floats(mean_s, mean, 4);
-        ns = cli_parse_floats(std_s, std, 4);
-    }
-    for (int c = nm == 1 ? 1 : tr.c; c < tr.c; c++) mean[c] = mean[0];
-    for (int c = ns == 1 ? 1 : tr.c; c < tr.c; c++) std[c] = std[0];
-    if ((nm != tr.c && nm != 1) || (ns != tr.c && ns != 1)) {
-        rc = cli_fail("train: mean and std need 1 or %d comma-separated values", tr.c);
-        goto out;
-    }
+    if ((rc = cli_normalization("train", g, path, preset, mean_s, std_s, tr.c, mean, std))) goto out;
     /* The normalization travels with the model. */
     int k = 0;
     for (int c = 0; c < tr.c; c++) k += snprintf(mbuf + k, sizeof mbuf - k, "%s%g", c ? "," : "", mean[c]);
