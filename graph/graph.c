@@ -274,7 +274,8 @@ int qt_graph_add_node(struct qt_graph *g, enum qt_op op, const char *name, const
     memset(n, 0, sizeof *n);
     n->op = op;
     n->name = xstrdup(name);
-    n->domain = xstrdup("");
+    const struct qt_op_schema *sc = qt_schema_get(op);
+    n->domain = xstrdup(sc && sc->domain ? sc->domain : "");
     n->nin = nin;
     n->nout = nout;
     n->in = xrealloc(NULL, sizeof(int) * (nin ? nin : 1));

@@ -78,8 +78,14 @@ enum qt_op {
     QT_OP_RESHAPE, QT_OP_GEMM, QT_OP_MATMUL, QT_OP_IDENTITY, QT_OP_DROPOUT, QT_OP_SHAPE,
     QT_OP_GATHER, QT_OP_UNSQUEEZE, QT_OP_SQUEEZE, QT_OP_CONCAT, QT_OP_CONSTANT, QT_OP_CAST,
     QT_OP_SOFTMAX, QT_OP_REDUCEMEAN,
+    /* qtune's own domain (QT_DOMAIN): fake-quantizers, see schema.h */
+    QT_OP_WEIGHTQUANT, QT_OP_ACTQUANT,
     QT_OP_COUNT
 };
+
+/* qtune's ONNX domain and its opset version. */
+#define QT_DOMAIN "ai.qtune"
+#define QT_DOMAIN_VERSION 1
 
 /* Value flags. */
 enum {

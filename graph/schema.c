@@ -704,34 +704,111 @@ static int infer_identity(struct qt_infer_ctx *c, struct qt_error *e)
     return same_as_input(c, e);
 }
 
+const char *qt_quant_scheme_name(int scheme)
+{
+    static const char *names[] = {"apot", "uniform", "max", "absmax"};
+    return scheme >= 0 && scheme < 4 ? names[scheme] : "?";
+}
+
+int qt_quant_attrs_get(const struct qt_node *n, struct qt_quant_attrs *a, struct qt_error *e)
+{
+    const char *what = qt_op_name(n->op);
+    const char *s = qt_node_string(n, "scheme", "apot");
+    a->scheme = -1;
+    for (int k = 0; k < 4; k++)
+        if (strcmp(s, qt_quant_scheme_name(k)) == 0) a->scheme = k;
+    int weight = n->op == QT_OP_WEIGHTQUANT;
+    if (a->scheme < 0 || (!weight && a->scheme > QT_QS_UNIFORM))
+        return qt_err(e, "%s node '%s': unknown scheme '%s' (expected apot or uniform%s)", what,
+                      n->name, s, weight ? ", or max/absmax for 8-bit weights" : "");
+    int64_t bits = qt_node_int(n, "bits", -1), sg = qt_node_int(n, "signed", weight ? 1 : 0);
+    int64_t st = qt_node_int(n, "standardize", weight && a->scheme <= QT_QS_UNIFORM ? 1 : 0);
+    if (sg != 0 && sg != 1) return qt_err(e, "%s node '%s': signed must be 0 or 1", what, n->name);
+    if (st != 0 && st != 1)
+        return qt_err(e, "%s node '%s': standardize must be 0 or 1", what, n->name);
+    if (weight && !sg) return qt_err(e, "%s node '%s': weights are quantized signed", what, n->name);
+    a->is_signed = (int)sg;
+    a->standardize = (int)st;
+    if (a->scheme >= QT_QS_MAX) {
+        if (bits != 8 && bits != -1)
+            return qt_err(e, "%s node '%s': scheme %s quantizes to 8 bits, not %" PRId64, what,
+                          n->name, s, bits);
+        if (st) return qt_err(e, "%s node '%s': scheme %s does not standardize", what, n->name, s);
+        a->bits = 8;
+        return 0;
+    }
+    if (bits < 1 || bits > 9) {
+        if (bits == -1) return qt_err(e, "%s node '%s': attribute bits is missing", what, n->name);
+        return qt_err(e, "%s node '%s': %" PRId64 " bits is out of range", what, n->name, bits);
+    }
+    a->bits = (int)bits;
+    int msb = sg ? a->bits - 1 : a->bits, maxb = a->scheme == QT_QS_APOT ? 5 : 8;
+    if (msb < 1)
+        return qt_err(e, "%s node '%s': %d bits leave no magnitude bit for a signed tensor", what,
+                      n->name, a->bits);
+    if (msb > maxb)
+        return qt_err(e, "%s node '%s': %s has level sets up to %d bits for %s tensors, not %d%s",
+                      what, n->name, s, sg ? maxb + 1 : maxb, sg ? "signed" : "unsigned", a->bits,
+                      a->scheme == QT_QS_APOT ? " (use scheme uniform beyond)" : "");
+    return 0;
+}
+
+/* WeightQuant / ActQuant: output like the tensor; alpha is a float vector of 1 value (or, for
+ * uniform weights, one per output channel). */
+static int infer_quant(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    struct qt_quant_attrs a;
+    if (qt_quant_attrs_get(c->n, &a, e)) return -1;
+    if (require_float(c, 0, e)) return -1;
+    int has_alpha = c->n->nin > 1 && c->n->in[1] >= 0;
+    if (a.scheme >= QT_QS_MAX) {
+        if (has_alpha)
+            return qt_err(e, NODE_FMT ": scheme %s takes no alpha input", NODE_ARGS(c),
+                          qt_quant_scheme_name(a.scheme));
+    } else {
+        if (!has_alpha) return qt_err(e, NODE_FMT ": the alpha input is missing", NODE_ARGS(c));
+        if (require_float(c, 1, e)) return -1;
+        int64_t na = qt_shape_numel(&c->in[1]);
+        int per_ch = c->n->op == QT_OP_WEIGHTQUANT && a.scheme == QT_QS_UNIFORM &&
+                     c->in[0].ndim >= 1 && na == c->in[0].d[0] && na > 1;
+        if (na != 1 && !per_ch)
+            return qt_err(e, NODE_FMT ": alpha has %" PRId64 " values; expected 1%s", NODE_ARGS(c),
+                          na, c->n->op == QT_OP_WEIGHTQUANT && a.scheme == QT_QS_UNIFORM
+                                  ? " or one per output channel" : "");
+    }
+    return same_as_input(c, e);
+}
+
 static const struct qt_op_schema schemas[] = {
-    {QT_OP_CONV, "Conv", 2, 3, 1, 1, 0, infer_conv},
-    {QT_OP_BATCHNORM, "BatchNormalization", 5, 5, 1, 3, 0, infer_batchnorm},
-    {QT_OP_RELU, "Relu", 1, 1, 1, 1, 0, infer_unary_float},
-    {QT_OP_CLIP, "Clip", 1, 3, 1, 1, 0, infer_clip},
-    {QT_OP_ADD, "Add", 2, 2, 1, 1, 0, infer_binary},
-    {QT_OP_SUB, "Sub", 2, 2, 1, 1, 0, infer_binary},
-    {QT_OP_MUL, "Mul", 2, 2, 1, 1, 0, infer_binary},
-    {QT_OP_DIV, "Div", 2, 2, 1, 1, 0, infer_binary},
-    {QT_OP_MAXPOOL, "MaxPool", 1, 1, 1, 2, 0, infer_pool},
-    {QT_OP_AVGPOOL, "AveragePool", 1, 1, 1, 1, 0, infer_pool},
-    {QT_OP_GLOBALAVGPOOL, "GlobalAveragePool", 1, 1, 1, 1, 0, infer_global_pool},
-    {QT_OP_PAD, "Pad", 1, 4, 1, 1, 2u | 4u, infer_pad},
-    {QT_OP_FLATTEN, "Flatten", 1, 1, 1, 1, 0, infer_flatten},
-    {QT_OP_RESHAPE, "Reshape", 1, 2, 1, 1, 2u, infer_reshape},
-    {QT_OP_GEMM, "Gemm", 2, 3, 1, 1, 0, infer_gemm},
-    {QT_OP_MATMUL, "MatMul", 2, 2, 1, 1, 0, infer_matmul},
-    {QT_OP_IDENTITY, "Identity", 1, 1, 1, 1, 0, infer_identity},
-    {QT_OP_DROPOUT, "Dropout", 1, 3, 1, 2, 4u, infer_dropout},
-    {QT_OP_SHAPE, "Shape", 1, 1, 1, 1, 0, infer_shape},
-    {QT_OP_GATHER, "Gather", 2, 2, 1, 1, 0, infer_gather},
-    {QT_OP_UNSQUEEZE, "Unsqueeze", 1, 2, 1, 1, 2u, infer_unsqueeze},
-    {QT_OP_SQUEEZE, "Squeeze", 1, 2, 1, 1, 2u, infer_squeeze},
-    {QT_OP_CONCAT, "Concat", 1, 64, 1, 1, 0, infer_concat},
-    {QT_OP_CONSTANT, "Constant", 0, 0, 1, 1, 0, infer_constant},
-    {QT_OP_CAST, "Cast", 1, 1, 1, 1, 0, infer_cast},
-    {QT_OP_SOFTMAX, "Softmax", 1, 1, 1, 1, 0, infer_softmax},
-    {QT_OP_REDUCEMEAN, "ReduceMean", 1, 2, 1, 1, 2u, infer_reducemean},
+    {QT_OP_CONV, "Conv", 2, 3, 1, 1, 0, infer_conv, NULL},
+    {QT_OP_BATCHNORM, "BatchNormalization", 5, 5, 1, 3, 0, infer_batchnorm, NULL},
+    {QT_OP_RELU, "Relu", 1, 1, 1, 1, 0, infer_unary_float, NULL},
+    {QT_OP_CLIP, "Clip", 1, 3, 1, 1, 0, infer_clip, NULL},
+    {QT_OP_ADD, "Add", 2, 2, 1, 1, 0, infer_binary, NULL},
+    {QT_OP_SUB, "Sub", 2, 2, 1, 1, 0, infer_binary, NULL},
+    {QT_OP_MUL, "Mul", 2, 2, 1, 1, 0, infer_binary, NULL},
+    {QT_OP_DIV, "Div", 2, 2, 1, 1, 0, infer_binary, NULL},
+    {QT_OP_MAXPOOL, "MaxPool", 1, 1, 1, 2, 0, infer_pool, NULL},
+    {QT_OP_AVGPOOL, "AveragePool", 1, 1, 1, 1, 0, infer_pool, NULL},
+    {QT_OP_GLOBALAVGPOOL, "GlobalAveragePool", 1, 1, 1, 1, 0, infer_global_pool, NULL},
+    {QT_OP_PAD, "Pad", 1, 4, 1, 1, 2u | 4u, infer_pad, NULL},
+    {QT_OP_FLATTEN, "Flatten", 1, 1, 1, 1, 0, infer_flatten, NULL},
+    {QT_OP_RESHAPE, "Reshape", 1, 2, 1, 1, 2u, infer_reshape, NULL},
+    {QT_OP_GEMM, "Gemm", 2, 3, 1, 1, 0, infer_gemm, NULL},
+    {QT_OP_MATMUL, "MatMul", 2, 2, 1, 1, 0, infer_matmul, NULL},
+    {QT_OP_IDENTITY, "Identity", 1, 1, 1, 1, 0, infer_identity, NULL},
+    {QT_OP_DROPOUT, "Dropout", 1, 3, 1, 2, 4u, infer_dropout, NULL},
+    {QT_OP_SHAPE, "Shape", 1, 1, 1, 1, 0, infer_shape, NULL},
+    {QT_OP_GATHER, "Gather", 2, 2, 1, 1, 0, infer_gather, NULL},
+    {QT_OP_UNSQUEEZE, "Unsqueeze", 1, 2, 1, 1, 2u, infer_unsqueeze, NULL},
+    {QT_OP_SQUEEZE, "Squeeze", 1, 2, 1, 1, 2u, infer_squeeze, NULL},
+    {QT_OP_CONCAT, "Concat", 1, 64, 1, 1, 0, infer_concat, NULL},
+    {QT_OP_CONSTANT, "Constant", 0, 0, 1, 1, 0, infer_constant, NULL},
+    {QT_OP_CAST, "Cast", 1, 1, 1, 1, 0, infer_cast, NULL},
+    {QT_OP_SOFTMAX, "Softmax", 1, 1, 1, 1, 0, infer_softmax, NULL},
+    {QT_OP_REDUCEMEAN, "ReduceMean", 1, 2, 1, 1, 2u, infer_reducemean, NULL},
+    {QT_OP_WEIGHTQUANT, "WeightQuant", 1, 2, 1, 1, 0, infer_quant, QT_DOMAIN},
+    {QT_OP_ACTQUANT, "ActQuant", 1, 2, 1, 1, 0, infer_quant, QT_DOMAIN},
 };
 
 const struct qt_op_schema *qt_schema_get(enum qt_op op)
@@ -743,9 +820,12 @@ const struct qt_op_schema *qt_schema_get(enum qt_op op)
 
 enum qt_op qt_schema_lookup(const char *domain, const char *name)
 {
-    if (domain && *domain && strcmp(domain, "ai.onnx") != 0) return QT_OP_INVALID;
-    for (size_t i = 0; i < sizeof schemas / sizeof schemas[0]; i++)
-        if (strcmp(schemas[i].name, name) == 0) return schemas[i].op;
+    int dflt = !domain || !*domain || strcmp(domain, "ai.onnx") == 0;
+    for (size_t i = 0; i < sizeof schemas / sizeof schemas[0]; i++) {
+        const struct qt_op_schema *s = &schemas[i];
+        if (strcmp(s->name, name) != 0) continue;
+        if (s->domain ? (!dflt && strcmp(domain, s->domain) == 0) : dflt) return s->op;
+    }
     return QT_OP_INVALID;
 }
 

@@ -22,6 +22,7 @@ struct qt_op_schema {
     /* Bit k set: input k's values (not only its shape) are needed to infer shapes. */
     unsigned value_inputs;
     int (*infer)(struct qt_infer_ctx *c, struct qt_error *e);
+    const char *domain; /* NULL: the default ONNX domain; else QT_DOMAIN */
 };
 
 const struct qt_op_schema *qt_schema_get(enum qt_op op);
@@ -65,5 +66,25 @@ int qt_pool_attrs_get(const struct qt_node *n, const struct qt_shape *x, struct 
 /* Output spatial size of a window op. */
 int64_t qt_window_out(int64_t in, int64_t k, int64_t s, int64_t d, int64_t pb, int64_t pe,
                       int ceil_mode);
+
+/* ---- qtune's fake-quantizer ops (domain ai.qtune) ----
+ * WeightQuant(W, alpha) -> Wq and ActQuant(A, alpha) -> Aq, attributes:
+ *   scheme  "apot" | "uniform"
+ *   bits    total bits (2..8 signed, 1..8 unsigned; apot signed up to 6, unsigned up to 5)
+ *   signed  1 for weights; activations: 0 after a ReLU, 1 where the producer can be negative
+ *   standardize (WeightQuant) 1: weights standardized per tensor before quantizing (default)
+ * alpha holds one value, or (uniform WeightQuant only) one per output channel.
+ * WeightQuant with scheme "max" or "absmax" is the 8-bit first/last layer quantizer:
+ *   no alpha input; Wq = round(W / m * 127) / 127 * m with m = max(W) or max |W|. */
+enum qt_quant_scheme_attr { QT_QS_APOT = 0, QT_QS_UNIFORM = 1, QT_QS_MAX = 2, QT_QS_ABSMAX = 3 };
+struct qt_quant_attrs {
+    int scheme;      /* enum qt_quant_scheme_attr */
+    int bits;
+    int is_signed;
+    int standardize; /* WeightQuant only */
+};
+/* Parses and checks a WeightQuant/ActQuant node's attributes (message names the node). */
+int qt_quant_attrs_get(const struct qt_node *n, struct qt_quant_attrs *a, struct qt_error *e);
+const char *qt_quant_scheme_name(int scheme);
 
 #endif

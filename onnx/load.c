@@ -231,6 +231,11 @@ struct qt_graph *qt_onnx_load_buffer(const void *buf, size_t len, const char *ba
         const Onnx__OperatorSetIdProto *os = mp->opset_import[i];
         const char *d = os->domain ? os->domain : "";
         if (!*d || strcmp(d, "ai.onnx") == 0) g->opset = os->version;
+        if (strcmp(d, QT_DOMAIN) == 0 && os->version != QT_DOMAIN_VERSION) {
+            rc = qt_err(e, "'%s' uses %s opset %" PRId64 "; this qtune reads version %d", what,
+                        QT_DOMAIN, (int64_t)os->version, QT_DOMAIN_VERSION);
+            goto done;
+        }
     }
     if (g->opset < 0) {
         if (mp->n_opset_import) {

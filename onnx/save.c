@@ -139,8 +139,15 @@ int qt_onnx_serialize(const struct qt_graph *g, uint8_t **out, size_t *out_len, 
     os.domain = "";
     os.has_version = 1;
     os.version = g->opset;
-    Onnx__OperatorSetIdProto *osp[1] = {&os};
+    Onnx__OperatorSetIdProto osq;
+    onnx__operator_set_id_proto__init(&osq);
+    osq.domain = QT_DOMAIN;
+    osq.has_version = 1;
+    osq.version = QT_DOMAIN_VERSION;
+    Onnx__OperatorSetIdProto *osp[2] = {&os, &osq};
     mp.n_opset_import = 1;
+    for (int i = 0; i < g->nnodes; i++)
+        if (strcmp(g->nodes[i].domain, QT_DOMAIN) == 0) mp.n_opset_import = 2;
     mp.opset_import = osp;
 
     mp.n_metadata_props = g->nmeta;

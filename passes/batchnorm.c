@@ -71,3 +71,82 @@ int qt_pass_fold_batchnorm(struct qt_graph *g, struct qt_error *e)
     if (qt_graph_compact(g, e)) return -1;
     return qt_graph_infer_shapes(g, e);
 }
+
+/* ---- Unfolding ---- */
+
+static int add_vec(struct qt_graph *g, const char *base, const char *suffix, const double *v,
+                   int64_t n)
+{
+    char name[512];
+    snprintf(name, sizeof name, "%s.%s", base, suffix);
+    struct qt_shape s = {1, {n}};
+    int id = qt_graph_add_value_unique(g, name, QT_F32, &s);
+    g->values[id].init = qt_tensor_new(QT_F32, &s);
+    for (int64_t k = 0; k < n; k++) ((float *)g->values[id].init->data)[k] = (float)v[k];
+    return id;
+}
+
+int qt_pass_unfold_batchnorm(struct qt_graph *g, int *count, struct qt_error *e)
+{
+    *count = 0;
+    const float eps = 1e-5f;
+    int nn = g->nnodes;
+    for (int i = 0; i < nn; i++) {
+        struct qt_node *conv = &g->nodes[i];
+        if (conv->dead || conv->op != QT_OP_CONV || conv->nout != 1) continue;
+        const struct qt_tensor *w = g->values[conv->in[1]].init;
+        if (!w || w->dtype != QT_F32 || w->shape.ndim < 3) continue;
+        int y = conv->out[0];
+        int r = qt_graph_first_consumer(g, y);
+        if (r >= 0 && g->nodes[r].op == QT_OP_BATCHNORM && qt_graph_use_count(g, y) == 1) continue;
+        const struct qt_tensor *b =
+            conv->nin > 2 && conv->in[2] >= 0 ? g->values[conv->in[2]].init : NULL;
+        if (conv->nin > 2 && conv->in[2] >= 0 && !b) continue; /* computed bias: leave alone */
+        int64_t kout = w->shape.d[0], per = qt_shape_numel(&w->shape) / kout;
+        struct qt_tensor *nw = qt_tensor_clone(w);
+        double *scale = malloc(sizeof(double) * kout), *bias = malloc(sizeof(double) * kout);
+        double *mean = calloc(kout, sizeof(double)), *var = malloc(sizeof(double) * kout);
+        for (int64_t k = 0; k < kout; k++) {
+            const float *wk = (const float *)w->data + k * per;
+            double m = 0, s2 = 0;
+            for (int64_t j = 0; j < per; j++) m += wk[j];
+            m /= (double)per;
+            for (int64_t j = 0; j < per; j++) s2 += (wk[j] - m) * (wk[j] - m);
+            double sd = per > 1 ? sqrt(s2 / (double)(per - 1)) : 0.0;
+            if (!(sd > 0) || !isfinite(sd)) sd = 1.0;
+            for (int64_t j = 0; j < per; j++) ((float *)nw->data)[k * per + j] = (float)(wk[j] / sd);
+            scale[k] = sd;
+            bias[k] = b ? ((const float *)b->data)[k] : 0.0;
+            var[k] = 1.0 - eps;
+        }
+        char base[300];
+        snprintf(base, sizeof base, "%s", conv->name);
+        char name[512];
+        snprintf(name, sizeof name, "%s.unfolded_w", base);
+        int wv = qt_graph_add_value_unique(g, name, QT_F32, &nw->shape);
+        g->values[wv].init = nw;
+        int in[5] = {-1, add_vec(g, base, "bn_scale", scale, kout),
+                     add_vec(g, base, "bn_bias", bias, kout), add_vec(g, base, "bn_mean", mean, kout),
+                     add_vec(g, base, "bn_var", var, kout)};
+        free(scale);
+        free(bias);
+        free(mean);
+        free(var);
+        snprintf(name, sizeof name, "%s.pre_bn", base);
+        struct qt_shape ys = g->values[y].shape;
+        int nyv = qt_graph_add_value_unique(g, name, QT_F32, g->values[y].has_shape ? &ys : NULL);
+        conv = &g->nodes[i];
+        conv->in[1] = wv;
+        if (conv->nin > 2) conv->in[2] = -1;
+        conv->nin = 2;
+        conv->out[0] = nyv;
+        g->values[nyv].producer = i;
+        in[0] = nyv;
+        snprintf(name, sizeof name, "%s.bn", base);
+        int bi = qt_graph_add_node(g, QT_OP_BATCHNORM, name, in, 5, &y, 1);
+        qt_node_set_float(&g->nodes[bi], "epsilon", eps);
+        qt_node_set_float(&g->nodes[bi], "momentum", 0.9f);
+        (*count)++;
+    }
+    return qt_graph_compact(g, e);
+}

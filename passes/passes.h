@@ -12,4 +12,57 @@ int qt_pass_canonicalize(struct qt_graph *g, struct qt_error *e);
  * bias (for evaluation and inference runs; training keeps BatchNorm). */
 int qt_pass_fold_batchnorm(struct qt_graph *g, struct qt_error *e);
 
+/* Inserts a BatchNormalization after every Conv whose output no BatchNormalization reads
+ * (models exported with BatchNorm folded), so that weight standardization has a BatchNorm to
+ * absorb its scale: per output channel c, s_c = std(W_c) (1 if 0), W_c /= s_c, the Conv's bias
+ * moves into the BatchNorm: scale s_c, bias b_c, mean 0, var 1 - eps. The function is
+ * unchanged in inference mode; the runtime then sets the statistics from data
+ * (qt_calib_bn_from_data). Writes the inserted nodes' count to *count. */
+int qt_pass_unfold_batchnorm(struct qt_graph *g, int *count, struct qt_error *e);
+
+/* ---- The quantize pass (quantize.c) ---- */
+
+/* Per-layer settings: bits 0 = float; -1 = unchanged (in overrides). */
+struct qt_quant_spec {
+    int wbits, abits;
+    int scheme; /* QT_QS_APOT or QT_QS_UNIFORM (schema.h) */
+};
+
+struct qt_quant_override {
+    char pattern[200]; /* fnmatch pattern on the layer node's name */
+    struct qt_quant_spec spec;
+    int matched;       /* set by the pass */
+};
+
+/* Parses "PATTERN=SPEC", SPEC = float | [wN][aN][:apot|:uniform]. */
+int qt_quant_spec_parse(struct qt_quant_override *o, const char *arg, struct qt_error *e);
+
+enum qt_first_last { QT_FL_8BIT, QT_FL_SAME, QT_FL_FLOAT };
+
+struct qt_quant_config {
+    int wbits, abits, scheme;
+    enum qt_first_last first_last; /* first conv / last layer: 8-bit weights, float inputs */
+    int int8_absmax;    /* 8-bit weights scaled by max |W| (1) or by max W (0, reference code) */
+    int per_channel;    /* uniform weights: one alpha per output channel */
+    int standardize;    /* standardize weights of layers followed by BatchNorm (APOT.md 2) */
+    float alpha_w;      /* initial alpha of standardized weights (APOT.md: 3.0) */
+    float alpha_a;      /* initial alpha of activations (APOT.md: 8.0) */
+    int reset_alphas;   /* re-quantizing: never keep earlier alphas */
+    struct qt_quant_override *overrides;
+    int noverrides;
+};
+
+struct qt_quant_summary {
+    int layers;       /* layers visited */
+    int weight, act;  /* quantizers inserted */
+    int act_signed;   /* of which signed activation quantizers */
+    int first_last;   /* layers found first or last */
+    int kept, reset;  /* quantizers of an earlier pass whose alpha was kept / re-initialized */
+};
+
+/* Quantizes every Conv/Gemm/MatMul with a weight initializer (see quantize.c). A quantizer
+ * whose settings equal those of the quantizer it replaces keeps that alpha. */
+int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
+                     struct qt_quant_summary *sum, struct qt_error *e);
+
 #endif

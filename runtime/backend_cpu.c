@@ -6,6 +6,7 @@
 
 #include "../graph/schema.h"
 #include "../kernels/cpu/cpu.h"
+#include "../kernels/cpu/quant.h"
 #include "backend.h"
 
 static void *cpu_alloc(struct qt_backend *b, size_t bytes)
@@ -37,7 +38,8 @@ static int cpu_supports(struct qt_backend *b, const struct qt_graph *g, const st
     switch (n->op) {
     case QT_OP_CONV: case QT_OP_BATCHNORM: case QT_OP_RELU: case QT_OP_CLIP:
     case QT_OP_MAXPOOL: case QT_OP_AVGPOOL: case QT_OP_GLOBALAVGPOOL: case QT_OP_GEMM:
-    case QT_OP_MATMUL: case QT_OP_SOFTMAX: case QT_OP_REDUCEMEAN:
+    case QT_OP_MATMUL: case QT_OP_SOFTMAX: case QT_OP_REDUCEMEAN: case QT_OP_WEIGHTQUANT:
+    case QT_OP_ACTQUANT:
         return 1;
     case QT_OP_ADD: case QT_OP_SUB: case QT_OP_MUL: case QT_OP_DIV:
         return in[0]->dtype == QT_F32;
@@ -246,6 +248,75 @@ static int fwd_reduce_mean(const struct qt_node *n, const struct qt_tensor *x, s
     return 0;
 }
 
+/* ---- Fake-quantizers (WeightQuant, ActQuant) ---- */
+
+struct quant_call {
+    struct qt_quant_attrs a;
+    struct qt_apot_quantizer qz;
+    const float *alpha; /* NULL for the max / absmax 8-bit weights */
+    int64_t nalpha, n;
+};
+
+/* Reads a quantizer node's settings and checks its alpha (positive and finite). */
+static int quant_setup(struct quant_call *q, const struct qt_graph *g, const struct qt_node *n, const struct qt_tensor **in,
+                       struct qt_error *e)
+{
+    if (qt_quant_attrs_get(n, &q->a, e)) return -1;
+    q->n = qt_shape_numel(&in[0]->shape);
+    q->alpha = NULL;
+    q->nalpha = 0;
+    if (q->a.scheme >= QT_QS_MAX) return 0;
+    int rc = qt_apot_quantizer_init(&q->qz, q->a.scheme == QT_QS_APOT ? QT_SCHEME_APOT : QT_SCHEME_UNIFORM,
+                                    q->a.bits, q->a.is_signed);
+    if (rc) return qt_err(e, "%s node '%s': %s", qt_op_name(n->op), n->name, qt_apot_error_string(rc));
+    q->alpha = in[1]->data;
+    q->nalpha = qt_shape_numel(&in[1]->shape);
+    if (q->nalpha < 1 || q->n % q->nalpha)
+        return qt_err(e, "%s node '%s': %lld alphas do not divide %lld elements", qt_op_name(n->op),
+                      n->name, (long long)q->nalpha, (long long)q->n);
+    for (int64_t k = 0; k < q->nalpha; k++)
+        if (!(q->alpha[k] > 0) || !isfinite(q->alpha[k]))
+            return qt_err(e, "%s node '%s': clipping threshold alpha = %g (value '%s'); it must be "
+                             "positive and finite (a smaller alpha learning rate may help)",
+                          qt_op_name(n->op), n->name, q->alpha[k], g->values[n->in[1]].name);
+    return 0;
+}
+
+/* Forward of a quantizer; stats (2 floats: mean and std of the weights, or 1: the 8-bit
+ * scale) receives what the backward needs, or scratch when NULL. */
+static int fwd_quant(const struct qt_graph *g, const struct qt_node *n, const struct qt_tensor **in, struct qt_tensor *y,
+                     float *stats, struct qt_error *e)
+{
+    struct quant_call q;
+    float tmp[2];
+    if (quant_setup(&q, g, n, in, e)) return -1;
+    if (!stats) stats = tmp;
+    if (n->op == QT_OP_ACTQUANT) {
+        quant_act_forward_cpu(y->data, in[0]->data, q.alpha, &q.qz, q.n);
+    } else if (q.a.scheme >= QT_QS_MAX) {
+        quant_int8_weight_forward_cpu(y->data, stats, in[0]->data, q.a.scheme == QT_QS_ABSMAX, q.n);
+    } else {
+        quant_weight_forward_cpu(y->data, stats, stats + 1, in[0]->data, q.alpha, q.nalpha,
+                                 q.a.standardize, &q.qz, q.n);
+    }
+    return 0;
+}
+
+static int bwd_quant(const struct qt_graph *g, const struct qt_node *n, const struct qt_tensor **in, const struct qt_tensor *dy,
+                     float *dx, float *dalpha, const int *acc, const float *stats, struct qt_error *e)
+{
+    struct quant_call q;
+    if (quant_setup(&q, g, n, in, e)) return -1;
+    if (n->op == QT_OP_ACTQUANT)
+        quant_act_backward_cpu(dx, dalpha, dy->data, in[0]->data, q.alpha, &q.qz, q.n, acc[0], acc[1]);
+    else if (q.a.scheme >= QT_QS_MAX) {
+        if (dx) quant_int8_weight_backward_cpu(dx, dy->data, q.n, acc[0]);
+    } else
+        quant_weight_backward_cpu(dx, dalpha, dy->data, in[0]->data, q.alpha, q.nalpha, stats,
+                                  stats + 1, &q.qz, q.n, acc[0], n->nin > 1 ? acc[1] : 0);
+    return 0;
+}
+
 static int cpu_forward(struct qt_backend *b, const struct qt_graph *g, const struct qt_node *n,
                        const struct qt_tensor **in, struct qt_tensor **out, float *ws,
                        struct qt_error *e)
@@ -338,6 +409,8 @@ static int cpu_forward(struct qt_backend *b, const struct qt_graph *g, const str
     }
     case QT_OP_REDUCEMEAN:
         return fwd_reduce_mean(n, x, y, n->nin > 1 ? in[1] : NULL);
+    case QT_OP_WEIGHTQUANT: case QT_OP_ACTQUANT:
+        return fwd_quant(g, n, in, y, NULL, e);
     default:
         return qt_err(e, "%s node '%s': not computed by the CPU backend", qt_op_name(n->op), n->name);
     }
@@ -394,7 +467,7 @@ static int cpu_reads_layout(struct qt_backend *b, const struct qt_graph *g,
     (void)b;
     (void)g;
     switch (n->op) {
-    case QT_OP_CONV: case QT_OP_RELU: case QT_OP_CLIP:
+    case QT_OP_CONV: case QT_OP_RELU: case QT_OP_CLIP: case QT_OP_ACTQUANT:
         return k == 0;
     case QT_OP_ADD: case QT_OP_SUB: case QT_OP_MUL: case QT_OP_DIV:
         /* Elementwise over two tensors in one order: any order will do. */
@@ -451,7 +524,7 @@ static int cpu_forward_infer(struct qt_backend *b, const struct qt_graph *g,
      * work in any order shared by their operands. */
     if (cpu_forward(b, g, n, s->in, s->out, s->ws, e)) return -1;
     if (n->op == QT_OP_RELU || n->op == QT_OP_CLIP || n->op == QT_OP_ADD || n->op == QT_OP_SUB ||
-        n->op == QT_OP_MUL || n->op == QT_OP_DIV)
+        n->op == QT_OP_MUL || n->op == QT_OP_DIV || n->op == QT_OP_ACTQUANT)
         s->out_layout[0] = s->in_layout[0];
     return 0;
 }
@@ -476,7 +549,9 @@ static int64_t cpu_aux_floats(struct qt_backend *b, const struct qt_graph *g,
 {
     (void)b;
     (void)g;
-    /* BatchNorm keeps its batch mean and inverse standard deviation. */
+    /* BatchNorm keeps its batch mean and inverse standard deviation; a weight quantizer the
+     * mean and standard deviation of the weights (or the 8-bit scale). */
+    if (n->op == QT_OP_WEIGHTQUANT) return 2;
     return n->op == QT_OP_BATCHNORM ? 2 * in[0]->shape.d[1] : 0;
 }
 
@@ -484,6 +559,7 @@ static int cpu_forward_train(struct qt_backend *b, const struct qt_graph *g,
                              const struct qt_node *n, const struct qt_tensor **in,
                              struct qt_tensor **out, float *aux, float *ws, struct qt_error *e)
 {
+    if (n->op == QT_OP_WEIGHTQUANT) return fwd_quant(g, n, in, out[0], aux, e);
     if (n->op != QT_OP_BATCHNORM) return cpu_forward(b, g, n, in, out, ws, e);
     const struct qt_tensor *x = in[0];
     int64_t nb = x->shape.d[0], c = x->shape.d[1];
@@ -602,6 +678,8 @@ static int cpu_backward(struct qt_backend *b, const struct qt_graph *g, const st
     }
     case QT_OP_MATMUL:
         return bwd_matmul(in[0], in[1], dy, dx, grad_ptr(din, 1, n->nin), acc[0], acc[1]);
+    case QT_OP_WEIGHTQUANT: case QT_OP_ACTQUANT:
+        return bwd_quant(g, n, in, dy, dx, grad_ptr(din, 1, n->nin), acc, aux, e);
     default:
         return qt_err(e, "%s node '%s': training through this op is not supported on the CPU "
                          "backend", qt_op_name(n->op), n->name);

@@ -37,6 +37,7 @@ struct qt_exec {
     int64_t *aux_cap;
     /* Inference fast path (run_infer). */
     enum qt_exec_mode mode;
+    int keep;               /* plain inference keeps every value (qt_exec_keep_values) */
     int *head;              /* per node: the node whose step computes it (itself if unfused) */
     int *npost;             /* per node: how many nodes its step computes after it */
     int (*post)[QT_MAX_POST]; /* per node: those nodes */
@@ -386,7 +387,7 @@ static int run_forward(struct qt_exec *x, const struct qt_tensor **inputs, int t
         } else {
             if (qt_eval_node(n, in, out, e)) return -1;
         }
-        if (train) continue; /* backward reads every forward value */
+        if (train || x->keep) continue; /* backward (or the caller) reads every value */
         for (int k = 0; k < n->nin; k++) {
             int v = n->in[k];
             if (v >= 0 && x->last_use[v] == i) release_value(x, v);
@@ -688,6 +689,18 @@ int qt_exec_backward(struct qt_exec *x, const struct qt_tensor *dy, struct qt_er
 const float *qt_exec_grad(const struct qt_exec *x, int v)
 {
     return x->grad ? x->grad[v].data : NULL;
+}
+
+void qt_exec_keep_values(struct qt_exec *x, int keep)
+{
+    x->keep = keep;
+}
+
+const struct qt_tensor *qt_exec_value(const struct qt_exec *x, int v)
+{
+    if (v < 0 || v >= x->g->nvalues) return NULL;
+    const struct qt_tensor *t = &x->val[v];
+    return t->data ? t : NULL;
 }
 
 const struct qt_tensor *qt_exec_output(const struct qt_exec *x, int k)

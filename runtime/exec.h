@@ -28,6 +28,12 @@ int qt_exec_forward_train(struct qt_exec *x, const struct qt_tensor **inputs, st
 int qt_exec_backward(struct qt_exec *x, const struct qt_tensor *dy, struct qt_error *e);
 /* Gradient of value v from the last backward (backend memory), or NULL when none reached it. */
 const float *qt_exec_grad(const struct qt_exec *x, int v);
+/* Keeps every value of the next plain (QT_EXEC_PLAIN) inference runs until the following
+ * run, so that qt_exec_value can read them (calibration); 0 restores releasing. */
+void qt_exec_keep_values(struct qt_exec *x, int keep);
+/* The tensor of value v from the last run (backend memory), or NULL when not held: a
+ * training forward holds every value, an inference run only with qt_exec_keep_values. */
+const struct qt_tensor *qt_exec_value(const struct qt_exec *x, int v);
 /* Graph output k of the last run (backend memory; host memory on the CPU backend). */
 const struct qt_tensor *qt_exec_output(const struct qt_exec *x, int k);
 

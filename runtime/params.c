@@ -6,7 +6,7 @@
 
 const char *qt_role_name(enum qt_param_role r)
 {
-    static const char *names[] = {"weight", "bias", "batchnorm"};
+    static const char *names[] = {"weight", "bias", "batchnorm", "alpha_w", "alpha_a"};
     return (unsigned)r < QT_ROLE_COUNT ? names[r] : "?";
 }
 
@@ -55,6 +55,14 @@ int qt_params_find(struct qt_graph *g, struct qt_params *ps, struct qt_error *e)
             }
             break;
         }
+        case QT_OP_WEIGHTQUANT:
+            rc = add_param(g, ps, n->in[0], QT_ROLE_WEIGHT, n->name, e);
+            if (!rc && n->nin > 1 && n->in[1] >= 0)
+                rc = add_param(g, ps, n->in[1], QT_ROLE_ALPHA_W, n->name, e);
+            break;
+        case QT_OP_ACTQUANT:
+            rc = add_param(g, ps, n->in[1], QT_ROLE_ALPHA_A, n->name, e);
+            break;
         case QT_OP_BATCHNORM:
             rc = add_param(g, ps, n->in[1], QT_ROLE_BN, n->name, e);
             if (!rc) rc = add_param(g, ps, n->in[2], QT_ROLE_BN, n->name, e);

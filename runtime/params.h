@@ -10,6 +10,8 @@ enum qt_param_role {
     QT_ROLE_WEIGHT, /* Conv and Gemm/MatMul weights */
     QT_ROLE_BIAS,   /* Conv and Gemm biases */
     QT_ROLE_BN,     /* BatchNormalization scale and bias */
+    QT_ROLE_ALPHA_W, /* clipping thresholds of weight quantizers */
+    QT_ROLE_ALPHA_A, /* clipping thresholds of activation quantizers */
     QT_ROLE_COUNT
 };
 

@@ -1,9 +1,131 @@
-/* qtune inspect: the model's layers with output shapes, parameter counts and MACs. */
+/* qtune inspect: the model's layers with output shapes, parameter counts and MACs, and its
+ * quantizers (scheme, bits, signedness, alpha; for weights the share on each level). */
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../graph/schema.h"
+#include "../kernels/cpu/quant.h"
 #include "cli.h"
+
+/* One quantizer's description. For a weight quantizer with a level grid, share[k] is the
+ * fraction of weights on signed level k of lv (2n - 1 levels, ascending, alpha units). */
+struct qinfo {
+    struct qt_quant_attrs a;
+    int nalpha;
+    float alpha0;         /* first alpha (8-bit: the scale m) */
+    int nlv;              /* levels listed (0: none) */
+    float lv[2 * QT_APOT_MAX_LEVELS];
+    double share[2 * QT_APOT_MAX_LEVELS];
+    int used;             /* distinct levels in use (weights) */
+};
+
+/* Fills qi for quantizer node n; returns -1 with e set on bad attributes. */
+static int quant_info(const struct qt_graph *g, const struct qt_node *n, struct qinfo *qi,
+                      struct qt_error *e)
+{
+    memset(qi, 0, sizeof *qi);
+    if (qt_quant_attrs_get(n, &qi->a, e)) return -1;
+    const struct qt_tensor *al = n->nin > 1 && n->in[1] >= 0 ? g->values[n->in[1]].init : NULL;
+    if (al && al->dtype == QT_F32) {
+        qi->nalpha = (int)qt_shape_numel(&al->shape);
+        qi->alpha0 = ((const float *)al->data)[0];
+    }
+    const struct qt_tensor *w = g->values[n->in[0]].init;
+    if (n->op != QT_OP_WEIGHTQUANT || !w || w->dtype != QT_F32) return 0;
+    int64_t cnt = qt_shape_numel(&w->shape);
+    float *wq = malloc(sizeof(float) * (cnt ? cnt : 1));
+    float st[2] = {0, 1};
+    if (qi->a.scheme >= QT_QS_MAX) {
+        quant_int8_weight_forward_cpu(wq, st, w->data, qi->a.scheme == QT_QS_ABSMAX, cnt);
+        qi->alpha0 = st[0];
+        /* 8-bit: count the distinct steps in use. */
+        char seen[4096] = {0};
+        for (int64_t i = 0; i < cnt; i++) {
+            long k = st[0] ? lrintf(wq[i] / st[0] * 127.0f) : 0;
+            if (k >= -2047 && k <= 2047 && !seen[k + 2047]) seen[k + 2047] = 1, qi->used++;
+        }
+        free(wq);
+        return 0;
+    }
+    struct qt_apot_quantizer qz;
+    if (!al || qt_apot_quantizer_init(&qz, qi->a.scheme == QT_QS_APOT ? QT_SCHEME_APOT : QT_SCHEME_UNIFORM,
+                                      qi->a.bits, 1) ||
+        cnt % qi->nalpha) {
+        free(wq);
+        return 0;
+    }
+    quant_weight_forward_cpu(wq, st, st + 1, w->data, al->data, qi->nalpha, qi->a.standardize, &qz, cnt);
+    qi->nlv = 2 * qz.n - 1;
+    for (int k = 0; k < qz.n; k++) {
+        qi->lv[qz.n - 1 + k] = qz.levels[k];
+        qi->lv[qz.n - 1 - k] = -qz.levels[k];
+    }
+    qi->lv[qz.n - 1] = 0.0f; /* not -0 */
+    int64_t per = cnt / qi->nalpha;
+    for (int64_t i = 0; i < cnt; i++) {
+        float q = wq[i] / ((const float *)al->data)[i / per];
+        int best = 0;
+        for (int k = 1; k < qi->nlv; k++)
+            if (fabsf(q - qi->lv[k]) < fabsf(q - qi->lv[best])) best = k;
+        qi->share[best] += 1.0 / (double)cnt;
+    }
+    for (int k = 0; k < qi->nlv; k++) qi->used += qi->share[k] > 0;
+    free(wq);
+    return 0;
+}
+
+/* Prints the quantizer list (text or a JSON array). Returns the count, or -1 on error. */
+static int print_quantizers(const struct qt_graph *g, int json, struct qt_error *e)
+{
+    int count = 0;
+    for (int i = 0; i < g->nnodes; i++) {
+        const struct qt_node *n = &g->nodes[i];
+        if (n->op != QT_OP_WEIGHTQUANT && n->op != QT_OP_ACTQUANT) continue;
+        struct qinfo qi;
+        if (quant_info(g, n, &qi, e)) return -1;
+        int reader = qt_graph_first_consumer(g, n->out[0]);
+        const char *layer = reader >= 0 ? g->nodes[reader].name : "-";
+        const char *kind = n->op == QT_OP_WEIGHTQUANT ? "weight" : "activation";
+        if (json) {
+            printf("%s{\"name\": \"%s\", \"layer\": \"%s\", \"kind\": \"%s\", \"scheme\": \"%s\", "
+                   "\"bits\": %d, \"signed\": %s, \"alpha\": %.6g, \"alphas\": %d",
+                   count ? ", " : "", n->name, layer, kind, qt_quant_scheme_name(qi.a.scheme),
+                   qi.a.bits, qi.a.is_signed ? "true" : "false", qi.alpha0, qi.nalpha);
+            if (n->op == QT_OP_WEIGHTQUANT)
+                printf(", \"standardize\": %s, \"levels_used\": %d", qi.a.standardize ? "true" : "false",
+                       qi.used);
+            if (qi.nlv) {
+                printf(", \"levels\": [");
+                for (int k = 0; k < qi.nlv; k++) printf("%s%.6g", k ? ", " : "", qi.lv[k]);
+                printf("], \"share\": [");
+                for (int k = 0; k < qi.nlv; k++) printf("%s%.6f", k ? ", " : "", qi.share[k]);
+                printf("]");
+            }
+            printf("}");
+        } else {
+            if (!count)
+                printf("\nquantizers\n%-28s %-10s %-8s %4s %-8s %10s  levels (share of weights, %%)\n",
+                       "layer", "kind", "scheme", "bits", "signed", "alpha");
+            char alpha[32];
+            if (qi.nalpha > 1) snprintf(alpha, sizeof alpha, "%d ch", qi.nalpha);
+            else snprintf(alpha, sizeof alpha, "%.4g", qi.alpha0);
+            printf("%-28.28s %-10s %-8s %4d %-8s %10s", layer, kind, qt_quant_scheme_name(qi.a.scheme),
+                   qi.a.bits, qi.a.is_signed ? "signed" : "unsigned", alpha);
+            if (qi.nlv) {
+                printf("  ");
+                for (int k = 0; k < qi.nlv; k++) printf("%s%.3g:%.1f", k ? " " : "", qi.lv[k], 100 * qi.share[k]);
+            } else if (n->op == QT_OP_WEIGHTQUANT) {
+                printf("  %d of 255 steps in use (scale: %s)", qi.used,
+                       qi.a.scheme == QT_QS_ABSMAX ? "max |W|" : "max W");
+            }
+            printf("\n");
+        }
+        count++;
+    }
+    return count;
+}
 
 /* Multiply-accumulates per sample of one node (0 for ops that do not multiply). */
 static int64_t node_macs(const struct qt_graph *g, const struct qt_node *n)
@@ -84,18 +206,30 @@ int cmd_inspect(int argc, char **argv)
             printf("%4d  %-18s %-28.28s %-18s %10lld %14lld\n", i, qt_op_name(n->op), n->name, sbuf,
                    (long long)p, (long long)m);
     }
+    struct qt_error e;
+    int nq;
     if (json) {
+        printf("], \"quantizers\": [");
+        if ((nq = print_quantizers(g, 1, &e)) < 0) {
+            printf("]}\n");
+            qt_graph_free(g);
+            return cli_fail("'%s': %s", path, e.msg);
+        }
         printf("], \"nodes\": %d, \"params\": %lld, \"state\": %lld, \"macs\": %lld}\n", g->nnodes,
                (long long)params, (long long)state, (long long)macs);
     } else {
+        if ((nq = print_quantizers(g, 0, &e)) < 0) {
+            qt_graph_free(g);
+            return cli_fail("'%s': %s", path, e.msg);
+        }
         for (int k = 0; k < g->noutputs; k++) {
             const struct qt_value *v = &g->values[g->outputs[k]];
             printf("\noutput %-24s %s %s", v->name, qt_dtype_name(v->dtype),
                    qt_shape_str(g, &v->shape, sbuf, sizeof sbuf));
         }
         printf("\n\n%d nodes, %lld parameters (%.2f MB as float32), %lld BatchNorm statistics, "
-               "%.2f M MACs per sample\n", g->nnodes, (long long)params, params * 4 / 1e6,
-               (long long)state, macs / 1e6);
+               "%.2f M MACs per sample, %d quantizers\n", g->nnodes, (long long)params, params * 4 / 1e6,
+               (long long)state, macs / 1e6, nq);
     }
     qt_graph_free(g);
     return 0;

@@ -17,6 +17,8 @@ static void usage(FILE *f)
             "  export MODEL.onnx --format float -o OUT.onnx write the canonicalized model\n"
             "  init ARCH --input CxHxW --classes K -o OUT   a new ResNet: resnet20|32|56|18\n"
             "  train MODEL.onnx --data DATA --epochs E -o OUT.onnx   FP32 training\n"
+            "  finetune MODEL.onnx --data DATA --wbits W --abits A -o OUT.onnx\n"
+            "                                              quantization-aware fine-tuning\n"
             "\n"
             "Run 'qtune COMMAND --help' for a command's options.\n");
 }
@@ -38,6 +40,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "export") == 0) return cmd_export(argc - 1, argv + 1);
     if (strcmp(cmd, "init") == 0) return cmd_init(argc - 1, argv + 1);
     if (strcmp(cmd, "train") == 0) return cmd_train(argc - 1, argv + 1);
+    if (strcmp(cmd, "finetune") == 0) return cmd_finetune(argc - 1, argv + 1);
     fprintf(stderr, "qtune: error: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

@@ -1,9 +1,11 @@
-/* CPU fake-quantizer kernels: per-tensor APoT / uniform weight and activation quantizers
- * (forward and backward) and the 8-bit first/last layer weights, on the scalar formulas of
- * kernels/common/apot.h. Loops are OpenMP-parallel over fixed blocks; reductions keep one
- * double partial per block and add them in block order (thread-count independent). */
+/* CPU fake-quantizer kernels: APoT / uniform weight quantizers (per-tensor or per-channel
+ * alpha) and activation quantizers (forward and backward), the 8-bit first/last layer weights,
+ * and the MSE search of an initial alpha, on the scalar formulas of kernels/common/apot.h.
+ * Loops are OpenMP-parallel over fixed blocks; reductions keep one double partial per block
+ * and add them in block order (thread-count independent). */
 #include "kernels/cpu/quant.h"
 
+#include <float.h>
 #include <math.h>
 
 /* Blocks: at least QBLOCK elements, at most QMAX_BLOCKS of them (the block size doubles for
@@ -30,6 +32,53 @@ static double sum_blocks(const double *part, int64_t nb)
     for (int64_t b = 0; b < nb; b++)
         s += part[b];
     return s;
+}
+
+/* Blocks of a weight tensor with nalpha alphas (channels of cs = n / nalpha elements) that
+ * never straddle a channel boundary, so that each channel's dalpha is a fixed sequence of
+ * block partials: channels of at most bs elements are grouped, `per` = bs / cs whole channels
+ * to a block; larger channels are cut into spc = ceil(cs / bs) blocks of at most bs elements.
+ * Either way there are at most 2 * QMAX_BLOCKS blocks, since n <= bs * QMAX_BLOCKS (grouped
+ * blocks hold more than bs / 2 elements; cut ones number n / bs + nalpha < 2 n / bs). */
+struct chan_split {
+    int64_t nalpha, cs, bs;
+    int64_t per; /* grouped: channels per block; 0 when channels are cut */
+    int64_t spc; /* cut: blocks per channel */
+    int64_t nb;  /* number of blocks */
+};
+
+/* Requires n > 0, nalpha >= 1 and n % nalpha == 0. */
+static struct chan_split chan_split(int64_t n, int64_t nalpha)
+{
+    struct chan_split sp;
+    sp.nalpha = nalpha;
+    sp.bs = block_size(n);
+    sp.cs = n / nalpha;
+    if (sp.cs <= sp.bs) {
+        sp.per = sp.bs / sp.cs;
+        sp.spc = 0;
+        sp.nb = (nalpha + sp.per - 1) / sp.per;
+    } else {
+        sp.per = 0;
+        sp.spc = (sp.cs + sp.bs - 1) / sp.bs;
+        sp.nb = nalpha * sp.spc;
+    }
+    return sp;
+}
+
+/* Element range [lo, hi) of block b. */
+static void chan_block(const struct chan_split *sp, int64_t b, int64_t *lo, int64_t *hi)
+{
+    if (sp->per) {
+        const int64_t c0 = b * sp->per;
+        const int64_t c1 = c0 + sp->per < sp->nalpha ? c0 + sp->per : sp->nalpha;
+        *lo = c0 * sp->cs;
+        *hi = c1 * sp->cs;
+    } else {
+        const int64_t c = b / sp->spc, end = (c + 1) * sp->cs;
+        *lo = c * sp->cs + (b % sp->spc) * sp->bs;
+        *hi = *lo + sp->bs < end ? *lo + sp->bs : end;
+    }
 }
 
 void quant_weight_stats_cpu(float *mu, float *sigma, const float *w, int64_t n)
@@ -77,6 +126,19 @@ QT_ALWAYS_INLINE void weight_fwd_block(float *restrict wq, const float *restrict
     for (int64_t i = lo; i < hi; i++) {
         const float x = qt_apot_weight_x(w[i], mu, sigma, alpha);
         wq[i] = alpha * qt_apot_signed_q(x, lv, th, nl);
+    }
+}
+
+/* weight_fwd_block over each channel's part of [lo, hi) with that channel's alpha. */
+QT_ALWAYS_INLINE void weight_fwd_range(float *restrict wq, const float *restrict w, float mu,
+                                       float sigma, const float *restrict alpha, int64_t cs,
+                                       const float *restrict lv, const float *restrict th, int nl,
+                                       int64_t lo, int64_t hi)
+{
+    for (int64_t s = lo; s < hi;) {
+        const int64_t c = s / cs, e = (c + 1) * cs < hi ? (c + 1) * cs : hi;
+        weight_fwd_block(wq, w, mu, sigma, alpha[c], lv, th, nl, s, e);
+        s = e;
     }
 }
 
@@ -218,42 +280,66 @@ QT_ALWAYS_INLINE double act_bwd_block(float *restrict da, const float *restrict 
     }
 
 void quant_weight_forward_cpu(float *wq, float *save_mu, float *save_sigma, const float *w,
-                              const float *alpha, const struct qt_apot_quantizer *qz, int64_t n)
+                              const float *alpha, int64_t nalpha, int standardize,
+                              const struct qt_apot_quantizer *qz, int64_t n)
 {
-    float mu, sigma;
-    quant_weight_stats_cpu(&mu, &sigma, w, n);
+    float mu = 0.0f, sigma = 1.0f;
+    if (standardize) quant_weight_stats_cpu(&mu, &sigma, w, n);
     if (save_mu) *save_mu = mu;
     if (save_sigma) *save_sigma = sigma;
-    const float al = *alpha;
+    if (n <= 0) return;
     const float *lv = qz->levels, *th = qz->thr;
-    const int64_t bs = block_size(n), nb = block_count(n, bs);
-#pragma omp parallel for schedule(static) if (nb > 2)
-    for (int64_t b = 0; b < nb; b++) {
-        const int64_t lo = b * bs, hi = lo + bs < n ? lo + bs : n;
-        DISPATCH(qz->n, lv, th, weight_fwd_block(wq, w, mu, sigma, al, lvs, ths, nl, lo, hi))
+    const struct chan_split sp = chan_split(n, nalpha);
+    const int64_t cs = sp.cs;
+#pragma omp parallel for schedule(static) if (sp.nb > 2)
+    for (int64_t b = 0; b < sp.nb; b++) {
+        int64_t lo, hi;
+        chan_block(&sp, b, &lo, &hi);
+        DISPATCH(qz->n, lv, th,
+                 weight_fwd_range(wq, w, mu, sigma, alpha, cs, lvs, ths, nl, lo, hi))
     }
 }
 
 void quant_weight_backward_cpu(float *dw, float *dalpha, const float *dwq, const float *w,
-                               const float *alpha, const float *save_mu, const float *save_sigma,
-                               const struct qt_apot_quantizer *qz, int64_t n, int acc_w,
-                               int acc_alpha)
+                               const float *alpha, int64_t nalpha, const float *save_mu,
+                               const float *save_sigma, const struct qt_apot_quantizer *qz,
+                               int64_t n, int acc_w, int acc_alpha)
 {
-    const float al = *alpha, mu = *save_mu, sigma = *save_sigma;
-    const float *lv = qz->levels, *th = qz->thr;
-    const int64_t bs = block_size(n), nb = block_count(n, bs);
-    double part[QMAX_BLOCKS];
-#pragma omp parallel for schedule(static) if (nb > 2)
-    for (int64_t b = 0; b < nb; b++) {
-        const int64_t lo = b * bs, hi = lo + bs < n ? lo + bs : n;
-        double s = 0.0;
-        DISPATCH(qz->n, lv, th,
-                 s = weight_bwd_block(dw, dwq, w, mu, sigma, al, lvs, ths, nl, acc_w, lo, hi))
-        part[b] = s;
+    if (n <= 0) {
+        if (dalpha && !acc_alpha)
+            for (int64_t c = 0; c < nalpha; c++)
+                dalpha[c] = 0.0f;
+        return;
     }
-    if (dalpha) {
-        const float s = (float)sum_blocks(part, nb);
-        *dalpha = acc_alpha ? *dalpha + s : s;
+    const float mu = *save_mu, sigma = *save_sigma;
+    const float *lv = qz->levels, *th = qz->thr;
+    const struct chan_split sp = chan_split(n, nalpha);
+    const int64_t cs = sp.cs;
+    /* cut channels: one partial per block, added per channel afterwards; grouped channels are
+     * whole inside one block, which writes their dalpha itself */
+    double part[2 * QMAX_BLOCKS];
+#pragma omp parallel for schedule(static) if (sp.nb > 2)
+    for (int64_t b = 0; b < sp.nb; b++) {
+        int64_t lo, hi;
+        chan_block(&sp, b, &lo, &hi);
+        for (int64_t s = lo; s < hi;) {
+            const int64_t c = s / cs, e = (c + 1) * cs < hi ? (c + 1) * cs : hi;
+            const float al = alpha[c];
+            double p = 0.0;
+            DISPATCH(qz->n, lv, th,
+                     p = weight_bwd_block(dw, dwq, w, mu, sigma, al, lvs, ths, nl, acc_w, s, e))
+            if (!sp.per)
+                part[b] = p;
+            else if (dalpha)
+                dalpha[c] = acc_alpha ? dalpha[c] + (float)p : (float)p;
+            s = e;
+        }
+    }
+    if (dalpha && !sp.per) {
+        for (int64_t c = 0; c < nalpha; c++) {
+            const float p = (float)sum_blocks(part + c * sp.spc, sp.spc);
+            dalpha[c] = acc_alpha ? dalpha[c] + p : p;
+        }
     }
 }
 
@@ -291,6 +377,111 @@ void quant_act_backward_cpu(float *da, float *dalpha, const float *daq, const fl
         const float s = (float)sum_blocks(part, nb);
         *dalpha = acc_alpha ? *dalpha + s : s;
     }
+}
+
+/* ---- MSE search of alpha ---- */
+
+/* Candidates: QMSE_COARSE evenly up to the maximum, then QMSE_FINE - 2 between the best
+ * coarse candidate's neighbours (steps of 2 / QMSE_FINE coarse steps, itself excluded). */
+#define QMSE_COARSE 100
+#define QMSE_FINE 40
+
+/* sum((alpha * q(x / alpha) - x)^2) over x[0..n). NaN and Inf samples are replaced by 0, which
+ * adds exactly 0 (q(0) = 0 in both quantizers). */
+QT_ALWAYS_INLINE double mse_block(const float *restrict x, float alpha, const float *restrict lv,
+                                  const float *restrict th, int nl, int is_signed, int64_t n)
+{
+    double s = 0.0;
+    if (is_signed) {
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = 0; i < n; i++) {
+            const float v = fabsf(x[i]) <= FLT_MAX ? x[i] : 0.0f;
+            const float d = alpha * qt_apot_signed_q(v / alpha, lv, th, nl) - v;
+            s += (double)d * (double)d;
+        }
+    } else {
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = 0; i < n; i++) {
+            const float v = fabsf(x[i]) <= FLT_MAX ? x[i] : 0.0f;
+            const float d = alpha * qt_apot_unsigned_q(v / alpha, lv, th, nl) - v;
+            s += (double)d * (double)d;
+        }
+    }
+    return s;
+}
+
+/* Fills err[k] with the error of alpha cand[k], k < nc; one candidate per thread at a time, each
+ * summed whole in a fixed order (thread-count independent). */
+static void mse_errors(double *err, const float *cand, int nc, const float *x, int64_t n,
+                       const struct qt_apot_quantizer *qz)
+{
+    const float *lv = qz->levels, *th = qz->thr;
+    const int sg = qz->is_signed;
+#pragma omp parallel for schedule(dynamic, 1) if (n >= 4096)
+    for (int k = 0; k < nc; k++) {
+        const float al = cand[k];
+        double s = 0.0;
+        DISPATCH(qz->n, lv, th, s = mse_block(x, al, lvs, ths, nl, sg, n))
+        err[k] = s;
+    }
+}
+
+float quant_alpha_mse_cpu(const float *x, int64_t n, const struct qt_apot_quantizer *qz)
+{
+    const int sg = qz->is_signed;
+    float m = 0.0f;
+    if (sg) {
+#pragma omp simd reduction(max : m)
+        for (int64_t i = 0; i < n; i++) {
+            const float a = fabsf(x[i]);
+            m = fmaxf(m, a <= FLT_MAX ? a : 0.0f);
+        }
+    } else {
+#pragma omp simd reduction(max : m)
+        for (int64_t i = 0; i < n; i++)
+            m = fmaxf(m, fabsf(x[i]) <= FLT_MAX ? x[i] : 0.0f);
+    }
+    if (!(m > 0.0f)) return 1.0f;
+
+    float cand[QMSE_COARSE > QMSE_FINE ? QMSE_COARSE : QMSE_FINE];
+    double err[QMSE_COARSE > QMSE_FINE ? QMSE_COARSE : QMSE_FINE];
+    /* the best so far: m itself until a candidate has a lower error (m always has a finite one) */
+    float best = m;
+    double best_err = INFINITY;
+    int kbest = QMSE_COARSE;
+    for (int k = 1; k <= QMSE_COARSE; k++)
+        cand[k - 1] = (float)((double)m * k / QMSE_COARSE);
+    mse_errors(err, cand, QMSE_COARSE, x, n, qz);
+    for (int k = 1; k <= QMSE_COARSE; k++)
+        if (cand[k - 1] > 0.0f && err[k - 1] < best_err) {
+            best_err = err[k - 1];
+            best = cand[k - 1];
+            kbest = k;
+        }
+    /* refine between the neighbours m (kbest -+ 1) / QMSE_COARSE, kbest itself excluded */
+    const double lo = (double)m * (kbest - 1) / QMSE_COARSE;
+    const double step = (double)m * 2.0 / QMSE_COARSE / QMSE_FINE;
+    int nf = 0;
+    for (int j = 1; j < QMSE_FINE; j++)
+        if (2 * j != QMSE_FINE) cand[nf++] = (float)(lo + step * j);
+    mse_errors(err, cand, nf, x, n, qz);
+    for (int j = 0; j < nf; j++)
+        if (cand[j] > 0.0f &&
+            (err[j] < best_err || (err[j] == best_err && cand[j] < best))) {
+            best_err = err[j];
+            best = cand[j];
+        }
+    return best;
+}
+
+int64_t quant_subsample_cpu(float *out, int64_t m, const float *x, int64_t n)
+{
+    if (m <= 0 || n <= 0) return 0;
+    const int64_t stride = n / m + (n % m != 0);
+    int64_t c = 0;
+    for (int64_t i = 0; i < n && c < m; i += stride)
+        out[c++] = x[i];
+    return c;
 }
 
 void quant_int8_weight_forward_cpu(float *wq, float *save_m, const float *w, int abs_max, int64_t n)

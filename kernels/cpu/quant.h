@@ -1,9 +1,10 @@
-/* CPU fake-quantizer kernels (APOT.md sections 2-4): APoT / uniform weight and activation
- * quantizers with one learnable alpha per tensor, and the 8-bit first/last layer weights.
+/* CPU fake-quantizer kernels (APOT.md sections 2-4): APoT / uniform weight quantizers with one
+ * learnable alpha per tensor or per output channel, activation quantizers with one alpha per
+ * tensor, the 8-bit first/last layer weights, and a data-driven initial alpha (MSE search).
  * Argument order: outputs, then inputs, then sizes. Backward kernels assign (=) an output
  * when its acc flag is 0 and accumulate (+=) when 1; NULL outputs are skipped.
- * alpha and dalpha point to one float each. Sums (mean, variance, dalpha) are taken in double
- * over fixed blocks combined in order, so results do not depend on the thread count. */
+ * Sums (mean, variance, dalpha, search errors) are taken in double over fixed blocks combined
+ * in order, so results do not depend on the thread count. */
 #ifndef QT_KERNELS_CPU_QUANT_H
 #define QT_KERNELS_CPU_QUANT_H
 
@@ -15,32 +16,55 @@
  * A tensor with sigma = 0 (constant) or fewer than 2 elements gets sigma = 1. */
 void quant_weight_stats_cpu(float *mu, float *sigma, const float *w, int64_t n);
 
-/* Weight quantizer forward: x = ((w - mu) / sigma) / alpha, q = sign(xc) * nearest(|xc|),
- * xc = clamp(x, -1, 1), wq = alpha * q. Writes mu and sigma (from quant_weight_stats_cpu) to
- * save_mu and save_sigma (one float each) for the backward. qz comes from a successful
- * qt_apot_quantizer_init with is_signed = 1 (weights are always quantized signed). */
+/* Weight quantizer forward: x = ((w - mu) / sigma) / alpha[c], q = sign(xc) * nearest(|xc|),
+ * xc = clamp(x, -1, 1), wq = alpha[c] * q.
+ * nalpha: 1 (one alpha for the whole tensor) or the number of output channels C, the leading
+ * dimension of the weight (per-channel alphas); n % nalpha == 0 is required, and element i
+ * belongs to channel c = i / (n / nalpha). The standardization is per tensor either way:
+ * standardize = 1 takes mu and sigma from quant_weight_stats_cpu over all n elements;
+ * standardize = 0 uses mu = 0, sigma = 1 (x = w / alpha[c]). mu and sigma are written to
+ * save_mu and save_sigma (one float each, may be NULL) for the backward. qz comes from a
+ * successful qt_apot_quantizer_init with is_signed = 1 (weights are always quantized signed). */
 void quant_weight_forward_cpu(float *wq, float *save_mu, float *save_sigma, const float *w,
-                              const float *alpha, const struct qt_apot_quantizer *qz, int64_t n);
+                              const float *alpha, int64_t nalpha, int standardize,
+                              const struct qt_apot_quantizer *qz, int64_t n);
 
-/* Weight quantizer backward for dwq = dL/dwq: dw = dwq / sigma (straight-through, not
- * clipped), dalpha = sum(dwq * (|x| > 1 ? sign(x) : q - x)). */
+/* Weight quantizer backward for dwq = dL/dwq, with the forward's alpha, nalpha and saved mu
+ * and sigma: dw = dwq / sigma (straight-through, not clipped; dw = dwq without
+ * standardization, where sigma = 1), dalpha[c] = sum over channel c of
+ * dwq * (|x| > 1 ? sign(x) : q - x); dalpha has nalpha entries. */
 void quant_weight_backward_cpu(float *dw, float *dalpha, const float *dwq, const float *w,
-                               const float *alpha, const float *save_mu, const float *save_sigma,
-                               const struct qt_apot_quantizer *qz, int64_t n, int acc_w,
-                               int acc_alpha);
+                               const float *alpha, int64_t nalpha, const float *save_mu,
+                               const float *save_sigma, const struct qt_apot_quantizer *qz,
+                               int64_t n, int acc_w, int acc_alpha);
 
-/* Activation quantizer forward, x = a / alpha, aq = alpha * q. Unsigned (qz->is_signed = 0):
- * q = nearest(min(x, 1)), negatives give 0. Signed: q = sign(xc) * nearest(|xc|),
- * xc = clamp(x, -1, 1). */
+/* Activation quantizer forward (alpha: one float for the tensor), x = a / alpha,
+ * aq = alpha * q. Unsigned (qz->is_signed = 0): q = nearest(min(x, 1)), negatives give 0.
+ * Signed: q = sign(xc) * nearest(|xc|), xc = clamp(x, -1, 1). */
 void quant_act_forward_cpu(float *aq, const float *a, const float *alpha,
                            const struct qt_apot_quantizer *qz, int64_t n);
 
 /* Activation quantizer backward. Unsigned: da = daq * (x <= 1),
  * dalpha = sum(daq * (x > 1 ? 1 : q - x)). Signed: da = daq * (|x| <= 1),
- * dalpha = sum(daq * (|x| > 1 ? sign(x) : q - x)). */
+ * dalpha = sum(daq * (|x| > 1 ? sign(x) : q - x)) (one float). */
 void quant_act_backward_cpu(float *da, float *dalpha, const float *daq, const float *a,
                             const float *alpha, const struct qt_apot_quantizer *qz, int64_t n,
                             int acc_a, int acc_alpha);
+
+/* The alpha minimizing sum_i (alpha * q(x_i / alpha) - x_i)^2 over the n samples x (already
+ * standardized for weights; raw activations otherwise), q the quantizer qz describes (signed or
+ * unsigned per qz->is_signed). Returns a positive alpha; 1.0f when every x is 0 (or for
+ * unsigned, every x <= 0); NaN/Inf samples are ignored.
+ * Search: alpha = m * k / 100, k = 1..100, with m = max|x| (signed) or max x (unsigned); then
+ * the finer grid m * (k_best - 1 + j / 20) / 100, j = 1..39 (j != 20), between the best
+ * candidate's neighbours (up to 1.01 m when k_best = 100). The error is summed in double with
+ * apot.h's per-element formulas; the lowest error wins, the smaller alpha on a tie.
+ * Deterministic (thread-count independent), OpenMP-parallel over candidates. */
+float quant_alpha_mse_cpu(const float *x, int64_t n, const struct qt_apot_quantizer *qz);
+
+/* Copies up to m samples of x (n elements) into out, evenly strided (every ceil(n/m)-th element
+ * starting at 0); returns how many were written (0 when n or m is not positive). */
+int64_t quant_subsample_cpu(float *out, int64_t m, const float *x, int64_t n);
 
 /* 8-bit weights of the first and last layer: wq = round(w / m * 127) / 127 * m with
  * m = max(w) (abs_max = 0, the reference code's choice) or max|w| (abs_max = 1); m is written

@@ -1,7 +1,9 @@
 """PyTorch reference of APoT / uniform fake-quantization, written from APOT.md sections 1-4
 (not from qtune's C code): level sets from the term lists, brute-force nearest level over all
 levels, and the weight (with standardization), activation (unsigned and signed) and 8-bit
-weight quantizers as autograd Functions whose backward implements APOT.md's formulas.
+weight quantizers as autograd Functions whose backward implements APOT.md's formulas. The
+weight quantizer also takes one alpha per output channel (the leading dimension; the
+standardization stays per tensor) and can skip the standardization (mu = 0, sigma = 1).
 
 Conventions shared with qtune (APOT.md leaves them open): a value exactly halfway between two
 levels goes to the lower one; signed tensors use B = bits - 1 magnitude bits, unsigned
@@ -61,6 +63,11 @@ def _sum64(t):
     return t.double().sum().float().reshape(1)
 
 
+def _sum64_to(t, shape):
+    """t summed in float64 over the dimensions that `shape` broadcasts (alpha's gradient)."""
+    return t.double().sum_to_size(shape).float()
+
+
 class _SignedQuant(torch.autograd.Function):
     """x = input / alpha, q = sign(xc) * nearest(|xc|), xc = clamp(x, -1, 1); returns alpha * q.
     Backward: input gradient straight through (clip_input=False, weights) or g * (|x| <= 1)
@@ -73,6 +80,7 @@ class _SignedQuant(torch.autograd.Function):
         q = torch.sign(xc) * nearest(xc.abs(), lv)
         ctx.save_for_backward(x, q)
         ctx.clip_input = clip_input
+        ctx.alpha_shape = alpha.shape
         return q * alpha
 
     @staticmethod
@@ -81,7 +89,7 @@ class _SignedQuant(torch.autograd.Function):
         out = x.abs() > 1
         factor = torch.where(out, torch.sign(x), q - x)
         dinp = torch.where(out, torch.zeros_like(g), g) if ctx.clip_input else g
-        return dinp, _sum64(g * factor), None, None
+        return dinp, _sum64_to(g * factor, ctx.alpha_shape), None, None
 
 
 class _UnsignedQuant(torch.autograd.Function):
@@ -109,12 +117,21 @@ def weight_stats(w):
     return w64.mean().float(), w64.std(unbiased=True).float()
 
 
-def weight_quant(w, alpha, scheme, bits):
-    """APOT.md section 2. Returns (Wq, mu, sigma); dW = g / sigma comes from autograd through
-    the standardization, the quantizer itself passes g straight through."""
+def weight_quant(w, alpha, scheme, bits, standardize=True):
+    """APOT.md section 2. alpha has one element (the whole tensor) or w.shape[0] (one per
+    output channel; alpha.grad then has one sum per channel). Returns (Wq, mu, sigma); dW =
+    g / sigma comes from autograd through the standardization, the quantizer itself passes g
+    straight through. standardize=False: Wn = W (mu = 0, sigma = 1), so x = W / alpha."""
     lv = levels(scheme, magnitude_bits(scheme, bits, True))
-    mu, sigma = weight_stats(w)
-    wn = (w - mu) / sigma
+    if standardize:
+        mu, sigma = weight_stats(w)
+        wn = (w - mu) / sigma
+    else:
+        mu, sigma = torch.tensor(0.0), torch.tensor(1.0)
+        wn = w
+    if alpha.numel() > 1:
+        assert alpha.numel() == w.shape[0], "one alpha per output channel"
+        alpha = alpha.reshape([-1] + [1] * (w.dim() - 1))
     return _SignedQuant.apply(wn, alpha, lv, False), mu, sigma
 
 

@@ -1,0 +1,264 @@
+/* Calibration: per-channel statistics of BatchNorm inputs, data-driven quantizer alphas and
+ * BatchNorm re-estimation, over a few unaugmented batches of training images. */
+#include "calib.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../graph/schema.h"
+#include "../kernels/cpu/quant.h"
+#include "exec.h"
+#include "rng.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The calibration images: the first batches * batch of a seeded permutation. */
+struct feed {
+    int *perm;
+    int nb;
+    struct qt_tensor *x;
+    const struct qt_tensor *in[1];
+};
+
+static int feed_open(struct feed *f, const struct qt_graph *g, const struct qt_dataset *ds,
+                     const struct qt_calib_config *c, struct qt_error *e)
+{
+    memset(f, 0, sizeof *f);
+    if (c->batch <= 0 || c->batches <= 0) return qt_err(e, "calibration needs batches of images");
+    int bsz = c->batch < ds->n ? c->batch : ds->n;
+    if (bsz <= 1) return qt_err(e, "calibration needs at least 2 training images");
+    const struct qt_value *in = &g->values[g->inputs[0]];
+    if (in->shape.d[0] >= 0) bsz = (int)in->shape.d[0];
+    f->nb = c->batches;
+    if ((int64_t)f->nb * bsz > ds->n) f->nb = ds->n / bsz;
+    if (f->nb < 1) return qt_err(e, "the training split has fewer than %d images", bsz);
+    f->perm = malloc(sizeof(int) * ds->n);
+    for (int i = 0; i < ds->n; i++) f->perm[i] = i;
+    struct qt_rng rng;
+    qt_rng_seed(&rng, c->seed ^ 0x63616c6962ull);
+    qt_rng_shuffle(&rng, f->perm, ds->n);
+    struct qt_shape xs = {4, {bsz, ds->c, ds->h, ds->w}};
+    f->x = qt_tensor_new(QT_F32, &xs);
+    f->in[0] = f->x;
+    return 0;
+}
+
+static void feed_batch(struct feed *f, const struct qt_dataset *ds, const struct qt_calib_config *c,
+                       int k)
+{
+    int bsz = (int)f->x->shape.d[0];
+    qt_dataset_batch(ds, f->perm + (int64_t)k * bsz, bsz, c->mean, c->std, f->x->data, NULL);
+}
+
+static void feed_close(struct feed *f)
+{
+    free(f->perm);
+    qt_tensor_free(f->x);
+}
+
+/* Per-channel sums of x ([N, C, ...]) into s1, s2 (double). */
+static void channel_sums(const struct qt_tensor *t, double *s1, double *s2)
+{
+    int64_t nb = t->shape.d[0], ch = t->shape.d[1];
+    int64_t hw = nb * ch ? qt_shape_numel(&t->shape) / (nb * ch) : 0;
+    const float *d = t->data;
+    for (int64_t c = 0; c < ch; c++) {
+        double a = 0, q = 0;
+        for (int64_t i = 0; i < nb; i++) {
+            const float *p = d + (i * ch + c) * hw;
+            for (int64_t j = 0; j < hw; j++) {
+                a += p[j];
+                q += (double)p[j] * p[j];
+            }
+        }
+        s1[c] += a;
+        s2[c] += q;
+    }
+}
+
+int qt_calib_bn_from_data(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
+                          const struct qt_calib_config *c, const int *bn, int n,
+                          struct qt_error *e)
+{
+    if (n == 0) return 0;
+    struct feed f;
+    if (feed_open(&f, g, ds, c, e)) return -1;
+    struct qt_exec *x = qt_exec_new(g, b, e);
+    int rc = -1;
+    double **s1 = calloc(n, sizeof *s1), **s2 = calloc(n, sizeof *s2);
+    int64_t *cnt = calloc(n, sizeof *cnt);
+    if (!x) goto out;
+    qt_exec_set_mode(x, QT_EXEC_PLAIN);
+    qt_exec_keep_values(x, 1);
+    for (int j = 0; j < n; j++) {
+        const struct qt_node *nd = &g->nodes[bn[j]];
+        int64_t ch = qt_shape_numel(&g->values[nd->in[1]].init->shape);
+        s1[j] = calloc(ch, sizeof(double));
+        s2[j] = calloc(ch, sizeof(double));
+    }
+    for (int k = 0; k < f.nb; k++) {
+        feed_batch(&f, ds, c, k);
+        if (qt_exec_forward(x, f.in, e)) goto out;
+        for (int j = 0; j < n; j++) {
+            const struct qt_node *nd = &g->nodes[bn[j]];
+            const struct qt_tensor *t = qt_exec_value(x, nd->in[0]);
+            if (!t) {
+                qt_err(e, "calibration: the input of '%s' was not kept", nd->name);
+                goto out;
+            }
+            channel_sums(t, s1[j], s2[j]);
+            cnt[j] += qt_shape_numel(&t->shape) / t->shape.d[1];
+        }
+    }
+    for (int j = 0; j < n; j++) {
+        struct qt_node *nd = &g->nodes[bn[j]];
+        float *scale = g->values[nd->in[1]].init->data, *bias = g->values[nd->in[2]].init->data;
+        float *mean = g->values[nd->in[3]].init->data, *var = g->values[nd->in[4]].init->data;
+        double eps = qt_node_float(nd, "epsilon", 1e-5f);
+        int64_t ch = qt_shape_numel(&g->values[nd->in[1]].init->shape);
+        for (int64_t q = 0; q < ch; q++) {
+            double m = s1[j][q] / (double)cnt[j];
+            double v = cnt[j] > 1 ? (s2[j][q] - m * s1[j][q]) / (double)(cnt[j] - 1) : 0.0;
+            if (v < 0) v = 0;
+            double old = sqrt((double)var[q] + eps);
+            double s = scale[q];
+            scale[q] = (float)(s * sqrt(v + eps) / old);
+            bias[q] = (float)(bias[q] + s * (m - mean[q]) / old);
+            mean[q] = (float)m;
+            var[q] = (float)v;
+        }
+    }
+    rc = 0;
+out:
+    for (int j = 0; j < n; j++) {
+        free(s1[j]);
+        free(s2[j]);
+    }
+    free(s1);
+    free(s2);
+    free(cnt);
+    if (x) qt_exec_free(x);
+    feed_close(&f);
+    return rc;
+}
+
+/* Alpha(s) of weight quantizer node nd from its weights (standardized as the node does). */
+static int weight_alpha(struct qt_graph *g, const struct qt_node *nd, struct qt_error *e)
+{
+    struct qt_quant_attrs a;
+    if (qt_quant_attrs_get(nd, &a, e)) return -1;
+    if (a.scheme >= QT_QS_MAX) return 0;
+    struct qt_apot_quantizer qz;
+    if (qt_apot_quantizer_init(&qz, a.scheme == QT_QS_APOT ? QT_SCHEME_APOT : QT_SCHEME_UNIFORM,
+                               a.bits, 1))
+        return qt_err(e, "%s: invalid quantizer settings", nd->name);
+    const struct qt_tensor *w = g->values[nd->in[0]].init;
+    struct qt_tensor *al = g->values[nd->in[1]].init;
+    if (!w || !al) return qt_err(e, "%s: weight or alpha is not an initializer", nd->name);
+    int64_t n = qt_shape_numel(&w->shape), nal = qt_shape_numel(&al->shape), per = n / nal;
+    float mu = 0, sigma = 1;
+    if (a.standardize) quant_weight_stats_cpu(&mu, &sigma, w->data, n);
+    float *buf = malloc(sizeof(float) * (per ? per : 1));
+    for (int64_t ch = 0; ch < nal; ch++) {
+        const float *src = (const float *)w->data + ch * per;
+        for (int64_t i = 0; i < per; i++) buf[i] = (src[i] - mu) / sigma;
+        ((float *)al->data)[ch] = quant_alpha_mse_cpu(buf, per, &qz);
+    }
+    free(buf);
+    return 0;
+}
+
+int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
+                        const struct qt_calib_config *c, int set_alphas,
+                        struct qt_calib_report *r, struct qt_error *e)
+{
+    double t0 = now();
+    memset(r, 0, sizeof *r);
+    int nact = 0, nbn = 0;
+    int *act = malloc(sizeof(int) * (g->nnodes + 1)), *bn = malloc(sizeof(int) * (g->nnodes + 1));
+    float *saved_mom = malloc(sizeof(float) * (g->nnodes + 1));
+    float **samp = calloc(g->nnodes + 1, sizeof *samp);
+    int64_t *nsamp = calloc(g->nnodes + 1, sizeof *nsamp);
+    struct qt_apot_quantizer *qz = calloc(g->nnodes + 1, sizeof *qz);
+    struct qt_exec *x = NULL;
+    struct feed f;
+    memset(&f, 0, sizeof f);
+    int rc = -1;
+    for (int i = 0; i < g->nnodes; i++) {
+        struct qt_node *nd = &g->nodes[i];
+        if (nd->op == QT_OP_WEIGHTQUANT && set_alphas && nd->nin > 1 && nd->in[1] >= 0) {
+            if (weight_alpha(g, nd, e)) goto out;
+            r->weight_alphas++;
+        } else if (nd->op == QT_OP_ACTQUANT) {
+            struct qt_quant_attrs a;
+            if (qt_quant_attrs_get(nd, &a, e)) goto out;
+            if (qt_apot_quantizer_init(&qz[nact], a.scheme == QT_QS_APOT ? QT_SCHEME_APOT : QT_SCHEME_UNIFORM,
+                                       a.bits, a.is_signed)) {
+                qt_err(e, "%s: invalid quantizer settings", nd->name);
+                goto out;
+            }
+            if (!g->values[nd->in[1]].init) {
+                qt_err(e, "%s: alpha is not an initializer", nd->name);
+                goto out;
+            }
+            act[nact++] = i;
+        } else if (nd->op == QT_OP_BATCHNORM) {
+            saved_mom[nbn] = qt_node_float(nd, "momentum", 0.9f);
+            bn[nbn++] = i;
+        }
+    }
+    if (feed_open(&f, g, ds, c, e)) goto out;
+    if (!(x = qt_exec_new(g, b, e))) goto out;
+    int64_t per_batch = (c->samples > 0 ? c->samples : 65536) / f.nb;
+    if (per_batch < 1) per_batch = 1;
+    for (int j = 0; j < nact; j++) samp[j] = malloc(sizeof(float) * per_batch * f.nb);
+    int rounds = set_alphas && nact ? (c->rounds > 0 ? c->rounds : 2) : 0;
+    for (int round = 0; round <= rounds; round++) {
+        for (int j = 0; j < nact; j++) nsamp[j] = 0;
+        for (int k = 0; k < f.nb; k++) {
+            /* Running statistics become the average over this round's batches. */
+            for (int j = 0; j < nbn; j++)
+                qt_node_set_float(&g->nodes[bn[j]], "momentum", (float)k / (float)(k + 1));
+            feed_batch(&f, ds, c, k);
+            if (qt_exec_forward_train(x, f.in, e)) goto out;
+            if (round == rounds) continue;
+            for (int j = 0; j < nact; j++) {
+                const struct qt_tensor *t = qt_exec_value(x, g->nodes[act[j]].in[0]);
+                if (!t) {
+                    qt_err(e, "calibration: the input of '%s' was not kept", g->nodes[act[j]].name);
+                    goto out;
+                }
+                nsamp[j] += quant_subsample_cpu(samp[j] + nsamp[j], per_batch, t->data,
+                                                qt_shape_numel(&t->shape));
+            }
+        }
+        if (round == rounds) break;
+        for (int j = 0; j < nact; j++) {
+            float *al = g->values[g->nodes[act[j]].in[1]].init->data;
+            al[0] = quant_alpha_mse_cpu(samp[j], nsamp[j], &qz[j]);
+        }
+    }
+    r->act_alphas = rounds ? nact : 0;
+    r->bn = nbn;
+    rc = 0;
+out:
+    for (int j = 0; j < nbn; j++) qt_node_set_float(&g->nodes[bn[j]], "momentum", saved_mom[j]);
+    for (int j = 0; j < nact; j++) free(samp[j]);
+    free(samp);
+    free(nsamp);
+    free(qz);
+    free(act);
+    free(bn);
+    free(saved_mom);
+    if (x) qt_exec_free(x);
+    feed_close(&f);
+    r->seconds = now() - t0;
+    return rc;
+}

@@ -1,0 +1,279 @@
+"""CLI scenarios of `qtune finetune` and `qtune inspect` on quantized models: post-training
+quantization and a short quantization-aware fine-tune on Fashion-MNIST, the quantized ONNX
+(ai.qtune ops) reloading to continue, progressive 4 -> 3 -> 2 bits, per-layer overrides,
+uniform per-channel alphas, unfolding a BatchNorm-folded export, and bad settings."""
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+APOT_SIGNED_4BIT = [-1, -.8, -.6, -.4, -.3, -.2, -.1, 0, .1, .2, .3, .4, .6, .8, 1]
+
+
+def need_fmnist():
+    if not os.path.exists(os.path.join(FMNIST, "t10k-images-idx3-ubyte.gz")):
+        pytest.skip("Fashion-MNIST not installed (Debian package dataset-fashion-mnist)")
+
+
+def last_json(r):
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def inits(path):
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
+
+
+def quant_nodes(path):
+    return [n for n in onnx.load(path).graph.node if n.domain == "ai.qtune"]
+
+
+def attr(node, name):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return None
+
+
+COMMON = ["--data", FMNIST, "--preset", "fashion-mnist", "--test-limit", "1000", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def fp_model(qtune, tmp_path_factory):
+    """A ResNet-20 trained in FP32 for three short epochs on Fashion-MNIST."""
+    need_fmnist()
+    d = tmp_path_factory.mktemp("finetune")
+    init = str(d / "init.onnx")
+    r = qtune("init", "resnet20", "--input", "1x28x28", "--classes", "10", "-o", init)
+    assert r.returncode == 0, r.describe()
+    fp = str(d / "fp.onnx")
+    r = qtune("train", init, "--epochs", "3", "--train-limit", "4096", "--lr", "0.05", "--json",
+              "-o", fp, *COMMON)
+    assert r.returncode == 0, r.describe()
+    return fp, last_json(r)["top1"], d
+
+
+def test_ptq_then_finetune(qtune, fp_model, tmp_path):
+    fp, fp_top1, _ = fp_model
+    assert fp_top1 > 60, fp_top1
+    # Post-training quantization at 8 bits keeps the FP32 accuracy; at 2 bits it does not.
+    r = qtune("finetune", fp, "--bits", "8", "--scheme", "uniform", "--epochs", "0", "--json",
+              "-o", str(tmp_path / "w8.onnx"), *COMMON)
+    assert r.returncode == 0, r.describe()
+    w8 = last_json(r)
+    assert abs(w8["ptq_top1"] - fp_top1) <= 1.5, (w8, fp_top1)
+    r = qtune("finetune", fp, "--bits", "2", "--epochs", "0", "--json",
+              "-o", str(tmp_path / "w2.onnx"), *COMMON)
+    assert r.returncode == 0, r.describe()
+    assert last_json(r)["ptq_top1"] < w8["ptq_top1"]
+
+    out = str(tmp_path / "w4a4.onnx")
+    r = qtune("finetune", fp, "--wbits", "4", "--abits", "4", "--epochs", "1", "--train-limit", "2048",
+              "--lr", "0.01", "--alpha-init", "calib", "--json", "-o", out, *COMMON)
+    assert r.returncode == 0, r.describe()
+    res = last_json(r)
+    assert res["epochs"] == 1 and res["quantizers"] == 42 and "ptq_top1" in res
+    assert res["top1"] > 60, res
+    m = onnx.load(out)
+    assert {(o.domain, o.version) for o in m.opset_import} >= {("ai.qtune", 1)}
+    q = [n for n in m.graph.node if n.domain == "ai.qtune"]
+    assert sorted({n.op_type for n in q}) == ["ActQuant", "WeightQuant"]
+    # 21 convolutions and the classifier: 22 weight quantizers; the first conv and the last
+    # layer read float inputs, so 20 activation quantizers, all after a ReLU (unsigned).
+    wq = [n for n in q if n.op_type == "WeightQuant"]
+    aq = [n for n in q if n.op_type == "ActQuant"]
+    assert len(wq) == 22 and len(aq) == 20
+    assert all(attr(n, "signed") == 0 and attr(n, "bits") == 4 for n in aq)
+    assert sum(attr(n, "scheme") == b"absmax" for n in wq) == 2
+    # eval of the written model reproduces the final test accuracy.
+    e = qtune("eval", out, "--data", FMNIST, "--limit", "1000", "--json", "--quiet")
+    assert e.returncode == 0, e.describe()
+    assert abs(last_json(e)["top1"] - res["top1"]) < 1e-6
+
+
+def test_inspect_lists_quantizers(qtune, fp_model, tmp_path):
+    fp, _, _ = fp_model
+    out = str(tmp_path / "q.onnx")
+    r = qtune("finetune", fp, "--bits", "4", "--epochs", "0", "-o", out, *COMMON)
+    assert r.returncode == 0, r.describe()
+    r = qtune("inspect", out, "--json")
+    assert r.returncode == 0, r.describe()
+    qs = json.loads(r.stdout)["quantizers"]
+    assert len(qs) == 42
+    w = [q for q in qs if q["kind"] == "weight" and q["scheme"] == "apot"]
+    assert len(w) == 20
+    for q in w:
+        assert q["bits"] == 4 and q["signed"] and q["alpha"] > 0 and q["standardize"]
+        np.testing.assert_allclose(q["levels"], APOT_SIGNED_4BIT, atol=1e-6)
+        assert abs(sum(q["share"]) - 1) < 1e-4 and q["levels_used"] >= 3
+    # The shares agree with quantizing the stored weights in numpy (APOT.md section 2).
+    g = inits(out)
+    node = [n for n in quant_nodes(out) if n.op_type == "WeightQuant" and attr(n, "scheme") == b"apot"][0]
+    wt, alpha = g[node.input[0]].astype(np.float64), float(g[node.input[1]][0])
+    x = (wt - wt.mean()) / wt.std(ddof=1) / alpha
+    lv = np.array(APOT_SIGNED_4BIT)
+    idx = np.abs(np.clip(x, -1, 1).reshape(-1, 1) - lv.reshape(1, -1)).argmin(axis=1)
+    share = np.bincount(idx, minlength=len(lv)) / idx.size
+    mine = [q for q in qs if q["name"] == node.name][0]
+    np.testing.assert_allclose(mine["share"], share, atol=2.0 / idx.size)
+    text = qtune("inspect", out)
+    assert text.returncode == 0 and "quantizers" in text.stdout and "unsigned" in text.stdout
+
+
+def test_reload_continues_and_progressive_bits(qtune, fp_model, tmp_path):
+    fp, _, _ = fp_model
+    q4 = str(tmp_path / "q4.onnx")
+    r = qtune("finetune", fp, "--bits", "4", "--epochs", "1", "--train-limit", "1024", "--lr", "0.01",
+              "-o", q4, *COMMON)
+    assert r.returncode == 0, r.describe()
+    # Same settings on the quantized model: the quantizers and their alphas carry over
+    # (lr 0 keeps every parameter, so the written alphas equal the input's).
+    same = str(tmp_path / "same.onnx")
+    r = qtune("finetune", q4, "--bits", "4", "--epochs", "1", "--train-limit", "256", "--lr", "0",
+              "-o", same, *COMMON[:-1])
+    assert r.returncode == 0, r.describe()
+    assert "alphas kept" in r.stderr, r.stderr
+    a, b = inits(q4), inits(same)
+    alphas = [k for k in a if ".alpha_" in k]
+    assert len(alphas) == 40 and set(alphas) <= set(b)
+    for k in alphas:
+        assert np.array_equal(a[k], b[k]), k
+    # Progressive: 4 -> 3 -> 2 bits, each stage from the last, alphas re-initialized.
+    prev = q4
+    for bits in (3, 2):
+        out = str(tmp_path / ("q%d.onnx" % bits))
+        r = qtune("finetune", prev, "--bits", str(bits), "--epochs", "1", "--train-limit", "1024",
+                  "--lr", "0.01", "--alpha-init", "calib", "--json", "-o", out, *COMMON[:-1])
+        assert r.returncode == 0, r.describe()
+        assert "alphas re-initialized" in r.stderr, r.stderr
+        qn = quant_nodes(out)
+        assert len(qn) == 42
+        assert all(attr(n, "bits") == bits for n in qn if attr(n, "scheme") == b"apot")
+        assert last_json(r)["top1"] > 30
+        prev = out
+
+
+def test_overrides_and_uniform_per_channel(qtune, fp_model, tmp_path):
+    fp, _, _ = fp_model
+    out = str(tmp_path / "ov.onnx")
+    r = qtune("finetune", fp, "--bits", "4", "--scheme", "uniform", "--per-channel", "--epochs", "0",
+              "--layer", "*layer3*=float", "--layer", "*layer1.0*=w8a8", "--first-last", "same",
+              "-o", out, *COMMON)
+    assert r.returncode == 0, r.describe()
+    g = inits(out)
+    qn = quant_nodes(out)
+    layers = {}
+    for n in onnx.load(out).graph.node:
+        for i in n.input:
+            for q in qn:
+                if q.output[0] == i:
+                    layers.setdefault(n.name, []).append(q)
+    assert not any("layer3" in k for k in layers)
+    for name, qs in layers.items():
+        bits = 8 if "layer1.0" in name else 4
+        assert all(attr(q, "bits") == bits for q in qs), name
+        for q in qs:
+            if q.op_type == "WeightQuant":
+                w = g[q.input[0]]
+                assert g[q.input[1]].shape == ((w.shape[0],) if w.ndim == 4 else (1,)), name
+    # --first-last same: the first conv's input (the normalized image) can be negative.
+    first = [q for q in qn if q.op_type == "ActQuant" and attr(q, "signed") == 1]
+    assert len(first) == 1
+
+
+def test_folded_model_is_unfolded_exactly(qtune, ref_out, tmp_path):
+    """A BatchNorm-folded export: with every layer left in float, unfolding (a BatchNorm after
+    each Conv, statistics from data) leaves the inference function unchanged."""
+    need_fmnist()
+    model = os.path.join(ref_out, "resnet20", "resnet20_op13_dyn_eval.onnx")
+    assert "BatchNormalization" not in [n.op_type for n in onnx.load(model).graph.node]
+    data = str(tmp_path / "cifar")
+    os.makedirs(data)
+    rng = np.random.default_rng(0)
+    for name, n in [("data_batch_%d.bin" % i, 64) for i in range(1, 6)] + [("test_batch.bin", 64)]:
+        rec = np.concatenate([rng.integers(0, 10, (n, 1)), rng.integers(0, 256, (n, 3072))], axis=1)
+        rec.astype(np.uint8).tofile(os.path.join(data, name))
+    out = str(tmp_path / "unfolded.onnx")
+    r = qtune("finetune", model, "--data", data, "--preset", "cifar10", "--epochs", "0", "--batch", "32",
+              "--layer", "*=float", "-o", out)
+    assert r.returncode == 0, r.describe()
+    assert "unfolding" in r.stderr
+    ops = [n.op_type for n in onnx.load(out).graph.node]
+    assert ops.count("BatchNormalization") == 21 and "WeightQuant" not in ops
+    x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    np.save(str(tmp_path / "x.npy"), x)
+    ys = []
+    for m in (model, out):
+        y = str(tmp_path / "y.npy")
+        r = qtune("run", m, "--input", str(tmp_path / "x.npy"), "--output", y)
+        assert r.returncode == 0, r.describe()
+        ys.append(np.load(y))
+    assert np.max(np.abs(ys[0] - ys[1])) <= 1e-4 * np.max(np.abs(ys[0])), np.max(np.abs(ys[0] - ys[1]))
+
+
+@pytest.mark.badinput
+@pytest.mark.parametrize("args,needle", [
+    (["--wbits", "7"], "uniform beyond"),
+    (["--abits", "6"], "uniform beyond"),
+    (["--bits", "9"], "--bits"),
+    (["--scheme", "log"], "--scheme"),
+    (["--first-last", "16"], "--first-last"),
+    (["--per-channel"], "--per-channel"),
+    (["--layer", "nothing*=w8"], "matches no"),
+    (["--layer", "conv=w"], "SPEC"),
+    (["--alpha-init", "guess"], "--alpha-init"),
+    (["--folded", "maybe"], "--folded"),
+    (["--alpha-w", "-1"], "--alpha-w"),
+])
+def test_bad_settings(qtune, fp_model, tmp_path, args, needle):
+    fp, _, _ = fp_model
+    r = qtune("finetune", fp, "--epochs", "0", "-o", str(tmp_path / "x.onnx"), *COMMON, *args)
+    assert r.returncode == 1, r.describe()
+    assert "qtune: error:" in r.stderr and needle in r.stderr, r.stderr
+    assert not os.path.exists(str(tmp_path / "x.onnx"))
+
+
+def set_attr(node, name, value):
+    for a in [a for a in node.attribute if a.name == name]:
+        node.attribute.remove(a)
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+@pytest.mark.badinput
+@pytest.mark.parametrize("change,needle", [
+    (lambda n: set_attr(n, "bits", 0), "bits"),
+    (lambda n: set_attr(n, "scheme", "log"), "scheme"),
+    (lambda n: n.input.pop(), "alpha"),
+])
+def test_damaged_quantizer_refused(qtune, fp_model, tmp_path, change, needle):
+    fp, _, _ = fp_model
+    q = str(tmp_path / "q.onnx")
+    r = qtune("finetune", fp, "--bits", "4", "--epochs", "0", "-o", q, *COMMON)
+    assert r.returncode == 0, r.describe()
+    m = onnx.load(q)
+    node = [n for n in m.graph.node if n.op_type == "ActQuant"][0]
+    change(node)
+    bad = str(tmp_path / "bad.onnx")
+    onnx.save(m, bad)
+    for cmd in (["inspect", bad], ["eval", bad, "--data", FMNIST, "--limit", "64", "--quiet"]):
+        r = qtune(*cmd)
+        assert r.returncode == 1, r.describe()
+        assert "qtune: error:" in r.stderr and needle in r.stderr and node.name in r.stderr, r.stderr
+
+
+@pytest.mark.badinput
+def test_future_qtune_opset_refused(qtune, fp_model, tmp_path):
+    fp, _, _ = fp_model
+    q = str(tmp_path / "q.onnx")
+    assert qtune("finetune", fp, "--bits", "4", "--epochs", "0", "-o", q, *COMMON).returncode == 0
+    m = onnx.load(q)
+    for o in m.opset_import:
+        if o.domain == "ai.qtune":
+            o.version = 2
+    bad = str(tmp_path / "v2.onnx")
+    onnx.save(m, bad)
+    r = qtune("inspect", bad)
+    assert r.returncode == 1 and "ai.qtune opset 2" in r.stderr, r.describe()

@@ -1,0 +1,251 @@
+/* qtune finetune: quantization-aware fine-tuning. Inserts APoT or uniform quantizers
+ * (passes/quantize), calibrates them on a few training batches, reports the accuracy before
+ * fine-tuning (post-training quantization when the alphas come from calibration), then trains
+ * with the recipe of `qtune train` plus learning rates of the alphas' own. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../graph/schema.h"
+#include "../onnx/onnx.h"
+#include "../passes/passes.h"
+#include "../runtime/calib.h"
+#include "cli.h"
+#include "recipe.h"
+
+#define MAX_OVERRIDES 64
+
+static void usage(void)
+{
+    printf("usage: qtune finetune MODEL.onnx --data DATA --wbits W --abits A -o OUT.onnx [options]\n"
+           "  --wbits W, --abits A weight and activation bits (default 4 and 4); --bits B sets both\n"
+           "  --scheme S           apot (default) or uniform\n"
+           "  --epochs E           fine-tuning epochs (default 1); 0: post-training quantization\n"
+           "  --first-last M       first conv and last layer: 8 (8-bit weights, float inputs;\n"
+           "                       default), same (like the other layers) or float\n"
+           "  --int8-range R       8-bit weights scaled by absmax (max |W|, default) or max (max W)\n"
+           "  --layer PAT=SPEC     per-layer setting for node names matching the glob PAT; SPEC is\n"
+           "                       float or wNaN with an optional :apot/:uniform (w0/a0: float);\n"
+           "                       repeatable, later ones win\n"
+           "  --per-channel        uniform weights: one alpha per output channel\n"
+           "  --no-standardize     quantize weights without standardization\n"
+           "  --alpha-init I       paper (weights 3.0, activations 8.0; default) or calib\n"
+           "                       (minimum quantization error on calibration data)\n"
+           "  --alpha-w X, --alpha-a X   initial alphas for --alpha-init paper\n"
+           "  --reset-alphas       re-quantizing a quantized model: re-initialize every alpha\n"
+           "                       (default: alphas of unchanged quantizers are kept)\n"
+           "  --folded H           Convs without BatchNorm (folded models): unfold (insert a\n"
+           "                       BatchNorm, default) or direct (no standardization)\n"
+           "  --calib-batches N    calibration batches (default 8)\n");
+    recipe_usage(1);
+}
+
+static const char *scheme_of(const char *s, int *out)
+{
+    if (strcmp(s, "apot") == 0) *out = QT_QS_APOT;
+    else if (strcmp(s, "uniform") == 0) *out = QT_QS_UNIFORM;
+    else return NULL;
+    return s;
+}
+
+int cmd_finetune(int argc, char **argv)
+{
+    struct recipe r;
+    recipe_defaults(&r, "finetune", 1);
+    r.epochs = 1;
+    const char *path = NULL, *first_last = "8", *alpha_init = "paper", *folded = "unfold";
+    const char *int8_range = "absmax";
+    long wbits = 4, abits = 4, calib_batches = 8;
+    int scheme = QT_QS_APOT, per_channel = 0, no_std = 0, reset = 0;
+    double alpha_w = 3.0, alpha_a = 8.0;
+    static struct qt_quant_override ov[MAX_OVERRIDES];
+    int nov = 0;
+    struct qt_error e;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int has = i + 1 < argc;
+        if (strcmp(a, "--help") == 0) {
+            usage();
+            return 0;
+        }
+        int got = recipe_option(&r, argc, argv, &i);
+        if (got < 0) return 1;
+        if (got) continue;
+        char *end;
+        if (strcmp(a, "--per-channel") == 0) per_channel = 1;
+        else if (strcmp(a, "--no-standardize") == 0) no_std = 1;
+        else if (strcmp(a, "--reset-alphas") == 0) reset = 1;
+        else if (strcmp(a, "--first-last") == 0 && has) first_last = argv[++i];
+        else if (strcmp(a, "--int8-range") == 0 && has) int8_range = argv[++i];
+        else if (strcmp(a, "--alpha-init") == 0 && has) alpha_init = argv[++i];
+        else if (strcmp(a, "--folded") == 0 && has) folded = argv[++i];
+        else if (strcmp(a, "--scheme") == 0 && has) {
+            if (!scheme_of(argv[++i], &scheme))
+                return cli_fail("finetune: --scheme must be apot or uniform, not '%s'", argv[i]);
+        } else if ((strcmp(a, "--wbits") == 0 || strcmp(a, "--abits") == 0 ||
+                    strcmp(a, "--bits") == 0) && has) {
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || !*argv[i] || v < 1 || v > 8)
+                return cli_fail("finetune: %s needs a bit width from 1 to 8", a);
+            if (a[2] != 'a') wbits = v;
+            if (a[2] != 'w') abits = v;
+        } else if (strcmp(a, "--calib-batches") == 0 && has) {
+            if ((calib_batches = cli_parse_long(argv[++i])) <= 0)
+                return cli_fail("finetune: --calib-batches needs a positive integer");
+        } else if ((strcmp(a, "--alpha-w") == 0 || strcmp(a, "--alpha-a") == 0) && has) {
+            double v = strtod(argv[++i], &end);
+            if (*end || !*argv[i] || !(v > 0) || v > 1e6)
+                return cli_fail("finetune: %s needs a positive number", a);
+            if (a[8] == 'w') alpha_w = v;
+            else alpha_a = v;
+        } else if (strcmp(a, "--layer") == 0 && has) {
+            if (nov == MAX_OVERRIDES) return cli_fail("finetune: at most %d --layer options", MAX_OVERRIDES);
+            if (qt_quant_spec_parse(&ov[nov++], argv[++i], &e)) return cli_fail("finetune: %s", e.msg);
+        } else if (a[0] == '-') return cli_fail("finetune: unknown or incomplete option '%s'", a);
+        else if (path) return cli_fail("finetune: more than one model given");
+        else path = a;
+    }
+    if (!path || !r.data || !r.out)
+        return cli_fail("finetune: usage: qtune finetune MODEL.onnx --data DATA --wbits W "
+                        "--abits A -o OUT.onnx");
+    int rc = recipe_check(&r);
+    if (rc) return rc;
+    struct qt_quant_config qc;
+    memset(&qc, 0, sizeof qc);
+    qc.wbits = (int)wbits;
+    qc.abits = (int)abits;
+    qc.scheme = scheme;
+    if (strcmp(first_last, "8") == 0) qc.first_last = QT_FL_8BIT;
+    else if (strcmp(first_last, "same") == 0) qc.first_last = QT_FL_SAME;
+    else if (strcmp(first_last, "float") == 0) qc.first_last = QT_FL_FLOAT;
+    else return cli_fail("finetune: --first-last must be 8, same or float, not '%s'", first_last);
+    if (strcmp(int8_range, "absmax") && strcmp(int8_range, "max"))
+        return cli_fail("finetune: --int8-range must be absmax or max, not '%s'", int8_range);
+    qc.int8_absmax = strcmp(int8_range, "absmax") == 0;
+    if (strcmp(alpha_init, "paper") && strcmp(alpha_init, "calib"))
+        return cli_fail("finetune: --alpha-init must be paper or calib, not '%s'", alpha_init);
+    if (strcmp(folded, "unfold") && strcmp(folded, "direct"))
+        return cli_fail("finetune: --folded must be unfold or direct, not '%s'", folded);
+    if (per_channel && scheme != QT_QS_UNIFORM)
+        return cli_fail("finetune: --per-channel applies to --scheme uniform (APoT shares one "
+                        "level grid per tensor)");
+    qc.per_channel = per_channel;
+    qc.standardize = !no_std;
+    qc.alpha_w = (float)alpha_w;
+    qc.alpha_a = (float)alpha_a;
+    qc.reset_alphas = reset;
+    qc.overrides = ov;
+    qc.noverrides = nov;
+    /* Post-training quantization takes its alphas from data. */
+    int calib_alphas = strcmp(alpha_init, "calib") == 0 || r.epochs == 0;
+
+    struct qt_graph *g = cli_load_model(path, 0);
+    if (!g) return 1;
+    struct recipe_data d;
+    struct qt_backend *b = NULL;
+    int *bn = NULL;
+    if ((rc = recipe_load_data(&r, g, path, &d))) goto out;
+    if (!(b = qt_backend_cpu_new((int)r.threads))) {
+        rc = cli_fail("finetune: cannot create the CPU backend");
+        goto out;
+    }
+    struct qt_calib_config cc = {(int)calib_batches, (int)r.batch, r.seed, d.mean, d.std, 65536, 2};
+    /* Convs without a BatchNorm after them (folded models) get one back, so that
+     * standardized weights have something to absorb their scale (APOT.md section 5). */
+    int unfolded = 0;
+    if (strcmp(folded, "unfold") == 0 && qc.standardize) {
+        char **names = malloc(sizeof(char *) * (g->nnodes + 1));
+        int nold = 0;
+        for (int i = 0; i < g->nnodes; i++)
+            if (g->nodes[i].op == QT_OP_BATCHNORM) names[nold++] = g->nodes[i].name;
+        /* Names stay valid: the pass only adds nodes (compaction keeps live node names). */
+        char **keep = malloc(sizeof(char *) * (nold + 1));
+        for (int i = 0; i < nold; i++) keep[i] = strdup(names[i]);
+        free(names);
+        if (qt_pass_unfold_batchnorm(g, &unfolded, &e)) {
+            rc = cli_fail("'%s': %s", path, e.msg);
+        } else if (unfolded) {
+            bn = malloc(sizeof(int) * (g->nnodes + 1));
+            int n = 0;
+            for (int i = 0; i < g->nnodes; i++) {
+                if (g->nodes[i].op != QT_OP_BATCHNORM) continue;
+                int old = 0;
+                for (int k = 0; k < nold && !old; k++) old = strcmp(keep[k], g->nodes[i].name) == 0;
+                if (!old) bn[n++] = i;
+            }
+            if (!r.quiet) fprintf(stderr, "unfolding: a BatchNorm after each of %d Convs, statistics from %d batches\n", n, cc.batches);
+            if (!r.resume && qt_calib_bn_from_data(g, b, &d.train, &cc, bn, n, &e))
+                rc = cli_fail("'%s': %s", path, e.msg);
+        }
+        for (int i = 0; i < nold; i++) free(keep[i]);
+        free(keep);
+        if (rc) goto out;
+    }
+    struct qt_quant_summary qs;
+    if (qt_pass_quantize(g, &qc, &qs, &e)) {
+        rc = cli_fail("'%s': %s", path, e.msg);
+        goto out;
+    }
+    if (!r.quiet)
+        fprintf(stderr, "quantized %d layers: %d weight and %d activation quantizers (%d signed), "
+                        "%s W%ldA%ld%s%s\n",
+                qs.layers, qs.weight, qs.act, qs.act_signed, qt_quant_scheme_name(scheme), wbits,
+                abits, qs.kept ? ", alphas kept from the input model" : "",
+                qs.reset ? ", alphas re-initialized" : "");
+    double ptq_top1 = -1, ptq_top5 = -1, ptq_loss = 0;
+    if (!r.resume) {
+        struct qt_calib_report cr;
+        if (qt_calib_quantizers(g, b, &d.train, &cc, calib_alphas, &cr, &e)) {
+            rc = cli_fail("'%s': calibration: %s", path, e.msg);
+            goto out;
+        }
+        if (!r.quiet)
+            fprintf(stderr, "calibration (%.1f s): %s; running statistics of %d BatchNorms re-estimated\n",
+                    cr.seconds, calib_alphas ? "alphas from data" : "paper alphas", cr.bn);
+        struct cli_progress prog;
+        cli_progress_init(&prog, "eval", "img", r.quiet);
+        struct qt_eval_result er;
+        if (qt_evaluate(g, b, &d.test, d.mean, d.std, (int)r.batch, r.test_limit, cli_progress_update,
+                        &prog, &er, &e)) {
+            rc = cli_fail("'%s': %s", path, e.msg);
+            goto out;
+        }
+        ptq_top1 = er.top1;
+        ptq_top5 = er.top5;
+        ptq_loss = er.loss;
+        if (!r.quiet)
+            fprintf(stderr, "%s: test top-1 %.2f%% top-5 %.2f%%\n",
+                    calib_alphas ? "post-training quantization" : "before fine-tuning", er.top1, er.top5);
+    }
+    if (r.epochs == 0) {
+        if (qt_onnx_save(g, r.out, &e)) {
+            rc = cli_fail("%s", e.msg);
+            goto out;
+        }
+        printf("post-training quantization of %s (%s W%ldA%ld): test top-1 %.2f%% top-5 %.2f%% loss %.4f\n"
+               "wrote %s\n", path, qt_quant_scheme_name(scheme), wbits, abits, ptq_top1, ptq_top5,
+               ptq_loss, r.out);
+        if (r.json)
+            printf("{\"top1\": %.4f, \"top5\": %.4f, \"loss\": %.6f, \"ptq_top1\": %.4f, \"epochs\": 0, "
+                   "\"seconds\": 0, \"images_per_s\": 0, \"quantizers\": %d}\n",
+                   ptq_top1, ptq_top5, ptq_loss, ptq_top1, qs.weight + qs.act);
+        goto out;
+    }
+    struct recipe_extra ex;
+    ex.json[0] = ex.text[0] = 0;
+    if (ptq_top1 >= 0) {
+        snprintf(ex.json, sizeof ex.json, "\"%s\": %.4f, \"quantizers\": %d",
+                 calib_alphas ? "ptq_top1" : "start_top1", ptq_top1, qs.weight + qs.act);
+        snprintf(ex.text, sizeof ex.text, "%s: test top-1 %.2f%%\n",
+                 calib_alphas ? "post-training quantization" : "before fine-tuning", ptq_top1);
+    } else {
+        snprintf(ex.json, sizeof ex.json, "\"quantizers\": %d", qs.weight + qs.act);
+    }
+    rc = recipe_run(&r, g, path, &d, b, &ex);
+out:
+    free(bn);
+    if (b) b->destroy(b);
+    recipe_data_free(&d);
+    qt_graph_free(g);
+    return rc;
+}

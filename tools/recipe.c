@@ -1,0 +1,357 @@
+/* The training recipe shared by `qtune train` and `qtune finetune`: option parsing, data
+ * loading with normalization, parameter groups, and the loop with its progress display,
+ * per-epoch log, best model, checkpoints, Ctrl-C handling and final report. */
+#include "recipe.h"
+
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../onnx/onnx.h"
+#include "cli.h"
+
+/* Set by SIGINT/SIGTERM; the loop stops after the current batch and writes a checkpoint. */
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
+
+void recipe_defaults(struct recipe *r, const char *cmd, int quantized)
+{
+    memset(r, 0, sizeof *r);
+    r->cmd = cmd;
+    r->schedule = "cosine";
+    r->epochs = -1;
+    r->batch = 128;
+    r->crop_pad = 4;
+    r->flip = 1;
+    r->momentum = 0.9;
+    r->gamma = 0.1;
+    /* APOT.md section 6: FP32 lr 0.1, wd 5e-4; quantized lr 0.04, wd 1e-4, alphas in groups
+     * of their own (activations lr 0.1, weights lr 0.02, both wd 1e-4). */
+    r->lr = quantized ? 0.04 : 0.1;
+    r->wd = quantized ? 1e-4 : 5e-4;
+    r->alpha_lr_a = 0.1;
+    r->alpha_lr_w = 0.02;
+    r->alpha_wd = 1e-4;
+}
+
+void recipe_usage(int quantized)
+{
+    printf("  --batch N            batch size (default 128)\n"
+           "  --lr X               base learning rate (default %s)\n"
+           "  --momentum X         SGD momentum (default 0.9)\n"
+           "  --nesterov           Nesterov momentum\n"
+           "  --wd X               weight decay (default %s)\n"
+           "  --no-wd-bn           no weight decay on BatchNorm parameters and biases\n",
+           quantized ? "0.04" : "0.1", quantized ? "1e-4" : "5e-4");
+    if (quantized)
+        printf("  --alpha-lr-act X     learning rate of activation alphas (default 0.1)\n"
+               "  --alpha-lr-weight X  learning rate of weight alphas (default 0.02)\n"
+               "  --alpha-wd X         weight decay of alphas (default 1e-4)\n"
+               "                       (alpha learning rates follow the schedule of --lr)\n");
+    printf("  --schedule S         const, step or cosine (default cosine)\n"
+           "  --milestones a,b     epochs where step multiplies the lr by --gamma (default 0.1)\n"
+           "  --warmup E           linear warm-up over E epochs (may be fractional)\n"
+           "  --label-smoothing X  label smoothing of the cross-entropy (default 0)\n"
+           "  --crop-pad P         random crop with P pixels of zero padding (default 4, 0: off)\n"
+           "  --no-flip            no random horizontal flips\n"
+           "  --no-augment         neither crops nor flips\n"
+           "  --seed S             seed of shuffling, augmentation and calibration (default 0)\n"
+           "  --mean a,b,c --std a,b,c | --preset NAME   normalization (stored in OUT.onnx)\n"
+           "  --train-limit N      train on the first N samples only\n"
+           "  --test-limit N       evaluate on the first N test samples only\n"
+           "  --checkpoint PATH    checkpoint written every epoch (default OUT.onnx.ckpt)\n"
+           "  --resume PATH        continue from a checkpoint (same model, data and options)\n"
+           "  --threads N          CPU threads\n"
+           "  --json               print a JSON summary as the last line\n"
+           "  --quiet              no progress display\n"
+           "Writes OUT.onnx (final weights), OUT.best.onnx (best test top-1) and OUT.log.jsonl.\n");
+}
+
+int recipe_option(struct recipe *r, int argc, char **argv, int *ip)
+{
+    int i = *ip;
+    const char *a = argv[i];
+    int has = i + 1 < argc;
+    char *end = NULL;
+    const char *v = has ? argv[i + 1] : NULL;
+    struct {
+        const char *name;
+        double *var;
+    } fl[] = {{"--lr", &r->lr}, {"--momentum", &r->momentum}, {"--wd", &r->wd},
+              {"--gamma", &r->gamma}, {"--warmup", &r->warmup},
+              {"--label-smoothing", &r->smoothing}, {"--alpha-lr-act", &r->alpha_lr_a},
+              {"--alpha-lr-weight", &r->alpha_lr_w}, {"--alpha-wd", &r->alpha_wd}};
+    struct {
+        const char *name;
+        long *var;
+    } lo[] = {{"--batch", &r->batch}, {"--threads", &r->threads},
+              {"--train-limit", &r->train_limit}, {"--test-limit", &r->test_limit}};
+    struct {
+        const char *name;
+        const char **var;
+    } st[] = {{"--data", &r->data}, {"-o", &r->out}, {"--preset", &r->preset},
+              {"--mean", &r->mean_s}, {"--std", &r->std_s}, {"--schedule", &r->schedule},
+              {"--milestones", &r->milestones}, {"--checkpoint", &r->ckpt},
+              {"--resume", &r->resume}};
+    struct {
+        const char *name;
+        int *var, val;
+    } sw[] = {{"--json", &r->json, 1}, {"--quiet", &r->quiet, 1}, {"--nesterov", &r->nesterov, 1},
+              {"--no-wd-bn", &r->no_wd_bn, 1}, {"--no-flip", &r->flip, 0}};
+    for (size_t k = 0; k < sizeof sw / sizeof sw[0]; k++)
+        if (strcmp(a, sw[k].name) == 0) {
+            *sw[k].var = sw[k].val;
+            return 1;
+        }
+    if (strcmp(a, "--no-augment") == 0) {
+        r->flip = 0;
+        r->crop_pad = 0;
+        return 1;
+    }
+    if (!has) return 0;
+    for (size_t k = 0; k < sizeof st / sizeof st[0]; k++)
+        if (strcmp(a, st[k].name) == 0) {
+            *st[k].var = v;
+            *ip = i + 1;
+            return 1;
+        }
+    for (size_t k = 0; k < sizeof fl / sizeof fl[0]; k++)
+        if (strcmp(a, fl[k].name) == 0) {
+            *fl[k].var = strtod(v, &end);
+            if (*end || !*v || !isfinite(*fl[k].var) || *fl[k].var < 0) {
+                cli_fail("%s: %s needs a non-negative number", r->cmd, a);
+                return -1;
+            }
+            *ip = i + 1;
+            return 1;
+        }
+    for (size_t k = 0; k < sizeof lo / sizeof lo[0]; k++)
+        if (strcmp(a, lo[k].name) == 0) {
+            if ((*lo[k].var = cli_parse_long(v)) < 0) {
+                cli_fail("%s: %s needs a positive integer", r->cmd, a);
+                return -1;
+            }
+            *ip = i + 1;
+            return 1;
+        }
+    if (strcmp(a, "--epochs") == 0) {
+        r->epochs = strtol(v, &end, 10);
+        if (*end || !*v || r->epochs < 0) {
+            cli_fail("%s: --epochs needs a non-negative integer", r->cmd);
+            return -1;
+        }
+    } else if (strcmp(a, "--crop-pad") == 0) {
+        r->crop_pad = strtol(v, &end, 10);
+        if (*end || !*v || r->crop_pad < 0 || r->crop_pad > 127) {
+            cli_fail("%s: --crop-pad needs 0 to 127", r->cmd);
+            return -1;
+        }
+    } else if (strcmp(a, "--seed") == 0) {
+        r->seed = strtoull(v, &end, 10);
+        if (*end || !*v || *v == '-') {
+            cli_fail("%s: --seed needs a non-negative integer", r->cmd);
+            return -1;
+        }
+    } else {
+        return 0;
+    }
+    *ip = i + 1;
+    return 1;
+}
+
+int recipe_check(const struct recipe *r)
+{
+    if (r->smoothing >= 1) return cli_fail("%s: --label-smoothing must be below 1", r->cmd);
+    if (r->momentum >= 1) return cli_fail("%s: --momentum must be below 1", r->cmd);
+    if ((r->mean_s != NULL) != (r->std_s != NULL))
+        return cli_fail("%s: --mean and --std go together", r->cmd);
+    if (strcmp(r->schedule, "cosine") && strcmp(r->schedule, "step") && strcmp(r->schedule, "const"))
+        return cli_fail("%s: --schedule must be const, step or cosine", r->cmd);
+    float ms[QT_SCHED_MAX_MILESTONES];
+    if (r->milestones && cli_parse_floats(r->milestones, ms, QT_SCHED_MAX_MILESTONES) < 0)
+        return cli_fail("%s: --milestones needs up to %d comma-separated epochs", r->cmd,
+                        QT_SCHED_MAX_MILESTONES);
+    return 0;
+}
+
+int recipe_load_data(const struct recipe *r, struct qt_graph *g, const char *model,
+                     struct recipe_data *d)
+{
+    struct qt_error e;
+    char mbuf[128], sbuf[128];
+    memset(d, 0, sizeof *d);
+    if (!r->quiet) fprintf(stderr, "loading %s...\n", r->data);
+    if (qt_dataset_load(&d->train, r->data, "train", &e) ||
+        qt_dataset_load(&d->test, r->data, "test", &e))
+        return cli_fail("%s", e.msg);
+    int rc = cli_normalization(r->cmd, g, model, r->preset, r->mean_s, r->std_s, d->train.c,
+                               d->mean, d->std);
+    if (rc) return rc;
+    if (qt_check_image_model(g, &d->train, &e)) return cli_fail("%s", e.msg);
+    /* The normalization travels with the model. */
+    int k = 0;
+    for (int c = 0; c < d->train.c; c++)
+        k += snprintf(mbuf + k, sizeof mbuf - k, "%s%g", c ? "," : "", d->mean[c]);
+    k = 0;
+    for (int c = 0; c < d->train.c; c++)
+        k += snprintf(sbuf + k, sizeof sbuf - k, "%s%g", c ? "," : "", d->std[c]);
+    qt_graph_set_meta(g, "qtune.mean", mbuf);
+    qt_graph_set_meta(g, "qtune.std", sbuf);
+    return 0;
+}
+
+void recipe_data_free(struct recipe_data *d)
+{
+    qt_dataset_free(&d->train);
+    qt_dataset_free(&d->test);
+}
+
+struct train_ui {
+    struct cli_progress prog;
+    FILE *log;
+    struct qt_graph *g;
+    const char *best_path;
+    int quiet;
+    char label[64];
+};
+
+static void on_batch(void *ctx, int epoch, int64_t done, int64_t total, double loss, double top1,
+                     double seconds)
+{
+    struct train_ui *ui = ctx;
+    snprintf(ui->label, sizeof ui->label, "epoch %d loss %.4f acc %.1f%%", epoch, loss, top1);
+    ui->prog.label = ui->label;
+    cli_progress_update(&ui->prog, done, total, seconds);
+}
+
+static int on_epoch(void *ctx, const struct qt_epoch_stats *s)
+{
+    struct train_ui *ui = ctx;
+    if (!ui->quiet)
+        fprintf(stderr, "epoch %d/%d: train loss %.4f top-1 %.2f%% | test loss %.4f top-1 %.2f%% "
+                        "top-5 %.2f%% | lr %.5g | %.0f img/s%s\n",
+                s->epoch, s->epochs, s->train_loss, s->train_top1, s->test.loss, s->test.top1,
+                s->test.top5, s->lr, s->images_per_s, s->best ? " | best" : "");
+    if (ui->log) {
+        fprintf(ui->log, "{\"epoch\": %d, \"train_loss\": %.6f, \"train_top1\": %.4f, \"test_loss\": "
+                         "%.6f, \"top1\": %.4f, \"top5\": %.4f, \"lr\": %.6g, \"images_per_s\": %.1f, "
+                         "\"seconds\": %.2f, \"best\": %s}\n",
+                s->epoch, s->train_loss, s->train_top1, s->test.loss, s->test.top1, s->test.top5,
+                s->lr, s->images_per_s, s->seconds, s->best ? "true" : "false");
+        fflush(ui->log);
+    }
+    if (s->best) {
+        struct qt_error e;
+        if (qt_onnx_save(ui->g, ui->best_path, &e)) {
+            cli_fail("%s", e.msg);
+            return -1;
+        }
+    }
+    ui->prog.last_print = -1;
+    return 0;
+}
+
+int recipe_run(const struct recipe *r, struct qt_graph *g, const char *model,
+               struct recipe_data *d, struct qt_backend *b, const struct recipe_extra *extra)
+{
+    struct qt_error e;
+    char ckpt_buf[4200], best_buf[4200], log_buf[4200];
+    FILE *log = NULL;
+    int rc = 0;
+    enum qt_sched_kind kind = strcmp(r->schedule, "cosine") == 0 ? QT_SCHED_COSINE
+                              : strcmp(r->schedule, "step") == 0 ? QT_SCHED_MULTISTEP
+                                                                 : QT_SCHED_CONST;
+    float ms[QT_SCHED_MAX_MILESTONES];
+    int nms = r->milestones ? cli_parse_floats(r->milestones, ms, QT_SCHED_MAX_MILESTONES) : 0;
+    int64_t n = r->train_limit > 0 && r->train_limit < d->train.n ? r->train_limit : d->train.n;
+    int64_t per_epoch = (n + r->batch - 1) / r->batch;
+    struct qt_train_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.epochs = (int)r->epochs;
+    cfg.batch = (int)r->batch;
+    cfg.sgd.momentum = (float)r->momentum;
+    cfg.sgd.nesterov = r->nesterov;
+    for (int k = 0; k < QT_ROLE_COUNT; k++) {
+        cfg.sgd.group[k].lr_scale = 1.0f;
+        cfg.sgd.group[k].wd = (r->no_wd_bn && k != QT_ROLE_WEIGHT) ? 0.0f : (float)r->wd;
+    }
+    /* Alphas have learning rates of their own that follow the same schedule. */
+    float base = r->lr > 0 ? (float)r->lr : 1.0f;
+    cfg.sgd.group[QT_ROLE_ALPHA_W].lr_scale = r->lr > 0 ? (float)r->alpha_lr_w / base : 0.0f;
+    cfg.sgd.group[QT_ROLE_ALPHA_A].lr_scale = r->lr > 0 ? (float)r->alpha_lr_a / base : 0.0f;
+    cfg.sgd.group[QT_ROLE_ALPHA_W].wd = cfg.sgd.group[QT_ROLE_ALPHA_A].wd = (float)r->alpha_wd;
+    cfg.sched.kind = kind;
+    cfg.sched.base_lr = (float)r->lr;
+    cfg.sched.total_steps = per_epoch * r->epochs;
+    cfg.sched.warmup_steps = (int64_t)llround(r->warmup * per_epoch);
+    cfg.sched.gamma = (float)r->gamma;
+    cfg.sched.nmilestones = nms;
+    for (int i = 0; i < nms; i++) cfg.sched.milestones[i] = (int64_t)llround(ms[i] * per_epoch);
+    cfg.label_smoothing = (float)r->smoothing;
+    cfg.crop_pad = (int)r->crop_pad;
+    cfg.flip = r->flip;
+    cfg.seed = r->seed;
+    cfg.mean = d->mean;
+    cfg.std = d->std;
+    cfg.train_limit = r->train_limit;
+    cfg.test_limit = r->test_limit;
+    snprintf(ckpt_buf, sizeof ckpt_buf, "%s.ckpt", r->out);
+    snprintf(best_buf, sizeof best_buf, "%s", r->out);
+    char *dot = strrchr(best_buf, '.');
+    if (dot && strcmp(dot, ".onnx") == 0) *dot = 0;
+    snprintf(log_buf, sizeof log_buf, "%.4000s.log.jsonl", best_buf);
+    strncat(best_buf, ".best.onnx", sizeof best_buf - strlen(best_buf) - 1);
+    cfg.checkpoint = r->ckpt ? r->ckpt : ckpt_buf;
+    cfg.resume = r->resume;
+    cfg.stop = &stop_requested;
+    /* From here on an interruption is a request to stop cleanly. */
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    if (!(log = fopen(log_buf, r->resume ? "a" : "w")))
+        return cli_fail("%s: cannot write the log '%s'", r->cmd, log_buf);
+    struct train_ui ui;
+    memset(&ui, 0, sizeof ui);
+    cli_progress_init(&ui.prog, r->cmd, "img", r->quiet);
+    ui.log = log;
+    ui.g = g;
+    ui.best_path = best_buf;
+    ui.quiet = r->quiet;
+    struct qt_train_callbacks cb = {&ui, on_batch, on_epoch};
+    struct qt_train_result res;
+    if (qt_train(g, b, &d->train, &d->test, &cfg, &cb, &res, &e)) {
+        rc = cli_fail("%s", e.msg);
+        goto out;
+    }
+    if (res.interrupted) {
+        fprintf(stderr, "qtune: interrupted; checkpoint written to '%s' (continue with --resume %s)\n",
+                cfg.checkpoint, cfg.checkpoint);
+        rc = 130;
+        goto out;
+    }
+    if (qt_onnx_save(g, r->out, &e)) {
+        rc = cli_fail("%s", e.msg);
+        goto out;
+    }
+    printf("%s %s for %d epochs (%lld steps) in %.1f s: test top-1 %.2f%% top-5 %.2f%% loss %.4f; "
+           "best top-1 %.2f%% at epoch %d\n%swrote %s, %s, %s\n",
+           strcmp(r->cmd, "train") == 0 ? "trained" : "fine-tuned", model, res.epochs_done,
+           (long long)res.steps, res.seconds, res.last.top1, res.last.top5, res.last.loss,
+           res.best_top1, res.best_epoch, extra ? extra->text : "", r->out, best_buf, log_buf);
+    if (r->json)
+        printf("{\"top1\": %.4f, \"top5\": %.4f, \"loss\": %.6f, \"best_top1\": %.4f, \"best_epoch\": %d, "
+               "\"epochs\": %d, \"steps\": %lld, \"seconds\": %.2f, \"images_per_s\": %.1f%s%s}\n",
+               res.last.top1, res.last.top5, res.last.loss, res.best_top1, res.best_epoch,
+               res.epochs_done, (long long)res.steps, res.seconds,
+               res.seconds > 0 ? (double)res.steps * r->batch / res.seconds : 0.0,
+               extra && extra->json[0] ? ", " : "", extra ? extra->json : "");
+out:
+    fclose(log);
+    return rc;
+}

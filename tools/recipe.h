@@ -1,0 +1,50 @@
+/* The training recipe shared by `qtune train` and `qtune finetune`: its options, the datasets,
+ * the loop with progress, log, checkpoints and the final report. */
+#ifndef QT_RECIPE_H
+#define QT_RECIPE_H
+
+#include "../runtime/data/dataset.h"
+#include "../runtime/train.h"
+
+struct recipe {
+    const char *cmd; /* "train" or "finetune", for messages */
+    const char *data, *out, *preset, *mean_s, *std_s, *schedule, *milestones, *ckpt, *resume;
+    long epochs, batch, threads, train_limit, test_limit, crop_pad;
+    double lr, momentum, wd, gamma, warmup, smoothing;
+    double alpha_lr_w, alpha_lr_a, alpha_wd; /* quantizer alphas (finetune) */
+    unsigned long long seed;
+    int nesterov, no_wd_bn, flip, json, quiet;
+};
+
+/* FP32 training defaults (train), or APOT.md's quantized recipe (finetune). */
+void recipe_defaults(struct recipe *r, const char *cmd, int quantized);
+/* Consumes the recipe option at argv[*i] (and its value). Returns 1 when consumed, 0 when it
+ * is not a recipe option, -1 after printing an error. */
+int recipe_option(struct recipe *r, int argc, char **argv, int *i);
+void recipe_usage(int quantized);
+/* Checks the options after parsing; returns 0 or the exit status. */
+int recipe_check(const struct recipe *r);
+
+/* Loaded data and the resolved normalization. */
+struct recipe_data {
+    struct qt_dataset train, test;
+    float mean[4], std[4];
+};
+/* Loads both splits and resolves the normalization (stored into g's metadata). */
+int recipe_load_data(const struct recipe *r, struct qt_graph *g, const char *model,
+                     struct recipe_data *d);
+void recipe_data_free(struct recipe_data *d);
+
+/* Extra lines of the final JSON object (without braces), e.g. "\"ptq_top1\": 80.1". */
+struct recipe_extra {
+    char json[1024];
+    char text[1024];
+};
+
+/* Trains g with the recipe (alpha groups for quantizers) and writes OUT, OUT.best.onnx and
+ * OUT.log.jsonl; prints the report (and --json line with extra fields). Returns the exit
+ * status. */
+int recipe_run(const struct recipe *r, struct qt_graph *g, const char *model,
+               struct recipe_data *d, struct qt_backend *b, const struct recipe_extra *extra);
+
+#endif
