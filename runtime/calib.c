@@ -67,7 +67,7 @@ static void feed_close(struct feed *f)
 static void channel_sums(const struct qt_tensor *t, double *s1, double *s2)
 {
     int64_t nb = t->shape.d[0], ch = t->shape.d[1];
-    int64_t hw = nb * ch ? qt_shape_numel(&t->shape) / (nb * ch) : 0;
+    int64_t hw = (nb * ch) != 0 ? qt_shape_numel(&t->shape) / (nb * ch) : 0;
     const float *d = t->data;
     for (int64_t c = 0; c < ch; c++) {
         double a = 0, q = 0;

@@ -140,7 +140,7 @@ QT_HD static inline int qt_apot_levels(float *levels, float *thr, int scheme, in
     return n;
 }
 
-/* Index of the level nearest to x, by binary search over the thresholds: the number of
+/* Index of the level nearest to x for larger level sets, by binary search over the thresholds: the number of
  * thresholds below x, found in about log2(n) branch-free steps. Ties at an exact midpoint go
  * to the lower level; x below the first threshold (negatives included) gives 0, above the last
  * n - 1; NaN gives 0. thr holds the n - 1 ascending thresholds, 1 <= n <= QT_APOT_MAX_LEVELS.
@@ -151,7 +151,7 @@ QT_HD static inline int qt_apot_levels(float *levels, float *thr, int scheme, in
  * constant n the element loops that call this vectorize. */
 #define QT_APOT_SEARCH_STEP_(s)                                                                    \
     if ((s) < p) idx += (x > thr[idx + (s)-1]) ? (s) : 0;
-QT_APOT_INLINE int qt_apot_nearest_index(float x, const float *thr, int n)
+QT_APOT_INLINE int qt_apot_nearest_index_bsearch(float x, const float *thr, int n)
 {
     const int m = n - 1;
     if (m < 1) return 0;
@@ -174,6 +174,36 @@ QT_APOT_INLINE int qt_apot_nearest_index(float x, const float *thr, int n)
     return idx;
 }
 #undef QT_APOT_SEARCH_STEP_
+
+/* Fully unrolls the loop after it when its trip count is a constant. */
+#if defined(__CUDACC__)
+#define QT_APOT_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__) && !defined(__clang__)
+#define QT_APOT_UNROLL _Pragma("GCC unroll 32")
+#elif defined(__clang__)
+#define QT_APOT_UNROLL _Pragma("unroll")
+#else
+#define QT_APOT_UNROLL
+#endif
+
+/* Up to this many levels, the index is counted rather than searched. */
+#define QT_APOT_COUNT_MAX 32
+
+/* Index of the level nearest to x: the number of thresholds below x. Ties at an exact
+ * midpoint go to the lower level; x below the first threshold (negatives included) gives 0,
+ * above the last n - 1; NaN gives 0. thr holds the n - 1 ascending thresholds,
+ * 1 <= n <= QT_APOT_MAX_LEVELS. Up to QT_APOT_COUNT_MAX levels the thresholds are compared
+ * one by one: with a constant n, each is a value broadcast across vector lanes, so the element
+ * loops that call this run without indexed loads; larger sets use the binary search above. */
+QT_APOT_INLINE int qt_apot_nearest_index(float x, const float *thr, int n)
+{
+    if (n > QT_APOT_COUNT_MAX) return qt_apot_nearest_index_bsearch(x, thr, n);
+    int idx = 0;
+    QT_APOT_UNROLL
+    for (int k = 0; k + 1 < n; k++)
+        idx += x > thr[k] ? 1 : 0;
+    return idx;
+}
 
 /* nearest(x, L): the level nearest to x (ties to the lower level, see above); NaN stays NaN. */
 QT_APOT_INLINE float qt_apot_nearest(float x, const float *levels, const float *thr, int n)
