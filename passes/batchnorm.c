@@ -103,6 +103,10 @@ int qt_pass_unfold_batchnorm(struct qt_graph *g, int *count, struct qt_error *e)
             conv->nin > 2 && conv->in[2] >= 0 ? g->values[conv->in[2]].init : NULL;
         if (conv->nin > 2 && conv->in[2] >= 0 && !b) continue; /* computed bias: leave alone */
         int64_t kout = w->shape.d[0], per = qt_shape_numel(&w->shape) / kout;
+        /* The std of He initialization: the scale SGD's learning rate is tuned for (with
+         * standardized weights the gradient scales with 1 / std, so weights of std 1 would
+         * barely move). */
+        const double target = sqrt(2.0 / (double)per);
         struct qt_tensor *nw = qt_tensor_clone(w);
         double *scale = malloc(sizeof(double) * kout), *bias = malloc(sizeof(double) * kout);
         double *mean = calloc(kout, sizeof(double)), *var = malloc(sizeof(double) * kout);
@@ -113,7 +117,8 @@ int qt_pass_unfold_batchnorm(struct qt_graph *g, int *count, struct qt_error *e)
             m /= (double)per;
             for (int64_t j = 0; j < per; j++) s2 += (wk[j] - m) * (wk[j] - m);
             double sd = per > 1 ? sqrt(s2 / (double)(per - 1)) : 0.0;
-            if (!(sd > 0) || !isfinite(sd)) sd = 1.0;
+            if (!(sd > 0) || !isfinite(sd)) sd = target;
+            sd /= target;
             for (int64_t j = 0; j < per; j++) ((float *)nw->data)[k * per + j] = (float)(wk[j] / sd);
             scale[k] = sd;
             bias[k] = b ? ((const float *)b->data)[k] : 0.0;

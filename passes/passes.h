@@ -14,7 +14,8 @@ int qt_pass_fold_batchnorm(struct qt_graph *g, struct qt_error *e);
 
 /* Inserts a BatchNormalization after every Conv whose output no BatchNormalization reads
  * (models exported with BatchNorm folded), so that weight standardization has a BatchNorm to
- * absorb its scale: per output channel c, s_c = std(W_c) (1 if 0), W_c /= s_c, the Conv's bias
+ * absorb its scale: per output channel c, s_c = std(W_c) / sqrt(2 / fan_in) (1 if W_c is
+ * constant), W_c /= s_c (every channel gets He initialization's std), the Conv's bias
  * moves into the BatchNorm: scale s_c, bias b_c, mean 0, var 1 - eps. The function is
  * unchanged in inference mode; the runtime then sets the statistics from data
  * (qt_calib_bn_from_data). Writes the inserted nodes' count to *count. */

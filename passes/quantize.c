@@ -12,12 +12,22 @@
 #include "../graph/schema.h"
 #include "passes.h"
 
+/* A Conv/Gemm/MatMul whose weight is an initializer, directly or through a WeightQuant. */
 static int is_layer(const struct qt_graph *g, const struct qt_node *n)
 {
     if (n->dead || (n->op != QT_OP_CONV && n->op != QT_OP_GEMM && n->op != QT_OP_MATMUL)) return 0;
     if (n->nin < 2 || n->in[1] < 0) return 0;
     const struct qt_value *w = &g->values[n->in[1]];
+    if (!w->init && w->producer >= 0 && g->nodes[w->producer].op == QT_OP_WEIGHTQUANT)
+        w = &g->values[g->nodes[w->producer].in[0]];
     return w->init && w->init->dtype == QT_F32;
+}
+
+static int find_node(const struct qt_graph *g, const char *name)
+{
+    for (int i = 0; i < g->nnodes; i++)
+        if (!g->nodes[i].dead && strcmp(g->nodes[i].name, name) == 0) return i;
+    return -1;
 }
 
 /* ---- Undoing an earlier quantization ---- */
@@ -90,8 +100,7 @@ static int non_negative(const struct qt_graph *g, int v, int depth)
         const struct qt_attr *a = qt_node_attr(n, "min");
         return a && a->f >= 0;
     }
-    case QT_OP_ACTQUANT:
-        return !qt_node_int(n, "signed", 0);
+    case QT_OP_ACTQUANT: /* an earlier quantization: judge the tensor it quantizes */
     case QT_OP_MAXPOOL: case QT_OP_AVGPOOL: case QT_OP_GLOBALAVGPOOL: case QT_OP_FLATTEN:
     case QT_OP_RESHAPE: case QT_OP_SQUEEZE: case QT_OP_UNSQUEEZE: case QT_OP_IDENTITY:
     case QT_OP_DROPOUT:
@@ -248,27 +257,30 @@ int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
                      struct qt_quant_summary *sum, struct qt_error *e)
 {
     struct old_quant *olds = NULL;
-    int nold = 0, rc = -1;
+    int nold = 0, rc = -1, np = 0;
     memset(sum, 0, sizeof *sum);
     if (c->scheme != QT_QS_APOT && c->scheme != QT_QS_UNIFORM)
         return qt_err(e, "quantize: scheme must be apot or uniform");
-    if (strip(g, &olds, &nold, e)) goto out;
+    for (int k = 0; k < c->noverrides; k++) c->overrides[k].matched = 0;
+    /* Everything is decided and checked on the graph as it is (earlier quantizers are seen
+     * through), so that a failure leaves it unchanged. */
     int nn = g->nnodes;
     char *first = calloc(nn + 1, 1), *last = calloc(nn + 1, 1);
     first_last(g, first, last);
     /* Decide everything before changing the graph (node indices move afterwards). */
     struct plan {
         int node;
+        char *name;
         struct qt_quant_spec s;
         int int8_w; /* 8-bit first/last weights */
         int a_signed, standardize;
     } *pl = calloc(nn + 1, sizeof *pl);
-    int np = 0;
     for (int i = 0; i < nn; i++) {
         const struct qt_node *n = &g->nodes[i];
         if (!is_layer(g, n)) continue;
         struct plan *p = &pl[np++];
         p->node = i;
+        p->name = strdup(n->name);
         p->s.wbits = c->wbits;
         p->s.abits = c->abits;
         p->s.scheme = c->scheme;
@@ -321,9 +333,15 @@ int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
             }
         }
     }
+    /* Return the graph to float, then insert. */
+    if (strip(g, &olds, &nold, e)) goto done;
     for (int j = 0; j < np; j++) {
         struct plan *p = &pl[j];
-        int li = p->node;
+        int li = p->node = find_node(g, p->name);
+        if (li < 0) {
+            qt_err(e, "quantize: layer '%s' disappeared", p->name);
+            goto done;
+        }
         char lname[256];
         snprintf(lname, sizeof lname, "%s", g->nodes[li].name);
         struct qt_quant_attrs wa = {p->s.scheme, p->s.wbits, 1, p->standardize};
@@ -382,8 +400,8 @@ int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
 done:
     free(first);
     free(last);
+    for (int j = 0; j < np; j++) free(pl[j].name);
     free(pl);
-out:
     for (int i = 0; i < nold; i++) {
         free(olds[i].layer);
         qt_tensor_free(olds[i].alpha);

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on a default that needs nothing else: build qtune, create a ResNet-20 for
 # 28x28 grayscale images, train it on Fashion-MNIST (Debian's dataset-fashion-mnist) for one
-# epoch on the CPU, evaluate it, and check the exported model with onnxruntime.
+# epoch on the CPU, evaluate it, check the FP32 model with onnxruntime, then quantize it to
+# 4-bit APoT weights and activations (post-training baseline, then one epoch of
+# quantization-aware fine-tuning) and list its quantizers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
@@ -16,3 +18,8 @@ build/qtune train "$out/resnet20.onnx" --data "$data" --preset fashion-mnist --e
 build/qtune inspect "$out/resnet20_fmnist.onnx" | tail -n 1
 build/qtune eval "$out/resnet20_fmnist.onnx" --data "$data" --json
 .venv/bin/python scripts/ort_eval.py "$out/resnet20_fmnist.onnx" --data "$data"
+build/qtune finetune "$out/resnet20_fmnist.onnx" --data "$data" --wbits 4 --abits 4 --scheme apot \
+    --epochs "$epochs" --lr 0.01 --schedule cosine --batch 128 --wd 1e-4 --alpha-init calib \
+    -o "$out/resnet20_fmnist_w4a4.onnx"
+build/qtune inspect "$out/resnet20_fmnist_w4a4.onnx" | sed -n '/^quantizers/,/^$/p' | head -n 6
+build/qtune eval "$out/resnet20_fmnist_w4a4.onnx" --data "$data" --json

@@ -277,3 +277,24 @@ def test_future_qtune_opset_refused(qtune, fp_model, tmp_path):
     onnx.save(m, bad)
     r = qtune("inspect", bad)
     assert r.returncode == 1 and "ai.qtune opset 2" in r.stderr, r.describe()
+
+
+def test_resume_is_bit_exact(qtune, fp_model, tmp_path):
+    """Fine-tuning 2 epochs straight equals 1 epoch then --resume to 2 (step schedule:
+    its milestones do not depend on the planned epochs)."""
+    fp, _, _ = fp_model
+    common = ["--bits", "3", "--train-limit", "512", "--lr", "0.02", "--schedule", "step",
+              "--milestones", "1", "--alpha-init", "calib", "--seed", "4", "--threads", "2"] + COMMON
+    straight = str(tmp_path / "straight.onnx")
+    r = qtune("finetune", fp, "--epochs", "2", "-o", straight, *common)
+    assert r.returncode == 0, r.describe()
+    first = str(tmp_path / "first.onnx")
+    r = qtune("finetune", fp, "--epochs", "1", "-o", first, *common)
+    assert r.returncode == 0, r.describe()
+    resumed = str(tmp_path / "resumed.onnx")
+    r = qtune("finetune", fp, "--epochs", "2", "--resume", first + ".ckpt", "-o", resumed, *common)
+    assert r.returncode == 0, r.describe()
+    a, b = inits(straight), inits(resumed)
+    assert a.keys() == b.keys() and any(".alpha_" in k for k in a)
+    for k in a:
+        assert np.array_equal(a[k], b[k]), "resumed run differs in " + k
