@@ -10,14 +10,11 @@ layer 8-bit weights with float inputs, as APOT.md). PyTorch: forward, backward a
 of CifarResNet(20) with every conv/fc quantized the same way by apot_ref.py.
 Usage: .venv/bin/python bench/quant_step_vs_fp32.py [--threads 2] [--steps 30]"""
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -27,39 +24,7 @@ sys.path.insert(0, os.path.join(REPO, "tests", "ref"))
 sys.path.insert(0, os.path.join(REPO, "bench"))
 import apot_ref  # noqa: E402
 import models  # noqa: E402
-from train_step_vs_torch import cpu_name  # noqa: E402
-
-
-def write_data(tmp, steps, batch):
-    data = os.path.join(tmp, "cifar")
-    os.makedirs(data, exist_ok=True)
-    rng = np.random.default_rng(0)
-    n = 2 * steps * batch
-    for name, count in [("data_batch_%d.bin" % i, n) for i in range(1, 6)] + [("test_batch.bin", batch)]:
-        rec = np.concatenate([rng.integers(0, 10, (count, 1), dtype=np.uint8),
-                              rng.integers(0, 256, (count, 3072), dtype=np.uint8)], axis=1)
-        rec.tofile(os.path.join(data, name))
-    return data
-
-
-def qtune_step(qtune, threads, steps, batch, tmp, data, quantized):
-    model = os.path.join(tmp, "r20.onnx")
-    if not os.path.exists(model):
-        subprocess.run([qtune, "init", "resnet20", "--input", "3x32x32", "--classes", "10", "-o", model],
-                       check=True, capture_output=True)
-    seconds = {}
-    tag = "q" if quantized else "f"
-    for k in (1, 2):
-        out = os.path.join(tmp, "%s%d.onnx" % (tag, k))
-        cmd = [qtune, "finetune" if quantized else "train", model, "--data", data, "--epochs", "1",
-               "--batch", str(batch), "--train-limit", str(k * steps * batch), "--test-limit", str(batch),
-               "--threads", str(threads), "--preset", "cifar10", "--lr", "0.05", "--quiet", "-o", out]
-        if quantized:
-            cmd[5:5] = ["--bits", "4", "--scheme", "apot", "--calib-batches", "1"]
-        subprocess.run(cmd, check=True, capture_output=True)
-        with open(os.path.join(tmp, "%s%d.log.jsonl" % (tag, k))) as f:
-            seconds[k] = json.loads(f.readline())["seconds"]
-    return (seconds[2] - seconds[1]) / steps, " ".join(cmd)
+from train_step_vs_torch import cpu_name, qtune_step, time_steps  # noqa: E402
 
 
 class QConv(nn.Module):
@@ -102,25 +67,11 @@ def torch_step(threads, steps, batch):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     m = quantize(models.CifarResNet(20))
-    m.train()
     alphas = [p for n, p in m.named_parameters() if "alpha" in n]
     rest = [p for n, p in m.named_parameters() if "alpha" not in n]
     opt = torch.optim.SGD([{"params": rest}, {"params": alphas, "lr": 0.1}], lr=0.05, momentum=0.9,
                           weight_decay=1e-4)
-    x = torch.randn(batch, 3, 32, 32)
-    y = torch.randint(0, 10, (batch,))
-
-    def step():
-        opt.zero_grad()
-        F.cross_entropy(m(x), y).backward()
-        opt.step()
-
-    for _ in range(2):
-        step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - t0) / steps
+    return time_steps(m, opt, steps, batch, warmup=2)
 
 
 def main():
@@ -133,9 +84,9 @@ def main():
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results", "quant_step_vs_fp32.txt"))
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        data = write_data(tmp, a.steps, a.batch)
-        fp, _ = qtune_step(a.qtune, a.threads, a.steps, a.batch, tmp, data, False)
-        q, cmd = qtune_step(a.qtune, a.threads, a.steps, a.batch, tmp, data, True)
+        fp, _ = qtune_step(a.qtune, a.threads, a.steps, a.batch, tmp)
+        q, cmd = qtune_step(a.qtune, a.threads, a.steps, a.batch, tmp,
+                            ("finetune", "--bits", "4", "--scheme", "apot", "--calib-batches", "1"), "q")
     t = torch_step(a.threads, a.torch_steps, a.batch)
     lines = [
         "W4A4 APoT training step: ResNet-20, batch %d, 3x32x32, SGD momentum 0.9, %d threads" % (a.batch, a.threads),

@@ -36,50 +36,61 @@ def cpu_name():
     return platform.processor()
 
 
-def qtune_step(qtune, threads, steps, batch, tmp):
+def qtune_step(qtune, threads, steps, batch, tmp, command=("train",), tag="trained"):
+    """Seconds per training step of `qtune COMMAND` on ResNet-20 (a synthetic CIFAR-10 folder
+    in tmp, made on first use): the difference of two runs' training times (of `steps` and
+    2 x `steps` batches, from the per-epoch log) divided by `steps`. Returns (seconds, the
+    last command)."""
     data = os.path.join(tmp, "cifar")
-    os.makedirs(data, exist_ok=True)
-    rng = np.random.default_rng(0)
-    n = 2 * steps * batch
-    for name, count in [("data_batch_%d.bin" % i, n) for i in range(1, 6)] + [("test_batch.bin", batch)]:
-        rec = np.concatenate([rng.integers(0, 10, (count, 1), dtype=np.uint8),
-                              rng.integers(0, 256, (count, 3072), dtype=np.uint8)], axis=1)
-        rec.tofile(os.path.join(data, name))
+    if not os.path.isdir(data):
+        os.makedirs(data)
+        rng = np.random.default_rng(0)
+        n = 2 * steps * batch
+        for name, count in [("data_batch_%d.bin" % i, n) for i in range(1, 6)] + [("test_batch.bin", batch)]:
+            rec = np.concatenate([rng.integers(0, 10, (count, 1), dtype=np.uint8),
+                                  rng.integers(0, 256, (count, 3072), dtype=np.uint8)], axis=1)
+            rec.tofile(os.path.join(data, name))
     model = os.path.join(tmp, "r20.onnx")
-    subprocess.run([qtune, "init", "resnet20", "--input", "3x32x32", "--classes", "10", "-o", model],
-                   check=True, capture_output=True)
+    if not os.path.exists(model):
+        subprocess.run([qtune, "init", "resnet20", "--input", "3x32x32", "--classes", "10", "-o", model],
+                       check=True, capture_output=True)
     seconds = {}
     for k in (1, 2):
-        out = os.path.join(tmp, "trained%d.onnx" % k)
-        cmd = [qtune, "train", model, "--data", data, "--epochs", "1", "--batch", str(batch),
-               "--train-limit", str(k * steps * batch), "--test-limit", str(batch),
+        out = os.path.join(tmp, "%s%d.onnx" % (tag, k))
+        cmd = [qtune, command[0], model, *command[1:], "--data", data, "--epochs", "1",
+               "--batch", str(batch), "--train-limit", str(k * steps * batch), "--test-limit", str(batch),
                "--threads", str(threads), "--preset", "cifar10", "--lr", "0.05", "--quiet", "-o", out]
         subprocess.run(cmd, check=True, capture_output=True)
-        with open(os.path.join(tmp, "trained%d.log.jsonl" % k)) as f:
+        with open(os.path.join(tmp, "%s%d.log.jsonl" % (tag, k))) as f:
             seconds[k] = json.loads(f.readline())["seconds"]
     return (seconds[2] - seconds[1]) / steps, " ".join(cmd)
+
+
+def time_steps(model, opt, steps, batch, warmup=3):
+    """Seconds per forward, backward and optimizer step of model on a random batch."""
+    model.train()
+    x = torch.randn(batch, 3, 32, 32)
+    y = torch.randint(0, 10, (batch,))
+
+    def step():
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t0) / steps
 
 
 def torch_step(threads, steps, batch):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     m = models.CifarResNet(20)
-    m.train()
     opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    x = torch.randn(batch, 3, 32, 32)
-    y = torch.randint(0, 10, (batch,))
-
-    def step():
-        opt.zero_grad()
-        F.cross_entropy(m(x), y).backward()
-        opt.step()
-
-    for _ in range(3):
-        step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - t0) / steps
+    return time_steps(m, opt, steps, batch)
 
 
 def main():

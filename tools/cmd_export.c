@@ -26,6 +26,13 @@ int cmd_export(int argc, char **argv)
     struct qt_graph *g = cli_load_model(path, 0);
     if (!g) return 1;
     struct qt_error e;
+    for (int i = 0; i < g->nnodes; i++)
+        if (g->nodes[i].op == QT_OP_WEIGHTQUANT || g->nodes[i].op == QT_OP_ACTQUANT) {
+            int rc = cli_fail("export: '%s' holds %s quantizers (node '%s'); --format float "
+                              "writes float models only", path, QT_DOMAIN, g->nodes[i].name);
+            qt_graph_free(g);
+            return rc;
+        }
     int rc = qt_onnx_save(g, out, &e) ? cli_fail("%s", e.msg) : 0;
     qt_graph_free(g);
     return rc;

@@ -277,6 +277,9 @@ def test_future_qtune_opset_refused(qtune, fp_model, tmp_path):
     onnx.save(m, bad)
     r = qtune("inspect", bad)
     assert r.returncode == 1 and "ai.qtune opset 2" in r.stderr, r.describe()
+    # A float export of a quantized model is refused by name.
+    r = qtune("export", q, "--format", "float", "-o", str(tmp_path / "f.onnx"))
+    assert r.returncode == 1 and "quantizers" in r.stderr, r.describe()
 
 
 def test_resume_is_bit_exact(qtune, fp_model, tmp_path):
