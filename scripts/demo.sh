@@ -21,5 +21,5 @@ build/qtune eval "$out/resnet20_fmnist.onnx" --data "$data" --json
 build/qtune finetune "$out/resnet20_fmnist.onnx" --data "$data" --wbits 4 --abits 4 --scheme apot \
     --epochs "$epochs" --lr 0.01 --schedule cosine --batch 128 --wd 1e-4 --alpha-init calib \
     -o "$out/resnet20_fmnist_w4a4.onnx"
-build/qtune inspect "$out/resnet20_fmnist_w4a4.onnx" | sed -n '/^quantizers/,/^$/p' | head -n 6
+build/qtune inspect "$out/resnet20_fmnist_w4a4.onnx" | awk '/^quantizers/ { p = 1 } p && n < 6 { print; n++ }'
 build/qtune eval "$out/resnet20_fmnist_w4a4.onnx" --data "$data" --json
