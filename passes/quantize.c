@@ -101,8 +101,14 @@ static int non_negative(const struct qt_graph *g, int v, int depth)
         return a && a->f >= 0;
     }
     case QT_OP_ACTQUANT: /* an earlier quantization: judge the tensor it quantizes */
-    case QT_OP_MAXPOOL: case QT_OP_AVGPOOL: case QT_OP_GLOBALAVGPOOL: case QT_OP_FLATTEN:
-    case QT_OP_RESHAPE: case QT_OP_SQUEEZE: case QT_OP_UNSQUEEZE: case QT_OP_IDENTITY:
+    case QT_OP_MAXPOOL:
+    case QT_OP_AVGPOOL:
+    case QT_OP_GLOBALAVGPOOL:
+    case QT_OP_FLATTEN:
+    case QT_OP_RESHAPE:
+    case QT_OP_SQUEEZE:
+    case QT_OP_UNSQUEEZE:
+    case QT_OP_IDENTITY:
     case QT_OP_DROPOUT:
         return n->out[0] == v && non_negative(g, n->in[0], depth + 1);
     case QT_OP_PAD: {
@@ -111,7 +117,9 @@ static int non_negative(const struct qt_graph *g, int v, int depth)
         double c = cv ? qt_tensor_get_f(cv, 0) : qt_node_float(n, "value", 0.0f);
         return (strcmp(mode, "constant") != 0 || c >= 0) && non_negative(g, n->in[0], depth + 1);
     }
-    case QT_OP_ADD: case QT_OP_MUL: case QT_OP_CONCAT:
+    case QT_OP_ADD:
+    case QT_OP_MUL:
+    case QT_OP_CONCAT:
         for (int k = 0; k < n->nin; k++)
             if (!non_negative(g, n->in[k], depth + 1)) return 0;
         return 1;
@@ -139,7 +147,8 @@ static void first_last(const struct qt_graph *g, char *first, char *last)
         if (n->dead) continue;
         int any = is_layer(g, n);
         if (any) first[i] = !down[n->in[0]];
-        for (int k = 0; k < n->nin; k++) any |= n->in[k] >= 0 && down[n->in[k]];
+        for (int k = 0; k < n->nin; k++)
+            any |= n->in[k] >= 0 && down[n->in[k]];
         for (int k = 0; k < n->nout; k++)
             if (n->out[k] >= 0) down[n->out[k]] |= (char)any;
     }
@@ -147,7 +156,8 @@ static void first_last(const struct qt_graph *g, char *first, char *last)
         const struct qt_node *n = &g->nodes[i];
         if (n->dead) continue;
         int any = 0;
-        for (int k = 0; k < n->nout; k++) any |= n->out[k] >= 0 && up[n->out[k]];
+        for (int k = 0; k < n->nout; k++)
+            any |= n->out[k] >= 0 && up[n->out[k]];
         if (is_layer(g, n)) {
             last[i] = !any;
             if (n->in[0] >= 0) up[n->in[0]] = 1;
@@ -172,8 +182,10 @@ int qt_quant_spec_parse(struct qt_quant_override *o, const char *arg, struct qt_
 {
     const char *eq = strrchr(arg, '=');
     if (!eq || eq == arg || !eq[1])
-        return qt_err(e, "layer override '%s' is not PATTERN=SPEC (SPEC: float, w4a4, w8, a8, "
-                         "w3a3:uniform, ...)", arg);
+        return qt_err(e,
+                      "layer override '%s' is not PATTERN=SPEC (SPEC: float, w4a4, w8, a8, "
+                      "w3a3:uniform, ...)",
+                      arg);
     size_t pl = (size_t)(eq - arg);
     if (pl >= sizeof o->pattern) return qt_err(e, "layer override '%s': pattern too long", arg);
     memcpy(o->pattern, arg, pl);
@@ -189,17 +201,24 @@ int qt_quant_spec_parse(struct qt_quant_override *o, const char *arg, struct qt_
         char *end;
         long b = strtol(s, &end, 10);
         if ((kind != 'w' && kind != 'a') || end == s || b < 0 || b > 8)
-            return qt_err(e, "layer override '%s': SPEC must be float or wN/aN (N = 0 for float, "
-                             "else 1..8) with an optional :apot or :uniform", arg);
-        if (kind == 'w') o->spec.wbits = (int)b;
-        else o->spec.abits = (int)b;
+            return qt_err(e,
+                          "layer override '%s': SPEC must be float or wN/aN (N = 0 for float, "
+                          "else 1..8) with an optional :apot or :uniform",
+                          arg);
+        if (kind == 'w')
+            o->spec.wbits = (int)b;
+        else
+            o->spec.abits = (int)b;
         s = end;
     }
     if (*s == ':') {
         s++;
-        if (strcmp(s, "apot") == 0) o->spec.scheme = QT_QS_APOT;
-        else if (strcmp(s, "uniform") == 0) o->spec.scheme = QT_QS_UNIFORM;
-        else return qt_err(e, "layer override '%s': scheme must be apot or uniform", arg);
+        if (strcmp(s, "apot") == 0)
+            o->spec.scheme = QT_QS_APOT;
+        else if (strcmp(s, "uniform") == 0)
+            o->spec.scheme = QT_QS_UNIFORM;
+        else
+            return qt_err(e, "layer override '%s': scheme must be apot or uniform", arg);
     }
     return 0;
 }
@@ -261,7 +280,8 @@ int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
     memset(sum, 0, sizeof *sum);
     if (c->scheme != QT_QS_APOT && c->scheme != QT_QS_UNIFORM)
         return qt_err(e, "quantize: scheme must be apot or uniform");
-    for (int k = 0; k < c->noverrides; k++) c->overrides[k].matched = 0;
+    for (int k = 0; k < c->noverrides; k++)
+        c->overrides[k].matched = 0;
     /* Everything is decided and checked on the graph as it is (earlier quantizers are seen
      * through), so that a failure leaves it unchanged. */
     int nn = g->nnodes;
@@ -285,8 +305,10 @@ int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
         p->s.abits = c->abits;
         p->s.scheme = c->scheme;
         if (first[i] || last[i]) {
-            if (c->first_last == QT_FL_FLOAT) p->s.wbits = p->s.abits = 0;
-            else if (c->first_last == QT_FL_8BIT) p->int8_w = 1, p->s.abits = 0;
+            if (c->first_last == QT_FL_FLOAT)
+                p->s.wbits = p->s.abits = 0;
+            else if (c->first_last == QT_FL_8BIT)
+                p->int8_w = 1, p->s.abits = 0;
         }
         for (int k = 0; k < c->noverrides; k++)
             if (fnmatch(c->overrides[k].pattern, n->name, 0) == 0) {
@@ -310,7 +332,8 @@ int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
         /* Check every setting before inserting anything. */
         struct qt_quant_attrs wa = {p->s.scheme, p->s.wbits, 1, p->standardize};
         struct qt_quant_attrs aa = {p->s.scheme, p->s.abits, p->a_signed, 0};
-        if (p->int8_w) wa.scheme = c->int8_absmax ? QT_QS_ABSMAX : QT_QS_MAX, wa.bits = 8, wa.standardize = 0;
+        if (p->int8_w)
+            wa.scheme = c->int8_absmax ? QT_QS_ABSMAX : QT_QS_MAX, wa.bits = 8, wa.standardize = 0;
         int checks[2] = {p->s.wbits > 0 || p->int8_w, p->s.abits > 0};
         for (int t = 0; t < 2; t++) {
             if (!checks[t]) continue;
@@ -346,7 +369,8 @@ int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
         snprintf(lname, sizeof lname, "%s", g->nodes[li].name);
         struct qt_quant_attrs wa = {p->s.scheme, p->s.wbits, 1, p->standardize};
         struct qt_quant_attrs aa = {p->s.scheme, p->s.abits, p->a_signed, 0};
-        if (p->int8_w) wa.scheme = c->int8_absmax ? QT_QS_ABSMAX : QT_QS_MAX, wa.bits = 8, wa.standardize = 0;
+        if (p->int8_w)
+            wa.scheme = c->int8_absmax ? QT_QS_ABSMAX : QT_QS_MAX, wa.bits = 8, wa.standardize = 0;
         if (p->s.wbits > 0 || p->int8_w) {
             const struct qt_tensor *w = g->values[g->nodes[li].in[1]].init;
             int64_t nal = 0;
@@ -400,7 +424,8 @@ int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
 done:
     free(first);
     free(last);
-    for (int j = 0; j < np; j++) free(pl[j].name);
+    for (int j = 0; j < np; j++)
+        free(pl[j].name);
     free(pl);
     for (int i = 0; i < nold; i++) {
         free(olds[i].layer);

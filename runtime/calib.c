@@ -40,7 +40,8 @@ static int feed_open(struct feed *f, const struct qt_graph *g, const struct qt_d
     if ((int64_t)f->nb * bsz > ds->n) f->nb = ds->n / bsz;
     if (f->nb < 1) return qt_err(e, "the training split has fewer than %d images", bsz);
     f->perm = malloc(sizeof(int) * ds->n);
-    for (int i = 0; i < ds->n; i++) f->perm[i] = i;
+    for (int i = 0; i < ds->n; i++)
+        f->perm[i] = i;
     struct qt_rng rng;
     qt_rng_seed(&rng, c->seed ^ 0x63616c6962ull);
     qt_rng_shuffle(&rng, f->perm, ds->n);
@@ -84,8 +85,7 @@ static void channel_sums(const struct qt_tensor *t, double *s1, double *s2)
 }
 
 int qt_calib_bn_from_data(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
-                          const struct qt_calib_config *c, const int *bn, int n,
-                          struct qt_error *e)
+                          const struct qt_calib_config *c, const int *bn, int n, struct qt_error *e)
 {
     if (n == 0) return 0;
     struct feed f;
@@ -168,7 +168,8 @@ static int weight_alpha(struct qt_graph *g, const struct qt_node *nd, struct qt_
     float *buf = malloc(sizeof(float) * (per ? per : 1));
     for (int64_t ch = 0; ch < nal; ch++) {
         const float *src = (const float *)w->data + ch * per;
-        for (int64_t i = 0; i < per; i++) buf[i] = (src[i] - mu) / sigma;
+        for (int64_t i = 0; i < per; i++)
+            buf[i] = (src[i] - mu) / sigma;
         ((float *)al->data)[ch] = quant_alpha_mse_cpu(buf, per, &qz);
     }
     free(buf);
@@ -176,8 +177,8 @@ static int weight_alpha(struct qt_graph *g, const struct qt_node *nd, struct qt_
 }
 
 int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
-                        const struct qt_calib_config *c, int set_alphas,
-                        struct qt_calib_report *r, struct qt_error *e)
+                        const struct qt_calib_config *c, int set_alphas, struct qt_calib_report *r,
+                        struct qt_error *e)
 {
     double t0 = now();
     memset(r, 0, sizeof *r);
@@ -199,7 +200,8 @@ int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct q
         } else if (nd->op == QT_OP_ACTQUANT) {
             struct qt_quant_attrs a;
             if (qt_quant_attrs_get(nd, &a, e)) goto out;
-            if (qt_apot_quantizer_init(&qz[nact], a.scheme == QT_QS_APOT ? QT_SCHEME_APOT : QT_SCHEME_UNIFORM,
+            if (qt_apot_quantizer_init(&qz[nact],
+                                       a.scheme == QT_QS_APOT ? QT_SCHEME_APOT : QT_SCHEME_UNIFORM,
                                        a.bits, a.is_signed)) {
                 qt_err(e, "%s: invalid quantizer settings", nd->name);
                 goto out;
@@ -218,10 +220,12 @@ int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct q
     if (!(x = qt_exec_new(g, b, e))) goto out;
     int64_t per_batch = (c->samples > 0 ? c->samples : 65536) / f.nb;
     if (per_batch < 1) per_batch = 1;
-    for (int j = 0; j < nact; j++) samp[j] = malloc(sizeof(float) * per_batch * f.nb);
+    for (int j = 0; j < nact; j++)
+        samp[j] = malloc(sizeof(float) * per_batch * f.nb);
     int rounds = set_alphas && nact ? (c->rounds > 0 ? c->rounds : 2) : 0;
     for (int round = 0; round <= rounds; round++) {
-        for (int j = 0; j < nact; j++) nsamp[j] = 0;
+        for (int j = 0; j < nact; j++)
+            nsamp[j] = 0;
         for (int k = 0; k < f.nb; k++) {
             /* Running statistics become the average over this round's batches. */
             for (int j = 0; j < nbn; j++)
@@ -249,8 +253,10 @@ int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct q
     r->bn = nbn;
     rc = 0;
 out:
-    for (int j = 0; j < nbn; j++) qt_node_set_float(&g->nodes[bn[j]], "momentum", saved_mom[j]);
-    for (int j = 0; j < nact; j++) free(samp[j]);
+    for (int j = 0; j < nbn; j++)
+        qt_node_set_float(&g->nodes[bn[j]], "momentum", saved_mom[j]);
+    for (int j = 0; j < nact; j++)
+        free(samp[j]);
     free(samp);
     free(nsamp);
     free(qz);

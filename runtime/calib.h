@@ -11,20 +11,21 @@
 #include "data/dataset.h"
 
 struct qt_calib_config {
-    int batches;           /* calibration batches (default 8) */
-    int batch;             /* images per batch */
-    uint64_t seed;         /* which training images (a seeded permutation) */
+    int batches;   /* calibration batches (default 8) */
+    int batch;     /* images per batch */
+    uint64_t seed; /* which training images (a seeded permutation) */
     const float *mean, *std;
-    int64_t samples;       /* values kept per activation quantizer and round (default 65536) */
-    int rounds;            /* rounds of activation alpha estimation (default 2) */
+    int64_t samples; /* values kept per activation quantizer and round (default 65536) */
+    int rounds;      /* rounds of activation alpha estimation (default 2) */
 };
 
 /* BatchNormalization nodes named in bn (count n, node indices) compute
  * scale * (x - mean) / sqrt(var + eps) + bias; this replaces mean and var by the per-channel
  * statistics of x over the calibration batches (inference mode, the rest of the graph as it
  * is) and adjusts scale and bias so that the function stays the same:
- *   scale' = scale * sqrt(var' + eps) / sqrt(var + eps),  bias' = bias + scale * (mean' - mean) / sqrt(var + eps).
- * Afterwards training mode (batch statistics) starts close to the inference function. */
+ *   scale' = scale * sqrt(var' + eps) / sqrt(var + eps),  bias' = bias + scale * (mean' - mean) /
+ * sqrt(var + eps). Afterwards training mode (batch statistics) starts close to the inference
+ * function. */
 int qt_calib_bn_from_data(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
                           const struct qt_calib_config *c, const int *bn, int n,
                           struct qt_error *e);
@@ -41,7 +42,7 @@ struct qt_calib_report {
  * to minimize the error on the values that reached them (when set_alphas), and a last round
  * that re-estimates every BatchNorm's running statistics as the average over the batches. */
 int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
-                        const struct qt_calib_config *c, int set_alphas,
-                        struct qt_calib_report *r, struct qt_error *e);
+                        const struct qt_calib_config *c, int set_alphas, struct qt_calib_report *r,
+                        struct qt_error *e);
 
 #endif

@@ -17,34 +17,38 @@
 
 static void usage(void)
 {
-    printf("usage: qtune finetune MODEL.onnx --data DATA --wbits W --abits A -o OUT.onnx [options]\n"
-           "  --wbits W, --abits A weight and activation bits (default 4 and 4); --bits B sets both\n"
-           "  --scheme S           apot (default) or uniform\n"
-           "  --epochs E           fine-tuning epochs (default 1); 0: post-training quantization\n"
-           "  --first-last M       first conv and last layer: 8 (8-bit weights, float inputs;\n"
-           "                       default), same (like the other layers) or float\n"
-           "  --int8-range R       8-bit weights scaled by absmax (max |W|, default) or max (max W)\n"
-           "  --layer PAT=SPEC     per-layer setting for node names matching the glob PAT; SPEC is\n"
-           "                       float or wNaN with an optional :apot/:uniform (w0/a0: float);\n"
-           "                       repeatable, later ones win\n"
-           "  --per-channel        uniform weights: one alpha per output channel\n"
-           "  --no-standardize     quantize weights without standardization\n"
-           "  --alpha-init I       paper (weights 3.0, activations 8.0; default) or calib\n"
-           "                       (minimum quantization error on calibration data)\n"
-           "  --alpha-w X, --alpha-a X   initial alphas for --alpha-init paper\n"
-           "  --reset-alphas       re-quantizing a quantized model: re-initialize every alpha\n"
-           "                       (default: alphas of unchanged quantizers are kept)\n"
-           "  --folded H           Convs without BatchNorm (folded models): unfold (insert a\n"
-           "                       BatchNorm, default) or direct (no standardization)\n"
-           "  --calib-batches N    calibration batches (default 8)\n");
+    printf(
+        "usage: qtune finetune MODEL.onnx --data DATA --wbits W --abits A -o OUT.onnx [options]\n"
+        "  --wbits W, --abits A weight and activation bits (default 4 and 4); --bits B sets both\n"
+        "  --scheme S           apot (default) or uniform\n"
+        "  --epochs E           fine-tuning epochs (default 1); 0: post-training quantization\n"
+        "  --first-last M       first conv and last layer: 8 (8-bit weights, float inputs;\n"
+        "                       default), same (like the other layers) or float\n"
+        "  --int8-range R       8-bit weights scaled by absmax (max |W|, default) or max (max W)\n"
+        "  --layer PAT=SPEC     per-layer setting for node names matching the glob PAT; SPEC is\n"
+        "                       float or wNaN with an optional :apot/:uniform (w0/a0: float);\n"
+        "                       repeatable, later ones win\n"
+        "  --per-channel        uniform weights: one alpha per output channel\n"
+        "  --no-standardize     quantize weights without standardization\n"
+        "  --alpha-init I       paper (weights 3.0, activations 8.0; default) or calib\n"
+        "                       (minimum quantization error on calibration data)\n"
+        "  --alpha-w X, --alpha-a X   initial alphas for --alpha-init paper\n"
+        "  --reset-alphas       re-quantizing a quantized model: re-initialize every alpha\n"
+        "                       (default: alphas of unchanged quantizers are kept)\n"
+        "  --folded H           Convs without BatchNorm (folded models): unfold (insert a\n"
+        "                       BatchNorm, default) or direct (no standardization)\n"
+        "  --calib-batches N    calibration batches (default 8)\n");
     recipe_usage(1);
 }
 
 static const char *scheme_of(const char *s, int *out)
 {
-    if (strcmp(s, "apot") == 0) *out = QT_QS_APOT;
-    else if (strcmp(s, "uniform") == 0) *out = QT_QS_UNIFORM;
-    else return NULL;
+    if (strcmp(s, "apot") == 0)
+        *out = QT_QS_APOT;
+    else if (strcmp(s, "uniform") == 0)
+        *out = QT_QS_UNIFORM;
+    else
+        return NULL;
     return s;
 }
 
@@ -72,18 +76,26 @@ int cmd_finetune(int argc, char **argv)
         if (got < 0) return 1;
         if (got) continue;
         char *end;
-        if (strcmp(a, "--per-channel") == 0) per_channel = 1;
-        else if (strcmp(a, "--no-standardize") == 0) no_std = 1;
-        else if (strcmp(a, "--reset-alphas") == 0) reset = 1;
-        else if (strcmp(a, "--first-last") == 0 && has) first_last = argv[++i];
-        else if (strcmp(a, "--int8-range") == 0 && has) int8_range = argv[++i];
-        else if (strcmp(a, "--alpha-init") == 0 && has) alpha_init = argv[++i];
-        else if (strcmp(a, "--folded") == 0 && has) folded = argv[++i];
+        if (strcmp(a, "--per-channel") == 0)
+            per_channel = 1;
+        else if (strcmp(a, "--no-standardize") == 0)
+            no_std = 1;
+        else if (strcmp(a, "--reset-alphas") == 0)
+            reset = 1;
+        else if (strcmp(a, "--first-last") == 0 && has)
+            first_last = argv[++i];
+        else if (strcmp(a, "--int8-range") == 0 && has)
+            int8_range = argv[++i];
+        else if (strcmp(a, "--alpha-init") == 0 && has)
+            alpha_init = argv[++i];
+        else if (strcmp(a, "--folded") == 0 && has)
+            folded = argv[++i];
         else if (strcmp(a, "--scheme") == 0 && has) {
             if (!scheme_of(argv[++i], &scheme))
                 return cli_fail("finetune: --scheme must be apot or uniform, not '%s'", argv[i]);
         } else if ((strcmp(a, "--wbits") == 0 || strcmp(a, "--abits") == 0 ||
-                    strcmp(a, "--bits") == 0) && has) {
+                    strcmp(a, "--bits") == 0) &&
+                   has) {
             long v = strtol(argv[++i], &end, 10);
             if (*end || !*argv[i] || v < 1 || v > 8)
                 return cli_fail("finetune: %s needs a bit width from 1 to 8", a);
@@ -96,14 +108,21 @@ int cmd_finetune(int argc, char **argv)
             double v = strtod(argv[++i], &end);
             if (*end || !*argv[i] || !(v > 0) || v > 1e6)
                 return cli_fail("finetune: %s needs a positive number", a);
-            if (a[8] == 'w') alpha_w = v;
-            else alpha_a = v;
+            if (a[8] == 'w')
+                alpha_w = v;
+            else
+                alpha_a = v;
         } else if (strcmp(a, "--layer") == 0 && has) {
-            if (nov == MAX_OVERRIDES) return cli_fail("finetune: at most %d --layer options", MAX_OVERRIDES);
-            if (qt_quant_spec_parse(&ov[nov++], argv[++i], &e)) return cli_fail("finetune: %s", e.msg);
-        } else if (a[0] == '-') return cli_fail("finetune: unknown or incomplete option '%s'", a);
-        else if (path) return cli_fail("finetune: more than one model given");
-        else path = a;
+            if (nov == MAX_OVERRIDES)
+                return cli_fail("finetune: at most %d --layer options", MAX_OVERRIDES);
+            if (qt_quant_spec_parse(&ov[nov++], argv[++i], &e))
+                return cli_fail("finetune: %s", e.msg);
+        } else if (a[0] == '-')
+            return cli_fail("finetune: unknown or incomplete option '%s'", a);
+        else if (path)
+            return cli_fail("finetune: more than one model given");
+        else
+            path = a;
     }
     if (!path || !r.data || !r.out)
         return cli_fail("finetune: usage: qtune finetune MODEL.onnx --data DATA --wbits W "
@@ -115,10 +134,14 @@ int cmd_finetune(int argc, char **argv)
     qc.wbits = (int)wbits;
     qc.abits = (int)abits;
     qc.scheme = scheme;
-    if (strcmp(first_last, "8") == 0) qc.first_last = QT_FL_8BIT;
-    else if (strcmp(first_last, "same") == 0) qc.first_last = QT_FL_SAME;
-    else if (strcmp(first_last, "float") == 0) qc.first_last = QT_FL_FLOAT;
-    else return cli_fail("finetune: --first-last must be 8, same or float, not '%s'", first_last);
+    if (strcmp(first_last, "8") == 0)
+        qc.first_last = QT_FL_8BIT;
+    else if (strcmp(first_last, "same") == 0)
+        qc.first_last = QT_FL_SAME;
+    else if (strcmp(first_last, "float") == 0)
+        qc.first_last = QT_FL_FLOAT;
+    else
+        return cli_fail("finetune: --first-last must be 8, same or float, not '%s'", first_last);
     if (strcmp(int8_range, "absmax") && strcmp(int8_range, "max"))
         return cli_fail("finetune: --int8-range must be absmax or max, not '%s'", int8_range);
     qc.int8_absmax = strcmp(int8_range, "absmax") == 0;
@@ -160,7 +183,8 @@ int cmd_finetune(int argc, char **argv)
             if (g->nodes[i].op == QT_OP_BATCHNORM) names[nold++] = g->nodes[i].name;
         /* Names stay valid: the pass only adds nodes (compaction keeps live node names). */
         char **keep = malloc(sizeof(char *) * (nold + 1));
-        for (int i = 0; i < nold; i++) keep[i] = strdup(names[i]);
+        for (int i = 0; i < nold; i++)
+            keep[i] = strdup(names[i]);
         free(names);
         if (qt_pass_unfold_batchnorm(g, &unfolded, &e)) {
             rc = cli_fail("'%s': %s", path, e.msg);
@@ -170,14 +194,20 @@ int cmd_finetune(int argc, char **argv)
             for (int i = 0; i < g->nnodes; i++) {
                 if (g->nodes[i].op != QT_OP_BATCHNORM) continue;
                 int old = 0;
-                for (int k = 0; k < nold && !old; k++) old = strcmp(keep[k], g->nodes[i].name) == 0;
+                for (int k = 0; k < nold && !old; k++)
+                    old = strcmp(keep[k], g->nodes[i].name) == 0;
                 if (!old) bn[n++] = i;
             }
-            if (!r.quiet) fprintf(stderr, "unfolding: a BatchNorm after each of %d Convs, statistics from %d batches\n", n, cc.batches);
+            if (!r.quiet)
+                fprintf(
+                    stderr,
+                    "unfolding: a BatchNorm after each of %d Convs, statistics from %d batches\n",
+                    n, cc.batches);
             if (!r.resume && qt_calib_bn_from_data(g, b, &d.train, &cc, bn, n, &e))
                 rc = cli_fail("'%s': %s", path, e.msg);
         }
-        for (int i = 0; i < nold; i++) free(keep[i]);
+        for (int i = 0; i < nold; i++)
+            free(keep[i]);
         free(keep);
         if (rc) goto out;
     }
@@ -187,8 +217,9 @@ int cmd_finetune(int argc, char **argv)
         goto out;
     }
     if (!r.quiet)
-        fprintf(stderr, "quantized %d layers: %d weight and %d activation quantizers (%d signed), "
-                        "%s W%ldA%ld%s%s\n",
+        fprintf(stderr,
+                "quantized %d layers: %d weight and %d activation quantizers (%d signed), "
+                "%s W%ldA%ld%s%s\n",
                 qs.layers, qs.weight, qs.act, qs.act_signed, qt_quant_scheme_name(scheme), wbits,
                 abits, qs.kept ? ", alphas kept from the input model" : "",
                 qs.reset ? ", alphas re-initialized" : "");
@@ -200,13 +231,14 @@ int cmd_finetune(int argc, char **argv)
             goto out;
         }
         if (!r.quiet)
-            fprintf(stderr, "calibration (%.1f s): %s; running statistics of %d BatchNorms re-estimated\n",
+            fprintf(stderr,
+                    "calibration (%.1f s): %s; running statistics of %d BatchNorms re-estimated\n",
                     cr.seconds, calib_alphas ? "alphas from data" : "paper alphas", cr.bn);
         struct cli_progress prog;
         cli_progress_init(&prog, "eval", "img", r.quiet);
         struct qt_eval_result er;
-        if (qt_evaluate(g, b, &d.test, d.mean, d.std, (int)r.batch, r.test_limit, cli_progress_update,
-                        &prog, &er, &e)) {
+        if (qt_evaluate(g, b, &d.test, d.mean, d.std, (int)r.batch, r.test_limit,
+                        cli_progress_update, &prog, &er, &e)) {
             rc = cli_fail("'%s': %s", path, e.msg);
             goto out;
         }
@@ -215,18 +247,22 @@ int cmd_finetune(int argc, char **argv)
         ptq_loss = er.loss;
         if (!r.quiet)
             fprintf(stderr, "%s: test top-1 %.2f%% top-5 %.2f%%\n",
-                    calib_alphas ? "post-training quantization" : "before fine-tuning", er.top1, er.top5);
+                    calib_alphas ? "post-training quantization" : "before fine-tuning", er.top1,
+                    er.top5);
     }
     if (r.epochs == 0) {
         if (qt_onnx_save(g, r.out, &e)) {
             rc = cli_fail("%s", e.msg);
             goto out;
         }
-        printf("post-training quantization of %s (%s W%ldA%ld): test top-1 %.2f%% top-5 %.2f%% loss %.4f\n"
-               "wrote %s\n", path, qt_quant_scheme_name(scheme), wbits, abits, ptq_top1, ptq_top5,
-               ptq_loss, r.out);
+        printf("post-training quantization of %s (%s W%ldA%ld): test top-1 %.2f%% top-5 %.2f%% "
+               "loss %.4f\n"
+               "wrote %s\n",
+               path, qt_quant_scheme_name(scheme), wbits, abits, ptq_top1, ptq_top5, ptq_loss,
+               r.out);
         if (r.json)
-            printf("{\"top1\": %.4f, \"top5\": %.4f, \"loss\": %.6f, \"ptq_top1\": %.4f, \"epochs\": 0, "
+            printf("{\"top1\": %.4f, \"top5\": %.4f, \"loss\": %.6f, \"ptq_top1\": %.4f, "
+                   "\"epochs\": 0, "
                    "\"seconds\": 0, \"images_per_s\": 0, \"quantizers\": %d}\n",
                    ptq_top1, ptq_top5, ptq_loss, ptq_top1, qs.weight + qs.act);
         goto out;

@@ -84,27 +84,42 @@ int recipe_option(struct recipe *r, int argc, char **argv, int *ip)
     struct {
         const char *name;
         double *var;
-    } fl[] = {{"--lr", &r->lr}, {"--momentum", &r->momentum}, {"--wd", &r->wd},
-              {"--gamma", &r->gamma}, {"--warmup", &r->warmup},
-              {"--label-smoothing", &r->smoothing}, {"--alpha-lr-act", &r->alpha_lr_a},
-              {"--alpha-lr-weight", &r->alpha_lr_w}, {"--alpha-wd", &r->alpha_wd}};
+    } fl[] = {{"--lr", &r->lr},
+              {"--momentum", &r->momentum},
+              {"--wd", &r->wd},
+              {"--gamma", &r->gamma},
+              {"--warmup", &r->warmup},
+              {"--label-smoothing", &r->smoothing},
+              {"--alpha-lr-act", &r->alpha_lr_a},
+              {"--alpha-lr-weight", &r->alpha_lr_w},
+              {"--alpha-wd", &r->alpha_wd}};
     struct {
         const char *name;
         long *var;
-    } lo[] = {{"--batch", &r->batch}, {"--threads", &r->threads},
-              {"--train-limit", &r->train_limit}, {"--test-limit", &r->test_limit}};
+    } lo[] = {{"--batch", &r->batch},
+              {"--threads", &r->threads},
+              {"--train-limit", &r->train_limit},
+              {"--test-limit", &r->test_limit}};
     struct {
         const char *name;
         const char **var;
-    } st[] = {{"--data", &r->data}, {"-o", &r->out}, {"--preset", &r->preset},
-              {"--mean", &r->mean_s}, {"--std", &r->std_s}, {"--schedule", &r->schedule},
-              {"--milestones", &r->milestones}, {"--checkpoint", &r->ckpt},
+    } st[] = {{"--data", &r->data},
+              {"-o", &r->out},
+              {"--preset", &r->preset},
+              {"--mean", &r->mean_s},
+              {"--std", &r->std_s},
+              {"--schedule", &r->schedule},
+              {"--milestones", &r->milestones},
+              {"--checkpoint", &r->ckpt},
               {"--resume", &r->resume}};
     struct {
         const char *name;
         int *var, val;
-    } sw[] = {{"--json", &r->json, 1}, {"--quiet", &r->quiet, 1}, {"--nesterov", &r->nesterov, 1},
-              {"--no-wd-bn", &r->no_wd_bn, 1}, {"--no-flip", &r->flip, 0}};
+    } sw[] = {{"--json", &r->json, 1},
+              {"--quiet", &r->quiet, 1},
+              {"--nesterov", &r->nesterov, 1},
+              {"--no-wd-bn", &r->no_wd_bn, 1},
+              {"--no-flip", &r->flip, 0}};
     for (size_t k = 0; k < sizeof sw / sizeof sw[0]; k++)
         if (strcmp(a, sw[k].name) == 0) {
             *sw[k].var = sw[k].val;
@@ -172,7 +187,8 @@ int recipe_check(const struct recipe *r)
     if (r->momentum >= 1) return cli_fail("%s: --momentum must be below 1", r->cmd);
     if ((r->mean_s != NULL) != (r->std_s != NULL))
         return cli_fail("%s: --mean and --std go together", r->cmd);
-    if (strcmp(r->schedule, "cosine") && strcmp(r->schedule, "step") && strcmp(r->schedule, "const"))
+    if (strcmp(r->schedule, "cosine") && strcmp(r->schedule, "step") &&
+        strcmp(r->schedule, "const"))
         return cli_fail("%s: --schedule must be const, step or cosine", r->cmd);
     float ms[QT_SCHED_MAX_MILESTONES];
     if (r->milestones && cli_parse_floats(r->milestones, ms, QT_SCHED_MAX_MILESTONES) < 0)
@@ -235,14 +251,16 @@ static int on_epoch(void *ctx, const struct qt_epoch_stats *s)
 {
     struct train_ui *ui = ctx;
     if (!ui->quiet)
-        fprintf(stderr, "epoch %d/%d: train loss %.4f top-1 %.2f%% | test loss %.4f top-1 %.2f%% "
-                        "top-5 %.2f%% | lr %.5g | %.0f img/s%s\n",
+        fprintf(stderr,
+                "epoch %d/%d: train loss %.4f top-1 %.2f%% | test loss %.4f top-1 %.2f%% "
+                "top-5 %.2f%% | lr %.5g | %.0f img/s%s\n",
                 s->epoch, s->epochs, s->train_loss, s->train_top1, s->test.loss, s->test.top1,
                 s->test.top5, s->lr, s->images_per_s, s->best ? " | best" : "");
     if (ui->log) {
-        fprintf(ui->log, "{\"epoch\": %d, \"train_loss\": %.6f, \"train_top1\": %.4f, \"test_loss\": "
-                         "%.6f, \"top1\": %.4f, \"top5\": %.4f, \"lr\": %.6g, \"images_per_s\": %.1f, "
-                         "\"seconds\": %.2f, \"best\": %s}\n",
+        fprintf(ui->log,
+                "{\"epoch\": %d, \"train_loss\": %.6f, \"train_top1\": %.4f, \"test_loss\": "
+                "%.6f, \"top1\": %.4f, \"top5\": %.4f, \"lr\": %.6g, \"images_per_s\": %.1f, "
+                "\"seconds\": %.2f, \"best\": %s}\n",
                 s->epoch, s->train_loss, s->train_top1, s->test.loss, s->test.top1, s->test.top5,
                 s->lr, s->images_per_s, s->seconds, s->best ? "true" : "false");
         fflush(ui->log);
@@ -258,8 +276,8 @@ static int on_epoch(void *ctx, const struct qt_epoch_stats *s)
     return 0;
 }
 
-int recipe_run(const struct recipe *r, struct qt_graph *g, const char *model,
-               struct recipe_data *d, struct qt_backend *b, const struct recipe_extra *extra)
+int recipe_run(const struct recipe *r, struct qt_graph *g, const char *model, struct recipe_data *d,
+               struct qt_backend *b, const struct recipe_extra *extra)
 {
     struct qt_error e;
     char ckpt_buf[4200], best_buf[4200], log_buf[4200];
@@ -293,7 +311,8 @@ int recipe_run(const struct recipe *r, struct qt_graph *g, const char *model,
     cfg.sched.warmup_steps = (int64_t)llround(r->warmup * per_epoch);
     cfg.sched.gamma = (float)r->gamma;
     cfg.sched.nmilestones = nms;
-    for (int i = 0; i < nms; i++) cfg.sched.milestones[i] = (int64_t)llround(ms[i] * per_epoch);
+    for (int i = 0; i < nms; i++)
+        cfg.sched.milestones[i] = (int64_t)llround(ms[i] * per_epoch);
     cfg.label_smoothing = (float)r->smoothing;
     cfg.crop_pad = (int)r->crop_pad;
     cfg.flip = r->flip;
@@ -330,7 +349,8 @@ int recipe_run(const struct recipe *r, struct qt_graph *g, const char *model,
         goto out;
     }
     if (res.interrupted) {
-        fprintf(stderr, "qtune: interrupted; checkpoint written to '%s' (continue with --resume %s)\n",
+        fprintf(stderr,
+                "qtune: interrupted; checkpoint written to '%s' (continue with --resume %s)\n",
                 cfg.checkpoint, cfg.checkpoint);
         rc = 130;
         goto out;
@@ -345,7 +365,8 @@ int recipe_run(const struct recipe *r, struct qt_graph *g, const char *model,
            (long long)res.steps, res.seconds, res.last.top1, res.last.top5, res.last.loss,
            res.best_top1, res.best_epoch, extra ? extra->text : "", r->out, best_buf, log_buf);
     if (r->json)
-        printf("{\"top1\": %.4f, \"top5\": %.4f, \"loss\": %.6f, \"best_top1\": %.4f, \"best_epoch\": %d, "
+        printf("{\"top1\": %.4f, \"top5\": %.4f, \"loss\": %.6f, \"best_top1\": %.4f, "
+               "\"best_epoch\": %d, "
                "\"epochs\": %d, \"steps\": %lld, \"seconds\": %.2f, \"images_per_s\": %.1f%s%s}\n",
                res.last.top1, res.last.top5, res.last.loss, res.best_top1, res.best_epoch,
                res.epochs_done, (long long)res.steps, res.seconds,

@@ -44,7 +44,7 @@ struct recipe_extra {
 /* Trains g with the recipe (alpha groups for quantizers) and writes OUT, OUT.best.onnx and
  * OUT.log.jsonl; prints the report (and --json line with extra fields). Returns the exit
  * status. */
-int recipe_run(const struct recipe *r, struct qt_graph *g, const char *model,
-               struct recipe_data *d, struct qt_backend *b, const struct recipe_extra *extra);
+int recipe_run(const struct recipe *r, struct qt_graph *g, const char *model, struct recipe_data *d,
+               struct qt_backend *b, const struct recipe_extra *extra);
 
 #endif
