@@ -487,6 +487,11 @@ QT_TEST(quantize_overrides)
     T_CHECK(ov[0].matched == 1 && ov[1].matched == 0);
     T_CHECK(g->nnodes == nn && g->nvalues == nv);
     T_CHECK(count_op(g, QT_OP_WEIGHTQUANT) == 0 && count_op(g, QT_OP_ACTQUANT) == 0);
+    /* A flag left set by an earlier call does not hide the unmatched pattern. */
+    ov[1].matched = 1;
+    e.msg[0] = 0;
+    T_CHECK(qt_pass_quantize(g, &c, &s, &e) == -1);
+    if (!strstr(e.msg, "layer9.*")) T_FAIL("a stale matched flag hid the pattern: %s", e.msg);
 out:
     qt_graph_free(g);
     return bad;
