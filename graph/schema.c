@@ -3,6 +3,7 @@
 #include "schema.h"
 
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -710,15 +711,49 @@ const char *qt_quant_scheme_name(int scheme)
     return scheme >= 0 && scheme < 4 ? names[scheme] : "?";
 }
 
+int qt_quant_attrs_check(const struct qt_quant_attrs *a, enum qt_op op, const char *name,
+                         struct qt_error *e)
+{
+    const char *what = qt_op_name(op), *s = qt_quant_scheme_name(a->scheme);
+    int weight = op == QT_OP_WEIGHTQUANT;
+    if (a->scheme < 0 || a->scheme > QT_QS_ABSMAX || (!weight && a->scheme > QT_QS_UNIFORM))
+        return qt_err(e, "%s node '%s': unknown scheme '%s' (expected apot or uniform%s)", what,
+                      name, s, weight ? ", or max/absmax for 8-bit weights" : "");
+    if (weight && !a->is_signed)
+        return qt_err(e, "%s node '%s': weights are quantized signed", what, name);
+    if (a->scheme >= QT_QS_MAX) {
+        if (a->bits != 8 && a->bits != -1)
+            return qt_err(e, "%s node '%s': scheme %s quantizes to 8 bits, not %d", what, name, s,
+                          a->bits);
+        if (a->standardize)
+            return qt_err(e, "%s node '%s': scheme %s does not standardize", what, name, s);
+        return 0;
+    }
+    if (a->bits < 1 || a->bits > 9) {
+        if (a->bits == -1) return qt_err(e, "%s node '%s': attribute bits is missing", what, name);
+        return qt_err(e, "%s node '%s': %d bits is out of range", what, name, a->bits);
+    }
+    int msb = a->is_signed ? a->bits - 1 : a->bits, maxb = a->scheme == QT_QS_APOT ? 5 : 8;
+    if (msb < 1)
+        return qt_err(e, "%s node '%s': %d bits leave no magnitude bit for a signed tensor", what,
+                      name, a->bits);
+    if (msb > maxb)
+        return qt_err(e, "%s node '%s': %s has level sets up to %d bits for %s tensors, not %d%s",
+                      what, name, s, a->is_signed ? maxb + 1 : maxb,
+                      a->is_signed ? "signed" : "unsigned", a->bits,
+                      a->scheme == QT_QS_APOT ? " (use scheme uniform beyond)" : "");
+    return 0;
+}
+
 int qt_quant_attrs_get(const struct qt_node *n, struct qt_quant_attrs *a, struct qt_error *e)
 {
     const char *what = qt_op_name(n->op);
     const char *s = qt_node_string(n, "scheme", "apot");
+    int weight = n->op == QT_OP_WEIGHTQUANT;
     a->scheme = -1;
     for (int k = 0; k < 4; k++)
         if (strcmp(s, qt_quant_scheme_name(k)) == 0) a->scheme = k;
-    int weight = n->op == QT_OP_WEIGHTQUANT;
-    if (a->scheme < 0 || (!weight && a->scheme > QT_QS_UNIFORM))
+    if (a->scheme < 0)
         return qt_err(e, "%s node '%s': unknown scheme '%s' (expected apot or uniform%s)", what,
                       n->name, s, weight ? ", or max/absmax for 8-bit weights" : "");
     int64_t bits = qt_node_int(n, "bits", -1), sg = qt_node_int(n, "signed", weight ? 1 : 0);
@@ -726,30 +761,12 @@ int qt_quant_attrs_get(const struct qt_node *n, struct qt_quant_attrs *a, struct
     if (sg != 0 && sg != 1) return qt_err(e, "%s node '%s': signed must be 0 or 1", what, n->name);
     if (st != 0 && st != 1)
         return qt_err(e, "%s node '%s': standardize must be 0 or 1", what, n->name);
-    if (weight && !sg) return qt_err(e, "%s node '%s': weights are quantized signed", what, n->name);
     a->is_signed = (int)sg;
     a->standardize = (int)st;
-    if (a->scheme >= QT_QS_MAX) {
-        if (bits != 8 && bits != -1)
-            return qt_err(e, "%s node '%s': scheme %s quantizes to 8 bits, not %" PRId64, what,
-                          n->name, s, bits);
-        if (st) return qt_err(e, "%s node '%s': scheme %s does not standardize", what, n->name, s);
-        a->bits = 8;
-        return 0;
-    }
-    if (bits < 1 || bits > 9) {
-        if (bits == -1) return qt_err(e, "%s node '%s': attribute bits is missing", what, n->name);
-        return qt_err(e, "%s node '%s': %" PRId64 " bits is out of range", what, n->name, bits);
-    }
-    a->bits = (int)bits;
-    int msb = sg ? a->bits - 1 : a->bits, maxb = a->scheme == QT_QS_APOT ? 5 : 8;
-    if (msb < 1)
-        return qt_err(e, "%s node '%s': %d bits leave no magnitude bit for a signed tensor", what,
-                      n->name, a->bits);
-    if (msb > maxb)
-        return qt_err(e, "%s node '%s': %s has level sets up to %d bits for %s tensors, not %d%s",
-                      what, n->name, s, sg ? maxb + 1 : maxb, sg ? "signed" : "unsigned", a->bits,
-                      a->scheme == QT_QS_APOT ? " (use scheme uniform beyond)" : "");
+    /* -1 stays "missing"; values beyond int's range are out of range either way */
+    a->bits = bits > INT_MAX ? INT_MAX : bits < INT_MIN ? INT_MIN : (int)bits;
+    if (qt_quant_attrs_check(a, n->op, n->name, e)) return -1;
+    if (a->scheme >= QT_QS_MAX) a->bits = 8;
     return 0;
 }
 

@@ -85,6 +85,11 @@ struct qt_quant_attrs {
 };
 /* Parses and checks a WeightQuant/ActQuant node's attributes (message names the node). */
 int qt_quant_attrs_get(const struct qt_node *n, struct qt_quant_attrs *a, struct qt_error *e);
+/* Checks settings for a quantizer node of op `op` named `name` (bits -1: not set, allowed for
+ * the 8-bit schemes only); qt_quant_attrs_get ends with it, the quantize pass calls it before
+ * inserting anything. */
+int qt_quant_attrs_check(const struct qt_quant_attrs *a, enum qt_op op, const char *name,
+                         struct qt_error *e);
 const char *qt_quant_scheme_name(int scheme);
 
 #endif

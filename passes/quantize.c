@@ -261,11 +261,9 @@ static int insert(struct qt_graph *g, int li, int k, enum qt_op op, const struct
     if (alpha) {
         char suffix[64];
         snprintf(suffix, sizeof suffix, "alpha_%c", op == QT_OP_WEIGHTQUANT ? 'w' : 'a');
-        in[1] = add_alpha(g, g->nodes[li].name, suffix, nalpha, alpha);
+        in[1] = add_alpha(g, layer, suffix, nalpha, alpha);
         nin = 2;
     }
-    layer = g->nodes[li].name;
-    snprintf(name, sizeof name, "%s.%s", layer, what);
     int qi = qt_graph_add_node(g, op, name, in, nin, &out, 1);
     set_attrs(&g->nodes[qi], a, op == QT_OP_WEIGHTQUANT);
     g->nodes[li].in[k] = out;
@@ -292,8 +290,9 @@ int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
         int node;
         char *name;
         struct qt_quant_spec s;
-        int int8_w; /* 8-bit first/last weights */
-        int a_signed, standardize;
+        int int8_w;                /* 8-bit first/last weights */
+        int has_w, has_a;          /* quantizers to insert */
+        struct qt_quant_attrs w, a; /* their settings */
     } *pl = calloc(nn + 1, sizeof *pl);
     for (int i = 0; i < nn; i++) {
         const struct qt_node *n = &g->nodes[i];
@@ -316,8 +315,11 @@ int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
                 if (c->overrides[k].spec.wbits >= 0) p->int8_w = 0;
                 c->overrides[k].matched = 1;
             }
-        p->a_signed = !non_negative(g, n->in[0], 0);
-        p->standardize = c->standardize && bn_follows(g, n);
+        p->has_w = p->s.wbits > 0 || p->int8_w;
+        p->has_a = p->s.abits > 0;
+        p->w = (struct qt_quant_attrs){p->s.scheme, p->s.wbits, 1, c->standardize && bn_follows(g, n)};
+        if (p->int8_w) p->w = (struct qt_quant_attrs){c->int8_absmax ? QT_QS_ABSMAX : QT_QS_MAX, 8, 1, 0};
+        p->a = (struct qt_quant_attrs){p->s.scheme, p->s.abits, !non_negative(g, n->in[0], 0), 0};
         sum->first_last += first[i] || last[i];
     }
     for (int k = 0; k < c->noverrides; k++)
@@ -326,34 +328,17 @@ int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
                    c->overrides[k].pattern);
             goto done;
         }
+    /* Check every setting before changing anything. */
     for (int j = 0; j < np; j++) {
-        struct plan *p = &pl[j];
-        const char *name = g->nodes[p->node].name;
-        /* Check every setting before inserting anything. */
-        struct qt_quant_attrs wa = {p->s.scheme, p->s.wbits, 1, p->standardize};
-        struct qt_quant_attrs aa = {p->s.scheme, p->s.abits, p->a_signed, 0};
-        if (p->int8_w)
-            wa.scheme = c->int8_absmax ? QT_QS_ABSMAX : QT_QS_MAX, wa.bits = 8, wa.standardize = 0;
-        int checks[2] = {p->s.wbits > 0 || p->int8_w, p->s.abits > 0};
-        for (int t = 0; t < 2; t++) {
-            if (!checks[t]) continue;
-            struct qt_node probe;
-            memset(&probe, 0, sizeof probe);
-            probe.op = t ? QT_OP_ACTQUANT : QT_OP_WEIGHTQUANT;
-            probe.name = (char *)name;
-            const struct qt_quant_attrs *a = t ? &aa : &wa;
-            set_attrs(&probe, a, !t);
-            struct qt_quant_attrs chk;
-            int bad = qt_quant_attrs_get(&probe, &chk, e);
-            for (int q = 0; q < probe.nattrs; q++) {
-                free(probe.attrs[q].name);
-                free(probe.attrs[q].s);
-            }
-            free(probe.attrs);
-            if (bad) {
-                qt_err_prefix(e, "layer '%s', %s quantizer: ", name, t ? "activation" : "weight");
-                goto done;
-            }
+        const struct plan *p = &pl[j];
+        const char *kind = NULL;
+        if (p->has_w && qt_quant_attrs_check(&p->w, QT_OP_WEIGHTQUANT, p->name, e))
+            kind = "weight";
+        else if (p->has_a && qt_quant_attrs_check(&p->a, QT_OP_ACTQUANT, p->name, e))
+            kind = "activation";
+        if (kind) {
+            qt_err_prefix(e, "layer '%s', %s quantizer: ", p->name, kind);
+            goto done;
         }
     }
     /* Return the graph to float, then insert. */
@@ -365,13 +350,9 @@ int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
             qt_err(e, "quantize: layer '%s' disappeared", p->name);
             goto done;
         }
-        char lname[256];
-        snprintf(lname, sizeof lname, "%s", g->nodes[li].name);
-        struct qt_quant_attrs wa = {p->s.scheme, p->s.wbits, 1, p->standardize};
-        struct qt_quant_attrs aa = {p->s.scheme, p->s.abits, p->a_signed, 0};
-        if (p->int8_w)
-            wa.scheme = c->int8_absmax ? QT_QS_ABSMAX : QT_QS_MAX, wa.bits = 8, wa.standardize = 0;
-        if (p->s.wbits > 0 || p->int8_w) {
+        const char *lname = p->name;
+        const struct qt_quant_attrs wa = p->w, aa = p->a;
+        if (p->has_w) {
             const struct qt_tensor *w = g->values[g->nodes[li].in[1]].init;
             int64_t nal = 0;
             float *al = NULL;
@@ -404,7 +385,7 @@ int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
             free(al);
             sum->weight++;
         }
-        if (p->s.abits > 0) {
+        if (p->has_a) {
             float al = c->alpha_a;
             const struct old_quant *o = find_old(olds, nold, lname, 0);
             if (o && o->alpha && !c->reset_alphas && o->a.scheme == aa.scheme &&
