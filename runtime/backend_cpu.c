@@ -8,6 +8,7 @@
 #include "../kernels/cpu/cpu.h"
 #include "../kernels/cpu/quant.h"
 #include "backend.h"
+#include "quantizer.h"
 
 static void *cpu_alloc(struct qt_backend *b, size_t bytes)
 {
@@ -261,14 +262,11 @@ struct quant_call {
 static int quant_setup(struct quant_call *q, const struct qt_graph *g, const struct qt_node *n, const struct qt_tensor **in,
                        struct qt_error *e)
 {
-    if (qt_quant_attrs_get(n, &q->a, e)) return -1;
+    if (qt_quantizer_from_node(&q->a, &q->qz, n, e)) return -1;
     q->n = qt_shape_numel(&in[0]->shape);
     q->alpha = NULL;
     q->nalpha = 0;
     if (q->a.scheme >= QT_QS_MAX) return 0;
-    int rc = qt_apot_quantizer_init(&q->qz, q->a.scheme == QT_QS_APOT ? QT_SCHEME_APOT : QT_SCHEME_UNIFORM,
-                                    q->a.bits, q->a.is_signed);
-    if (rc) return qt_err(e, "%s node '%s': %s", qt_op_name(n->op), n->name, qt_apot_error_string(rc));
     q->alpha = in[1]->data;
     q->nalpha = qt_shape_numel(&in[1]->shape);
     if (q->nalpha < 1 || q->n % q->nalpha)

@@ -10,6 +10,7 @@
 #include "../graph/schema.h"
 #include "../kernels/cpu/quant.h"
 #include "exec.h"
+#include "quantizer.h"
 #include "rng.h"
 
 static double now(void)
@@ -153,12 +154,9 @@ out:
 static int weight_alpha(struct qt_graph *g, const struct qt_node *nd, struct qt_error *e)
 {
     struct qt_quant_attrs a;
-    if (qt_quant_attrs_get(nd, &a, e)) return -1;
-    if (a.scheme >= QT_QS_MAX) return 0;
     struct qt_apot_quantizer qz;
-    if (qt_apot_quantizer_init(&qz, a.scheme == QT_QS_APOT ? QT_SCHEME_APOT : QT_SCHEME_UNIFORM,
-                               a.bits, 1))
-        return qt_err(e, "%s: invalid quantizer settings", nd->name);
+    if (qt_quantizer_from_node(&a, &qz, nd, e)) return -1;
+    if (a.scheme >= QT_QS_MAX) return 0;
     const struct qt_tensor *w = g->values[nd->in[0]].init;
     struct qt_tensor *al = g->values[nd->in[1]].init;
     if (!w || !al) return qt_err(e, "%s: weight or alpha is not an initializer", nd->name);
@@ -199,13 +197,7 @@ int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct q
             r->weight_alphas++;
         } else if (nd->op == QT_OP_ACTQUANT) {
             struct qt_quant_attrs a;
-            if (qt_quant_attrs_get(nd, &a, e)) goto out;
-            if (qt_apot_quantizer_init(&qz[nact],
-                                       a.scheme == QT_QS_APOT ? QT_SCHEME_APOT : QT_SCHEME_UNIFORM,
-                                       a.bits, a.is_signed)) {
-                qt_err(e, "%s: invalid quantizer settings", nd->name);
-                goto out;
-            }
+            if (qt_quantizer_from_node(&a, &qz[nact], nd, e)) goto out;
             if (!g->values[nd->in[1]].init) {
                 qt_err(e, "%s: alpha is not an initializer", nd->name);
                 goto out;

@@ -7,6 +7,7 @@
 
 #include "../graph/schema.h"
 #include "../kernels/cpu/quant.h"
+#include "../runtime/quantizer.h"
 #include "cli.h"
 
 /* One quantizer's description. For a weight quantizer with a level grid, share[k] is the
@@ -26,7 +27,8 @@ static int quant_info(const struct qt_graph *g, const struct qt_node *n, struct 
                       struct qt_error *e)
 {
     memset(qi, 0, sizeof *qi);
-    if (qt_quant_attrs_get(n, &qi->a, e)) return -1;
+    struct qt_apot_quantizer qz;
+    if (qt_quantizer_from_node(&qi->a, &qz, n, e)) return -1;
     const struct qt_tensor *al = n->nin > 1 && n->in[1] >= 0 ? g->values[n->in[1]].init : NULL;
     if (al && al->dtype == QT_F32) {
         qi->nalpha = (int)qt_shape_numel(&al->shape);
@@ -49,10 +51,7 @@ static int quant_info(const struct qt_graph *g, const struct qt_node *n, struct 
         free(wq);
         return 0;
     }
-    struct qt_apot_quantizer qz;
-    if (!al || qt_apot_quantizer_init(&qz, qi->a.scheme == QT_QS_APOT ? QT_SCHEME_APOT : QT_SCHEME_UNIFORM,
-                                      qi->a.bits, 1) ||
-        cnt % qi->nalpha) {
+    if (!al || cnt % qi->nalpha) {
         free(wq);
         return 0;
     }
@@ -65,11 +64,10 @@ static int quant_info(const struct qt_graph *g, const struct qt_node *n, struct 
     qi->lv[qz.n - 1] = 0.0f; /* not -0 */
     int64_t per = cnt / qi->nalpha;
     for (int64_t i = 0; i < cnt; i++) {
+        /* wq / alpha is a level up to rounding: find it with the kernels' own projection. */
         float q = wq[i] / ((const float *)al->data)[i / per];
-        int best = 0;
-        for (int k = 1; k < qi->nlv; k++)
-            if (fabsf(q - qi->lv[k]) < fabsf(q - qi->lv[best])) best = k;
-        qi->share[best] += 1.0 / (double)cnt;
+        int k = qt_apot_nearest_index(fabsf(q), qz.thr, qz.n);
+        qi->share[qz.n - 1 + (q < 0 ? -k : k)] += 1.0 / (double)cnt;
     }
     for (int k = 0; k < qi->nlv; k++) qi->used += qi->share[k] > 0;
     free(wq);
