@@ -290,8 +290,8 @@ int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
         int node;
         char *name;
         struct qt_quant_spec s;
-        int int8_w;                /* 8-bit first/last weights */
-        int has_w, has_a;          /* quantizers to insert */
+        int int8_w;                 /* 8-bit first/last weights */
+        int has_w, has_a;           /* quantizers to insert */
         struct qt_quant_attrs w, a; /* their settings */
     } *pl = calloc(nn + 1, sizeof *pl);
     for (int i = 0; i < nn; i++) {
@@ -317,8 +317,10 @@ int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
             }
         p->has_w = p->s.wbits > 0 || p->int8_w;
         p->has_a = p->s.abits > 0;
-        p->w = (struct qt_quant_attrs){p->s.scheme, p->s.wbits, 1, c->standardize && bn_follows(g, n)};
-        if (p->int8_w) p->w = (struct qt_quant_attrs){c->int8_absmax ? QT_QS_ABSMAX : QT_QS_MAX, 8, 1, 0};
+        p->w =
+            (struct qt_quant_attrs){p->s.scheme, p->s.wbits, 1, c->standardize && bn_follows(g, n)};
+        if (p->int8_w)
+            p->w = (struct qt_quant_attrs){c->int8_absmax ? QT_QS_ABSMAX : QT_QS_MAX, 8, 1, 0};
         p->a = (struct qt_quant_attrs){p->s.scheme, p->s.abits, !non_negative(g, n->in[0], 0), 0};
         sum->first_last += first[i] || last[i];
     }
