@@ -263,6 +263,13 @@ int64_t qt_graph_sym(struct qt_graph *g, const char *name)
     return -1 - g->nsyms++;
 }
 
+int qt_graph_find_node(const struct qt_graph *g, const char *name)
+{
+    for (int i = 0; i < g->nnodes; i++)
+        if (!g->nodes[i].dead && strcmp(g->nodes[i].name, name) == 0) return i;
+    return -1;
+}
+
 int qt_graph_add_node(struct qt_graph *g, enum qt_op op, const char *name, const int *in,
                       int nin, const int *out, int nout)
 {

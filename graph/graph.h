@@ -152,6 +152,8 @@ int qt_graph_add_value_unique(struct qt_graph *g, const char *base, enum qt_dtyp
 /* Index of a symbolic dimension name, created if new; returns the encoded dimension. */
 int64_t qt_graph_sym(struct qt_graph *g, const char *name);
 
+/* Index of the live node named `name` (the first, should several share it), or -1. */
+int qt_graph_find_node(const struct qt_graph *g, const char *name);
 /* Nodes: the op's inputs/outputs are copied; returns the node index. */
 int qt_graph_add_node(struct qt_graph *g, enum qt_op op, const char *name, const int *in,
                       int nin, const int *out, int nout);

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "../graph/schema.h"
 #include "passes.h"
@@ -86,9 +87,11 @@ static int add_vec(struct qt_graph *g, const char *base, const char *suffix, con
     return id;
 }
 
-int qt_pass_unfold_batchnorm(struct qt_graph *g, int *count, struct qt_error *e)
+int qt_pass_unfold_batchnorm(struct qt_graph *g, int **bn, int *count, struct qt_error *e)
 {
     *count = 0;
+    if (bn) *bn = NULL;
+    char **added = NULL; /* names of the inserted nodes */
     const float eps = 1e-5f;
     int nn = g->nnodes;
     for (int i = 0; i < nn; i++) {
@@ -148,10 +151,21 @@ int qt_pass_unfold_batchnorm(struct qt_graph *g, int *count, struct qt_error *e)
         g->values[nyv].producer = i;
         in[0] = nyv;
         snprintf(name, sizeof name, "%s.bn", base);
+        for (int k = 1; qt_graph_find_node(g, name) >= 0; k++)
+            snprintf(name, sizeof name, "%s.bn_%d", base, k);
         int bi = qt_graph_add_node(g, QT_OP_BATCHNORM, name, in, 5, &y, 1);
         qt_node_set_float(&g->nodes[bi], "epsilon", eps);
         qt_node_set_float(&g->nodes[bi], "momentum", 0.9f);
-        (*count)++;
+        added = realloc(added, sizeof *added * (*count + 1));
+        added[(*count)++] = strdup(name);
     }
-    return qt_graph_compact(g, e);
+    int rc = qt_graph_compact(g, e);
+    /* Compaction reorders nodes: the inserted ones are found again by their (unique) names. */
+    if (!rc && bn && *count) {
+        *bn = malloc(sizeof(int) * *count);
+        for (int j = 0; j < *count; j++) (*bn)[j] = qt_graph_find_node(g, added[j]);
+    }
+    for (int j = 0; j < *count; j++) free(added[j]);
+    free(added);
+    return rc;
 }

@@ -18,8 +18,9 @@ int qt_pass_fold_batchnorm(struct qt_graph *g, struct qt_error *e);
  * constant), W_c /= s_c (every channel gets He initialization's std), the Conv's bias
  * moves into the BatchNorm: scale s_c, bias b_c, mean 0, var 1 - eps. The function is
  * unchanged in inference mode; the runtime then sets the statistics from data
- * (qt_calib_bn_from_data). Writes the inserted nodes' count to *count. */
-int qt_pass_unfold_batchnorm(struct qt_graph *g, int *count, struct qt_error *e);
+ * (qt_calib_bn_from_data). Writes the inserted nodes' count to *count and, when bn is not
+ * NULL, their indices to *bn (malloc'd, NULL when none; the caller frees it). */
+int qt_pass_unfold_batchnorm(struct qt_graph *g, int **bn, int *count, struct qt_error *e);
 
 /* ---- The quantize pass (quantize.c) ---- */
 

@@ -23,13 +23,6 @@ static int is_layer(const struct qt_graph *g, const struct qt_node *n)
     return w->init && w->init->dtype == QT_F32;
 }
 
-static int find_node(const struct qt_graph *g, const char *name)
-{
-    for (int i = 0; i < g->nnodes; i++)
-        if (!g->nodes[i].dead && strcmp(g->nodes[i].name, name) == 0) return i;
-    return -1;
-}
-
 /* ---- Undoing an earlier quantization ---- */
 
 struct old_quant {
@@ -347,7 +340,7 @@ int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
     if (strip(g, &olds, &nold, e)) goto done;
     for (int j = 0; j < np; j++) {
         struct plan *p = &pl[j];
-        int li = p->node = find_node(g, p->name);
+        int li = p->node = qt_graph_find_node(g, p->name);
         if (li < 0) {
             qt_err(e, "quantize: layer '%s' disappeared", p->name);
             goto done;

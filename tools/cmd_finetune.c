@@ -177,38 +177,17 @@ int cmd_finetune(int argc, char **argv)
      * standardized weights have something to absorb their scale (APOT.md section 5). */
     int unfolded = 0;
     if (strcmp(folded, "unfold") == 0 && qc.standardize) {
-        char **names = malloc(sizeof(char *) * (g->nnodes + 1));
-        int nold = 0;
-        for (int i = 0; i < g->nnodes; i++)
-            if (g->nodes[i].op == QT_OP_BATCHNORM) names[nold++] = g->nodes[i].name;
-        /* Names stay valid: the pass only adds nodes (compaction keeps live node names). */
-        char **keep = malloc(sizeof(char *) * (nold + 1));
-        for (int i = 0; i < nold; i++)
-            keep[i] = strdup(names[i]);
-        free(names);
-        if (qt_pass_unfold_batchnorm(g, &unfolded, &e)) {
+        if (qt_pass_unfold_batchnorm(g, &bn, &unfolded, &e)) {
             rc = cli_fail("'%s': %s", path, e.msg);
         } else if (unfolded) {
-            bn = malloc(sizeof(int) * (g->nnodes + 1));
-            int n = 0;
-            for (int i = 0; i < g->nnodes; i++) {
-                if (g->nodes[i].op != QT_OP_BATCHNORM) continue;
-                int old = 0;
-                for (int k = 0; k < nold && !old; k++)
-                    old = strcmp(keep[k], g->nodes[i].name) == 0;
-                if (!old) bn[n++] = i;
-            }
             if (!r.quiet)
                 fprintf(
                     stderr,
                     "unfolding: a BatchNorm after each of %d Convs, statistics from %d batches\n",
-                    n, cc.batches);
-            if (!r.resume && qt_calib_bn_from_data(g, b, &d.train, &cc, bn, n, &e))
+                    unfolded, cc.batches);
+            if (!r.resume && qt_calib_bn_from_data(g, b, &d.train, &cc, bn, unfolded, &e))
                 rc = cli_fail("'%s': %s", path, e.msg);
         }
-        for (int i = 0; i < nold; i++)
-            free(keep[i]);
-        free(keep);
         if (rc) goto out;
     }
     struct qt_quant_summary qs;

@@ -826,7 +826,7 @@ QT_TEST(unfold_batchnorm_resnet20)
     T_CHECK(rel_diff(y0, yc) <= 1e-5);
 
     int nn = g->nnodes;
-    if (qt_pass_unfold_batchnorm(g, &count, &e)) T_FAIL("unfold: %s", e.msg);
+    if (qt_pass_unfold_batchnorm(g, NULL, &count, &e)) T_FAIL("unfold: %s", e.msg);
     T_CHECK(count == 21);
     T_CHECK(g->nnodes == nn + 21 && count_op(g, QT_OP_BATCHNORM) == 21);
     if (every_conv_has_bn(g)) T_FAIL("after unfolding");
@@ -867,7 +867,7 @@ QT_TEST(unfold_batchnorm_resnet20)
 
     /* Unfolding again inserts nothing. */
     nn = g->nnodes;
-    if (qt_pass_unfold_batchnorm(g, &count, &e)) T_FAIL("unfold again: %s", e.msg);
+    if (qt_pass_unfold_batchnorm(g, NULL, &count, &e)) T_FAIL("unfold again: %s", e.msg);
     T_CHECK(count == 0 && g->nnodes == nn);
 out:
     qt_tensor_free(in);
@@ -885,7 +885,7 @@ QT_TEST(unfold_batchnorm_canonical_inserts_nothing)
     int bad = 0, count = -1;
     if (qt_build_resnet(&g, "resnet20", 3, 8, 8, 10, 5, &e)) return qt_test_fail("%s", e.msg);
     int nn = g->nnodes, nv = g->nvalues;
-    if (qt_pass_unfold_batchnorm(g, &count, &e)) T_FAIL("unfold: %s", e.msg);
+    if (qt_pass_unfold_batchnorm(g, NULL, &count, &e)) T_FAIL("unfold: %s", e.msg);
     T_CHECK(count == 0 && g->nnodes == nn && g->nvalues == nv);
     T_CHECK(count_op(g, QT_OP_BATCHNORM) == 21);
 out:
@@ -914,7 +914,7 @@ QT_TEST(unfold_batchnorm_constant_channel_and_bias)
     float b0[2] = {((float *)g->values[b].init->data)[0], ((float *)g->values[b].init->data)[1]};
     in = random_input(g, 2, 4);
     if (!(y0 = forward(g, in, QT_EXEC_PLAIN, &e))) T_FAIL("forward: %s", e.msg);
-    if (qt_pass_unfold_batchnorm(g, &count, &e)) T_FAIL("unfold: %s", e.msg);
+    if (qt_pass_unfold_batchnorm(g, NULL, &count, &e)) T_FAIL("unfold: %s", e.msg);
     T_CHECK(count == 1);
     if (every_conv_has_bn(g)) T_FAIL("after unfolding");
     int ci = find_node(g, "c");
