@@ -1,23 +1,29 @@
 """pytest fixtures shared by tests/ref and tests/e2e: the qtune binary under test (env
 QT_BIN, default build/qtune), the PyTorch exports (tests/ref/out, made on first use), the
-shared development files (env QT_SHARED, default ../shared; missing files skip a test, or
-fail it when CI=true) and checks on how a failed command ended."""
+test data named in tests/paths.conf (missing data skips a test, or fails it when CI=true),
+one way to run a program under test (`Cli`: every run fails the test on a sanitizer report,
+whatever the test then checks) and one NaN-proof, shape-checking numeric comparison."""
 import json
 import os
 import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REF_DIR = os.path.join(REPO, "tests", "ref")
 sys.path.insert(0, REF_DIR)
 
+import datasets  # noqa: E402
 import export_models  # noqa: E402
 
 SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer",
                    "runtime error:", "MemorySanitizer", "ThreadSanitizer")
+# Exit status of a process a sanitizer stopped: distinct from qtune's own statuses (0, 1, 2,
+# 130), so that a report is caught even when the process printed an ordinary error first.
+SANITIZER_EXIT = 86
 
 
 def pytest_configure(config):
@@ -29,21 +35,48 @@ def _in_ci():
     return os.environ.get("CI", "").lower() == "true"
 
 
-def shared_dir():
-    return os.path.abspath(os.environ.get("QT_SHARED") or os.path.join(REPO, "..", "shared"))
+def require_data(key, *relpaths):
+    """Absolute paths of files in the data folder named key in tests/paths.conf (the folder
+    itself when no relpath is given); skips the test when one is missing, or fails it when
+    CI=true (then all test data is required)."""
+    base = datasets.data_dirs()[key]
+    paths = [os.path.join(base, p) for p in relpaths] or [base]
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        msg = "%s data missing: %s (see tests/paths.conf)" % (key, ", ".join(missing))
+        if _in_ci():
+            pytest.fail(msg + " [CI=true: test data is required]")
+        pytest.skip(msg)
+    return paths
 
 
 def require_shared(*relpaths):
-    """Returns the absolute paths of files under the shared folder; skips the test when
-    one is missing, or fails it when CI=true."""
-    paths = [os.path.join(shared_dir(), p) for p in relpaths]
-    missing = [p for p in paths if not os.path.exists(p)]
-    if missing:
-        msg = "shared file missing: %s (set QT_SHARED)" % ", ".join(missing)
-        if _in_ci():
-            pytest.fail(msg + " [CI=true: shared data is required]")
-        pytest.skip(msg)
-    return paths
+    """Absolute paths of files under the shared folder (QT_SHARED, default ../shared)."""
+    return require_data("shared", *relpaths)
+
+
+def fashion_mnist():
+    """The Fashion-MNIST folder (Debian's dataset-fashion-mnist), required under CI=true."""
+    require_data("fashion-mnist", *datasets.FASHION_FILES)
+    return datasets.FASHION_DIR
+
+
+def assert_close(got, want, rtol, what="", atol=0.0, scale=None):
+    """got matches want: the same shape, both finite, and max |got - want| <= atol + rtol *
+    scale (scale defaults to max |want|). NaN or Inf anywhere fails; so does a broadcastable
+    but different shape."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, "%s: shape %s, expected %s" % (what, got.shape, want.shape)
+    assert np.all(np.isfinite(want)), "%s: the reference holds NaN or Inf" % what
+    assert np.all(np.isfinite(got)), "%s: %d non-finite values" % (
+        what, int(np.sum(~np.isfinite(got))))
+    if scale is None:
+        scale = float(np.max(np.abs(want))) if want.size else 0.0
+    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    err = float(np.max(diff)) if diff.size else 0.0
+    tol = atol + rtol * scale
+    assert err <= tol, "%s: max |got - want| = %.3e > %.3e (rtol %g x scale %.4g + atol %g) at %s" % (
+        what, err, tol, rtol, scale, atol, np.unravel_index(int(np.argmax(diff)), diff.shape))
 
 
 class Result:
@@ -109,16 +142,87 @@ class Result:
             raise AssertionError("last stdout line is not a JSON object\n" + self.describe())
 
 
-class QTune:
+def _sanitizer_env(env):
+    """env with SANITIZER_EXIT as the exit status of every sanitizer report (kept options
+    otherwise)."""
+    for var in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"):
+        opts = [o for o in env.get(var, "").split(":") if o and not o.startswith("exitcode=")]
+        env[var] = ":".join(opts + ["exitcode=%d" % SANITIZER_EXIT])
+    return env
+
+
+def check_sanitizers(res):
+    """Fails the test when the process ended through a sanitizer (by its exit status or a
+    report on stderr), whatever else it printed."""
+    if res.returncode == SANITIZER_EXIT or res.sanitizer_report():
+        pytest.fail("sanitizer report (exit %s)\n%s" % (res.returncode, res.describe()))
+    return res
+
+
+class Running:
+    """A program started by Cli.start: lines of its stderr can be awaited before it ends."""
+
+    def __init__(self, argv, proc):
+        self.argv, self.proc = argv, proc
+        self._err = []
+
+    def wait_for_stderr(self, predicate, timeout):
+        """Reads stderr line by line until predicate(line) holds; returns that line, or fails
+        the test when the program ends or the timeout passes first."""
+        import selectors
+        import time
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stderr, selectors.EVENT_READ)
+        end = time.monotonic() + timeout
+        buf = ""
+        while time.monotonic() < end:
+            if not sel.select(timeout=max(0.0, end - time.monotonic())):
+                continue
+            chunk = os.read(self.proc.stderr.fileno(), 4096).decode("utf-8", "replace")
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = re.split(r"[\r\n]", buf)
+            for line in lines:
+                self._err.append(line + "\n")
+                if predicate(line):
+                    return line
+        self.proc.kill()
+        self.proc.wait()
+        pytest.fail("%s: the awaited output did not come (%ds); stderr so far:\n%s" % (
+            " ".join(self.argv), timeout, "".join(self._err)[-3000:]))
+
+    def finish(self, timeout=300):
+        """Waits for the end; returns its Result (checked for sanitizer reports)."""
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            pytest.fail("timed out after %ds: %s" % (timeout, " ".join(self.argv)))
+        proc = subprocess.CompletedProcess(self.argv, self.proc.returncode,
+                                           out.decode("utf-8", "replace"),
+                                           "".join(self._err) + err.decode("utf-8", "replace"))
+        return check_sanitizers(Result(self.argv, proc))
+
+
+class Cli:
+    """The one way tests run a program under test (qtune, qtune-tests): the sanitizers
+    report with SANITIZER_EXIT and every run is checked for a report before the test sees
+    the result."""
+
     def __init__(self, path):
         self.path = path
 
-    def __call__(self, *args, timeout=300, env=None):
-        argv = [self.path] + [str(a) for a in args]
+    def _argv_env(self, args, env):
         if not os.path.exists(self.path):
-            pytest.fail("qtune binary not found: %s (run make, or set QT_BIN)" % self.path)
+            pytest.fail("binary not found: %s (run make, or set QT_BIN)" % self.path)
         full_env = dict(os.environ)
         full_env.update(env or {})
+        return [self.path] + [str(a) for a in args], _sanitizer_env(full_env)
+
+    def __call__(self, *args, timeout=300, env=None):
+        argv, full_env = self._argv_env(args, env)
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, errors="replace",
                                   timeout=timeout, env=full_env, cwd=REPO)
@@ -126,7 +230,17 @@ class QTune:
             pytest.fail("timed out after %ds: %s" % (timeout, " ".join(argv)))
         except OSError as e:
             pytest.fail("cannot execute %s: %s (being rebuilt?)" % (self.path, e))
-        return Result(argv, proc)
+        return check_sanitizers(Result(argv, proc))
+
+    def start(self, *args, env=None):
+        """Starts the program without waiting (stdout and stderr piped); see Running."""
+        argv, full_env = self._argv_env(args, env)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=full_env, cwd=REPO)
+        return Running(argv, proc)
+
+
+QTune = Cli
 
 
 def qtune_path():
@@ -136,7 +250,14 @@ def qtune_path():
 
 @pytest.fixture(scope="session")
 def qtune():
-    return QTune(qtune_path())
+    return Cli(qtune_path())
+
+
+@pytest.fixture(scope="session")
+def qtune_tests():
+    """The C test binary (env QT_TESTS_BIN, default build/qtune-tests)."""
+    p = os.environ.get("QT_TESTS_BIN") or os.path.join("build", "qtune-tests")
+    return Cli(p if os.path.isabs(p) else os.path.join(REPO, p))
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,8 @@
 /* ONNX's own backend test cases (Debian's libonnx-testdata) as qtune tests: every case of
  * node/ and pytorch-converted/ whose ops qtune supports is loaded, run on the CPU backend and
- * compared with the expected outputs (rtol 1e-3, atol 1e-5 as ONNX's runner uses).
+ * compared with the expected outputs: the full shape, the dtype, then every value (rtol 1e-3,
+ * atol 1e-5 as ONNX's runner uses; NaN only where NaN is expected). The data folder comes
+ * from tests/paths.conf.
  * skip.txt lists the cases that are skipped, each with its reason. */
 #include <dirent.h>
 #include <math.h>
@@ -17,13 +19,9 @@
 #include "../../runtime/exec.h"
 #include "../unit/harness.h"
 
-#ifndef QT_ONNX_TESTDATA
-#define QT_ONNX_TESTDATA "/usr/share/libonnx-testdata/data"
-#endif
-
 struct ocase {
     char name[160];
-    char dir[600];
+    char dir[1700];
 };
 
 static const char *skip_reason(const char *name)
@@ -59,12 +57,75 @@ static int load_tensor_file(const char *path, struct qt_tensor **t)
     return 0;
 }
 
+/* Compares an output with the expected tensor: shape (every dimension), dtype, values.
+ * Returns 0 when they agree, else 1 with the first difference described in why. */
+static int compare_output(const struct qt_tensor *got, const struct qt_tensor *want, char *why,
+                          size_t nwhy)
+{
+    char s1[128], s2[128];
+    if (!qt_shape_eq(&got->shape, &want->shape)) {
+        snprintf(why, nwhy, "shape %s, expected %s", qt_shape_str(NULL, &got->shape, s1, sizeof s1),
+                 qt_shape_str(NULL, &want->shape, s2, sizeof s2));
+        return 1;
+    }
+    if (got->dtype != want->dtype) {
+        snprintf(why, nwhy, "dtype %s, expected %s", qt_dtype_name(got->dtype),
+                 qt_dtype_name(want->dtype));
+        return 1;
+    }
+    const int64_t n = qt_shape_numel(&want->shape);
+    for (int64_t i = 0; i < n; i++) {
+        const double a = qt_tensor_get_f(got, i), w = qt_tensor_get_f(want, i);
+        if (isnan(w) && isnan(a)) continue;
+        if (isinf(w) && a == w) continue;
+        if (!(fabs(a - w) <= 1e-5 + 1e-3 * fabs(w))) {
+            snprintf(why, nwhy, "element %lld: got %.8g, expected %.8g", (long long)i, a, w);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static struct qt_tensor *tensor_2d(enum qt_dtype dt, int64_t r, int64_t c, float fill)
+{
+    struct qt_shape sh = {0};
+    sh.ndim = 2;
+    sh.d[0] = r;
+    sh.d[1] = c;
+    struct qt_tensor *t = qt_tensor_new(dt, &sh);
+    if (t && dt == QT_F32)
+        for (int64_t i = 0; i < r * c; i++) ((float *)t->data)[i] = fill;
+    return t;
+}
+
+/* The comparison itself: a reshaped output ([6,20] for [2,60]), another dtype, a NaN where a
+ * number is expected and a number where NaN is expected all fail; equal tensors pass. */
+QT_TEST(onnx_node_compare_rejects_mismatches)
+{
+    char why[256];
+    struct qt_tensor *want = tensor_2d(QT_F32, 2, 60, 1.5f), *same = tensor_2d(QT_F32, 2, 60, 1.5f),
+                     *reshaped = tensor_2d(QT_F32, 6, 20, 1.5f), *ints = tensor_2d(QT_I32, 2, 60, 0),
+                     *nan = tensor_2d(QT_F32, 2, 60, NAN), *nanwant = tensor_2d(QT_F32, 2, 60, NAN);
+    QT_CHECK(want && same && reshaped && ints && nan && nanwant);
+    ((float *)nan->data)[0] = 1.5f; /* one number among NaNs */
+    int ok = compare_output(same, want, why, sizeof why) == 0 &&
+             compare_output(reshaped, want, why, sizeof why) == 1 && strstr(why, "shape") &&
+             compare_output(ints, want, why, sizeof why) == 1 && strstr(why, "dtype") &&
+             compare_output(nan, want, why, sizeof why) == 1 &&
+             compare_output(nanwant, nanwant, why, sizeof why) == 0 &&
+             compare_output(nan, nanwant, why, sizeof why) == 1;
+    struct qt_tensor *all[] = {want, same, reshaped, ints, nan, nanwant};
+    for (int i = 0; i < 6; i++) qt_tensor_free(all[i]);
+    QT_CHECK(ok);
+    return 0;
+}
+
 static int run_case(const void *arg)
 {
     const struct ocase *c = arg;
     const char *why = skip_reason(c->name);
     if (why) return qt_test_skip("%s", why);
-    char path[2048];
+    char path[2200];
     struct qt_error e;
     snprintf(path, sizeof path, "%s/model.onnx", c->dir);
     struct qt_graph *g = qt_onnx_load(path, &e);
@@ -93,7 +154,7 @@ static int run_case(const void *arg)
     }
     int sets = 0;
     for (int s = 0;; s++) {
-        char sd[1024];
+        char sd[1800];
         struct stat st;
         snprintf(sd, sizeof sd, "%s/test_data_set_%d", c->dir, s);
         if (stat(sd, &st) != 0) break;
@@ -117,26 +178,9 @@ static int run_case(const void *arg)
                 goto out;
             }
             const struct qt_tensor *got = qt_exec_output(x, k);
-            char s1[128], s2[128];
-            if (!qt_shape_eq(&got->shape, &want->shape) && qt_shape_numel(&got->shape) != qt_shape_numel(&want->shape)) {
-                rc = qt_test_fail("output %d: shape %s, expected %s", k,
-                                  qt_shape_str(g, &got->shape, s1, sizeof s1),
-                                  qt_shape_str(g, &want->shape, s2, sizeof s2));
-            } else if (got->shape.ndim != want->shape.ndim) {
-                rc = qt_test_fail("output %d: rank %d, expected %d", k, got->shape.ndim, want->shape.ndim);
-            } else {
-                int64_t n = qt_shape_numel(&want->shape);
-                for (int64_t i = 0; i < n; i++) {
-                    double a = qt_tensor_get_f(got, i), w = qt_tensor_get_f(want, i);
-                    if (isnan(w) && isnan(a)) continue;
-                    if (isinf(w) && a == w) continue;
-                    if (!(fabs(a - w) <= 1e-5 + 1e-3 * fabs(w))) {
-                        rc = qt_test_fail("output %d element %lld: got %.8g, expected %.8g", k,
-                                          (long long)i, a, w);
-                        break;
-                    }
-                }
-            }
+            char why[512];
+            if (compare_output(got, want, why, sizeof why))
+                rc = qt_test_fail("output %d (data set %d): %s", k, s, why);
             qt_tensor_free(want);
             if (rc) goto out;
         }
@@ -157,7 +201,7 @@ out:
 /* Whether every node of the case's model is an op qtune's schema knows. */
 static int case_uses_supported_ops(const char *dir)
 {
-    char path[2048];
+    char path[2200];
     snprintf(path, sizeof path, "%s/model.onnx", dir);
     FILE *f = fopen(path, "rb");
     if (!f) return 0;
@@ -189,8 +233,8 @@ static int ncases;
 
 static void scan(const char *sub)
 {
-    char root[256];
-    snprintf(root, sizeof root, "%s/%s", QT_ONNX_TESTDATA, sub);
+    char root[1300], why[1400];
+    if (qt_test_data_find(root, sizeof root, "onnx-testdata", sub, why, sizeof why)) return;
     DIR *d = opendir(root);
     if (!d) return;
     struct dirent *de;
@@ -210,10 +254,8 @@ static void scan(const char *sub)
 
 static int testdata_present(void)
 {
-    struct stat st;
-    if (stat(QT_ONNX_TESTDATA "/node", &st) == 0) return 0;
-    return qt_test_skip("ONNX test data not found at %s (Debian package libonnx-testdata)",
-                        QT_ONNX_TESTDATA);
+    char path[1300];
+    return qt_test_require(path, sizeof path, "onnx-testdata", "node/test_abs/model.onnx");
 }
 
 __attribute__((constructor)) static void register_cases(void)

@@ -1,5 +1,6 @@
 """Small data helpers for the reference scripts and CLI tests: IDX reading and writing,
-a minimal PNG encoder (no PIL needed) and the locations of the datasets on this machine."""
+a minimal PNG encoder (no PIL needed) and the locations of the datasets on this machine
+(tests/paths.conf)."""
 import gzip
 import os
 import struct
@@ -7,7 +8,28 @@ import zlib
 
 import numpy as np
 
-FASHION_DIR = os.environ.get("QT_FASHION", "/usr/share/datasets/fashion-mnist")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def data_dirs():
+    """{key: folder} from tests/paths.conf (the one place that says where test data lives;
+    the C tests read it too): the environment variable named there overrides the default,
+    and a relative path is taken from the repository root."""
+    dirs = {}
+    with open(os.path.join(REPO, "tests", "paths.conf")) as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) != 3 or parts[0].startswith("#"):
+                continue
+            key, env, default = parts
+            value = os.environ.get(env) or default
+            dirs[key] = os.path.normpath(os.path.join(REPO, value))
+    return dirs
+
+
+FASHION_DIR = data_dirs()["fashion-mnist"]
+FASHION_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
+                 "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
 # Normalization used with Fashion-MNIST throughout the tests.
 FASHION_MEAN = 0.2860
 FASHION_STD = 0.3530
@@ -39,9 +61,7 @@ def write_idx(path, arr, magic=None):
 
 
 def fashion_available():
-    return all(os.path.exists(os.path.join(FASHION_DIR, f)) for f in (
-        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
-        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"))
+    return all(os.path.exists(os.path.join(FASHION_DIR, f)) for f in FASHION_FILES)
 
 
 def load_fashion(split):

@@ -18,6 +18,17 @@ int qt_test_skip(const char *fmt, ...);
 /* Prints a failure message for the running test; returns 1. */
 int qt_test_fail(const char *fmt, ...);
 
+/* Test data locations come from tests/paths.conf (one place for C and Python).
+ * qt_test_data_path: the folder of key ("fashion-mnist", "onnx-testdata", "shared"), from its
+ * environment variable or the default there; NULL for an unknown key.
+ * qt_test_data_find: writes folder/rel to out; returns 0 when it exists, QT_SKIP when it
+ * does not, or 1 when it does not and CI=true (then the data is required); why gets the
+ * reason. qt_test_require does the same and records the skip or prints the failure. */
+const char *qt_test_data_path(const char *key);
+int qt_test_data_find(char *out, size_t n, const char *key, const char *rel, char *why,
+                      size_t nwhy);
+int qt_test_require(char *out, size_t n, const char *key, const char *rel);
+
 #define QT_TEST(name)                                                                   \
     static int name(void);                                                              \
     __attribute__((constructor)) static void name##_register(void)                     \

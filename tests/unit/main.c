@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "harness.h"
 
@@ -56,6 +57,65 @@ int qt_test_fail(const char *fmt, ...)
     fprintf(stdout, "\n");
     va_end(ap);
     return 1;
+}
+
+/* tests/paths.conf, read once: "key ENV default" per line. */
+struct data_path {
+    char key[32], env[64], value[1024];
+};
+static struct data_path paths[16];
+static int npaths = -1;
+
+static void read_paths(void)
+{
+    npaths = 0;
+    FILE *f = fopen("tests/paths.conf", "r");
+    if (!f) return;
+    char line[1200];
+    while (npaths < (int)(sizeof paths / sizeof paths[0]) && fgets(line, sizeof line, f)) {
+        struct data_path *p = &paths[npaths];
+        if (line[0] == '#' || sscanf(line, "%31s %63s %1023s", p->key, p->env, p->value) != 3)
+            continue;
+        const char *env = getenv(p->env);
+        if (env && *env) snprintf(p->value, sizeof p->value, "%s", env);
+        npaths++;
+    }
+    fclose(f);
+}
+
+const char *qt_test_data_path(const char *key)
+{
+    if (npaths < 0) read_paths();
+    for (int i = 0; i < npaths; i++)
+        if (!strcmp(paths[i].key, key)) return paths[i].value;
+    return NULL;
+}
+
+int qt_test_data_find(char *out, size_t n, const char *key, const char *rel, char *why,
+                      size_t nwhy)
+{
+    const char *dir = qt_test_data_path(key);
+    const char *ci = getenv("CI");
+    const int required = ci && !strcmp(ci, "true");
+    if (!dir) {
+        snprintf(why, nwhy, "no entry '%s' in tests/paths.conf (run from the repository root)",
+                 key);
+        return required ? 1 : QT_SKIP;
+    }
+    snprintf(out, n, "%s%s%s", dir, rel && *rel ? "/" : "", rel ? rel : "");
+    if (access(out, R_OK) == 0) return 0;
+    snprintf(why, nwhy, "%s not found (%s data; see tests/paths.conf)%s", out, key,
+             required ? " [CI=true: required]" : "");
+    return required ? 1 : QT_SKIP;
+}
+
+int qt_test_require(char *out, size_t n, const char *key, const char *rel)
+{
+    char why[1400];
+    int r = qt_test_data_find(out, n, key, rel, why, sizeof why);
+    if (r == QT_SKIP) return qt_test_skip("%s", why);
+    if (r) return qt_test_fail("%s", why);
+    return 0;
 }
 
 static int cmp(const void *a, const void *b)

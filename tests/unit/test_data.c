@@ -1001,11 +1001,10 @@ QT_TEST(data_unrecognized_inputs)
 
 QT_TEST(data_fashion_mnist)
 {
-    const char *dir = "/usr/share/datasets/fashion-mnist";
-    char probe[256];
-    snprintf(probe, sizeof probe, "%s/train-images-idx3-ubyte.gz", dir);
-    if (access(probe, R_OK) != 0)
-        return qt_test_skip("%s not installed (Debian package dataset-fashion-mnist)", dir);
+    char dir[1200], probe[1300];
+    int req = qt_test_require(probe, sizeof probe, "fashion-mnist", "train-images-idx3-ubyte.gz");
+    if (req) return req;
+    snprintf(dir, sizeof dir, "%s", qt_test_data_path("fashion-mnist"));
     struct qt_dataset tr, te;
     struct qt_error e = {{0}};
     int r1 = qt_dataset_load(&tr, dir, "train", &e);
@@ -1031,28 +1030,9 @@ QT_TEST(data_fashion_mnist)
 
 QT_TEST(data_cifar10_jpeg_shared)
 {
-    const char *file = "cifar10-jpeg.tar.gz";
-    const char *path = NULL;
-    const char *env = getenv("QT_SHARED");
-    char cand[4][4096];
-    int nc = 0;
-    if (env && *env) {
-        if (strlen(env) > 3000) env = ".";
-        snprintf(cand[nc++], sizeof cand[0], "%s/data/%s", env, file);
-        snprintf(cand[nc++], sizeof cand[0], "%s/%s", env, file);
-    }
-    snprintf(cand[nc++], sizeof cand[0], "../shared/data/%s", file);
-    snprintf(cand[nc++], sizeof cand[0], "shared/data/%s", file);
-    for (int i = 0; i < nc && !path; i++)
-        if (access(cand[i], R_OK) == 0) path = cand[i];
-    if (!path) {
-        const char *ci = getenv("CI");
-        if (ci && !strcmp(ci, "true"))
-            return qt_test_fail("%s not found (looked in $QT_SHARED, ../shared/data, shared/data)",
-                                file);
-        return qt_test_skip("%s not found (set QT_SHARED or keep ../shared next to the repo)",
-                            file);
-    }
+    char path[1300];
+    int req = qt_test_require(path, sizeof path, "shared", "data/cifar10-jpeg.tar.gz");
+    if (req) return req;
     struct qt_dataset ds;
     struct qt_error e = {{0}};
     int r = qt_dataset_load(&ds, path, "test", &e);
