@@ -2,6 +2,7 @@
  * (op, opset, data type, subgraph) reported by name. */
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +33,27 @@ static int read_file(const char *path, uint8_t **buf, size_t *len, struct qt_err
     }
     *len = n;
     return 0;
+}
+
+/* Index of the first NaN in a floating-point tensor, or -1. Infinities are accepted: ONNX uses
+ * them as constants (a Pad of -inf before MaxPool, Clip bounds), while a NaN constant is never
+ * meaningful in the graphs qtune reads and would only poison every result downstream. */
+static int64_t first_nan(const struct qt_tensor *t)
+{
+    int64_t n = qt_shape_numel(&t->shape);
+    for (int64_t i = 0; i < n; i++) {
+        int nan = 0;
+        if (t->dtype == QT_F32)
+            nan = isnan(((const float *)t->data)[i]);
+        else if (t->dtype == QT_F64)
+            nan = isnan(((const double *)t->data)[i]);
+        else if (t->dtype == QT_F16) {
+            uint16_t h = ((const uint16_t *)t->data)[i];
+            nan = (h & 0x7c00) == 0x7c00 && (h & 0x03ff) != 0;
+        }
+        if (nan) return i;
+    }
+    return -1;
 }
 
 static int set_shape_from_type(struct qt_graph *g, struct qt_value *v, const Onnx__TypeProto *tp,
@@ -103,6 +125,14 @@ static int convert_attr(struct qt_node *n, const Onnx__AttributeProto *ap, const
         if (!ap->t) return qt_err(e, "node '%s': tensor attribute '%s' has no tensor", n->name, name);
         struct qt_tensor *t = qt_tensor_from_proto(ap->t, base_dir, e);
         if (!t) return qt_err_prefix(e, "node '%s', attribute '%s': ", n->name, name);
+        int64_t bad = first_nan(t);
+        if (bad >= 0) {
+            qt_tensor_free(t);
+            return qt_err(e,
+                          "node '%s': tensor attribute '%s' holds NaN (element %" PRId64
+                          "); constants must be numbers",
+                          n->name, name, bad);
+        }
         qt_node_add_attr(n, name, QT_ATTR_TENSOR)->t = t;
         break;
     }
@@ -125,6 +155,15 @@ static int convert_graph(struct qt_graph *g, const Onnx__GraphProto *gp, const c
             return qt_err(e, "initializer '%s' is defined twice", tp->name);
         struct qt_tensor *t = qt_tensor_from_proto(tp, base_dir, e);
         if (!t) return qt_err_prefix(e, "initializer: ");
+        int64_t bad = first_nan(t);
+        if (bad >= 0) {
+            int64_t numel = qt_shape_numel(&t->shape);
+            qt_tensor_free(t);
+            return qt_err(e,
+                          "initializer '%s' holds NaN (element %" PRId64 " of %" PRId64
+                          "); a model's weights and constants must be numbers",
+                          tp->name, bad, numel);
+        }
         int v = qt_graph_add_value(g, tp->name, t->dtype, &t->shape);
         g->values[v].init = t;
     }

@@ -10,6 +10,7 @@
 #include "../graph/schema.h"
 #include "../kernels/cpu/quant.h"
 #include "exec.h"
+#include "loops.h"
 #include "quantizer.h"
 #include "rng.h"
 
@@ -33,6 +34,7 @@ static int feed_open(struct feed *f, const struct qt_graph *g, const struct qt_d
 {
     memset(f, 0, sizeof *f);
     if (c->batch <= 0 || c->batches <= 0) return qt_err(e, "calibration needs batches of images");
+    if (qt_check_normalization(c->mean, c->std, ds->c, e)) return -1;
     int bsz = c->batch < ds->n ? c->batch : ds->n;
     if (bsz <= 1) return qt_err(e, "calibration needs at least 2 training images");
     const struct qt_value *in = &g->values[g->inputs[0]];

@@ -54,13 +54,28 @@ int qt_check_image_model(const struct qt_graph *g, const struct qt_dataset *ds, 
     return 0;
 }
 
+int qt_check_normalization(const float *mean, const float *std, int channels, struct qt_error *e)
+{
+    for (int c = 0; c < channels; c++) {
+        if (mean && !isfinite(mean[c]))
+            return qt_err(e, "normalization mean of channel %d is %g; it must be a finite number",
+                          c, mean[c]);
+        if (std && !(isfinite(std[c]) && std[c] > 0))
+            return qt_err(e,
+                          "normalization std of channel %d is %g; it must be a positive finite "
+                          "number",
+                          c, std[c]);
+    }
+    return 0;
+}
+
 int qt_evaluate(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
                 const float *mean, const float *std, int batch, int64_t limit,
                 qt_progress_fn progress, void *ctx, struct qt_eval_result *r, struct qt_error *e)
 {
     char s1[128];
     memset(r, 0, sizeof *r);
-    if (qt_check_image_model(g, ds, e)) return -1;
+    if (qt_check_image_model(g, ds, e) || qt_check_normalization(mean, std, ds->c, e)) return -1;
     const struct qt_value *in = &g->values[g->inputs[0]];
     if (in->shape.d[0] >= 0 && in->shape.d[0] != batch) {
         batch = (int)in->shape.d[0]; /* static batch in the file */

@@ -22,6 +22,10 @@ typedef void (*qt_progress_fn)(void *ctx, int64_t done, int64_t total, double se
  * dimensions match the samples, and an output. */
 int qt_check_image_model(const struct qt_graph *g, const struct qt_dataset *ds, struct qt_error *e);
 
+/* Checks per-channel normalization (NULL means none): every mean finite, every std finite and
+ * positive, so that no NaN or Inf can reach the model from the data. */
+int qt_check_normalization(const float *mean, const float *std, int channels, struct qt_error *e);
+
 /* Evaluates a classifier (first graph input NCHW float, first output [N, classes] logits)
  * on the first `limit` samples (all when limit <= 0). */
 int qt_evaluate(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,

@@ -20,6 +20,15 @@ static int add_param(struct qt_graph *g, struct qt_params *ps, int v, enum qt_pa
                       qt_dtype_name(val->init->dtype));
     for (int i = 0; i < ps->n; i++)
         if (ps->p[i].value == v) return 0; /* shared by several nodes: one parameter */
+    /* NaN is refused when the model is read; an infinite weight would only make the loss
+     * infinite or NaN at the first step, far from its cause. */
+    const float *w = val->init->data;
+    for (int64_t i = 0, n = qt_shape_numel(&val->init->shape); i < n; i++)
+        if (!isfinite(w[i]))
+            return qt_err(e,
+                          "parameter '%s' of node '%s' holds %g (element %lld); training needs "
+                          "finite parameters",
+                          val->name, node, w[i], (long long)i);
     val->flags |= QT_V_PARAM;
     ps->p = realloc(ps->p, sizeof *ps->p * (ps->n + 1));
     ps->p[ps->n].value = v;

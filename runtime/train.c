@@ -178,7 +178,9 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
 {
     char s1[128];
     memset(res, 0, sizeof *res);
-    if (qt_check_image_model(g, train, e)) return -1;
+    if (qt_check_image_model(g, train, e) ||
+        qt_check_normalization(cfg->mean, cfg->std, train->c, e))
+        return -1;
     const struct qt_value *in = &g->values[g->inputs[0]];
     if (in->shape.d[0] >= 0 && in->shape.d[0] != cfg->batch)
         return qt_err(e, "the model has a fixed batch of %lld; train it with --batch %lld",
@@ -321,12 +323,15 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
             r.best_epoch = r.epoch;
         }
         res->last = st.test;
-        if (cfg->checkpoint && save_checkpoint(&r, e)) {
-            rc = -1;
-            goto out;
-        }
+        /* The epoch's outputs (best model, log) come before its checkpoint: a run stopped
+         * between the two resumes from the previous checkpoint and writes them again, with
+         * the same values, instead of never writing them. */
         if (cb && cb->epoch_end && cb->epoch_end(cb->ctx, &st)) {
             rc = qt_err(e, "stopped after epoch %d", r.epoch);
+            goto out;
+        }
+        if (cfg->checkpoint && save_checkpoint(&r, e)) {
+            rc = -1;
             goto out;
         }
     }

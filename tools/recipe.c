@@ -210,7 +210,9 @@ int recipe_load_data(const struct recipe *r, struct qt_graph *g, const char *mod
     int rc = cli_normalization(r->cmd, g, model, r->preset, r->mean_s, r->std_s, d->train.c,
                                d->mean, d->std);
     if (rc) return rc;
-    if (qt_check_image_model(g, &d->train, &e)) return cli_fail("%s", e.msg);
+    if (qt_check_image_model(g, &d->train, &e) ||
+        qt_check_normalization(d->mean, d->std, d->train.c, &e))
+        return cli_fail("%s", e.msg);
     /* The normalization travels with the model. */
     int k = 0;
     for (int c = 0; c < d->train.c; c++)

@@ -1,9 +1,12 @@
 /* IDX reader (MNIST, Fashion-MNIST): train-/t10k- image and label files, plain or gzip,
  * streamed through zlib straight into the dataset arrays after the headers are checked. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -46,20 +49,31 @@ static uint32_t be32(const uint8_t *b)
 
 /* Upper bound on the bytes a file of fsize bytes can hold: deflate expands at most about
  * 1032:1, a plain file holds exactly its size. */
-static unsigned long long capacity(const char *path, gzFile gz)
+static unsigned long long capacity(long long fsize, gzFile gz)
 {
-    long long fsize = qt_data_file_size(path);
     if (fsize < 0) return 0;
     if (gzdirect(gz)) return (unsigned long long)fsize;
     return (unsigned long long)fsize * 1040ull + (1ull << 20);
 }
 
-/* Opens an IDX file and reads its header: magic, then ndims big-endian dimensions. */
+/* Opens an IDX file and reads its header: magic, then ndims big-endian dimensions. *fsize is
+ * the size of the file opened (not of whatever the path names later, should it be replaced). */
 static int open_idx(const char *path, uint32_t magic, int ndims, uint32_t *dims, gzFile *out,
-                    struct qt_error *e)
+                    long long *fsize, struct qt_error *e)
 {
-    gzFile gz = gzopen(path, "rb");
-    if (!gz) return qt_err(e, "%s: cannot open: %s", path, strerror(errno));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return qt_err(e, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return qt_err(e, "%s: not a readable file", path);
+    }
+    *fsize = (long long)st.st_size;
+    gzFile gz = gzdopen(fd, "rb");
+    if (!gz) {
+        close(fd);
+        return qt_err(e, "%s: cannot open: out of memory", path);
+    }
     gzbuffer(gz, 1 << 18);
     uint8_t h[16];
     size_t need = 4 + 4 * (size_t)ndims, got = 0;
@@ -113,7 +127,8 @@ int qt_data_idx_load(struct qt_dataset *ds, const char *dir, const char *split, 
 
     uint32_t d[3];
     gzFile gz;
-    if (open_idx(ipath, IDX_IMAGES, 3, d, &gz, e) < 0) return -1;
+    long long fsize;
+    if (open_idx(ipath, IDX_IMAGES, 3, d, &gz, &fsize, e) < 0) return -1;
     if (d[0] == 0 || d[0] > 0x7fffffffu || d[1] == 0 || d[2] == 0 || d[1] > IDX_MAX_SIDE ||
         d[2] > IDX_MAX_SIDE) {
         gzclose(gz);
@@ -121,7 +136,7 @@ int qt_data_idx_load(struct qt_dataset *ds, const char *dir, const char *split, 
                       d[2]);
     }
     unsigned long long bytes = (unsigned long long)d[0] * d[1] * d[2];
-    if (bytes > capacity(ipath, gz)) {
+    if (bytes > capacity(fsize, gz)) {
         gzclose(gz);
         return qt_err(e,
                       "%s: truncated IDX file (header says %u images of %ux%u, more than the "
@@ -142,7 +157,7 @@ int qt_data_idx_load(struct qt_dataset *ds, const char *dir, const char *split, 
     ds->w = (int)d[2];
 
     uint32_t nl;
-    if (open_idx(lpath, IDX_LABELS, 1, &nl, &gz, e) < 0) return -1;
+    if (open_idx(lpath, IDX_LABELS, 1, &nl, &gz, &fsize, e) < 0) return -1;
     if (nl != d[0]) {
         gzclose(gz);
         return qt_err(e, "%s: %u labels, but %s holds %u images", lpath, nl, ipath, d[0]);
