@@ -29,7 +29,8 @@ static int read_file(const char *path, uint8_t **buf, size_t *len, struct qt_err
     fclose(f);
     if (got != n) {
         free(*buf);
-        return qt_err(e, "'%s': short read", path);
+        return qt_err(e, "'%s': read %zu of its %zu bytes (did it change while it was read?)", path,
+                      got, n);
     }
     *len = n;
     return 0;

@@ -34,6 +34,7 @@ struct run {
     struct qt_rng epoch_rng;
     double best_top1;
     int best_epoch;
+    struct qt_eval_result last; /* test metrics of the last epoch completed */
 };
 
 static int state_values(const struct qt_graph *g, int *out, int max)
@@ -63,6 +64,9 @@ static int save_checkpoint(struct run *r, struct qt_error *e)
     qt_ckpt_set(&c, "best_top1", buf);
     snprintf(buf, sizeof buf, "%d", r->best_epoch);
     qt_ckpt_set(&c, "best_epoch", buf);
+    snprintf(buf, sizeof buf, "%.17g %.17g %.17g %" PRId64, r->last.top1, r->last.top5,
+             r->last.loss, r->last.images);
+    qt_ckpt_set(&c, "last_test", buf);
     snprintf(buf, sizeof buf, "%d", r->cfg->batch);
     qt_ckpt_set(&c, "batch", buf);
     snprintf(buf, sizeof buf, "%" PRIu64, r->cfg->seed);
@@ -124,6 +128,11 @@ static int load_checkpoint(struct run *r, const char *path, struct qt_error *e)
     r->best_top1 = strtod(buf, NULL);
     if (qt_ckpt_get(&c, "best_epoch", buf, sizeof buf)) goto bad;
     r->best_epoch = atoi(buf);
+    /* Optional: the last epoch's test metrics, reported when no epoch is left to run. */
+    if (qt_ckpt_get(&c, "last_test", buf, sizeof buf) == 0 &&
+        sscanf(buf, "%lf %lf %lf %" SCNd64, &r->last.top1, &r->last.top5, &r->last.loss,
+               &r->last.images) != 4)
+        goto bad;
     if (qt_ckpt_get(&c, "batch", buf, sizeof buf)) goto bad;
     if (atoi(buf) != r->cfg->batch) {
         qt_err(e, "checkpoint '%s' was written with batch %s; resume with --batch %s", path, buf, buf);
@@ -322,7 +331,7 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
             r.best_top1 = st.test.top1;
             r.best_epoch = r.epoch;
         }
-        res->last = st.test;
+        r.last = st.test;
         /* The epoch's outputs (best model, log) come before its checkpoint: a run stopped
          * between the two resumes from the previous checkpoint and writes them again, with
          * the same values, instead of never writing them. */
@@ -340,6 +349,7 @@ done:
     res->steps = r.step;
     res->best_top1 = r.best_top1;
     res->best_epoch = r.best_epoch;
+    res->last = r.last;
     res->seconds = now() - t_start;
 out:
     for (int i = 0; i < r.ps.n; i++)

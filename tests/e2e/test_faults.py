@@ -313,6 +313,22 @@ def test_kill9_right_after_first_checkpoint(qtune, fm_slice, model28, tmp_path):
         assert_same_weights(str(d / "out.best.onnx"), str(tmp_path / "ref.best.onnx"))
 
 
+def test_resume_of_finished_run_reports_its_metrics(qtune, fm_slice, model28, tmp_path):
+    """A run killed while writing its final model resumes from a checkpoint with no epoch
+    left: it writes the model and reports the last epoch's test metrics (kept in the
+    checkpoint), not zeros."""
+    out = str(tmp_path / "out.onnx")
+    first = qtune(*train_args(model28, fm_slice, out, 2, "--json")).check_ok().json()
+    assert first["top1"] > 0 and first["loss"] > 0
+    os.remove(out)
+    again = qtune(*train_args(model28, fm_slice, out, 2, "--json", "--resume",
+                              out + ".ckpt")).check_ok().json()
+    for k in ("top1", "top5", "loss", "best_top1", "best_epoch", "epochs", "steps"):
+        assert again[k] == first[k], (k, again, first)
+    if first["best_epoch"] == 2:
+        assert_same_weights(out, str(tmp_path / "out.best.onnx"))
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. A full disk
 
