@@ -3,6 +3,7 @@
  * per-epoch log, best model, checkpoints, Ctrl-C handling and final report. */
 #include "recipe.h"
 
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -234,6 +235,7 @@ void recipe_data_free(struct recipe_data *d)
 struct train_ui {
     struct cli_progress prog;
     FILE *log;
+    const char *log_path;
     struct qt_graph *g;
     const char *best_path;
     int quiet;
@@ -265,7 +267,10 @@ static int on_epoch(void *ctx, const struct qt_epoch_stats *s)
                 "\"seconds\": %.2f, \"best\": %s}\n",
                 s->epoch, s->train_loss, s->train_top1, s->test.loss, s->test.top1, s->test.top5,
                 s->lr, s->images_per_s, s->seconds, s->best ? "true" : "false");
-        fflush(ui->log);
+        if (fflush(ui->log) != 0 || ferror(ui->log)) {
+            cli_fail("cannot write the log '%s': %s", ui->log_path, strerror(errno));
+            return -1;
+        }
     }
     if (s->best) {
         struct qt_error e;
@@ -336,11 +341,12 @@ int recipe_run(const struct recipe *r, struct qt_graph *g, const char *model, st
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     if (!(log = fopen(log_buf, r->resume ? "a" : "w")))
-        return cli_fail("%s: cannot write the log '%s'", r->cmd, log_buf);
+        return cli_fail("%s: cannot write the log '%s': %s", r->cmd, log_buf, strerror(errno));
     struct train_ui ui;
     memset(&ui, 0, sizeof ui);
     cli_progress_init(&ui.prog, r->cmd, "img", r->quiet);
     ui.log = log;
+    ui.log_path = log_buf;
     ui.g = g;
     ui.best_path = best_buf;
     ui.quiet = r->quiet;

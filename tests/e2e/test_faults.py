@@ -334,7 +334,7 @@ def test_resume_of_finished_run_reports_its_metrics(qtune, fm_slice, model28, tm
 
 
 @pytest.mark.badinput
-@pytest.mark.parametrize("victim", ["checkpoint", "model"])
+@pytest.mark.parametrize("victim", ["checkpoint", "model", "log"])
 def test_full_disk_keeps_previous_checkpoint(qtune, fm_slice, model28, tmp_path, victim):
     """RLIMIT_FSIZE (SIGXFSZ ignored) makes writes past a size fail with EFBIG, as a full disk
     fails them with ENOSPC, without privileges or a special filesystem. The failing write is
@@ -348,9 +348,13 @@ def test_full_disk_keeps_previous_checkpoint(qtune, fm_slice, model28, tmp_path,
     best_before = open(str(tmp_path / "out.best.onnx"), "rb").read()
     model_size, ckpt_size = len(best_before), len(before)
     assert model_size < ckpt_size
+    log = str(tmp_path / "out.log.jsonl")
     if victim == "checkpoint":
         # Epoch 3's best model (if any) fits, its checkpoint does not.
         limit, epochs, target = (model_size + ckpt_size) // 2, 3, ckpt
+    elif victim == "log":
+        # Not one more byte: epoch 3's log line (written first) fails.
+        limit, epochs, target = os.path.getsize(log), 3, log
     else:
         # Resuming a finished run writes only the final model, which does not fit.
         limit, epochs, target = model_size // 2, 2, out
