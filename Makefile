@@ -66,14 +66,39 @@ $(BUILD)/qtune-tests: $(TEST_OBJ) $(BUILD)/libqtune.a
 test: all
 	tests/run.sh
 
-# libFuzzer targets (clang): build-fuzz/fuzz_onnx, build-fuzz/fuzz_dataset
-FUZZ_SRC := $(filter-out tests/fuzz/%,$(LIB_SRC)) $(GEN_C)
-fuzz: $(GEN_C)
-	@mkdir -p build-fuzz
-	for t in onnx dataset; do \
-	  clang -std=c11 -D_DEFAULT_SOURCE -D_FILE_OFFSET_BITS=64 -g -O1 -fopenmp -march=x86-64-v3 \
-	    -fsanitize=fuzzer,address,undefined -I. -I$(BUILD)/gen tests/fuzz/fuzz_$$t.c $(FUZZ_SRC) \
-	    -o build-fuzz/fuzz_$$t $(LDLIBS) || exit 1; done
+# libFuzzer targets (clang, AddressSanitizer + UndefinedBehaviorSanitizer, every report
+# fatal): build-fuzz/fuzz_<target>, one per reader; scripts/fuzz.sh runs them.
+FUZZ_DIR     := build-fuzz
+FUZZ_TARGETS := onnx idx cifar tar npy ckpt
+FUZZ_OPT     := -O1
+FUZZ_CFLAGS   = -std=c11 -D_DEFAULT_SOURCE -D_FILE_OFFSET_BITS=64 -g $(FUZZ_OPT) -fno-omit-frame-pointer \
+                -fopenmp -march=x86-64-v3 -fsanitize=address,undefined -fno-sanitize-recover=all \
+                -Wall -Wextra -Wno-unused-parameter -Wno-pass-failed -I. -I$(FUZZ_DIR)/gen
+FUZZ_GEN_C   := $(FUZZ_DIR)/gen/onnx/onnx.pb-c.c
+FUZZ_OBJ     := $(LIB_SRC:%.c=$(FUZZ_DIR)/obj/%.o) $(FUZZ_DIR)/obj/gen/onnx.pb-c.o
+FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
+# The kernels at -O0: UBSan at -O1 takes minutes per kernel file, and fuzz inputs are tiny.
+$(FUZZ_DIR)/obj/kernels/%.o: FUZZ_OPT := -O0
+
+fuzz: $(FUZZ_BIN)
+
+$(FUZZ_GEN_C): $(ONNX_PROTO)
+	@mkdir -p $(FUZZ_DIR)/gen
+	protoc-c --c_out=$(FUZZ_DIR)/gen -I$(ONNX_INCLUDE) $(ONNX_PROTO)
+
+$(FUZZ_DIR)/obj/gen/onnx.pb-c.o: $(FUZZ_GEN_C)
+	@mkdir -p $(dir $@)
+	clang $(filter-out -Wall -Wextra,$(FUZZ_CFLAGS)) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_DIR)/obj/%.o: %.c $(FUZZ_GEN_C)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+
+$(FUZZ_DIR)/libqtune.a: $(FUZZ_OBJ)
+	ar rcs $@ $^
+
+$(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(FUZZ_DIR)/libqtune.a
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_DIR)/libqtune.a -o $@ $(LDLIBS)
 
 clean:
 	rm -rf build build-san build-fuzz
@@ -81,3 +106,4 @@ clean:
 .PHONY: all info test clean fuzz
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+-include $(shell find $(FUZZ_DIR)/obj -name '*.d' 2>/dev/null)

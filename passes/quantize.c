@@ -323,6 +323,16 @@ int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
                    c->overrides[k].pattern);
             goto done;
         }
+    /* Layers are found again by name once nodes move: each layer's name must be unique. */
+    for (int j = 0; j < np; j++)
+        for (int i = 0; i < nn; i++)
+            if (i != pl[j].node && !g->nodes[i].dead && !strcmp(g->nodes[i].name, pl[j].name)) {
+                char d1[160], d2[160];
+                qt_err(e, "%s and %s share a name; the quantize pass needs unique layer names",
+                       qt_node_desc(g, &g->nodes[pl[j].node], d1, sizeof d1),
+                       qt_node_desc(g, &g->nodes[i], d2, sizeof d2));
+                goto done;
+            }
     /* Check every setting before changing anything. */
     for (int j = 0; j < np; j++) {
         const struct plan *p = &pl[j];

@@ -112,7 +112,10 @@ int qt_ckpt_load(struct qt_ckpt *c, const char *path, struct qt_error *e)
 {
     qt_ckpt_init(c);
     FILE *f = fopen(path, "rb");
-    if (!f) return qt_err(e, "cannot open checkpoint '%s': %s", path, strerror(errno));
+    if (!f) {
+        qt_ckpt_free(c);
+        return qt_err(e, "cannot open checkpoint '%s': %s", path, strerror(errno));
+    }
     fseek(f, 0, SEEK_END);
     long len = ftell(f);
     fseek(f, 0, SEEK_SET);
@@ -121,12 +124,14 @@ int qt_ckpt_load(struct qt_ckpt *c, const char *path, struct qt_error *e)
     fclose(f);
     if (!ok || len < 24 || memcmp(d, MAGIC, 8) != 0) {
         free(d);
+        qt_ckpt_free(c);
         return qt_err(e, "'%s' is not a qtune checkpoint", path);
     }
     uint32_t crc;
     memcpy(&crc, d + len - 4, 4);
     if (crc != (uint32_t)crc32(0L, d, (uInt)(len - 4))) {
         free(d);
+        qt_ckpt_free(c);
         return qt_err(e, "checkpoint '%s' is damaged (checksum mismatch)", path);
     }
     size_t pos = 8, end = (size_t)len - 4;
@@ -170,6 +175,5 @@ int qt_ckpt_load(struct qt_ckpt *c, const char *path, struct qt_error *e)
 bad:
     free(d);
     qt_ckpt_free(c);
-    qt_ckpt_init(c);
     return qt_err(e, "checkpoint '%s' is malformed", path);
 }

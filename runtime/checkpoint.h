@@ -31,6 +31,7 @@ void qt_ckpt_add(struct qt_ckpt *c, const char *name, const float *data, int64_t
 const struct qt_ckpt_tensor *qt_ckpt_find(const struct qt_ckpt *c, const char *name);
 
 int qt_ckpt_save(const struct qt_ckpt *c, const char *path, struct qt_error *e);
+/* On failure c holds nothing (qt_ckpt_free on it is harmless). */
 int qt_ckpt_load(struct qt_ckpt *c, const char *path, struct qt_error *e);
 
 #endif

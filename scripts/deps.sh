@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what qtune's build and tests need on Debian 12 (run as root; safe to re-run):
+# Installs what qtune's build and tests need on Debian 12 (run as root; safe to re-run;
+# clang with libFuzzer's runtime for scripts/fuzz.sh):
 # the Debian packages below (apt-get update only when one is missing), then the project's
 # .venv (Debian's python with system site packages, for torch/onnx/numpy) with onnxruntime
 # and pytest from PyPI.
@@ -12,6 +13,7 @@ PACKAGES=(
     libopenblas-openmp-dev libdnnl-dev libjpeg-dev libpng-dev zlib1g-dev
     python3-venv python3-torch python3-torchvision python3-onnx python3-numpy
     libonnx-testdata dataset-fashion-mnist
+    clang libclang-rt-dev libomp-dev
 )
 PIP_PACKAGES=(onnxruntime pytest)
 

@@ -1,4 +1,4 @@
-/* Helpers shared by the qtune subcommands: model loading, .npy files, option values,
+/* Helpers shared by the qtune subcommands: model loading, option values,
  * the progress display and error printing. The only place allowed to print and exit. */
 #ifndef QT_CLI_H
 #define QT_CLI_H
@@ -13,10 +13,6 @@ int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Loads and canonicalizes a model (for inference: BatchNorm folded into Conv); prints the
  * error and returns NULL on failure. */
 struct qt_graph *cli_load_model(const char *path, int inference);
-
-/* .npy (float32 or float64, C order) <-> tensor. */
-struct qt_tensor *cli_npy_read(const char *path, struct qt_error *e);
-int cli_npy_write(const char *path, const struct qt_tensor *t, struct qt_error *e);
 
 /* Per-channel normalization from --preset, or --mean/--std (one value or one per channel),
  * or else the model's stored qtune.mean/qtune.std. Returns 0, or prints the error (prefixed

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "../runtime/exec.h"
+#include "../runtime/npy.h"
 #include "cli.h"
 
 int cmd_run(int argc, char **argv)
@@ -21,7 +22,7 @@ int cmd_run(int argc, char **argv)
     if (!path || !inp || !outp)
         return cli_fail("run: usage: qtune run MODEL.onnx --input x.npy --output y.npy");
     struct qt_error e;
-    struct qt_tensor *x = cli_npy_read(inp, &e);
+    struct qt_tensor *x = qt_npy_read(inp, &e);
     if (!x) return cli_fail("%s", e.msg);
     struct qt_graph *g = cli_load_model(path, 1);
     if (!g) {
@@ -46,7 +47,7 @@ int cmd_run(int argc, char **argv)
         rc = cli_fail("'%s': %s", path, e.msg);
         goto out;
     }
-    if (cli_npy_write(outp, qt_exec_output(ex, 0), &e)) rc = cli_fail("%s", e.msg);
+    if (qt_npy_write(outp, qt_exec_output(ex, 0), &e)) rc = cli_fail("%s", e.msg);
 out:
     qt_exec_free(ex);
     if (b) b->destroy(b);

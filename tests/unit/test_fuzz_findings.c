@@ -1,0 +1,111 @@
+/* Inputs the fuzz targets (tests/fuzz) found to crash or leak, reduced to unit tests: each
+ * must now fail with a message that names the problem. The crashing files themselves are in
+ * tests/fuzz/regressions/<target>/. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../../graph/builder.h"
+#include "../../graph/schema.h"
+#include "../../passes/passes.h"
+#include "../../runtime/checkpoint.h"
+#include "../../runtime/npy.h"
+#include "harness.h"
+
+/* Two Convs that share a node name: the quantize pass finds layers again by name after the
+ * graph changes, so it must refuse the graph rather than quantize the wrong node. */
+QT_TEST(fuzz_quantize_duplicate_layer_names)
+{
+    struct qt_error e;
+    struct qt_graph *g = qt_graph_new();
+    struct qt_shape xs = {4, {qt_graph_sym(g, "N"), 1, 8, 8}};
+    int x = qt_builder_input(g, "x", QT_F32, &xs);
+    int a = x >= 0 ? qt_builder_conv(g, "conv", x, 4, 3, 1, 1, 0, &e) : -1;
+    int b = a >= 0 ? qt_builder_conv(g, "conv", a, 4, 3, 1, 1, 0, &e) : -1;
+    int f = b >= 0 ? qt_builder_flatten(g, "flat", b, &e) : -1;
+    int y = f >= 0 ? qt_builder_gemm(g, "fc", f, 10, &e) : -1;
+    if (y < 0 || qt_builder_output(g, y, "logits", &e)) {
+        qt_graph_free(g);
+        return qt_test_fail("building the graph: %s", e.msg);
+    }
+    int second = qt_graph_find_node(g, "conv_1");
+    QT_CHECK(second >= 0);
+    free(g->nodes[second].name);
+    g->nodes[second].name = strdup("conv");
+    struct qt_quant_config qc;
+    memset(&qc, 0, sizeof qc);
+    qc.wbits = qc.abits = 4;
+    qc.scheme = QT_QS_APOT;
+    qc.first_last = QT_FL_SAME;
+    qc.alpha_w = 3.0f;
+    qc.alpha_a = 8.0f;
+    struct qt_quant_summary qs;
+    int rc = qt_pass_quantize(g, &qc, &qs, &e);
+    qt_graph_free(g);
+    QT_CHECK(rc != 0);
+    if (!strstr(e.msg, "share a name") || !strstr(e.msg, "'conv'"))
+        return qt_test_fail("unexpected message: %s", e.msg);
+    return 0;
+}
+
+static struct qt_tensor *npy_from_header(const char *shape, struct qt_error *e)
+{
+    char buf[512], hdr[400];
+    int hl = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': %s, }\n",
+                      shape);
+    memcpy(buf, "\x93NUMPY\x01\x00", 8);
+    buf[8] = (char)(hl & 0xff);
+    buf[9] = (char)(hl >> 8);
+    memcpy(buf + 10, hdr, (size_t)hl);
+    return qt_npy_parse(buf, 10 + (size_t)hl, "x.npy", e);
+}
+
+/* .npy shapes whose element count overflows 64 bits (also when a zero dimension makes the
+ * array empty), and a shape larger than the data that follows: refused before any
+ * allocation of the declared size. */
+QT_TEST(fuzz_npy_bad_shapes)
+{
+    static const char *const cases[][2] = {
+        {"(2, 9223372036854775807, 3)", "too large"},
+        {"(2, 9223372036854775807, 0)", "too large"},
+        {"(65536, 65536)", "fewer values than its shape needs"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct qt_error e;
+        struct qt_tensor *t = npy_from_header(cases[i][0], &e);
+        qt_tensor_free(t);
+        if (t) return qt_test_fail("shape %s accepted", cases[i][0]);
+        if (!strstr(e.msg, "x.npy") || !strstr(e.msg, cases[i][1]))
+            return qt_test_fail("shape %s: unexpected message: %s", cases[i][0], e.msg);
+    }
+    struct qt_error e;
+    struct qt_tensor *t = npy_from_header("(0, 3)", &e);
+    QT_CHECK(t != NULL && t->shape.ndim == 2 && t->shape.d[0] == 0);
+    qt_tensor_free(t);
+    return 0;
+}
+
+/* A checkpoint refused for its magic, its checksum or its layout leaves nothing allocated
+ * (the sanitizer build's leak check catches a leak). */
+QT_TEST(fuzz_ckpt_refused_holds_nothing)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/qtune_ckpt_test_%d", (int)getpid());
+    static const unsigned char bad_magic[24] = "QTCKPT00";
+    FILE *f = fopen(path, "wb");
+    QT_CHECK(f != NULL);
+    fwrite(bad_magic, 1, sizeof bad_magic, f);
+    fclose(f);
+    struct qt_ckpt c;
+    struct qt_error e;
+    int rc = qt_ckpt_load(&c, path, &e);
+    unlink(path);
+    QT_CHECK(rc != 0);
+    QT_CHECK(c.header == NULL && c.t == NULL && c.n == 0);
+    QT_CHECK(strstr(e.msg, "not a qtune checkpoint") != NULL);
+    qt_ckpt_free(&c);
+    rc = qt_ckpt_load(&c, "/nonexistent/qtune.ckpt", &e);
+    QT_CHECK(rc != 0 && c.header == NULL);
+    return 0;
+}
