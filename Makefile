@@ -1,5 +1,7 @@
 # qtune build: `make` builds build/qtune and build/libqtune.a; `make test` runs the tests.
 # `make SAN=1` builds with AddressSanitizer and UndefinedBehaviorSanitizer into build-san/.
+# The code targets the x86-64 baseline and picks AVX2 loops at run time (kernels/cpu/dispatch.h);
+# `make ARCH=-march=x86-64-v3 BUILD=...` builds for one CPU level instead.
 
 CC      ?= gcc
 ONNX_INCLUDE ?= /usr/include
@@ -12,7 +14,7 @@ OPT     := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sani
 LDSAN   := -fsanitize=address,undefined
 else
 BUILD   ?= build
-OPT     := -O2 -g -march=x86-64-v3 -mtune=generic
+OPT     := -O2 -g $(ARCH) -mtune=generic
 LDSAN   :=
 endif
 

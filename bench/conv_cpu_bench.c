@@ -6,7 +6,7 @@
  * history (commit c1b6b69) with its numbers in bench/results/conv_cpu_backend.txt. Build and
  * run from the repository root:
  *
- *   gcc -std=c11 -D_DEFAULT_SOURCE -O2 -march=x86-64-v3 -fopenmp -I. -o build/conv_cpu_bench \
+ *   gcc -std=c11 -D_DEFAULT_SOURCE -O2 -fopenmp -I. -o build/conv_cpu_bench \
  *       bench/conv_cpu_bench.c kernels/cpu/conv.c kernels/cpu/onednn.c kernels/cpu/threads.c \
  *       -ldnnl -lm
  *   build/conv_cpu_bench [--batch N] [--reps R] [--threads T] [--isa avx2|native]

@@ -12,7 +12,7 @@ PACKAGES=(
     build-essential make protobuf-c-compiler libprotobuf-c-dev libonnx-dev
     libopenblas-openmp-dev libdnnl-dev libjpeg-dev libpng-dev zlib1g-dev
     python3-venv python3-torch python3-torchvision python3-onnx python3-numpy
-    libonnx-testdata dataset-fashion-mnist
+    libonnx-testdata dataset-fashion-mnist qemu-user
     clang libclang-rt-dev libomp-dev
 )
 PIP_PACKAGES=(onnxruntime pytest)

@@ -3,10 +3,12 @@
 #include <math.h>
 
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/dispatch.h"
 
-void batchnorm_infer_forward_cpu(float *y, const float *x, const float *scale, const float *bias,
-                                 const float *mean, const float *var, float eps, int64_t n,
-                                 int64_t c, int64_t hw)
+QT_CPU_CLONES void batchnorm_infer_forward_cpu(float *y, const float *x, const float *scale,
+                                               const float *bias, const float *mean,
+                                               const float *var, float eps, int64_t n, int64_t c,
+                                               int64_t hw)
 {
     const int64_t planes = n * c;
 #pragma omp parallel for schedule(static) if (planes * hw > 32768)
@@ -17,7 +19,8 @@ void batchnorm_infer_forward_cpu(float *y, const float *x, const float *scale, c
         const float *xp = x + p * hw;
         float *yp = y + p * hw;
 #pragma omp simd
-        for (int64_t q = 0; q < hw; q++) yp[q] = xp[q] * a + b;
+        for (int64_t q = 0; q < hw; q++)
+            yp[q] = xp[q] * a + b;
     }
 }
 
@@ -25,10 +28,10 @@ void batchnorm_infer_forward_cpu(float *y, const float *x, const float *scale, c
  * double), y = (x - mean) * invstd * scale + bias. save_mean/save_invstd receive the batch
  * statistics for backward; run_mean/run_var are updated in place with PyTorch's rule:
  * r = (1 - momentum) * r + momentum * stat, the variance unbiased (times m / (m - 1)). */
-void batchnorm_train_forward_cpu(float *y, float *save_mean, float *save_invstd, float *run_mean,
-                                 float *run_var, const float *x, const float *scale,
-                                 const float *bias, float eps, float momentum, int64_t n,
-                                 int64_t c, int64_t hw)
+QT_CPU_CLONES void batchnorm_train_forward_cpu(float *y, float *save_mean, float *save_invstd,
+                                               float *run_mean, float *run_var, const float *x,
+                                               const float *scale, const float *bias, float eps,
+                                               float momentum, int64_t n, int64_t c, int64_t hw)
 {
     const int64_t m = n * hw;
 #pragma omp parallel for schedule(static)
@@ -38,7 +41,8 @@ void batchnorm_train_forward_cpu(float *y, float *save_mean, float *save_invstd,
             const float *xp = x + (i * c + ch) * hw;
             float part = 0.0f;
 #pragma omp simd reduction(+ : part)
-            for (int64_t q = 0; q < hw; q++) part += xp[q];
+            for (int64_t q = 0; q < hw; q++)
+                part += xp[q];
             s += part;
         }
         const double mean = m ? s / m : 0.0;
@@ -48,7 +52,8 @@ void batchnorm_train_forward_cpu(float *y, float *save_mean, float *save_invstd,
             const float mf = (float)mean;
             float part = 0.0f;
 #pragma omp simd reduction(+ : part)
-            for (int64_t q = 0; q < hw; q++) part += (xp[q] - mf) * (xp[q] - mf);
+            for (int64_t q = 0; q < hw; q++)
+                part += (xp[q] - mf) * (xp[q] - mf);
             ss += part;
         }
         const double var = m ? ss / m : 0.0;
@@ -63,7 +68,8 @@ void batchnorm_train_forward_cpu(float *y, float *save_mean, float *save_invstd,
             const float *xp = x + (i * c + ch) * hw;
             float *yp = y + (i * c + ch) * hw;
 #pragma omp simd
-            for (int64_t q = 0; q < hw; q++) yp[q] = xp[q] * a + b;
+            for (int64_t q = 0; q < hw; q++)
+                yp[q] = xp[q] * a + b;
         }
     }
 }
@@ -71,10 +77,11 @@ void batchnorm_train_forward_cpu(float *y, float *save_mean, float *save_invstd,
 /* Backward of the training forward: with xhat = (x - mean) * invstd and m = n * hw,
  * dbias = sum dy, dscale = sum dy * xhat, dx = scale * invstd * (dy - dbias/m - xhat * dscale/m).
  * dx, dscale, dbias (any may be NULL): assigned (=) when their acc flag is 0, else (+=). */
-void batchnorm_backward_cpu(float *dx, float *dscale, float *dbias, const float *dy,
-                            const float *x, const float *scale, const float *save_mean,
-                            const float *save_invstd, int64_t n, int64_t c, int64_t hw,
-                            int acc_x, int acc_scale, int acc_bias)
+QT_CPU_CLONES void batchnorm_backward_cpu(float *dx, float *dscale, float *dbias, const float *dy,
+                                          const float *x, const float *scale,
+                                          const float *save_mean, const float *save_invstd,
+                                          int64_t n, int64_t c, int64_t hw, int acc_x,
+                                          int acc_scale, int acc_bias)
 {
     const int64_t m = n * hw;
 #pragma omp parallel for schedule(static)

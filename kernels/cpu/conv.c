@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "kernels/cpu/onednn.h"
+#include "kernels/cpu/dispatch.h"
 
 /* A convolution as oneDNN describes it. */
 struct conv_geom {
@@ -155,8 +156,8 @@ static int conv_forward(struct qt_cpu_ctx *ctx, float *y, int *y_layout, const f
                 dnnl_dilated_convolution_forward_desc_init(
                     &cd, dnnl_forward_inference, dnnl_convolution_direct, &g.src_any, &g.wei_any,
                     b ? &g.bias : NULL, &g.dst_any, g.strides, g.dilates, g.pad_l, g.pad_r));
-    QT_DNNL_TRY(ctx, dnnl_primitive_desc_create(&pd, &cd, attr ? attr : ctx->attr, ctx->engine,
-                                                NULL));
+    QT_DNNL_TRY(ctx,
+                dnnl_primitive_desc_create(&pd, &cd, attr ? attr : ctx->attr, ctx->engine, NULL));
     /* The layout of y: the sum's when the sum is y, else the one asked for or, for any, the
      * primitive's own when qtune has a name for it. */
     int yl = *y_layout;
@@ -196,20 +197,21 @@ int conv2d_forward_cpu(struct qt_cpu_ctx *ctx, float *y, const float *x, const f
     return conv_forward(ctx, y, &yl, x, QT_CPU_NCHW, w, b, d, NULL);
 }
 
-int conv2d_infer_cpu(struct qt_cpu_ctx *ctx, float *y, int *y_layout, const float *x,
-                     int x_layout, const float *w, const float *b,
-                     const struct qt_conv2d_desc *d, const struct qt_conv2d_post *post)
+int conv2d_infer_cpu(struct qt_cpu_ctx *ctx, float *y, int *y_layout, const float *x, int x_layout,
+                     const float *w, const float *b, const struct qt_conv2d_desc *d,
+                     const struct qt_conv2d_post *post)
 {
     *y_layout = LAYOUT_ANY;
     return conv_forward(ctx, y, y_layout, x, x_layout, w, b, d, post);
 }
 
 /* out (+)= tmp over n floats: assigned when acc is 0, accumulated when 1. */
-static void store(float *out, const float *tmp, int64_t n, int acc)
+QT_CPU_CLONES static void store(float *out, const float *tmp, int64_t n, int acc)
 {
     if (!acc) return; /* already written in place */
 #pragma omp parallel for simd schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; i++) out[i] += tmp[i];
+    for (int64_t i = 0; i < n; i++)
+        out[i] += tmp[i];
 }
 
 /* Backward of the convolution: dx from dy and w (oneDNN backward-data), dw and db from x and
@@ -236,10 +238,10 @@ int conv2d_backward_cpu(struct qt_cpu_ctx *ctx, float *dx, float *dw, float *db,
     }
     /* The forward primitive descriptor is the hint both backward primitives need. */
     dnnl_convolution_desc_t cd;
-    QT_DNNL_TRY(ctx, dnnl_dilated_convolution_forward_desc_init(
-                         &cd, dnnl_forward_training, dnnl_convolution_direct, &g.src_any,
-                         &g.wei_any, db ? &g.bias : NULL, &g.dst_any, g.strides, g.dilates,
-                         g.pad_l, g.pad_r));
+    QT_DNNL_TRY(ctx,
+                dnnl_dilated_convolution_forward_desc_init(
+                    &cd, dnnl_forward_training, dnnl_convolution_direct, &g.src_any, &g.wei_any,
+                    db ? &g.bias : NULL, &g.dst_any, g.strides, g.dilates, g.pad_l, g.pad_r));
     QT_DNNL_TRY(ctx, dnnl_primitive_desc_create(&fpd, &cd, ctx->attr, ctx->engine, NULL));
     if (dx) {
         dnnl_convolution_desc_t bd;
@@ -266,10 +268,10 @@ int conv2d_backward_cpu(struct qt_cpu_ctx *ctx, float *dx, float *dw, float *db,
     }
     if (dw || db) {
         dnnl_convolution_desc_t wd;
-        QT_DNNL_TRY(ctx, dnnl_dilated_convolution_backward_weights_desc_init(
-                             &wd, dnnl_convolution_direct, &g.src_any, &g.wei_any,
-                             db ? &g.bias : NULL, &g.dst_any, g.strides, g.dilates, g.pad_l,
-                             g.pad_r));
+        QT_DNNL_TRY(ctx,
+                    dnnl_dilated_convolution_backward_weights_desc_init(
+                        &wd, dnnl_convolution_direct, &g.src_any, &g.wei_any, db ? &g.bias : NULL,
+                        &g.dst_any, g.strides, g.dilates, g.pad_l, g.pad_r));
         QT_DNNL_TRY(ctx, dnnl_primitive_desc_create(&pd, &wd, ctx->attr, ctx->engine, fpd));
         /* oneDNN computes both; a gradient nobody wants, or one to accumulate, lands in
          * the temporary. */

@@ -1,18 +1,20 @@
 /* Elementwise kernels on the CPU: ReLU, Clip, and the four arithmetic binary ops with
  * NumPy-style broadcasting given by per-operand strides. */
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/dispatch.h"
 
 /* Below this many elements a loop stays on the calling thread. */
 #define EW_PAR_MIN 32768
 
-void relu_forward_cpu(float *y, const float *x, int64_t n)
+QT_CPU_CLONES void relu_forward_cpu(float *y, const float *x, int64_t n)
 {
 #pragma omp parallel for simd schedule(static) if (n > EW_PAR_MIN)
-    for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    for (int64_t i = 0; i < n; i++)
+        y[i] = x[i] > 0.0f ? x[i] : 0.0f;
 }
 
 /* NaN stays NaN (both comparisons are false). */
-void clip_forward_cpu(float *y, const float *x, float lo, float hi, int64_t n)
+QT_CPU_CLONES void clip_forward_cpu(float *y, const float *x, float lo, float hi, int64_t n)
 {
 #pragma omp parallel for simd schedule(static) if (n > EW_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
@@ -24,38 +26,45 @@ void clip_forward_cpu(float *y, const float *x, float lo, float hi, int64_t n)
 
 /* One innermost run: y[0:len] = a[i * sa] op b[i * sb], with sa, sb in {0, 1} on the fast
  * paths and any stride otherwise. */
-static void binary_run(float *y, const float *a, const float *b, enum qt_binop op, int64_t len,
-                       int64_t sa, int64_t sb)
+QT_CPU_CLONES static void binary_run(float *y, const float *a, const float *b, enum qt_binop op,
+                                     int64_t len, int64_t sa, int64_t sb)
 {
-#define BIN_LOOPS(EXPR)                                                                 \
-    if (sa == 1 && sb == 1) {                                                           \
-        _Pragma("omp simd") for (int64_t i = 0; i < len; i++) {                         \
-            const float u = a[i], v = b[i];                                             \
-            y[i] = EXPR;                                                                \
-        }                                                                               \
-    } else if (sa == 1 && sb == 0) {                                                    \
-        const float v = b[0];                                                           \
-        _Pragma("omp simd") for (int64_t i = 0; i < len; i++) {                         \
-            const float u = a[i];                                                       \
-            y[i] = EXPR;                                                                \
-        }                                                                               \
-    } else if (sa == 0 && sb == 1) {                                                    \
-        const float u = a[0];                                                           \
-        _Pragma("omp simd") for (int64_t i = 0; i < len; i++) {                         \
-            const float v = b[i];                                                       \
-            y[i] = EXPR;                                                                \
-        }                                                                               \
-    } else {                                                                            \
-        for (int64_t i = 0; i < len; i++) {                                             \
-            const float u = a[i * sa], v = b[i * sb];                                   \
-            y[i] = EXPR;                                                                \
-        }                                                                               \
+#define BIN_LOOPS(EXPR)                                                                            \
+    if (sa == 1 && sb == 1) {                                                                      \
+        _Pragma("omp simd") for (int64_t i = 0; i < len; i++)                                      \
+        {                                                                                          \
+            const float u = a[i], v = b[i];                                                        \
+            y[i] = EXPR;                                                                           \
+        }                                                                                          \
+    } else if (sa == 1 && sb == 0) {                                                               \
+        const float v = b[0];                                                                      \
+        _Pragma("omp simd") for (int64_t i = 0; i < len; i++)                                      \
+        {                                                                                          \
+            const float u = a[i];                                                                  \
+            y[i] = EXPR;                                                                           \
+        }                                                                                          \
+    } else if (sa == 0 && sb == 1) {                                                               \
+        const float u = a[0];                                                                      \
+        _Pragma("omp simd") for (int64_t i = 0; i < len; i++)                                      \
+        {                                                                                          \
+            const float v = b[i];                                                                  \
+            y[i] = EXPR;                                                                           \
+        }                                                                                          \
+    } else {                                                                                       \
+        for (int64_t i = 0; i < len; i++) {                                                        \
+            const float u = a[i * sa], v = b[i * sb];                                              \
+            y[i] = EXPR;                                                                           \
+        }                                                                                          \
     }
     switch (op) {
-    case QT_BIN_ADD: BIN_LOOPS(u + v) break;
-    case QT_BIN_SUB: BIN_LOOPS(u - v) break;
-    case QT_BIN_MUL: BIN_LOOPS(u * v) break;
-    case QT_BIN_DIV: BIN_LOOPS(u / v) break;
+    case QT_BIN_ADD:
+        BIN_LOOPS(u + v) break;
+    case QT_BIN_SUB:
+        BIN_LOOPS(u - v) break;
+    case QT_BIN_MUL:
+        BIN_LOOPS(u * v) break;
+    case QT_BIN_DIV:
+        BIN_LOOPS(u / v) break;
     }
 #undef BIN_LOOPS
 }
@@ -117,20 +126,22 @@ void binary_forward_cpu(float *y, const float *a, const float *b, enum qt_binop 
 }
 
 /* dx (= when acc is 0, += when 1) = dy where y > 0 (y is ReLU's output). */
-void relu_backward_cpu(float *dx, const float *dy, const float *y, int64_t n, int acc)
+QT_CPU_CLONES void relu_backward_cpu(float *dx, const float *dy, const float *y, int64_t n, int acc)
 {
     if (acc) {
 #pragma omp parallel for simd schedule(static) if (n > EW_PAR_MIN)
-        for (int64_t i = 0; i < n; i++) dx[i] += y[i] > 0.0f ? dy[i] : 0.0f;
+        for (int64_t i = 0; i < n; i++)
+            dx[i] += y[i] > 0.0f ? dy[i] : 0.0f;
     } else {
 #pragma omp parallel for simd schedule(static) if (n > EW_PAR_MIN)
-        for (int64_t i = 0; i < n; i++) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+        for (int64_t i = 0; i < n; i++)
+            dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
     }
 }
 
 /* dx (= or += when acc) = dy where lo <= x <= hi (torch.clamp's convention). */
-void clip_backward_cpu(float *dx, const float *dy, const float *x, float lo, float hi, int64_t n,
-                       int acc)
+QT_CPU_CLONES void clip_backward_cpu(float *dx, const float *dy, const float *x, float lo, float hi,
+                                     int64_t n, int acc)
 {
 #pragma omp parallel for simd schedule(static) if (n > EW_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
@@ -145,10 +156,19 @@ static inline void binary_partials(enum qt_binop op, float u, float v, float *du
     *du = 1.0f;
     *dv = 1.0f;
     switch (op) {
-    case QT_BIN_ADD: break;
-    case QT_BIN_SUB: *dv = -1.0f; break;
-    case QT_BIN_MUL: *du = v; *dv = u; break;
-    case QT_BIN_DIV: *du = 1.0f / v; *dv = -u / (v * v); break;
+    case QT_BIN_ADD:
+        break;
+    case QT_BIN_SUB:
+        *dv = -1.0f;
+        break;
+    case QT_BIN_MUL:
+        *du = v;
+        *dv = u;
+        break;
+    case QT_BIN_DIV:
+        *du = 1.0f / v;
+        *dv = -u / (v * v);
+        break;
     }
 }
 
@@ -156,7 +176,8 @@ static inline void binary_partials(enum qt_binop op, float u, float v, float *du
 static int64_t operand_span(const int64_t *shape, const int64_t *s, int ndim)
 {
     int64_t last = 0;
-    for (int i = 0; i < ndim; i++) last += (shape[i] - 1) * s[i];
+    for (int i = 0; i < ndim; i++)
+        last += (shape[i] - 1) * s[i];
     return last + 1;
 }
 
@@ -173,12 +194,14 @@ static int contiguous(const int64_t *shape, const int64_t *s, int ndim)
 /* Gradients of y = a op b: da and db (either may be NULL) receive dy times the partial
  * derivative, summed over the dimensions where the operand was broadcast. Each is assigned
  * (=) when its acc flag is 0 and accumulated (+=) when 1. */
-void binary_backward_cpu(float *da, float *db, const float *dy, const float *a, const float *b,
-                         enum qt_binop op, const int64_t *shape, const int64_t *sa,
-                         const int64_t *sb, int ndim, int acc_a, int acc_b)
+QT_CPU_CLONES void binary_backward_cpu(float *da, float *db, const float *dy, const float *a,
+                                       const float *b, enum qt_binop op, const int64_t *shape,
+                                       const int64_t *sa, const int64_t *sb, int ndim, int acc_a,
+                                       int acc_b)
 {
     int64_t total = 1;
-    for (int i = 0; i < ndim; i++) total *= shape[i];
+    for (int i = 0; i < ndim; i++)
+        total *= shape[i];
     if (total <= 0) return;
     if (contiguous(shape, sa, ndim) && contiguous(shape, sb, ndim)) {
 #pragma omp parallel for schedule(static) if (total > EW_PAR_MIN)
@@ -192,9 +215,11 @@ void binary_backward_cpu(float *da, float *db, const float *dy, const float *a, 
     }
     /* Broadcast: one pass in output order, reducing into the operands. */
     if (da && !acc_a)
-        for (int64_t i = 0, n = operand_span(shape, sa, ndim); i < n; i++) da[i] = 0.0f;
+        for (int64_t i = 0, n = operand_span(shape, sa, ndim); i < n; i++)
+            da[i] = 0.0f;
     if (db && !acc_b)
-        for (int64_t i = 0, n = operand_span(shape, sb, ndim); i < n; i++) db[i] = 0.0f;
+        for (int64_t i = 0, n = operand_span(shape, sb, ndim); i < n; i++)
+            db[i] = 0.0f;
     int64_t idx[16] = {0};
     for (int64_t i = 0; i < total; i++) {
         int64_t ia = 0, ib = 0;

@@ -4,10 +4,11 @@
 #include <string.h>
 
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/dispatch.h"
 
-void gemm_forward_cpu(float *y, const float *a, const float *b, const float *c, int64_t m,
-                      int64_t n, int64_t k, int ta, int tb, float alpha, float beta, int64_t c_rs,
-                      int64_t c_cs)
+QT_CPU_CLONES void gemm_forward_cpu(float *y, const float *a, const float *b, const float *c,
+                                    int64_t m, int64_t n, int64_t k, int ta, int tb, float alpha,
+                                    float beta, int64_t c_rs, int64_t c_cs)
 {
     if (m <= 0 || n <= 0) return;
     const int use_c = c != NULL && beta != 0.0f;
@@ -19,9 +20,11 @@ void gemm_forward_cpu(float *y, const float *a, const float *b, const float *c, 
             float *yr = y + i * n;
             if (c_cs == 1) {
 #pragma omp simd
-                for (int64_t j = 0; j < n; j++) yr[j] = beta * cr[j];
+                for (int64_t j = 0; j < n; j++)
+                    yr[j] = beta * cr[j];
             } else {
-                for (int64_t j = 0; j < n; j++) yr[j] = beta * cr[j * c_cs];
+                for (int64_t j = 0; j < n; j++)
+                    yr[j] = beta * cr[j * c_cs];
             }
         }
     }
@@ -40,9 +43,9 @@ void gemm_forward_cpu(float *y, const float *a, const float *b, const float *c, 
  * elements. Any of da, db, dc may be NULL; each is assigned (=) when its acc flag is 0 and
  * accumulated (+=) when 1. */
 void gemm_backward_cpu(float *da, float *db, float *dc, const float *dy, const float *a,
-                       const float *b, int64_t m, int64_t n, int64_t k, int ta, int tb,
-                       float alpha, float beta, int64_t c_rs, int64_t c_cs, int64_t c_rows,
-                       int64_t c_cols, int acc_a, int acc_b, int acc_c)
+                       const float *b, int64_t m, int64_t n, int64_t k, int ta, int tb, float alpha,
+                       float beta, int64_t c_rs, int64_t c_cs, int64_t c_rows, int64_t c_cols,
+                       int acc_a, int acc_b, int acc_c)
 {
     const int lda = ta ? (int)m : (int)k, ldb = tb ? (int)k : (int)n;
     if (da && m > 0 && k > 0) {
@@ -63,8 +66,10 @@ void gemm_backward_cpu(float *da, float *db, float *dc, const float *dy, const f
     }
     if (dc) {
         if (!acc_c)
-            for (int64_t i = 0; i < c_rows * c_cols; i++) dc[i] = 0.0f;
+            for (int64_t i = 0; i < c_rows * c_cols; i++)
+                dc[i] = 0.0f;
         for (int64_t i = 0; i < m; i++)
-            for (int64_t j = 0; j < n; j++) dc[i * c_rs + j * c_cs] += beta * dy[i * n + j];
+            for (int64_t j = 0; j < n; j++)
+                dc[i * c_rs + j * c_cs] += beta * dy[i * n + j];
     }
 }

@@ -2,11 +2,9 @@
  * OpenMP iteration. */
 #include <math.h>
 #include <stdlib.h>
-#ifdef __AVX2__
-#include <immintrin.h>
-#endif
 
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/dispatch.h"
 
 /* Window geometry along one axis: output o covers inputs o * s - p + t * dil for taps
  * t in [0, k); only taps inside [0, n) are used. */
@@ -37,15 +35,8 @@ static void axes(struct axis *ah, struct axis *aw, const struct qt_conv2d_desc *
  * padded row on the stack. */
 #define POOL_ROW_MAX 4096
 
-#ifdef __AVX2__
-/* Even elements of s[0 .. 15]. */
-static inline __m256 even16(const float *s)
-{
-    __m256 a = _mm256_loadu_ps(s), b = _mm256_loadu_ps(s + 8);
-    __m256 e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
-    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
-}
-#endif
+/* Helpers of a cloned function (dispatch.h) are inlined into it, so each copy has its own. */
+#define POOL_INLINE __attribute__((always_inline)) static inline
 
 /* Length of the padded row: index u holds input column u - pl; the last window ends at
  * (ow - 1) * sw + (kw - 1) * dw. */
@@ -55,40 +46,42 @@ static inline int padded_row_len(const struct qt_conv2d_desc *d)
     return need > d->pl + d->w ? need : d->pl + d->w;
 }
 
+/* yr[ow] = max (is_max) or sum of t[ow * sw + j * dw] over taps j, one tap at a time over the
+ * whole row; called with a constant sw so that the strided loads vectorize. */
+POOL_INLINE void pool_row_taps(float *restrict yr, const float *restrict t, int OW, int sw, int dw,
+                               int kw, int is_max)
+{
+    for (int ow = 0; ow < OW; ow++)
+        yr[ow] = t[ow * sw];
+    for (int j = 1; j < kw; j++) {
+        const float *tj = t + j * dw;
+        if (is_max) {
+#pragma omp simd
+            for (int ow = 0; ow < OW; ow++)
+                yr[ow] = tj[ow * sw] > yr[ow] ? tj[ow * sw] : yr[ow];
+        } else {
+#pragma omp simd
+            for (int ow = 0; ow < OW; ow++)
+                yr[ow] += tj[ow * sw];
+        }
+    }
+}
+
 /* One output row from the padded row t (neutral values outside the input): yr[ow] is the
  * max (is_max) or sum of t[ow * sw + j * dw] over taps j. t has 16 readable slack floats. */
-static void pool_row_horizontal(float *yr, const float *t, const struct qt_conv2d_desc *d,
-                                int is_max)
+POOL_INLINE void pool_row_horizontal(float *yr, const float *t, const struct qt_conv2d_desc *d,
+                                     int is_max)
 {
     const int OW = d->ow, sw = d->sw, dw = d->dw, kw = d->kw;
     if (sw == 1) {
-        for (int ow = 0; ow < OW; ow++) yr[ow] = t[ow];
-        for (int j = 1; j < kw; j++) {
-            const float *tj = t + j * dw;
-            if (is_max) {
-#pragma omp simd
-                for (int ow = 0; ow < OW; ow++) yr[ow] = tj[ow] > yr[ow] ? tj[ow] : yr[ow];
-            } else {
-#pragma omp simd
-                for (int ow = 0; ow < OW; ow++) yr[ow] += tj[ow];
-            }
-        }
+        pool_row_taps(yr, t, OW, 1, dw, kw, is_max);
         return;
     }
-    int ow = 0;
-#ifdef __AVX2__
     if (sw == 2) {
-        for (; ow + 8 <= OW; ow += 8) {
-            __m256 acc = even16(t + 2 * ow);
-            for (int j = 1; j < kw; j++) {
-                const __m256 v = even16(t + 2 * ow + j * dw);
-                acc = is_max ? _mm256_max_ps(v, acc) : _mm256_add_ps(acc, v);
-            }
-            _mm256_storeu_ps(yr + ow, acc);
-        }
+        pool_row_taps(yr, t, OW, 2, dw, kw, is_max);
+        return;
     }
-#endif
-    for (; ow < OW; ow++) {
+    for (int ow = 0; ow < OW; ow++) {
         float acc = t[ow * sw];
         for (int j = 1; j < kw; j++) {
             const float v = t[ow * sw + j * dw];
@@ -100,32 +93,38 @@ static void pool_row_horizontal(float *yr, const float *t, const struct qt_conv2
 
 /* Max or sum (is_max = 0) pooling of one plane through a padded row: first the valid kernel
  * rows are reduced elementwise into the row, then the row is reduced across the window. */
-static void pool_plane_2pass(float *yp, const float *xp, const struct qt_conv2d_desc *d,
-                             const struct axis *ah, int is_max)
+POOL_INLINE void pool_plane_2pass(float *yp, const float *xp, const struct qt_conv2d_desc *d,
+                                  const struct axis *ah, int is_max)
 {
     float t[POOL_ROW_MAX + 16];
     const float neutral = is_max ? -INFINITY : 0.0f;
     const int W = d->w, pl = d->pl, len = padded_row_len(d);
-    for (int u = 0; u < pl; u++) t[u] = neutral;
-    for (int u = pl + W; u < len + 16; u++) t[u] = neutral;
+    for (int u = 0; u < pl; u++)
+        t[u] = neutral;
+    for (int u = pl + W; u < len + 16; u++)
+        t[u] = neutral;
     float *tm = t + pl;
     for (int oh = 0; oh < d->oh; oh++) {
         int i0, i1;
         axis_taps(ah, oh, &i0, &i1);
         const int ih0 = oh * d->sh - d->pt;
         if (i0 == i1) {
-            for (int q = 0; q < W; q++) tm[q] = neutral;
+            for (int q = 0; q < W; q++)
+                tm[q] = neutral;
         } else {
             const float *r0 = xp + (int64_t)(ih0 + i0 * d->dh) * W;
-            for (int q = 0; q < W; q++) tm[q] = r0[q];
+            for (int q = 0; q < W; q++)
+                tm[q] = r0[q];
             for (int i = i0 + 1; i < i1; i++) {
                 const float *r = xp + (int64_t)(ih0 + i * d->dh) * W;
                 if (is_max) {
 #pragma omp simd
-                    for (int q = 0; q < W; q++) tm[q] = r[q] > tm[q] ? r[q] : tm[q];
+                    for (int q = 0; q < W; q++)
+                        tm[q] = r[q] > tm[q] ? r[q] : tm[q];
                 } else {
 #pragma omp simd
-                    for (int q = 0; q < W; q++) tm[q] += r[q];
+                    for (int q = 0; q < W; q++)
+                        tm[q] += r[q];
                 }
             }
         }
@@ -134,8 +133,8 @@ static void pool_plane_2pass(float *yp, const float *xp, const struct qt_conv2d_
 }
 
 /* Max or sum pooling of one plane, one window at a time (rows too long for the 2-pass path). */
-static void pool_plane_direct(float *yp, const float *xp, const struct qt_conv2d_desc *d,
-                              const struct axis *ah, const struct axis *aw, int is_max)
+POOL_INLINE void pool_plane_direct(float *yp, const float *xp, const struct qt_conv2d_desc *d,
+                                   const struct axis *ah, const struct axis *aw, int is_max)
 {
     for (int oh = 0; oh < d->oh; oh++) {
         int i0, i1;
@@ -157,7 +156,8 @@ static void pool_plane_direct(float *yp, const float *xp, const struct qt_conv2d
 }
 
 /* Max (is_max) or sum over every window of every plane. */
-static void pool_planes(float *y, const float *x, const struct qt_conv2d_desc *d, int is_max)
+QT_CPU_CLONES static void pool_planes(float *y, const float *x, const struct qt_conv2d_desc *d,
+                                      int is_max)
 {
     struct axis ah, aw;
     axes(&ah, &aw, d);
@@ -197,8 +197,8 @@ static int window_count(const struct axis *a, int o, int p1, int count_include_p
 /* Sums every window, then divides by the counted taps (window_count). With padding counted,
  * a window of a ceil-mode output that overhangs the end padding counts only the taps up to
  * it, as in ONNX Runtime and PyTorch. */
-void avgpool2d_forward_cpu(float *y, const float *x, const struct qt_conv2d_desc *d,
-                           int count_include_pad)
+QT_CPU_CLONES void avgpool2d_forward_cpu(float *y, const float *x, const struct qt_conv2d_desc *d,
+                                         int count_include_pad)
 {
     if (d->oh <= 0 || d->ow <= 0) return;
     pool_planes(y, x, d, 0);
@@ -221,7 +221,8 @@ void avgpool2d_forward_cpu(float *y, const float *x, const struct qt_conv2d_desc
         float *yp = y + p * ohw;
         if (inv) {
 #pragma omp simd
-            for (int64_t q = 0; q < ohw; q++) yp[q] *= inv[q];
+            for (int64_t q = 0; q < ohw; q++)
+                yp[q] *= inv[q];
             continue;
         }
         for (int oh = 0; oh < d->oh; oh++) {
@@ -235,7 +236,7 @@ void avgpool2d_forward_cpu(float *y, const float *x, const struct qt_conv2d_desc
     free(inv);
 }
 
-void global_avgpool_forward_cpu(float *y, const float *x, int64_t nc, int64_t hw)
+QT_CPU_CLONES void global_avgpool_forward_cpu(float *y, const float *x, int64_t nc, int64_t hw)
 {
     const float inv = hw > 0 ? 1.0f / (float)hw : 0.0f;
 #pragma omp parallel for schedule(static) if (nc * hw > 32768)
@@ -243,7 +244,8 @@ void global_avgpool_forward_cpu(float *y, const float *x, int64_t nc, int64_t hw
         const float *xp = x + p * hw;
         float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-        for (int64_t q = 0; q < hw; q++) s += xp[q];
+        for (int64_t q = 0; q < hw; q++)
+            s += xp[q];
         y[p] = s * inv;
     }
 }
@@ -263,7 +265,8 @@ void maxpool2d_backward_cpu(float *dx, const float *dy, const float *x,
         float *dxp = dx + p * hw;
         const float *xp = x + p * hw, *dyp = dy + p * ohw;
         if (!acc)
-            for (int64_t i = 0; i < hw; i++) dxp[i] = 0.0f;
+            for (int64_t i = 0; i < hw; i++)
+                dxp[i] = 0.0f;
         for (int oh = 0; oh < d->oh; oh++) {
             int r0, r1;
             axis_taps(&ah, oh, &r0, &r1);
@@ -303,7 +306,8 @@ void avgpool2d_backward_cpu(float *dx, const float *dy, const struct qt_conv2d_d
         float *dxp = dx + p * hw;
         const float *dyp = dy + p * ohw;
         if (!acc)
-            for (int64_t i = 0; i < hw; i++) dxp[i] = 0.0f;
+            for (int64_t i = 0; i < hw; i++)
+                dxp[i] = 0.0f;
         for (int oh = 0; oh < d->oh; oh++) {
             int r0, r1;
             axis_taps(&ah, oh, &r0, &r1);
@@ -325,7 +329,8 @@ void avgpool2d_backward_cpu(float *dx, const float *dy, const struct qt_conv2d_d
 }
 
 /* dx[n,c,:] (= or += when acc) dy[n,c] / hw */
-void global_avgpool_backward_cpu(float *dx, const float *dy, int64_t nc, int64_t hw, int acc)
+QT_CPU_CLONES void global_avgpool_backward_cpu(float *dx, const float *dy, int64_t nc, int64_t hw,
+                                               int acc)
 {
     const float inv = hw > 0 ? 1.0f / (float)hw : 0.0f;
 #pragma omp parallel for schedule(static) if (nc * hw > 32768)
@@ -334,10 +339,12 @@ void global_avgpool_backward_cpu(float *dx, const float *dy, int64_t nc, int64_t
         float *dxp = dx + p * hw;
         if (acc) {
 #pragma omp simd
-            for (int64_t i = 0; i < hw; i++) dxp[i] += g;
+            for (int64_t i = 0; i < hw; i++)
+                dxp[i] += g;
         } else {
 #pragma omp simd
-            for (int64_t i = 0; i < hw; i++) dxp[i] = g;
+            for (int64_t i = 0; i < hw; i++)
+                dxp[i] = g;
         }
     }
 }

@@ -4,6 +4,7 @@
  * Loops are OpenMP-parallel over fixed blocks; reductions keep one double partial per block
  * and add them in block order (thread-count independent). */
 #include "kernels/cpu/quant.h"
+#include "kernels/cpu/dispatch.h"
 
 #include <float.h>
 #include <math.h>
@@ -81,7 +82,7 @@ static void chan_block(const struct chan_split *sp, int64_t b, int64_t *lo, int6
     }
 }
 
-void quant_weight_stats_cpu(float *mu, float *sigma, const float *w, int64_t n)
+QT_CPU_CLONES void quant_weight_stats_cpu(float *mu, float *sigma, const float *w, int64_t n)
 {
     const int64_t bs = block_size(n), nb = block_count(n, bs);
     double part[QMAX_BLOCKS];
@@ -279,9 +280,10 @@ QT_ALWAYS_INLINE double act_bwd_block(float *restrict da, const float *restrict 
     } break;                                                                                       \
     }
 
-void quant_weight_forward_cpu(float *wq, float *save_mu, float *save_sigma, const float *w,
-                              const float *alpha, int64_t nalpha, int standardize,
-                              const struct qt_apot_quantizer *qz, int64_t n)
+QT_CPU_CLONES void quant_weight_forward_cpu(float *wq, float *save_mu, float *save_sigma,
+                                            const float *w, const float *alpha, int64_t nalpha,
+                                            int standardize, const struct qt_apot_quantizer *qz,
+                                            int64_t n)
 {
     float mu = 0.0f, sigma = 1.0f;
     if (standardize) quant_weight_stats_cpu(&mu, &sigma, w, n);
@@ -295,15 +297,15 @@ void quant_weight_forward_cpu(float *wq, float *save_mu, float *save_sigma, cons
     for (int64_t b = 0; b < sp.nb; b++) {
         int64_t lo, hi;
         chan_block(&sp, b, &lo, &hi);
-        DISPATCH(qz->n, lv, th,
-                 weight_fwd_range(wq, w, mu, sigma, alpha, cs, lvs, ths, nl, lo, hi))
+        DISPATCH(qz->n, lv, th, weight_fwd_range(wq, w, mu, sigma, alpha, cs, lvs, ths, nl, lo, hi))
     }
 }
 
-void quant_weight_backward_cpu(float *dw, float *dalpha, const float *dwq, const float *w,
-                               const float *alpha, int64_t nalpha, const float *save_mu,
-                               const float *save_sigma, const struct qt_apot_quantizer *qz,
-                               int64_t n, int acc_w, int acc_alpha)
+QT_CPU_CLONES void quant_weight_backward_cpu(float *dw, float *dalpha, const float *dwq,
+                                             const float *w, const float *alpha, int64_t nalpha,
+                                             const float *save_mu, const float *save_sigma,
+                                             const struct qt_apot_quantizer *qz, int64_t n,
+                                             int acc_w, int acc_alpha)
 {
     if (n <= 0) {
         if (dalpha && !acc_alpha)
@@ -343,8 +345,8 @@ void quant_weight_backward_cpu(float *dw, float *dalpha, const float *dwq, const
     }
 }
 
-void quant_act_forward_cpu(float *aq, const float *a, const float *alpha,
-                           const struct qt_apot_quantizer *qz, int64_t n)
+QT_CPU_CLONES void quant_act_forward_cpu(float *aq, const float *a, const float *alpha,
+                                         const struct qt_apot_quantizer *qz, int64_t n)
 {
     const float al = *alpha;
     const float *lv = qz->levels, *th = qz->thr;
@@ -357,9 +359,10 @@ void quant_act_forward_cpu(float *aq, const float *a, const float *alpha,
     }
 }
 
-void quant_act_backward_cpu(float *da, float *dalpha, const float *daq, const float *a,
-                            const float *alpha, const struct qt_apot_quantizer *qz, int64_t n,
-                            int acc_a, int acc_alpha)
+QT_CPU_CLONES void quant_act_backward_cpu(float *da, float *dalpha, const float *daq,
+                                          const float *a, const float *alpha,
+                                          const struct qt_apot_quantizer *qz, int64_t n, int acc_a,
+                                          int acc_alpha)
 {
     const float al = *alpha;
     const float *lv = qz->levels, *th = qz->thr;
@@ -412,8 +415,8 @@ QT_ALWAYS_INLINE double mse_block(const float *restrict x, float alpha, const fl
 
 /* Fills err[k] with the error of alpha cand[k], k < nc; one candidate per thread at a time, each
  * summed whole in a fixed order (thread-count independent). */
-static void mse_errors(double *err, const float *cand, int nc, const float *x, int64_t n,
-                       const struct qt_apot_quantizer *qz)
+QT_CPU_CLONES static void mse_errors(double *err, const float *cand, int nc, const float *x,
+                                     int64_t n, const struct qt_apot_quantizer *qz)
 {
     const float *lv = qz->levels, *th = qz->thr;
     const int sg = qz->is_signed;
@@ -426,7 +429,8 @@ static void mse_errors(double *err, const float *cand, int nc, const float *x, i
     }
 }
 
-float quant_alpha_mse_cpu(const float *x, int64_t n, const struct qt_apot_quantizer *qz)
+QT_CPU_CLONES float quant_alpha_mse_cpu(const float *x, int64_t n,
+                                        const struct qt_apot_quantizer *qz)
 {
     const int sg = qz->is_signed;
     float m = 0.0f;
@@ -466,8 +470,7 @@ float quant_alpha_mse_cpu(const float *x, int64_t n, const struct qt_apot_quanti
         if (2 * j != QMSE_FINE) cand[nf++] = (float)(lo + step * j);
     mse_errors(err, cand, nf, x, n, qz);
     for (int j = 0; j < nf; j++)
-        if (cand[j] > 0.0f &&
-            (err[j] < best_err || (err[j] == best_err && cand[j] < best))) {
+        if (cand[j] > 0.0f && (err[j] < best_err || (err[j] == best_err && cand[j] < best))) {
             best_err = err[j];
             best = cand[j];
         }
@@ -484,7 +487,8 @@ int64_t quant_subsample_cpu(float *out, int64_t m, const float *x, int64_t n)
     return c;
 }
 
-void quant_int8_weight_forward_cpu(float *wq, float *save_m, const float *w, int abs_max, int64_t n)
+QT_CPU_CLONES void quant_int8_weight_forward_cpu(float *wq, float *save_m, const float *w,
+                                                 int abs_max, int64_t n)
 {
     const int64_t bs = block_size(n), nb = block_count(n, bs);
     float part[QMAX_BLOCKS];
@@ -526,7 +530,7 @@ void quant_int8_weight_forward_cpu(float *wq, float *save_m, const float *w, int
     }
 }
 
-void quant_int8_weight_backward_cpu(float *dw, const float *dwq, int64_t n, int acc)
+QT_CPU_CLONES void quant_int8_weight_backward_cpu(float *dw, const float *dwq, int64_t n, int acc)
 {
     if (!dw) return;
 #pragma omp parallel for simd schedule(static) if (n > 65536)

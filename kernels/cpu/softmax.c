@@ -3,8 +3,10 @@
 #include <math.h>
 
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/dispatch.h"
 
-void softmax_forward_cpu(float *y, const float *x, int64_t outer, int64_t axis, int64_t inner)
+QT_CPU_CLONES void softmax_forward_cpu(float *y, const float *x, int64_t outer, int64_t axis,
+                                       int64_t inner)
 {
     if (axis <= 0) return;
     if (inner == 1) {
@@ -13,7 +15,8 @@ void softmax_forward_cpu(float *y, const float *x, int64_t outer, int64_t axis, 
             const float *xr = x + o * axis;
             float *yr = y + o * axis;
             float m = xr[0];
-            for (int64_t i = 1; i < axis; i++) m = xr[i] > m ? xr[i] : m;
+            for (int64_t i = 1; i < axis; i++)
+                m = xr[i] > m ? xr[i] : m;
             double s = 0.0;
             for (int64_t i = 0; i < axis; i++) {
                 yr[i] = expf(xr[i] - m);
@@ -21,7 +24,8 @@ void softmax_forward_cpu(float *y, const float *x, int64_t outer, int64_t axis, 
             }
             const float inv = (float)(1.0 / s);
 #pragma omp simd
-            for (int64_t i = 0; i < axis; i++) yr[i] *= inv;
+            for (int64_t i = 0; i < axis; i++)
+                yr[i] *= inv;
         }
         return;
     }
@@ -40,7 +44,8 @@ void softmax_forward_cpu(float *y, const float *x, int64_t outer, int64_t axis, 
             for (int64_t i = 1; i < axis; i++) {
                 const float *xr = xo + i * inner + j0;
 #pragma omp simd
-                for (int64_t j = 0; j < nj; j++) m[j] = xr[j] > m[j] ? xr[j] : m[j];
+                for (int64_t j = 0; j < nj; j++)
+                    m[j] = xr[j] > m[j] ? xr[j] : m[j];
             }
             for (int64_t i = 0; i < axis; i++) {
                 const float *xr = xo + i * inner + j0;
@@ -50,11 +55,13 @@ void softmax_forward_cpu(float *y, const float *x, int64_t outer, int64_t axis, 
                     s[j] += yr[j];
                 }
             }
-            for (int64_t j = 0; j < nj; j++) s[j] = 1.0f / s[j];
+            for (int64_t j = 0; j < nj; j++)
+                s[j] = 1.0f / s[j];
             for (int64_t i = 0; i < axis; i++) {
                 float *yr = yo + i * inner + j0;
 #pragma omp simd
-                for (int64_t j = 0; j < nj; j++) yr[j] *= s[j];
+                for (int64_t j = 0; j < nj; j++)
+                    yr[j] *= s[j];
             }
         }
     }
