@@ -3,6 +3,7 @@
 #include "npy.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,4 +183,29 @@ int qt_npy_write(const char *path, const struct qt_tensor *t, struct qt_error *e
     }
     if (fclose(f) != 0) ok = 0;
     return ok ? 0 : qt_err(e, "cannot write '%s'", path);
+}
+
+int qt_npy_check_finite(const struct qt_tensor *t, const char *what, struct qt_error *e)
+{
+    if (t->dtype != QT_F32) return 0;
+    const float *v = t->data;
+    int64_t n = qt_shape_numel(&t->shape);
+    for (int64_t i = 0; i < n; i++) {
+        if (isfinite(v[i])) continue;
+        char at[160];
+        int k = snprintf(at, sizeof at, "[");
+        int64_t rest = i, stride = n;
+        for (int d = 0; d < t->shape.ndim && k < (int)sizeof at - 24; d++) {
+            stride = t->shape.d[d] ? stride / t->shape.d[d] : 1;
+            k += snprintf(at + k, sizeof at - k, "%s%lld", d ? ", " : "",
+                          (long long)(stride ? rest / stride : 0));
+            rest = stride ? rest % stride : 0;
+        }
+        snprintf(at + k, sizeof at - k, "]");
+        return qt_err(e, "'%s': element %s is %s; inputs must be finite numbers", what, at,
+                      isnan(v[i]) ? "NaN"
+                      : v[i] > 0  ? "inf"
+                                  : "-inf");
+    }
+    return 0;
 }

@@ -24,6 +24,10 @@ int cmd_run(int argc, char **argv)
     struct qt_error e;
     struct qt_tensor *x = qt_npy_read(inp, &e);
     if (!x) return cli_fail("%s", e.msg);
+    if (qt_npy_check_finite(x, inp, &e)) {
+        qt_tensor_free(x);
+        return cli_fail("run: %s", e.msg);
+    }
     struct qt_graph *g = cli_load_model(path, 1);
     if (!g) {
         qt_tensor_free(x);

@@ -456,6 +456,19 @@ def test_minus_inf_pad_before_maxpool_loads(qtune, tmp_path):
 
 
 @pytest.mark.badinput
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_npy_input_refused(qtune, model28, tmp_path, value):
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    x[1, 0, 3, 4] = value
+    xp = str(tmp_path / "x.npy")
+    np.save(xp, x)
+    yp = str(tmp_path / "y.npy")
+    qtune("run", model28, "--input", xp, "--output", yp).check_error(
+        xp, "[1, 0, 3, 4]", "NaN" if np.isnan(value) else "inf")
+    assert not os.path.exists(yp)
+
+
+@pytest.mark.badinput
 @pytest.mark.parametrize("mean,std,needle", [
     ("0.5", "0", "std"), ("0.5", "-1", "std"), ("0.5", "nan", "std"), ("0.5", "inf", "std"),
     ("nan", "0.3", "mean"), ("inf", "0.3", "mean"), ("-inf", "0.3", "mean")])
