@@ -24,8 +24,8 @@ LDLIBS  := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -ldnnl -lprotobuf-c -
 LDFLAGS += -fopenmp $(LDSAN)
 
 GEN_C   := $(BUILD)/gen/onnx/onnx.pb-c.c
-LIB_SRC := $(wildcard graph/*.c onnx/*.c passes/*.c runtime/*.c runtime/data/*.c \
-                      kernels/common/*.c kernels/cpu/*.c)
+LIB_SRC := $(wildcard util/*.c graph/*.c onnx/*.c passes/*.c runtime/*.c runtime/data/*.c \
+                      kernels/common/*.c kernels/cpu/*.c kernels/ref/*.c)
 CLI_SRC := $(wildcard tools/*.c)
 TEST_SRC := $(wildcard tests/unit/*.c tests/onnx_node/*.c)
 
@@ -68,6 +68,10 @@ $(BUILD)/qtune-tests: $(TEST_OBJ) $(BUILD)/libqtune.a
 test: all
 	tests/run.sh
 
+# Every op description on every backend built and usable here, against the ref backend.
+test-backends: $(BUILD)/qtune-tests
+	$(BUILD)/qtune-tests backends_
+
 # libFuzzer targets (clang, AddressSanitizer + UndefinedBehaviorSanitizer, every report
 # fatal): build-fuzz/fuzz_<target>, one per reader; scripts/fuzz.sh runs them.
 FUZZ_DIR     := build-fuzz
@@ -105,7 +109,7 @@ $(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(FUZZ_DIR)/lib
 clean:
 	rm -rf build build-san build-fuzz
 
-.PHONY: all info test clean fuzz
+.PHONY: all info test test-backends clean fuzz
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 -include $(shell find $(FUZZ_DIR)/obj -name '*.d' 2>/dev/null)

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../util/rng.h"
 #include "schema.h"
 
 #define NAME_MAX_LEN 256
@@ -240,82 +241,18 @@ int qt_builder_gemm(struct qt_graph *g, const char *name, int x, int64_t nout,
     return finish(g, ni, e);
 }
 
-/* ---- random numbers: xoshiro256** seeded through splitmix64, normals by Box-Muller ---- */
-
-struct rng {
-    uint64_t s[4];
-    int has_spare;
-    double spare;
-};
-
-static uint64_t splitmix64_next(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static uint64_t rotl64(uint64_t x, int k)
-{
-    return (x << k) | (x >> (64 - k));
-}
-
-static void rng_seed(struct rng *r, uint64_t seed)
-{
-    uint64_t st = seed;
-    for (int i = 0; i < 4; i++) r->s[i] = splitmix64_next(&st);
-    r->has_spare = 0;
-    r->spare = 0;
-}
-
-static uint64_t rng_next(struct rng *r)
-{
-    uint64_t *s = r->s;
-    uint64_t out = rotl64(s[1] * 5, 7) * 9;
-    uint64_t t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl64(s[3], 45);
-    return out;
-}
-
-/* Uniform in [0, 1) with 53 random bits. */
-static double rng_uniform(struct rng *r)
-{
-    return (double)(rng_next(r) >> 11) * (1.0 / 9007199254740992.0);
-}
-
-/* Standard normal; each Box-Muller draw yields two values, the second is kept. */
-static double rng_normal(struct rng *r)
-{
-    if (r->has_spare) {
-        r->has_spare = 0;
-        return r->spare;
-    }
-    double u1 = 1.0 - rng_uniform(r); /* (0, 1]: log stays finite */
-    double u2 = rng_uniform(r);
-    double rad = sqrt(-2.0 * log(u1)), th = 2.0 * M_PI * u2;
-    r->spare = rad * sin(th);
-    r->has_spare = 1;
-    return rad * cos(th);
-}
-
-static void fill_normal(struct qt_tensor *t, double std, struct rng *r)
+static void fill_normal(struct qt_tensor *t, double std, struct qt_normal *r)
 {
     float *p = t->data;
     int64_t n = qt_shape_numel(&t->shape);
-    for (int64_t i = 0; i < n; i++) p[i] = (float)(std * rng_normal(r));
+    for (int64_t i = 0; i < n; i++) p[i] = (float)(std * qt_normal_next(r));
 }
 
-static void fill_uniform(struct qt_tensor *t, double bound, struct rng *r)
+static void fill_uniform(struct qt_tensor *t, double bound, struct qt_normal *r)
 {
     float *p = t->data;
     int64_t n = qt_shape_numel(&t->shape);
-    for (int64_t i = 0; i < n; i++) p[i] = (float)(bound * (2.0 * rng_uniform(r) - 1.0));
+    for (int64_t i = 0; i < n; i++) p[i] = (float)(bound * (2.0 * qt_rng_uniform(&r->r) - 1.0));
 }
 
 /* ---- ResNets ---- */
@@ -360,8 +297,8 @@ static int stage(struct qt_graph *g, int idx, int x, int nblocks, int64_t cout, 
 /* Draws every Conv and Gemm weight (and Gemm bias) in node order. */
 static void init_weights(struct qt_graph *g, int conv_fan_out, uint64_t seed)
 {
-    struct rng r;
-    rng_seed(&r, seed);
+    struct qt_normal r;
+    qt_normal_seed(&r, seed);
     for (int i = 0; i < g->nnodes; i++) {
         const struct qt_node *n = &g->nodes[i];
         if (n->op == QT_OP_CONV) {

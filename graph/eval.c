@@ -16,9 +16,30 @@ int qt_eval_handles(const struct qt_node *n, enum qt_dtype in0)
         return 1;
     case QT_OP_ADD: case QT_OP_SUB: case QT_OP_MUL: case QT_OP_DIV:
         return in0 == QT_I64 || in0 == QT_I32 || in0 == QT_F32;
+    case QT_OP_CLIP:
+        return in0 == QT_F32;
     default:
         return 0;
     }
+}
+
+/* Clip of a float tensor; bounds from the attributes (opset < 11) or the optional scalar
+ * inputs 1 and 2 (run-time values: the executor lowers constant bounds itself). */
+static int eval_clip(const struct qt_node *n, const struct qt_tensor **in, struct qt_tensor *o,
+                     struct qt_error *e)
+{
+    if (in[0]->dtype != QT_F32)
+        return qt_err(e, "Clip node '%s': only float tensors are evaluated here", n->name);
+    float lo = qt_node_float(n, "min", -INFINITY), hi = qt_node_float(n, "max", INFINITY);
+    if (n->nin > 1 && in[1] && qt_shape_numel(&in[1]->shape) > 0) lo = (float)qt_tensor_get_f(in[1], 0);
+    if (n->nin > 2 && in[2] && qt_shape_numel(&in[2]->shape) > 0) hi = (float)qt_tensor_get_f(in[2], 0);
+    const float *x = in[0]->data;
+    float *y = o->data;
+    for (int64_t i = 0; i < qt_shape_numel(&in[0]->shape); i++) {
+        const float v = x[i] < lo ? lo : x[i];
+        y[i] = v > hi ? hi : v; /* NaN passes through, as min(max(x, lo), hi) in ONNX */
+    }
+    return 0;
 }
 
 static void set_f(struct qt_tensor *t, int64_t i, double v)
@@ -45,26 +66,12 @@ static void set_i(struct qt_tensor *t, int64_t i, int64_t v)
     else set_f(t, i, (double)v);
 }
 
-/* Element strides of `s` broadcast over `o` (0 where broadcast). */
-static void bcast_strides(int64_t *st, const struct qt_shape *s, const struct qt_shape *o)
-{
-    int64_t acc = 1;
-    for (int i = o->ndim - 1; i >= 0; i--) {
-        int k = i - (o->ndim - s->ndim);
-        if (k < 0 || s->d[k] == 1) st[i] = 0;
-        else {
-            st[i] = acc;
-            acc *= s->d[k];
-        }
-    }
-}
-
 static int eval_binary(const struct qt_node *n, const struct qt_tensor **in, struct qt_tensor *o,
                        struct qt_error *e)
 {
     int64_t sa[QT_MAX_DIMS], sb[QT_MAX_DIMS], idx[QT_MAX_DIMS] = {0};
-    bcast_strides(sa, &in[0]->shape, &o->shape);
-    bcast_strides(sb, &in[1]->shape, &o->shape);
+    qt_broadcast_strides(sa, &in[0]->shape, &o->shape);
+    qt_broadcast_strides(sb, &in[1]->shape, &o->shape);
     int64_t total = qt_shape_numel(&o->shape);
     int r = o->shape.ndim;
     int isint = o->dtype != QT_F32 && o->dtype != QT_F64;
@@ -251,6 +258,8 @@ int qt_eval_node(const struct qt_node *n, const struct qt_tensor **in, struct qt
         return 0;
     case QT_OP_ADD: case QT_OP_SUB: case QT_OP_MUL: case QT_OP_DIV:
         return eval_binary(n, in, out[0], e);
+    case QT_OP_CLIP:
+        return eval_clip(n, in, out[0], e);
     default:
         return qt_err(e, "%s node '%s': no reference evaluation for this op", qt_op_name(n->op), n->name);
     }

@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "error.h"
+#include "../util/error.h"
 
 /* Element types, numbered as ONNX's TensorProto.DataType. */
 enum qt_dtype {

@@ -184,6 +184,20 @@ static int infer_dropout(struct qt_infer_ctx *c, struct qt_error *e)
     return 0;
 }
 
+void qt_broadcast_strides(int64_t *st, const struct qt_shape *s, const struct qt_shape *o)
+{
+    int64_t acc = 1;
+    for (int i = o->ndim - 1; i >= 0; i--) {
+        const int k = i - (o->ndim - s->ndim);
+        if (k < 0 || s->d[k] == 1) {
+            st[i] = 0;
+        } else {
+            st[i] = acc;
+            acc *= s->d[k];
+        }
+    }
+}
+
 int qt_broadcast_shape(struct qt_shape *out, const struct qt_shape *a, const struct qt_shape *b)
 {
     int r = a->ndim > b->ndim ? a->ndim : b->ndim;

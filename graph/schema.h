@@ -45,6 +45,9 @@ int qt_graph_verify(const struct qt_graph *g, struct qt_error *e);
 
 /* Numpy-style broadcast of two shapes; -1 when they do not broadcast. */
 int qt_broadcast_shape(struct qt_shape *out, const struct qt_shape *a, const struct qt_shape *b);
+/* Element strides of a tensor of shape s read over the broadcast shape o (0 where s
+ * broadcasts): st has o->ndim entries. */
+void qt_broadcast_strides(int64_t *st, const struct qt_shape *s, const struct qt_shape *o);
 
 /* Parsed attributes shared by shape inference and the kernels' dispatch. */
 struct qt_conv_attrs {

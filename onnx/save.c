@@ -6,7 +6,7 @@
 
 #include "onnx.h"
 #include "../graph/schema.h"
-#include "../graph/fileio.h"
+#include "../util/fileio.h"
 #include "tensor_proto.h"
 
 /* All allocations made for one save, freed together. */

@@ -1,12 +1,15 @@
-/* The backend interface: one struct of function pointers per device. The executor calls it
- * with graph nodes and tensors whose data live in the backend's memory. */
+/* The backend interface: one struct of function pointers per device. Backends receive op
+ * descriptions (kernels/common/desc.h, made by runtime/lower.c) and buffers in their own
+ * memory; they never see the graph, and the host never reads their memory except through
+ * download. */
 #ifndef QT_BACKEND_H
 #define QT_BACKEND_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../graph/graph.h"
+#include "../kernels/common/desc.h"
+#include "../util/error.h"
 
 /* ---- Inference fast path (qt_exec_forward) ----
  * Layouts: during inference a tensor in backend memory may hold its elements in an order of
@@ -16,86 +19,93 @@
 
 #define QT_MAX_POST 4
 
-/* An elementwise node run inside the kernel of the node before it (its only reader). */
+/* An elementwise op run inside the kernel of the op before it (its only reader). */
 struct qt_post {
-    const struct qt_node *node;
-    const struct qt_tensor *other; /* the node's other input (binary ops), else NULL */
-    int other_layout;              /* its layout: any layout of the backend */
+    const struct qt_op_desc *d;
+    const float *other; /* the op's other input (binary ops), else NULL */
+    int other_layout;   /* its layout: any layout of the backend */
 };
 
-/* One inference step: a node, with the nodes fused after it. */
+/* One inference step: an op, with the ops fused after it. */
 struct qt_step {
-    const struct qt_node *node;
-    const struct qt_tensor **in; /* the node's inputs */
-    const int *in_layout;        /* their layouts (non-zero only where reads_layout said so) */
-    /* The node's outputs, allocated with their inferred shapes; with posts, out[0] is the
-     * output of the last post node and may be the storage of a post's other operand (which
-     * nothing reads afterwards). */
-    struct qt_tensor **out;
-    int *out_layout;             /* set by forward_infer: the layout of each output */
+    const struct qt_op_desc *d;
+    const float *const *in; /* the op's inputs (NULL where omitted) */
+    const int *in_layout;   /* their layouts (non-zero only where reads_layout said so) */
+    /* The outputs; with posts, out[0] receives the result of the last post and may be the
+     * storage of a post's other operand (which nothing reads afterwards). */
+    float *const *out;
+    int *out_layout; /* set by forward_infer: the layout of each output */
     struct qt_post post[QT_MAX_POST];
     int npost;
-    float *ws;                   /* the node's workspace (workspace()) */
+    float *ws; /* the op's workspace (workspace()) */
 };
 
 struct qt_backend {
     const char *name;
     void *(*alloc)(struct qt_backend *b, size_t bytes);
     void (*release)(struct qt_backend *b, void *p);
-    /* Copies between host memory and the backend's memory. */
+    /* Copies between host memory and the backend's memory, and within backend memory. */
     int (*upload)(struct qt_backend *b, void *dst, const void *src, size_t bytes);
     int (*download)(struct qt_backend *b, void *dst, const void *src, size_t bytes);
-    /* Whether the backend computes node n (given its inputs' dtypes); ops it does not take
-     * run through the host reference evaluator. */
-    int (*supports)(struct qt_backend *b, const struct qt_graph *g, const struct qt_node *n,
-                    const struct qt_tensor **in);
-    /* Scratch floats node n needs for these input shapes. */
-    int64_t (*workspace)(struct qt_backend *b, const struct qt_graph *g, const struct qt_node *n,
-                         const struct qt_tensor **in, struct qt_tensor **out);
-    /* Computes out[] (already allocated with inferred shapes) from in[]. */
-    int (*forward)(struct qt_backend *b, const struct qt_graph *g, const struct qt_node *n,
-                   const struct qt_tensor **in, struct qt_tensor **out, float *ws,
-                   struct qt_error *e);
-    /* Training. Floats node n keeps between its training forward and its backward
-     * (BatchNorm's batch mean and inverse std, for instance). */
-    int64_t (*aux_floats)(struct qt_backend *b, const struct qt_graph *g, const struct qt_node *n,
-                          const struct qt_tensor **in);
+    /* Whether the backend computes op d; the executor refuses the graph otherwise. */
+    int (*supports)(struct qt_backend *b, const struct qt_op_desc *d);
+    /* Scratch floats op d needs. */
+    int64_t (*workspace)(struct qt_backend *b, const struct qt_op_desc *d);
+    /* out[] = op(in[]); absent optional inputs and unwanted outputs are NULL. */
+    int (*forward)(struct qt_backend *b, const struct qt_op_desc *d, const float *const *in,
+                   float *const *out, float *ws, struct qt_error *e);
+    /* Training. Floats op d keeps between its training forward and its backward (BatchNorm's
+     * batch mean and inverse std, a weight quantizer's mean and std). */
+    int64_t (*aux_floats)(struct qt_backend *b, const struct qt_op_desc *d);
     /* Forward in training mode: BatchNorm uses batch statistics and updates its running
-     * statistics (the node's inputs 3 and 4) in place; aux receives what backward needs. */
-    int (*forward_train)(struct qt_backend *b, const struct qt_graph *g, const struct qt_node *n,
-                         const struct qt_tensor **in, struct qt_tensor **out, float *aux,
-                         float *ws, struct qt_error *e);
-    /* Gradients of the node's inputs from those of its outputs. din[k] is NULL where no
+     * statistics (inputs 3 and 4, backend buffers) in place; aux receives what backward needs. */
+    int (*forward_train)(struct qt_backend *b, const struct qt_op_desc *d, const float *const *in,
+                         float *const *out, float *aux, float *ws, struct qt_error *e);
+    /* Gradients of the op's inputs from those of its outputs. din[k] is NULL where no
      * gradient is wanted; it is assigned (=) when acc[k] is 0 and accumulated (+=) when 1. */
-    int (*backward)(struct qt_backend *b, const struct qt_graph *g, const struct qt_node *n,
-                    const struct qt_tensor **in, const struct qt_tensor **out,
-                    const struct qt_tensor **dout, struct qt_tensor **din, const int *acc,
-                    const float *aux, float *ws, struct qt_error *e);
-    /* One SGD step on n parameters in backend memory (PyTorch's rule; see sgd_update_cpu). */
-    void (*sgd_update)(struct qt_backend *b, float *p, float *buf, const float *grad, int64_t n,
-                       float lr, float momentum, float wd, int nesterov, int first);
+    int (*backward)(struct qt_backend *b, const struct qt_op_desc *d, const float *const *in,
+                    const float *const *out, const float *const *dout, float *const *din,
+                    const int *acc, const float *aux, float *ws, struct qt_error *e);
+    /* Loss of a classifier batch, with logits [n, k] and labels (int32) in backend memory:
+     * stats (backend memory, QT_XENT_STATS doubles) receives the summed loss and the counts
+     * of desc.h; dlogits (may be NULL) the gradient of scale * loss. See softmax_xent_cpu. */
+    int (*xent)(struct qt_backend *b, float *dlogits, double *stats, const float *logits,
+                const int32_t *labels, int64_t n, int64_t k, float smoothing, float scale,
+                struct qt_error *e);
+    /* One optimizer step over every parameter p[0..np) (pointers into backend memory). */
+    int (*sgd_step)(struct qt_backend *b, const struct qt_sgd_desc *d, const struct qt_sgd_param *p,
+                    int np, struct qt_error *e);
     /* Inference fast path: reads_layout, forward_infer and to_plain come together (all NULL:
      * qt_exec_forward runs forward on plain tensors); can_fuse may be NULL (nothing fused).
-     * Whether node n's kernel can also compute post[0..npost), each the only reader of the
-     * result before it (asked with one more node at a time). */
-    int (*can_fuse)(struct qt_backend *b, const struct qt_graph *g, const struct qt_node *n,
-                    const struct qt_node *const *post, int npost);
-    /* Whether forward_infer reads input k of node n (inputs in[], in layouts layout[]) in
-     * layout[k] as it is; the executor converts it to plain first otherwise. */
-    int (*reads_layout)(struct qt_backend *b, const struct qt_graph *g, const struct qt_node *n,
-                        const struct qt_tensor **in, const int *layout, int k);
-    /* Computes step s (a node the backend supports, with posts it accepted in can_fuse). */
-    int (*forward_infer)(struct qt_backend *b, const struct qt_graph *g, const struct qt_step *s,
-                         struct qt_error *e);
-    /* dst (plain, t->nbytes bytes in backend memory) = t, held in layout (> 0). */
-    int (*to_plain)(struct qt_backend *b, void *dst, const struct qt_tensor *t, int layout,
-                    struct qt_error *e);
+     * Whether op head's kernel can also compute post[0..npost), each the only reader of the
+     * result before it (descriptions from qt_lower_static, asked with one more at a time). */
+    int (*can_fuse)(struct qt_backend *b, const struct qt_op_desc *head,
+                    const struct qt_op_desc *const *post, int npost);
+    /* Whether forward_infer reads input k of op d (inputs in layouts layout[]) in layout[k]
+     * as it is; the executor converts it to plain first otherwise. */
+    int (*reads_layout)(struct qt_backend *b, const struct qt_op_desc *d, const int *layout, int k);
+    /* Computes step s (an op the backend supports, with posts it accepted in can_fuse). */
+    int (*forward_infer)(struct qt_backend *b, const struct qt_step *s, struct qt_error *e);
+    /* dst (plain, in backend memory) = src, an activation of dims [n, c, h, w] in layout (> 0). */
+    int (*to_plain)(struct qt_backend *b, float *dst, const float *src, const int64_t dims[4],
+                    int layout, struct qt_error *e);
     int (*sync)(struct qt_backend *b, struct qt_error *e);
     void (*destroy)(struct qt_backend *b);
     void *impl;
 };
 
-/* The CPU backend (always available). threads <= 0 keeps OpenMP's default. */
+/* The one factory: "cpu", "ref", or "auto" (the fastest backend built and usable here).
+ * threads <= 0 keeps OpenMP's default. NULL with a message naming the device on failure. */
+struct qt_backend *qt_backend_new(const char *device, int threads, struct qt_error *e);
+/* Devices the factory knows, for messages: "auto|cpu|ref". */
+const char *qt_backend_devices(void);
+
+/* The backends (runtime/backend_*.c), created through the factory. */
 struct qt_backend *qt_backend_cpu_new(int threads);
+struct qt_backend *qt_backend_ref_new(void);
+/* Download calls made on the ref backend b since its creation or the last reset (the host
+ * reads of its memory); -1 when b is not a ref backend. */
+int64_t qt_backend_ref_downloads(const struct qt_backend *b);
+void qt_backend_ref_reset_downloads(struct qt_backend *b);
 
 #endif

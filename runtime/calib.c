@@ -12,7 +12,7 @@
 #include "exec.h"
 #include "loops.h"
 #include "quantizer.h"
-#include "rng.h"
+#include "../util/rng.h"
 
 static double now(void)
 {
@@ -68,11 +68,11 @@ static void feed_close(struct feed *f)
 }
 
 /* Per-channel sums of x ([N, C, ...]) into s1, s2 (double). */
-static void channel_sums(const struct qt_tensor *t, double *s1, double *s2)
+/* Per-channel sums of t's values (d: its data read back to the host). */
+static void channel_sums(const struct qt_tensor *t, const float *d, double *s1, double *s2)
 {
     int64_t nb = t->shape.d[0], ch = t->shape.d[1];
     int64_t hw = (nb * ch) != 0 ? qt_shape_numel(&t->shape) / (nb * ch) : 0;
-    const float *d = t->data;
     for (int64_t c = 0; c < ch; c++) {
         double a = 0, q = 0;
         for (int64_t i = 0; i < nb; i++) {
@@ -95,6 +95,8 @@ int qt_calib_bn_from_data(struct qt_graph *g, struct qt_backend *b, const struct
     if (feed_open(&f, g, ds, c, e)) return -1;
     struct qt_exec *x = qt_exec_new(g, b, e);
     int rc = -1;
+    float *host = NULL;
+    int64_t hcap = 0;
     double **s1 = calloc(n, sizeof *s1), **s2 = calloc(n, sizeof *s2);
     int64_t *cnt = calloc(n, sizeof *cnt);
     if (!x) goto out;
@@ -116,7 +118,18 @@ int qt_calib_bn_from_data(struct qt_graph *g, struct qt_backend *b, const struct
                 qt_err(e, "calibration: the input of '%s' was not kept", nd->name);
                 goto out;
             }
-            channel_sums(t, s1[j], s2[j]);
+            const int64_t numel = qt_shape_numel(&t->shape);
+            if (numel > hcap) {
+                free(host);
+                host = malloc(sizeof(float) * numel);
+                hcap = host ? numel : 0;
+                if (!host) {
+                    qt_err(e, "calibration: out of memory");
+                    goto out;
+                }
+            }
+            if (qt_exec_read(x, t->data, host, numel, e)) goto out;
+            channel_sums(t, host, s1[j], s2[j]);
             cnt[j] += qt_shape_numel(&t->shape) / t->shape.d[1];
         }
     }
@@ -147,6 +160,7 @@ out:
     free(s1);
     free(s2);
     free(cnt);
+    free(host);
     if (x) qt_exec_free(x);
     feed_close(&f);
     return rc;
@@ -189,6 +203,8 @@ int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct q
     int64_t *nsamp = calloc(g->nnodes + 1, sizeof *nsamp);
     struct qt_apot_quantizer *qz = calloc(g->nnodes + 1, sizeof *qz);
     struct qt_exec *x = NULL;
+    float *host = NULL;
+    int64_t hcap = 0;
     struct feed f;
     memset(&f, 0, sizeof f);
     int rc = -1;
@@ -224,6 +240,7 @@ int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct q
             /* Running statistics become the average over this round's batches. */
             for (int j = 0; j < nbn; j++)
                 qt_node_set_float(&g->nodes[bn[j]], "momentum", (float)k / (float)(k + 1));
+            if (nbn) qt_exec_invalidate(x); /* the momentum attributes changed */
             feed_batch(&f, ds, c, k);
             if (qt_exec_forward_train(x, f.in, e)) goto out;
             if (round == rounds) continue;
@@ -233,8 +250,18 @@ int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct q
                     qt_err(e, "calibration: the input of '%s' was not kept", g->nodes[act[j]].name);
                     goto out;
                 }
-                nsamp[j] += quant_subsample_cpu(samp[j] + nsamp[j], per_batch, t->data,
-                                                qt_shape_numel(&t->shape));
+                const int64_t cnt = qt_shape_numel(&t->shape);
+                if (cnt > hcap) {
+                    free(host);
+                    host = malloc(sizeof(float) * cnt);
+                    hcap = host ? cnt : 0;
+                    if (!host) {
+                        qt_err(e, "calibration: out of memory");
+                        goto out;
+                    }
+                }
+                if (qt_exec_read(x, t->data, host, cnt, e)) goto out;
+                nsamp[j] += quant_subsample_cpu(samp[j] + nsamp[j], per_batch, host, cnt);
             }
         }
         if (round == rounds) break;
@@ -242,7 +269,10 @@ int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct q
             float *al = g->values[g->nodes[act[j]].in[1]].init->data;
             al[0] = quant_alpha_mse_cpu(samp[j], nsamp[j], &qz[j]);
         }
+        if (qt_exec_load_state(x, e)) goto out; /* the next round runs with the new alphas */
     }
+    /* The re-estimated running statistics, from backend memory into the graph. */
+    if (qt_exec_sync_state(x, e)) goto out;
     r->act_alphas = rounds ? nact : 0;
     r->bn = nbn;
     rc = 0;
@@ -257,6 +287,7 @@ out:
     free(act);
     free(bn);
     free(saved_mom);
+    free(host);
     if (x) qt_exec_free(x);
     feed_close(&f);
     r->seconds = now() - t0;

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <zlib.h>
 
-#include "../graph/fileio.h"
+#include "../util/fileio.h"
 
 static const char MAGIC[8] = {'Q', 'T', 'C', 'K', 'P', 'T', '0', '1'};
 

@@ -6,7 +6,7 @@
 
 #include <stdint.h>
 
-#include "../graph/error.h"
+#include "../util/error.h"
 
 struct qt_ckpt_tensor {
     char *name;

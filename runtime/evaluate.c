@@ -15,27 +15,6 @@ static double now(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-void qt_classify_stats(const float *logits, const int32_t *labels, int n, int classes,
-                       int64_t *top1, int64_t *top5, double *loss_sum)
-{
-    for (int i = 0; i < n; i++) {
-        const float *z = logits + (int64_t)i * classes;
-        int y = labels[i];
-        float zy = z[y];
-        int higher = 0;
-        double mx = z[0];
-        for (int c = 0; c < classes; c++) {
-            if (z[c] > zy || (z[c] == zy && c < y)) higher++;
-            if (z[c] > mx) mx = z[c];
-        }
-        double s = 0;
-        for (int c = 0; c < classes; c++) s += exp(z[c] - mx);
-        *loss_sum += log(s) + mx - zy;
-        *top1 += higher < 1;
-        *top5 += higher < 5;
-    }
-}
-
 int qt_check_image_model(const struct qt_graph *g, const struct qt_dataset *ds, struct qt_error *e)
 {
     char s1[128];
@@ -88,11 +67,14 @@ int qt_evaluate(struct qt_graph *g, struct qt_backend *b, const struct qt_datase
     struct qt_tensor *xt = qt_tensor_new(QT_F32, &xs);
     int32_t *labels = malloc(sizeof(int32_t) * batch);
     int *idx = malloc(sizeof(int) * batch);
-    float *host = NULL;
+    int32_t *labels_dev = b->alloc(b, sizeof(int32_t) * batch);
+    double *stats_dev = b->alloc(b, sizeof(double) * QT_XENT_STATS);
     int64_t top1 = 0, top5 = 0, done = 0;
     double loss = 0, t0 = now();
     int rc = 0;
-    while (done < total) {
+    if (!xt || !labels || !idx || !labels_dev || !stats_dev)
+        rc = qt_err(e, "out of memory for a batch of %d", batch);
+    while (!rc && done < total) {
         int n = (int)(total - done < batch ? total - done : batch);
         int static_batch = in->shape.d[0] >= 0;
         for (int i = 0; i < n; i++) idx[i] = (int)(done + i);
@@ -118,22 +100,22 @@ int qt_evaluate(struct qt_graph *g, struct qt_backend *b, const struct qt_datase
             rc = qt_err(e, "the model predicts %d classes but the dataset has %d", classes, ds->nclasses);
             break;
         }
-        const float *logits = out->data;
-        if (strcmp(b->name, "cpu") != 0) {
-            host = realloc(host, out->nbytes);
-            if (b->download(b, host, out->data, out->nbytes)) {
-                rc = qt_err(e, "cannot read the model's output from the %s backend", b->name);
-                break;
-            }
-            logits = host;
+        /* Loss and counts on the backend: the host reads back four numbers per batch. */
+        double st[QT_XENT_STATS];
+        if (b->upload(b, labels_dev, labels, sizeof(int32_t) * n) ||
+            b->xent(b, NULL, stats_dev, out->data, labels_dev, n, classes, 0.0f, 1.0f, e) ||
+            b->sync(b, e) || b->download(b, st, stats_dev, sizeof st)) {
+            rc = qt_err_prefix(e, "loss of the batch at sample %lld: ", (long long)done);
+            break;
         }
-        for (int i = 0; i < n * classes; i++)
-            if (!isfinite(logits[i])) {
-                rc = qt_err(e, "the model produced a non-finite logit on sample %lld", (long long)(done + i / classes));
-                break;
-            }
-        if (rc) break;
-        qt_classify_stats(logits, labels, n, classes, &top1, &top5, &loss);
+        if (st[QT_XENT_NONFINITE] > 0) {
+            rc = qt_err(e, "the model produced non-finite logits on %.0f of the %d samples from "
+                           "sample %lld", st[QT_XENT_NONFINITE], n, (long long)done);
+            break;
+        }
+        top1 += (int64_t)st[QT_XENT_TOP1];
+        top5 += (int64_t)st[QT_XENT_TOP5];
+        loss += st[QT_XENT_LOSS];
         done += n;
         if (progress) progress(ctx, done, total, now() - t0);
     }
@@ -145,7 +127,8 @@ int qt_evaluate(struct qt_graph *g, struct qt_backend *b, const struct qt_datase
         r->loss = loss / done;
         r->images_per_s = done / (r->seconds > 0 ? r->seconds : 1e-9);
     }
-    free(host);
+    if (labels_dev) b->release(b, labels_dev);
+    if (stats_dev) b->release(b, stats_dev);
     free(idx);
     free(labels);
     qt_tensor_free(xt);

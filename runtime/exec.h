@@ -1,4 +1,6 @@
-/* The executor: forward evaluation of a graph on a backend. */
+/* The executor: forward and backward evaluation of a graph on a backend. The graph's float
+ * initializers are copied into backend memory when the executor is made; training updates
+ * them there, and qt_exec_sync_state brings them back into the graph. */
 #ifndef QT_EXEC_H
 #define QT_EXEC_H
 
@@ -20,11 +22,16 @@ int qt_exec_forward(struct qt_exec *x, const struct qt_tensor **inputs, struct q
  * tested against). Training runs are always plain. */
 enum qt_exec_mode { QT_EXEC_FAST = 0, QT_EXEC_PLAIN = 1 };
 void qt_exec_set_mode(struct qt_exec *x, enum qt_exec_mode mode);
-/* Training forward: BatchNorm in batch-statistics mode (running statistics updated in the
- * graph's initializers), every value kept for the backward pass. */
+/* Training forward: BatchNorm in batch-statistics mode (running statistics updated in backend
+ * memory), every value kept for the backward pass. */
 int qt_exec_forward_train(struct qt_exec *x, const struct qt_tensor **inputs, struct qt_error *e);
-/* Backward from dy, the gradient of graph output 0 (host memory), after a training forward.
- * Afterwards qt_exec_grad gives each parameter's gradient (QT_V_PARAM values). */
+/* The gradient buffer of graph output 0 for this step (backend memory, the output's size),
+ * after a training forward: fill it (the loss op writes it), then call qt_exec_backward with
+ * dy NULL. */
+float *qt_exec_output_grad(struct qt_exec *x, struct qt_error *e);
+/* Backward from dy, the gradient of graph output 0 (host memory; NULL: the buffer of
+ * qt_exec_output_grad, already filled), after a training forward. Afterwards qt_exec_grad
+ * gives each parameter's gradient (QT_V_PARAM values). */
 int qt_exec_backward(struct qt_exec *x, const struct qt_tensor *dy, struct qt_error *e);
 /* Gradient of value v from the last backward (backend memory), or NULL when none reached it. */
 const float *qt_exec_grad(const struct qt_exec *x, int v);
@@ -34,7 +41,19 @@ void qt_exec_keep_values(struct qt_exec *x, int keep);
 /* The tensor of value v from the last run (backend memory), or NULL when not held: a
  * training forward holds every value, an inference run only with qt_exec_keep_values. */
 const struct qt_tensor *qt_exec_value(const struct qt_exec *x, int v);
-/* Graph output k of the last run (backend memory; host memory on the CPU backend). */
+/* Graph output k of the last run (dtype and shape; float data in backend memory). */
 const struct qt_tensor *qt_exec_output(const struct qt_exec *x, int k);
+/* Copies n floats of backend memory at src (an output, value or gradient) to host dst. */
+int qt_exec_read(const struct qt_exec *x, const float *src, float *dst, int64_t n,
+                 struct qt_error *e);
+/* The backend buffer of initializer v (a parameter or training state), or NULL. */
+float *qt_exec_param(const struct qt_exec *x, int v);
+/* Named synchronization of the state: sync_state copies every float initializer from
+ * backend memory into the graph (before saving a model or a checkpoint); load_state copies
+ * the graph's values into backend memory (after the graph's initializers changed). */
+int qt_exec_sync_state(struct qt_exec *x, struct qt_error *e);
+int qt_exec_load_state(struct qt_exec *x, struct qt_error *e);
+/* Lowers every node again on the next run (after a node's attributes changed). */
+void qt_exec_invalidate(struct qt_exec *x);
 
 #endif

@@ -32,8 +32,5 @@ int qt_evaluate(struct qt_graph *g, struct qt_backend *b, const struct qt_datase
                 const float *mean, const float *std, int batch, int64_t limit,
                 qt_progress_fn progress, void *ctx, struct qt_eval_result *r, struct qt_error *e);
 
-/* Top-k hits and summed cross-entropy of logits [n, classes] against labels. */
-void qt_classify_stats(const float *logits, const int32_t *labels, int n, int classes,
-                       int64_t *top1, int64_t *top5, double *loss_sum);
 
 #endif

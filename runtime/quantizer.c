@@ -1,6 +1,12 @@
 /* Quantizer nodes to kernel quantizer descriptions (see quantizer.h). */
 #include "quantizer.h"
 
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../kernels/cpu/quant.h"
+
 int qt_quantizer_from_node(struct qt_quant_attrs *a, struct qt_apot_quantizer *qz,
                            const struct qt_node *n, struct qt_error *e)
 {
@@ -13,3 +19,56 @@ int qt_quantizer_from_node(struct qt_quant_attrs *a, struct qt_apot_quantizer *q
         return qt_err(e, "%s node '%s': %s", qt_op_name(n->op), n->name, qt_apot_error_string(rc));
     return 0;
 }
+
+
+int qt_quantizer_info(const struct qt_graph *g, const struct qt_node *n, struct qt_quant_info *qi,
+                      struct qt_error *e)
+{
+    memset(qi, 0, sizeof *qi);
+    struct qt_apot_quantizer qz;
+    if (qt_quantizer_from_node(&qi->a, &qz, n, e)) return -1;
+    const struct qt_tensor *al = n->nin > 1 && n->in[1] >= 0 ? g->values[n->in[1]].init : NULL;
+    if (al && al->dtype == QT_F32) {
+        qi->nalpha = (int)qt_shape_numel(&al->shape);
+        qi->alpha0 = ((const float *)al->data)[0];
+    }
+    const struct qt_tensor *w = g->values[n->in[0]].init;
+    if (n->op != QT_OP_WEIGHTQUANT || !w || w->dtype != QT_F32) return 0;
+    int64_t cnt = qt_shape_numel(&w->shape);
+    float *wq = malloc(sizeof(float) * (cnt ? cnt : 1));
+    float st[2] = {0, 1};
+    if (qi->a.scheme >= QT_QS_MAX) {
+        quant_int8_weight_forward_cpu(wq, st, w->data, qi->a.scheme == QT_QS_ABSMAX, cnt);
+        qi->alpha0 = st[0];
+        /* 8-bit: count the distinct steps in use. */
+        char seen[4096] = {0};
+        for (int64_t i = 0; i < cnt; i++) {
+            long k = st[0] ? lrintf(wq[i] / st[0] * 127.0f) : 0;
+            if (k >= -2047 && k <= 2047 && !seen[k + 2047]) seen[k + 2047] = 1, qi->used++;
+        }
+        free(wq);
+        return 0;
+    }
+    if (!al || cnt % qi->nalpha) {
+        free(wq);
+        return 0;
+    }
+    quant_weight_forward_cpu(wq, st, st + 1, w->data, al->data, qi->nalpha, qi->a.standardize, &qz, cnt);
+    qi->nlv = 2 * qz.n - 1;
+    for (int k = 0; k < qz.n; k++) {
+        qi->lv[qz.n - 1 + k] = qz.levels[k];
+        qi->lv[qz.n - 1 - k] = -qz.levels[k];
+    }
+    qi->lv[qz.n - 1] = 0.0f; /* not -0 */
+    int64_t per = cnt / qi->nalpha;
+    for (int64_t i = 0; i < cnt; i++) {
+        /* wq / alpha is a level up to rounding: find it with the kernels' own projection. */
+        float q = wq[i] / ((const float *)al->data)[i / per];
+        int k = qt_apot_nearest_index(fabsf(q), qz.thr, qz.n);
+        qi->share[qz.n - 1 + (q < 0 ? -k : k)] += 1.0 / (double)cnt;
+    }
+    for (int k = 0; k < qi->nlv; k++) qi->used += qi->share[k] > 0;
+    free(wq);
+    return 0;
+}
+

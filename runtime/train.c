@@ -10,10 +10,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "../kernels/cpu/cpu.h"
 #include "checkpoint.h"
 #include "exec.h"
-#include "rng.h"
+#include "../util/rng.h"
 
 static double now(void)
 {
@@ -26,8 +25,10 @@ struct run {
     struct qt_graph *g;
     struct qt_backend *b;
     const struct qt_train_config *cfg;
+    struct qt_exec *x;
     struct qt_params ps;
     float **mom; /* per parameter: momentum buffer (backend memory) */
+    float **mom_host; /* per parameter: momentum restored from a checkpoint, until uploaded */
     int epoch;   /* epochs completed */
     int64_t step;
     int batch_pos; /* batches done in the current epoch */
@@ -45,11 +46,26 @@ static int state_values(const struct qt_graph *g, int *out, int max)
     return n;
 }
 
+/* Writes the checkpoint: the state is first read back from backend memory (the graph's
+ * initializers and host copies of the momentum buffers). */
 static int save_checkpoint(struct run *r, struct qt_error *e)
 {
     const struct qt_graph *g = r->g;
     struct qt_ckpt c;
     char buf[160];
+    if (qt_exec_sync_state(r->x, e)) return -1;
+    float **mom = calloc(r->ps.n + 1, sizeof *mom);
+    if (!mom) return qt_err(e, "out of memory writing a checkpoint");
+    for (int i = 0; i < r->ps.n; i++) {
+        if (!r->mom[i]) continue;
+        mom[i] = malloc(sizeof(float) * r->ps.p[i].numel);
+        if (!mom[i] || qt_exec_read(r->x, r->mom[i], mom[i], r->ps.p[i].numel, e)) {
+            for (int j = 0; j <= i; j++) free(mom[j]);
+            free(mom);
+            return qt_err(e, "cannot read the momentum of '%s' from the %s backend",
+                          g->values[r->ps.p[i].value].name, r->b->name);
+        }
+    }
     qt_ckpt_init(&c);
     snprintf(buf, sizeof buf, "%d", r->epoch);
     qt_ckpt_set(&c, "epoch", buf);
@@ -77,7 +93,7 @@ static int save_checkpoint(struct run *r, struct qt_error *e)
         snprintf(name, sizeof name, "param:%s", v->name);
         qt_ckpt_add(&c, name, v->init->data, r->ps.p[i].numel);
         snprintf(name, sizeof name, "momentum:%s", v->name);
-        if (r->mom[i]) qt_ckpt_add(&c, name, r->mom[i], r->ps.p[i].numel);
+        if (mom[i]) qt_ckpt_add(&c, name, mom[i], r->ps.p[i].numel);
     }
     int sv[4096];
     int ns = state_values(g, sv, 4096);
@@ -88,6 +104,8 @@ static int save_checkpoint(struct run *r, struct qt_error *e)
     }
     int rc = qt_ckpt_save(&c, r->cfg->checkpoint, e);
     qt_ckpt_free(&c);
+    for (int i = 0; i < r->ps.n; i++) free(mom[i]);
+    free(mom);
     return rc;
 }
 
@@ -144,8 +162,12 @@ static int load_checkpoint(struct run *r, const char *path, struct qt_error *e)
         char name[300];
         snprintf(name, sizeof name, "momentum:%s", v->name);
         if (qt_ckpt_find(&c, name)) {
-            if (!r->mom[i]) r->mom[i] = r->b->alloc(r->b, sizeof(float) * r->ps.p[i].numel);
-            if (restore_tensor(&c, "momentum", v, r->mom[i], r->ps.p[i].numel, path, e)) goto out;
+            if (!r->mom_host[i] && !(r->mom_host[i] = malloc(sizeof(float) * r->ps.p[i].numel))) {
+                qt_err(e, "out of memory reading checkpoint '%s'", path);
+                goto out;
+            }
+            if (restore_tensor(&c, "momentum", v, r->mom_host[i], r->ps.p[i].numel, path, e))
+                goto out;
         }
     }
     int sv[4096];
@@ -205,12 +227,15 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
     r.best_top1 = -1;
     if (qt_params_find(g, &r.ps, e)) return -1;
     r.mom = calloc(r.ps.n + 1, sizeof *r.mom);
+    r.mom_host = calloc(r.ps.n + 1, sizeof *r.mom_host);
     qt_rng_seed(&r.epoch_rng, cfg->seed);
     int rc = 0;
     struct qt_exec *x = NULL;
-    struct qt_tensor *xt = NULL, *dy = NULL;
-    int32_t *labels = NULL;
-    float *logits_host = NULL;
+    struct qt_tensor *xt = NULL;
+    int32_t *labels = NULL, *labels_dev = NULL; /* host and backend copies */
+    double *stats_dev = NULL;                   /* the loss op's result (backend memory) */
+    struct qt_sgd_param *sgd = NULL;
+    double *step_loss = NULL; /* per step of the current epoch */
     int n = (int)(cfg->train_limit > 0 && cfg->train_limit < train->n ? cfg->train_limit : train->n);
     struct epoch_plan plan = {malloc(sizeof(int) * (n + 1)), malloc(n + 1), malloc(n + 1), malloc(n + 1)};
     if (cfg->resume && load_checkpoint(&r, cfg->resume, e)) {
@@ -221,16 +246,36 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
         rc = -1;
         goto out;
     }
+    r.x = x;
+    /* Momentum restored from a checkpoint goes to backend memory. */
+    for (int i = 0; i < r.ps.n; i++) {
+        if (!r.mom_host[i]) continue;
+        const size_t bytes = sizeof(float) * r.ps.p[i].numel;
+        if (!(r.mom[i] = b->alloc(b, bytes)) || b->upload(b, r.mom[i], r.mom_host[i], bytes)) {
+            rc = qt_err(e, "cannot place the momentum of '%s' on the %s backend",
+                        g->values[r.ps.p[i].value].name, b->name);
+            goto out;
+        }
+    }
     const int nb = (n + cfg->batch - 1) / cfg->batch;
     struct qt_shape xs = {4, {cfg->batch, train->c, train->h, train->w}};
     xt = qt_tensor_new(QT_F32, &xs);
     labels = malloc(sizeof(int32_t) * cfg->batch);
+    labels_dev = b->alloc(b, sizeof(int32_t) * cfg->batch);
+    stats_dev = b->alloc(b, sizeof(double) * QT_XENT_STATS);
+    sgd = calloc(r.ps.n + 1, sizeof *sgd);
+    step_loss = malloc(sizeof(double) * (nb + 1));
+    if (!xt || !labels || !labels_dev || !stats_dev || !sgd || !step_loss) {
+        rc = qt_err(e, "out of memory for a batch of %d", cfg->batch);
+        goto out;
+    }
     double t_start = now();
     while (r.epoch < cfg->epochs) {
         struct qt_rng rng = r.epoch_rng;
         plan_epoch(&plan, &rng, n, cfg->crop_pad, cfg->flip);
         double t0 = now(), loss_sum = 0;
         int64_t hits = 0, seen = 0;
+        int nsteps = 0;
         for (int bi = r.batch_pos; bi < nb; bi++) {
             int cnt = bi == nb - 1 ? n - bi * cfg->batch : cfg->batch;
             const int *idx = plan.perm + (int64_t)bi * cfg->batch;
@@ -251,21 +296,19 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
                             qt_shape_str(g, &out->shape, s1, sizeof s1), train->nclasses);
                 goto out;
             }
-            if (!dy || dy->nbytes < out->nbytes) {
-                qt_tensor_free(dy);
-                dy = qt_tensor_new(QT_F32, &out->shape);
-                logits_host = realloc(logits_host, out->nbytes);
-            }
-            dy->shape = out->shape;
-            dy->nbytes = out->nbytes;
-            if (b->download(b, logits_host, out->data, out->nbytes)) {
-                rc = qt_err(e, "cannot read the logits from the %s backend", b->name);
+            /* The loss on the backend, its gradient straight into the output's gradient; the
+             * host reads back only the loss and the counts. */
+            float *dlogits = qt_exec_output_grad(x, e);
+            double stats[QT_XENT_STATS];
+            if (!dlogits || b->upload(b, labels_dev, labels, sizeof(int32_t) * cnt) ||
+                b->xent(b, dlogits, stats_dev, out->data, labels_dev, cnt, out->shape.d[1],
+                        cfg->label_smoothing, 1.0f / cnt, e) ||
+                b->sync(b, e) || b->download(b, stats, stats_dev, sizeof stats)) {
+                rc = dlogits ? qt_err_prefix(e, "loss at step %" PRId64 ": ", r.step + 1) : -1;
                 goto out;
             }
-            int64_t h = 0;
-            /* The loss is computed on the host from the downloaded logits (small). */
-            double l = softmax_xent_cpu(dy->data, &h, logits_host, labels, cnt, out->shape.d[1],
-                                         cfg->label_smoothing, 1.0f / cnt);
+            const double l = stats[QT_XENT_NONFINITE] > 0 ? NAN : stats[QT_XENT_LOSS];
+            const int64_t h = (int64_t)stats[QT_XENT_TOP1];
             if (!isfinite(l)) {
                 rc = qt_err(e, "the loss became %s at epoch %d, step %" PRId64 "; training stopped%s%s%s",
                             isnan(l) ? "NaN" : "infinite", r.epoch + 1, r.step + 1,
@@ -273,29 +316,44 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
                             cfg->checkpoint ? cfg->checkpoint : "", cfg->checkpoint ? "')" : "");
                 goto out;
             }
-            if (qt_exec_backward(x, dy, e)) {
+            if (qt_exec_backward(x, NULL, e)) {
                 rc = -1;
                 goto out;
             }
+            /* One optimizer step over every parameter. */
             float lr = qt_schedule_lr(&cfg->sched, r.step);
             for (int i = 0; i < r.ps.n; i++) {
                 const struct qt_param *p = &r.ps.p[i];
-                const float *grad = qt_exec_grad(x, p->value);
-                if (!grad) continue; /* no gradient reached it: left alone, as PyTorch does */
                 const struct qt_group *grp = &cfg->sgd.group[p->role];
-                int first = 0;
-                if (cfg->sgd.momentum != 0 && !r.mom[i]) {
-                    r.mom[i] = b->alloc(b, sizeof(float) * p->numel);
-                    first = 1;
+                struct qt_sgd_param *sp = &sgd[i];
+                /* No gradient reached it: left alone, as PyTorch does. */
+                sp->grad = qt_exec_grad(x, p->value);
+                sp->p = qt_exec_param(x, p->value);
+                sp->n = p->numel;
+                sp->lr = lr * grp->lr_scale;
+                sp->wd = grp->wd;
+                sp->first = 0;
+                if (sp->grad && cfg->sgd.momentum != 0 && !r.mom[i]) {
+                    if (!(r.mom[i] = b->alloc(b, sizeof(float) * p->numel))) {
+                        rc = qt_err(e, "out of memory for the momentum of '%s'",
+                                    g->values[p->value].name);
+                        goto out;
+                    }
+                    sp->first = 1;
                 }
-                b->sgd_update(b, g->values[p->value].init->data, r.mom[i], grad, p->numel,
-                              lr * grp->lr_scale, cfg->sgd.momentum, grp->wd, cfg->sgd.nesterov, first);
+                sp->buf = r.mom[i];
+            }
+            const struct qt_sgd_desc sd = {cfg->sgd.momentum, cfg->sgd.nesterov};
+            if (b->sgd_step(b, &sd, sgd, r.ps.n, e)) {
+                rc = qt_err_prefix(e, "optimizer step %" PRId64 ": ", r.step + 1);
+                goto out;
             }
             r.step++;
             r.batch_pos = bi + 1;
             loss_sum += l;
             hits += h;
             seen += cnt;
+            step_loss[nsteps++] = l / cnt;
             if (cb && cb->batch)
                 cb->batch(cb->ctx, r.epoch + 1, (int64_t)bi * cfg->batch + cnt, n, loss_sum / seen,
                           100.0 * hits / seen, now() - t0);
@@ -311,6 +369,11 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
         double train_seconds = now() - t0;
         struct qt_epoch_stats st;
         memset(&st, 0, sizeof st);
+        /* The epoch's state into the graph: evaluated, and written by the callbacks. */
+        if (qt_exec_sync_state(x, e)) {
+            rc = -1;
+            goto out;
+        }
         if (qt_evaluate(g, b, test, cfg->mean, cfg->std, cfg->batch, cfg->test_limit, NULL, NULL,
                         &st.test, e)) {
             rc = -1;
@@ -327,6 +390,8 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
         st.seconds = train_seconds;
         st.images_per_s = train_seconds > 0 ? seen / train_seconds : 0;
         st.best = st.test.top1 > r.best_top1;
+        st.step_loss = step_loss;
+        st.nsteps = nsteps;
         if (st.best) {
             r.best_top1 = st.test.top1;
             r.best_epoch = r.epoch;
@@ -345,6 +410,10 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
         }
     }
 done:
+    if (qt_exec_sync_state(x, e)) {
+        rc = -1;
+        goto out;
+    }
     res->epochs_done = r.epoch;
     res->steps = r.step;
     res->best_top1 = r.best_top1;
@@ -352,18 +421,23 @@ done:
     res->last = r.last;
     res->seconds = now() - t_start;
 out:
-    for (int i = 0; i < r.ps.n; i++)
+    for (int i = 0; i < r.ps.n; i++) {
         if (r.mom[i]) b->release(b, r.mom[i]);
+        free(r.mom_host[i]);
+    }
     free(r.mom);
+    free(r.mom_host);
     qt_params_free(&r.ps);
     free(plan.perm);
     free(plan.oy);
     free(plan.ox);
     free(plan.flip);
     free(labels);
-    free(logits_host);
+    if (labels_dev) b->release(b, labels_dev);
+    if (stats_dev) b->release(b, stats_dev);
+    free(sgd);
+    free(step_loss);
     qt_tensor_free(xt);
-    qt_tensor_free(dy);
     qt_exec_free(x);
     return rc;
 }

@@ -36,6 +36,8 @@ struct qt_epoch_stats {
     double seconds;     /* training part of the epoch */
     double images_per_s;
     int best;           /* the best test top-1 so far */
+    const double *step_loss; /* mean loss of each step of the epoch run in this process */
+    int nsteps;
 };
 
 struct qt_train_callbacks {

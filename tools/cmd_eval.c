@@ -18,7 +18,7 @@ static void usage(void)
            "  --batch N          batch size (default 128)\n"
            "  --limit N          evaluate the first N samples only\n"
            "  --threads N        CPU threads (default: all cores)\n"
-           "  --device D         auto or cpu (default auto)\n"
+           "  --device D         auto, cpu or ref (default auto)\n"
            "  --json             print a JSON summary as the last line\n"
            "  --quiet            no progress display\n"
            "Without --mean/--std/--preset the normalization stored in the model is used.\n");
@@ -57,8 +57,6 @@ int cmd_eval(int argc, char **argv)
     if (!path || !data) return cli_fail("eval: usage: qtune eval MODEL.onnx --data DATA [options]");
     if (strcmp(split, "train") && strcmp(split, "test"))
         return cli_fail("eval: --split must be train or test, not '%s'", split);
-    if (strcmp(device, "auto") && strcmp(device, "cpu"))
-        return cli_fail("eval: device '%s' is not available in this build (available: auto, cpu)", device);
     if ((mean_s != NULL) != (std_s != NULL)) return cli_fail("eval: --mean and --std go together");
 
     struct qt_graph *g = cli_load_model(path, 1);
@@ -75,10 +73,8 @@ int cmd_eval(int argc, char **argv)
     }
     float mean[4], std[4];
     if ((rc = cli_normalization("eval", g, path, preset, mean_s, std_s, ds.c, mean, std))) goto out;
-    b = qt_backend_cpu_new((int)threads);
-    if (!b) {
-        rc = cli_fail("eval: cannot create the CPU backend (oneDNN engine or stream creation "
-                      "failed, or out of memory)");
+    if (!(b = qt_backend_new(device, (int)threads, &e))) {
+        rc = cli_fail("eval: %s", e.msg);
         goto out;
     }
     struct cli_progress prog;

@@ -168,8 +168,8 @@ int cmd_finetune(int argc, char **argv)
     struct qt_backend *b = NULL;
     int *bn = NULL;
     if ((rc = recipe_load_data(&r, g, path, &d))) goto out;
-    if (!(b = qt_backend_cpu_new((int)r.threads))) {
-        rc = cli_fail("finetune: cannot create the CPU backend");
+    if (!(b = qt_backend_new(r.device, (int)r.threads, &e))) {
+        rc = cli_fail("finetune: %s", e.msg);
         goto out;
     }
     struct qt_calib_config cc = {(int)calib_batches, (int)r.batch, r.seed, d.mean, d.std, 65536, 2};

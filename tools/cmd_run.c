@@ -8,12 +8,14 @@
 
 int cmd_run(int argc, char **argv)
 {
-    const char *path = NULL, *inp = NULL, *outp = NULL;
+    const char *path = NULL, *inp = NULL, *outp = NULL, *device = "auto";
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--input") == 0 && i + 1 < argc) inp = argv[++i];
+        else if (strcmp(argv[i], "--device") == 0 && i + 1 < argc) device = argv[++i];
         else if (strcmp(argv[i], "--output") == 0 && i + 1 < argc) outp = argv[++i];
         else if (strcmp(argv[i], "--help") == 0) {
-            printf("usage: qtune run MODEL.onnx --input x.npy --output y.npy\n");
+            printf("usage: qtune run MODEL.onnx --input x.npy --output y.npy [--device %s]\n",
+                   qt_backend_devices());
             return 0;
         } else if (argv[i][0] == '-') return cli_fail("run: unknown or incomplete option '%s'", argv[i]);
         else if (!path) path = argv[i];
@@ -34,11 +36,11 @@ int cmd_run(int argc, char **argv)
         return 1;
     }
     int rc = 0;
-    struct qt_backend *b = qt_backend_cpu_new(0);
+    struct qt_backend *b = qt_backend_new(device, 0, &e);
     struct qt_exec *ex = NULL;
+    struct qt_tensor *y = NULL;
     if (!b) {
-        rc = cli_fail("run: cannot create the CPU backend (oneDNN engine or stream creation "
-                      "failed, or out of memory)");
+        rc = cli_fail("run: %s", e.msg);
         goto out;
     }
     if (g->ninputs != 1) {
@@ -51,8 +53,20 @@ int cmd_run(int argc, char **argv)
         rc = cli_fail("'%s': %s", path, e.msg);
         goto out;
     }
-    if (qt_npy_write(outp, qt_exec_output(ex, 0), &e)) rc = cli_fail("%s", e.msg);
+    const struct qt_tensor *o = qt_exec_output(ex, 0);
+    if (o->dtype != QT_F32) {
+        rc = cli_fail("run: the model's output is %s; run writes float32 outputs",
+                      qt_dtype_name(o->dtype));
+        goto out;
+    }
+    if (!(y = qt_tensor_new(QT_F32, &o->shape)) ||
+        qt_exec_read(ex, o->data, y->data, qt_shape_numel(&o->shape), &e)) {
+        rc = cli_fail("run: %s", y ? e.msg : "out of memory");
+        goto out;
+    }
+    if (qt_npy_write(outp, y, &e)) rc = cli_fail("%s", e.msg);
 out:
+    qt_tensor_free(y);
     qt_exec_free(ex);
     if (b) b->destroy(b);
     qt_graph_free(g);

@@ -39,7 +39,8 @@ int cmd_train(int argc, char **argv)
     struct recipe_data d;
     struct qt_backend *b = NULL;
     if (!(rc = recipe_load_data(&r, g, path, &d))) {
-        if (!(b = qt_backend_cpu_new((int)r.threads))) rc = cli_fail("train: cannot create the CPU backend");
+        struct qt_error e;
+        if (!(b = qt_backend_new(r.device, (int)r.threads, &e))) rc = cli_fail("train: %s", e.msg);
         else rc = recipe_run(&r, g, path, &d, b, NULL);
     }
     if (b) b->destroy(b);

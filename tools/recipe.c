@@ -70,6 +70,7 @@ void recipe_usage(int quantized)
            "  --checkpoint PATH    checkpoint written every epoch (default OUT.onnx.ckpt)\n"
            "  --resume PATH        continue from a checkpoint (same model, data and options)\n"
            "  --threads N          CPU threads\n"
+           "  --device D           auto, cpu or ref (the plain reference backend; slow)\n"
            "  --json               print a JSON summary as the last line\n"
            "  --quiet              no progress display\n"
            "Writes OUT.onnx (final weights), OUT.best.onnx (best test top-1) and OUT.log.jsonl.\n");
@@ -112,7 +113,8 @@ int recipe_option(struct recipe *r, int argc, char **argv, int *ip)
               {"--schedule", &r->schedule},
               {"--milestones", &r->milestones},
               {"--checkpoint", &r->ckpt},
-              {"--resume", &r->resume}};
+              {"--resume", &r->resume},
+              {"--device", &r->device}};
     struct {
         const char *name;
         int *var, val;
@@ -264,9 +266,12 @@ static int on_epoch(void *ctx, const struct qt_epoch_stats *s)
         fprintf(ui->log,
                 "{\"epoch\": %d, \"train_loss\": %.6f, \"train_top1\": %.4f, \"test_loss\": "
                 "%.6f, \"top1\": %.4f, \"top5\": %.4f, \"lr\": %.6g, \"images_per_s\": %.1f, "
-                "\"seconds\": %.2f, \"best\": %s}\n",
+                "\"seconds\": %.2f, \"best\": %s, \"step_loss\": [",
                 s->epoch, s->train_loss, s->train_top1, s->test.loss, s->test.top1, s->test.top5,
                 s->lr, s->images_per_s, s->seconds, s->best ? "true" : "false");
+        for (int i = 0; i < s->nsteps; i++)
+            fprintf(ui->log, "%s%.9g", i ? ", " : "", s->step_loss[i]);
+        fprintf(ui->log, "]}\n");
         if (fflush(ui->log) != 0 || ferror(ui->log)) {
             cli_fail("cannot write the log '%s': %s", ui->log_path, strerror(errno));
             return -1;

@@ -9,6 +9,7 @@
 struct recipe {
     const char *cmd; /* "train" or "finetune", for messages */
     const char *data, *out, *preset, *mean_s, *std_s, *schedule, *milestones, *ckpt, *resume;
+    const char *device; /* qt_backend_new's device name */
     long epochs, batch, threads, train_limit, test_limit, crop_pad;
     double lr, momentum, wd, gamma, warmup, smoothing;
     double alpha_lr_w, alpha_lr_a, alpha_wd; /* quantizer alphas (finetune) */

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../common/desc.h"
+
 /* State of the kernels that run through oneDNN (convolution): its engine and stream and a
  * scratch buffer. One per backend; not to be used by two threads at once. */
 struct qt_cpu_ctx;
@@ -17,14 +19,7 @@ void qt_cpu_ctx_free(struct qt_cpu_ctx *ctx);
 /* Message of the last kernel call on ctx that returned -1. */
 const char *qt_cpu_ctx_error(const struct qt_cpu_ctx *ctx);
 
-/* 2-D convolution / window geometry. Pads: top, left, bottom, right. */
-struct qt_conv2d_desc {
-    int n, c, h, w;     /* input */
-    int k, oh, ow;      /* output channels and spatial size */
-    int kh, kw, sh, sw, dh, dw;
-    int pt, pl, pb, pr;
-    int group;
-};
+/* Convolution and window geometry: struct qt_conv2d_desc (kernels/common/desc.h). */
 
 /* y[n,k,oh,ow] = sum x * w (+ b[k]); w is [k, c/group, kh, kw]; b may be NULL. Computed by
  * oneDNN. Returns 0, or -1 with a message in qt_cpu_ctx_error(ctx) (for instance when oh, ow
@@ -90,7 +85,6 @@ void gemm_forward_cpu(float *y, const float *a, const float *b, const float *c, 
 void relu_forward_cpu(float *y, const float *x, int64_t n);
 void clip_forward_cpu(float *y, const float *x, float lo, float hi, int64_t n);
 
-enum qt_binop { QT_BIN_ADD, QT_BIN_SUB, QT_BIN_MUL, QT_BIN_DIV };
 /* y = a op b with broadcasting: shapes padded to ndim; sa/sb are element strides of a and
  * b over the output's dimensions (0 where broadcast). */
 void binary_forward_cpu(float *y, const float *a, const float *b, enum qt_binop op,
@@ -132,8 +126,14 @@ void gemm_backward_cpu(float *da, float *db, float *dc, const float *dy, const f
                        const float *b, int64_t m, int64_t n, int64_t k, int ta, int tb,
                        float alpha, float beta, int64_t c_rs, int64_t c_cs, int64_t c_rows,
                        int64_t c_cols, int acc_a, int acc_b, int acc_c);
-double softmax_xent_cpu(float *dlogits, int64_t *hits, const float *logits, const int32_t *labels,
-                        int64_t n, int64_t k, float smoothing, float scale);
+/* Softmax cross-entropy of logits [n, k] against labels with the target (1 - smoothing) *
+ * onehot + smoothing / k (PyTorch's label_smoothing). stats[QT_XENT_STATS] receives the loss
+ * summed over the rows with finite logits, the rows whose label ranks first and those where
+ * it ranks in the top 5 (ties go to the lower class index), and the rows holding a
+ * non-finite logit (counted in nothing else). dlogits (may be NULL) = (softmax - target) *
+ * scale (NaN on rows with a non-finite logit). */
+void softmax_xent_cpu(float *dlogits, double *stats, const float *logits, const int32_t *labels,
+                      int64_t n, int64_t k, float smoothing, float scale);
 void sgd_update_cpu(float *p, float *buf, const float *grad, int64_t n, float lr, float momentum,
                     float wd, int nesterov, int first);
 

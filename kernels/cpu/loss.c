@@ -1,35 +1,40 @@
-/* Softmax cross-entropy loss on the CPU, forward and backward in one pass. */
+/* Softmax cross-entropy loss and top-1/top-5 counts on the CPU, forward and backward in one
+ * pass (the formulas are in cpu.h). */
 #include <math.h>
 
 #include "kernels/cpu/cpu.h"
 
-/* For logits [n, k] and labels, with the target (1 - smoothing) * onehot + smoothing / k
- * (PyTorch's label_smoothing): returns the summed loss over the n rows and assigns
- * dlogits = (softmax - target) * scale (scale = 1 / n for a mean loss). dlogits may be NULL.
- * hits, when not NULL, receives the number of rows whose largest logit is the label. */
-double softmax_xent_cpu(float *dlogits, int64_t *hits, const float *logits, const int32_t *labels,
-                        int64_t n, int64_t k, float smoothing, float scale)
+void softmax_xent_cpu(float *dlogits, double *stats, const float *logits, const int32_t *labels,
+                      int64_t n, int64_t k, float smoothing, float scale)
 {
     double total = 0.0;
-    int64_t right = 0;
+    int64_t top1 = 0, top5 = 0, bad = 0;
     for (int64_t i = 0; i < n; i++) {
         const float *z = logits + i * k;
+        const int32_t y = labels[i];
         double mx = z[0];
-        int64_t arg = 0;
-        for (int64_t j = 1; j < k; j++)
-            if (z[j] > mx) {
-                mx = z[j];
-                arg = j;
-            }
+        int64_t higher = 0; /* logits ranked before the label's (ties: the lower index first) */
+        int finite = 1;
+        for (int64_t j = 0; j < k; j++) {
+            finite &= isfinite(z[j]) != 0;
+            if (z[j] > mx) mx = z[j];
+            higher += z[j] > z[y] || (z[j] == z[y] && j < y);
+        }
+        if (!finite) {
+            bad++;
+            if (dlogits)
+                for (int64_t j = 0; j < k; j++) dlogits[i * k + j] = NAN;
+            continue;
+        }
+        top1 += higher < 1;
+        top5 += higher < 5;
         double se = 0.0, sz = 0.0;
         for (int64_t j = 0; j < k; j++) {
             se += exp(z[j] - mx);
             sz += z[j];
         }
         const double lse = log(se) + mx;
-        const int32_t y = labels[i];
         total += (1.0 - smoothing) * (lse - z[y]) + smoothing * (lse - sz / k);
-        right += arg == y;
         if (!dlogits) continue;
         for (int64_t j = 0; j < k; j++) {
             const double p = exp(z[j] - lse);
@@ -37,6 +42,8 @@ double softmax_xent_cpu(float *dlogits, int64_t *hits, const float *logits, cons
             dlogits[i * k + j] = (float)((p - t) * scale);
         }
     }
-    if (hits) *hits = right;
-    return total;
+    stats[0] = total;
+    stats[1] = (double)top1;
+    stats[2] = (double)top5;
+    stats[3] = (double)bad;
 }

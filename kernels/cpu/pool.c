@@ -38,6 +38,12 @@ static void axes(struct axis *ah, struct axis *aw, const struct qt_conv2d_desc *
 /* Helpers of a cloned function (dispatch.h) are inlined into it, so each copy has its own. */
 #define POOL_INLINE __attribute__((always_inline)) static inline
 
+/* The larger of the running maximum m and v, NaN winning (as the backward and PyTorch have it). */
+POOL_INLINE float max_nan(float m, float v)
+{
+    return (v > m || v != v) ? v : m;
+}
+
 /* Length of the padded row: index u holds input column u - pl; the last window ends at
  * (ow - 1) * sw + (kw - 1) * dw. */
 static inline int padded_row_len(const struct qt_conv2d_desc *d)
@@ -58,7 +64,7 @@ POOL_INLINE void pool_row_taps(float *restrict yr, const float *restrict t, int 
         if (is_max) {
 #pragma omp simd
             for (int ow = 0; ow < OW; ow++)
-                yr[ow] = tj[ow * sw] > yr[ow] ? tj[ow * sw] : yr[ow];
+                yr[ow] = max_nan(yr[ow], tj[ow * sw]);
         } else {
 #pragma omp simd
             for (int ow = 0; ow < OW; ow++)
@@ -85,7 +91,7 @@ POOL_INLINE void pool_row_horizontal(float *yr, const float *t, const struct qt_
         float acc = t[ow * sw];
         for (int j = 1; j < kw; j++) {
             const float v = t[ow * sw + j * dw];
-            acc = is_max ? (v > acc ? v : acc) : acc + v;
+            acc = is_max ? max_nan(acc, v) : acc + v;
         }
         yr[ow] = acc;
     }
@@ -120,7 +126,7 @@ POOL_INLINE void pool_plane_2pass(float *yp, const float *xp, const struct qt_co
                 if (is_max) {
 #pragma omp simd
                     for (int q = 0; q < W; q++)
-                        tm[q] = r[q] > tm[q] ? r[q] : tm[q];
+                        tm[q] = max_nan(tm[q], r[q]);
                 } else {
 #pragma omp simd
                     for (int q = 0; q < W; q++)
@@ -147,7 +153,7 @@ POOL_INLINE void pool_plane_direct(float *yp, const float *xp, const struct qt_c
                 const float *r = xp + (int64_t)(oh * d->sh - d->pt + i * d->dh) * d->w;
                 for (int j = j0; j < j1; j++) {
                     const float v = r[ow * d->sw - d->pl + j * d->dw];
-                    acc = is_max ? (v > acc ? v : acc) : acc + v;
+                    acc = is_max ? max_nan(acc, v) : acc + v;
                 }
             }
             yp[(int64_t)oh * d->ow + ow] = acc;

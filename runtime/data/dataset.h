@@ -5,7 +5,7 @@
 
 #include <stdint.h>
 
-#include "../../graph/error.h"
+#include "../../util/error.h"
 
 /* One split of a dataset, decoded: n samples of c x h x w uint8 pixels stored CHW. */
 struct qt_dataset {

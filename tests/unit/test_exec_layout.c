@@ -41,8 +41,7 @@ struct counting {
     int steps, fused, sums, in_place, to_plain;
 };
 
-static int count_infer(struct qt_backend *b, const struct qt_graph *g, const struct qt_step *s,
-                       struct qt_error *e)
+static int count_infer(struct qt_backend *b, const struct qt_step *s, struct qt_error *e)
 {
     struct counting *c = (struct counting *)b;
     c->steps++;
@@ -50,17 +49,17 @@ static int count_infer(struct qt_backend *b, const struct qt_graph *g, const str
     for (int p = 0; p < s->npost; p++)
         if (s->post[p].other) {
             c->sums++;
-            c->in_place += s->post[p].other->data == s->out[0]->data;
+            c->in_place += s->post[p].other == s->out[0];
         }
-    return c->inner->forward_infer(c->inner, g, s, e);
+    return c->inner->forward_infer(c->inner, s, e);
 }
 
-static int count_to_plain(struct qt_backend *b, void *dst, const struct qt_tensor *t, int layout,
-                          struct qt_error *e)
+static int count_to_plain(struct qt_backend *b, float *dst, const float *src,
+                          const int64_t dims[4], int layout, struct qt_error *e)
 {
     struct counting *c = (struct counting *)b;
     c->to_plain++;
-    return c->inner->to_plain(c->inner, dst, t, layout, e);
+    return c->inner->to_plain(c->inner, dst, src, dims, layout, e);
 }
 
 static void counting_init(struct counting *c, struct qt_backend *inner)

@@ -300,12 +300,15 @@ static const int32_t xent_labels[4] = {2, 0, 4, 4};
 
 static void xent_f(const struct fd_case *c, float *y)
 {
-    y[0] = (float)softmax_xent_cpu(NULL, NULL, c->in[0], xent_labels, 4, 5, 0.1f, 0.25f) * 0.25f;
+    double st[QT_XENT_STATS];
+    softmax_xent_cpu(NULL, st, c->in[0], xent_labels, 4, 5, 0.1f, 0.25f);
+    y[0] = (float)st[QT_XENT_LOSS] * 0.25f;
 }
 static void xent_b(const struct fd_case *c, float **d, const float *dy, int acc)
 {
     float g[20];
-    softmax_xent_cpu(g, NULL, c->in[0], xent_labels, 4, 5, 0.1f, 0.25f * dy[0]);
+    double st[QT_XENT_STATS];
+    softmax_xent_cpu(g, st, c->in[0], xent_labels, 4, 5, 0.1f, 0.25f * dy[0]);
     for (int i = 0; i < 20; i++) d[0][i] = acc ? d[0][i] + g[i] : g[i];
 }
 
@@ -315,15 +318,31 @@ QT_TEST(grad_softmax_xent)
     fill(z, 20, -3, 3);
     struct fd_case c = {1, {z}, {20}, 1, xent_f, xent_b, NULL};
     if (fd_check("softmax cross-entropy", &c, 1e-3, 2e-3)) return 1;
-    /* Without smoothing the loss is -log softmax[label]. */
+    /* Without smoothing the loss is -log softmax[label]; the counts follow the label's rank
+     * (ties to the lower index); a row with a non-finite logit counts only as such. */
     double want = 0;
+    int top1 = 0, top5 = 0;
     for (int i = 0; i < 4; i++) {
         double se = 0;
-        for (int j = 0; j < 5; j++) se += exp(z[i * 5 + j]);
-        want += log(se) - z[i * 5 + xent_labels[i]];
+        int higher = 0;
+        const float zy = z[i * 5 + xent_labels[i]];
+        for (int j = 0; j < 5; j++) {
+            se += exp(z[i * 5 + j]);
+            higher += z[i * 5 + j] > zy || (z[i * 5 + j] == zy && j < xent_labels[i]);
+        }
+        want += log(se) - zy;
+        top1 += higher == 0;
+        top5 += higher < 5;
     }
-    int64_t hits;
-    QT_CHECK_NEAR(softmax_xent_cpu(NULL, &hits, z, xent_labels, 4, 5, 0.f, 1.f), want, 1e-5 * (1 + want));
+    double st[QT_XENT_STATS];
+    softmax_xent_cpu(NULL, st, z, xent_labels, 4, 5, 0.f, 1.f);
+    QT_CHECK_NEAR(st[QT_XENT_LOSS], want, 1e-5 * (1 + want));
+    QT_CHECK(st[QT_XENT_TOP1] == top1 && st[QT_XENT_TOP5] == top5 && st[QT_XENT_NONFINITE] == 0);
+    const float keep = z[7];
+    z[7] = NAN;
+    softmax_xent_cpu(NULL, st, z, xent_labels, 4, 5, 0.f, 1.f);
+    z[7] = keep;
+    QT_CHECK(st[QT_XENT_NONFINITE] == 1 && isfinite(st[QT_XENT_LOSS]));
     return 0;
 }
 

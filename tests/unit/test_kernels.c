@@ -884,3 +884,24 @@ QT_TEST(kernels_threads)
     QT_CHECK(qt_cpu_threads() >= 1);
     return 0;
 }
+
+/* Max pooling lets NaN through whatever its place in the window (as its backward and PyTorch
+ * do); both the row path and the per-window path are taken. */
+QT_TEST(kernels_maxpool_nan_wins)
+{
+    for (int wide = 0; wide < 2; wide++) {
+        const int w = wide ? 5000 : 4; /* rows longer than the padded-row buffer go direct */
+        struct qt_conv2d_desc d = {1, 1, 2, w, 1, 1, w / 2, 2, 2, 2, 2, 1, 1, 0, 0, 0, 0, 1};
+        float *x = calloc((size_t)2 * w, sizeof(float)), *y = calloc((size_t)w, sizeof(float));
+        QT_CHECK(x && y);
+        for (int i = 0; i < 2 * w; i++) x[i] = (float)(i % 7);
+        x[1] = NAN;         /* second tap of window 0, first row */
+        x[w + 2] = NAN;     /* first tap of window 1, second row */
+        maxpool2d_forward_cpu(y, x, &d);
+        const int ok = isnan(y[0]) && isnan(y[1]) && (w / 2 < 3 || !isnan(y[2]));
+        free(x);
+        free(y);
+        QT_CHECK(ok);
+    }
+    return 0;
+}

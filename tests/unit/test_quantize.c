@@ -148,15 +148,14 @@ struct counting {
     int act_steps, act_in_layout;
 };
 
-static int count_infer(struct qt_backend *b, const struct qt_graph *g, const struct qt_step *s,
-                       struct qt_error *e)
+static int count_infer(struct qt_backend *b, const struct qt_step *s, struct qt_error *e)
 {
     struct counting *c = (struct counting *)b;
-    if (s->node->op == QT_OP_ACTQUANT) {
+    if (s->d->kind == QT_K_ACTQUANT) {
         c->act_steps++;
         c->act_in_layout += s->in_layout[0] != 0;
     }
-    return c->inner->forward_infer(c->inner, g, s, e);
+    return c->inner->forward_infer(c->inner, s, e);
 }
 
 /* One inference run of g on the CPU backend in the given mode; returns a copy of output 0.
@@ -182,7 +181,14 @@ static struct qt_tensor *forward_counted(struct qt_graph *g, const struct qt_ten
     if (x) {
         qt_exec_set_mode(x, mode);
         const struct qt_tensor *ins[1] = {in};
-        if (qt_exec_forward(x, ins, e) == 0) y = qt_tensor_clone(qt_exec_output(x, 0));
+        if (qt_exec_forward(x, ins, e) == 0) {
+            const struct qt_tensor *o = qt_exec_output(x, 0);
+            y = qt_tensor_new(QT_F32, &o->shape);
+            if (y && qt_exec_read(x, o->data, y->data, qt_shape_numel(&o->shape), e)) {
+                qt_tensor_free(y);
+                y = NULL;
+            }
+        }
         qt_exec_free(x);
     }
     inner->destroy(inner);

@@ -3,6 +3,7 @@
 #ifndef QT_RNG_H
 #define QT_RNG_H
 
+#include <math.h>
 #include <stdint.h>
 
 struct qt_rng {
@@ -19,7 +20,8 @@ static inline uint64_t qt_splitmix64(uint64_t *x)
 
 static inline void qt_rng_seed(struct qt_rng *r, uint64_t seed)
 {
-    for (int i = 0; i < 4; i++) r->s[i] = qt_splitmix64(&seed);
+    for (int i = 0; i < 4; i++)
+        r->s[i] = qt_splitmix64(&seed);
 }
 
 static inline uint64_t qt_rng_next(struct qt_rng *r)
@@ -50,6 +52,41 @@ static inline void qt_rng_shuffle(struct qt_rng *r, int *p, int n)
         p[i] = p[j];
         p[j] = t;
     }
+}
+
+/* Uniform in [0, 1) with 53 random bits. */
+static inline double qt_rng_uniform(struct qt_rng *r)
+{
+    return (double)(qt_rng_next(r) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* Standard normals by Box-Muller: each draw of two uniforms yields two values, the second
+ * kept for the next call. */
+struct qt_normal {
+    struct qt_rng r;
+    int has_spare;
+    double spare;
+};
+
+static inline void qt_normal_seed(struct qt_normal *n, uint64_t seed)
+{
+    qt_rng_seed(&n->r, seed);
+    n->has_spare = 0;
+    n->spare = 0;
+}
+
+static inline double qt_normal_next(struct qt_normal *n)
+{
+    if (n->has_spare) {
+        n->has_spare = 0;
+        return n->spare;
+    }
+    const double u1 = 1.0 - qt_rng_uniform(&n->r); /* (0, 1]: log stays finite */
+    const double u2 = qt_rng_uniform(&n->r);
+    const double rad = sqrt(-2.0 * log(u1)), th = 2.0 * 3.14159265358979323846 * u2;
+    n->spare = rad * sin(th);
+    n->has_spare = 1;
+    return rad * cos(th);
 }
 
 #endif

@@ -1,0 +1,118 @@
+/* Reference fake quantizers (APOT.md sections 2-4), forward and backward: one element at a time
+ * with the per-element formulas of kernels/common/apot.h, sums (statistics, dalpha) in double. */
+#include <math.h>
+
+#include "kernels/ref/ref.h"
+
+void quant_weight_stats_ref(float *mu, float *sigma, const float *w, int64_t n)
+{
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        s += w[i];
+    const double m = n > 0 ? s / n : 0.0;
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        ss += ((double)w[i] - m) * ((double)w[i] - m);
+    const float sd = (float)sqrt(n > 1 ? ss / (n - 1) : 0.0);
+    *mu = (float)m;
+    *sigma = (sd > 0.0f || isnan(sd)) ? sd : 1.0f;
+}
+
+void quant_weight_forward_ref(float *wq, float *save_mu, float *save_sigma, const float *w,
+                              const float *alpha, int64_t nalpha, int standardize,
+                              const struct qt_apot_quantizer *qz, int64_t n)
+{
+    float mu = 0.0f, sigma = 1.0f;
+    if (standardize) quant_weight_stats_ref(&mu, &sigma, w, n);
+    if (save_mu) *save_mu = mu;
+    if (save_sigma) *save_sigma = sigma;
+    if (n <= 0) return;
+    const int64_t cs = n / nalpha; /* elements per channel */
+    for (int64_t i = 0; i < n; i++) {
+        const float al = alpha[i / cs];
+        const float x = qt_apot_weight_x(w[i], mu, sigma, al);
+        wq[i] = al * qt_apot_signed_q(x, qz->levels, qz->thr, qz->n);
+    }
+}
+
+void quant_weight_backward_ref(float *dw, float *dalpha, const float *dwq, const float *w,
+                               const float *alpha, int64_t nalpha, const float *save_mu,
+                               const float *save_sigma, const struct qt_apot_quantizer *qz,
+                               int64_t n, int acc_w, int acc_alpha)
+{
+    const int64_t cs = n > 0 ? n / nalpha : 0;
+    const float mu = n > 0 ? *save_mu : 0.0f, sigma = n > 0 ? *save_sigma : 1.0f;
+    if (dw)
+        for (int64_t i = 0; i < n; i++) {
+            const float g = qt_apot_weight_dx(dwq[i], sigma);
+            dw[i] = acc_w ? dw[i] + g : g;
+        }
+    if (!dalpha) return;
+    for (int64_t c = 0; c < nalpha; c++) {
+        double s = 0.0;
+        for (int64_t i = c * cs; i < (c + 1) * cs; i++) {
+            const float x = qt_apot_weight_x(w[i], mu, sigma, alpha[c]);
+            const float q = qt_apot_signed_q(x, qz->levels, qz->thr, qz->n);
+            s += (double)dwq[i] * qt_apot_signed_dalpha(x, q);
+        }
+        dalpha[c] = acc_alpha ? dalpha[c] + (float)s : (float)s;
+    }
+}
+
+void quant_act_forward_ref(float *aq, const float *a, const float *alpha,
+                           const struct qt_apot_quantizer *qz, int64_t n)
+{
+    const float al = *alpha;
+    for (int64_t i = 0; i < n; i++) {
+        const float x = a[i] / al;
+        const float q = qz->is_signed ? qt_apot_signed_q(x, qz->levels, qz->thr, qz->n)
+                                      : qt_apot_unsigned_q(x, qz->levels, qz->thr, qz->n);
+        aq[i] = al * q;
+    }
+}
+
+void quant_act_backward_ref(float *da, float *dalpha, const float *daq, const float *a,
+                            const float *alpha, const struct qt_apot_quantizer *qz, int64_t n,
+                            int acc_a, int acc_alpha)
+{
+    const float al = *alpha;
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        const float x = a[i] / al;
+        float g, f; /* dL/da and the dalpha factor of element i */
+        if (qz->is_signed) {
+            const float q = qt_apot_signed_q(x, qz->levels, qz->thr, qz->n);
+            g = qt_apot_signed_act_dx(daq[i], x);
+            f = qt_apot_signed_dalpha(x, q);
+        } else {
+            const float q = qt_apot_unsigned_q(x, qz->levels, qz->thr, qz->n);
+            g = qt_apot_unsigned_dx(daq[i], x);
+            f = qt_apot_unsigned_dalpha(x, q);
+        }
+        if (da) da[i] = acc_a ? da[i] + g : g;
+        s += (double)daq[i] * f;
+    }
+    if (dalpha) *dalpha = acc_alpha ? *dalpha + (float)s : (float)s;
+}
+
+void quant_int8_weight_forward_ref(float *wq, float *save_m, const float *w, int abs_max, int64_t n)
+{
+    float m = 0.0f;
+    for (int64_t i = 0; i < n; i++) {
+        const float v = abs_max ? fabsf(w[i]) : w[i];
+        if (isnan(v)) {
+            m = NAN;
+            break;
+        }
+        if (i == 0 || v > m) m = v;
+    }
+    if (save_m) *save_m = m;
+    for (int64_t i = 0; i < n; i++)
+        wq[i] = qt_apot_int8_q(w[i], m);
+}
+
+void quant_int8_weight_backward_ref(float *dw, const float *dwq, int64_t n, int acc)
+{
+    for (int64_t i = 0; i < n; i++)
+        dw[i] = acc ? dw[i] + dwq[i] : dwq[i];
+}
