@@ -217,6 +217,10 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
         rc = -1;
         goto out;
     }
+    if (cfg->resume && cb && cb->resumed && cb->resumed(cb->ctx, r.epoch)) {
+        rc = qt_err(e, "stopped after loading the checkpoint '%s'", cfg->resume);
+        goto out;
+    }
     if (!(x = qt_exec_new(g, b, e))) {
         rc = -1;
         goto out;

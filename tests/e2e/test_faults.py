@@ -2,6 +2,7 @@
 in the middle of checkpoint and model writes), a full disk (RLIMIT_FSIZE), NaN and Inf in
 models, inputs and normalization, and data or model files truncated or replaced while a command
 reads them."""
+import json
 import os
 import random
 import resource
@@ -93,6 +94,16 @@ def assert_same_weights(got_path, want_path):
         assert np.all(np.isfinite(want[k])), (k, want_path)
         assert np.array_equal(got[k].view(np.uint8), want[k].view(np.uint8)), (
             "%s differs from %s in %s" % (got_path, want_path, k))
+
+
+def log_records(path):
+    """The per-epoch log without its timings: what a resumed run must reproduce exactly."""
+    with open(path) as fh:
+        recs = [json.loads(line) for line in fh]
+    for r in recs:
+        r.pop("seconds")
+        r.pop("images_per_s")
+    return recs
 
 
 def temp_files(folder):
@@ -224,9 +235,10 @@ def test_kill9_never_leaves_truncated_files_and_resumes_bit_exact(qtune, fm_slic
                                                                   tmp_path):
     """20 runs killed with SIGKILL (seeded): half at moments spread over the run, half at the
     n-th change seen in the output folder (a temporary file appearing or growing, a file
-    renamed into place: a checkpoint, best-model or final-model write in progress). After each kill every file under a final name loads (models with
-    inspect, the checkpoint by resuming from it), and the resumed run ends with the same final
-    and best weights, bit for bit, as an uninterrupted run."""
+    renamed into place: a checkpoint, best-model or final-model write in progress). After each
+    kill every file under a final name loads (models with inspect, the checkpoint by resuming
+    from it), and the resumed run ends with the same final and best weights, bit for bit, and
+    the same per-epoch log (each epoch once) as an uninterrupted run."""
     ref_dir = tmp_path / "ref"
     ref_dir.mkdir()
     ref = str(ref_dir / "out.onnx")
@@ -238,6 +250,8 @@ def test_kill9_never_leaves_truncated_files_and_resumes_bit_exact(qtune, fm_slic
     # The reference itself moved away from the initial weights (the comparison can fail).
     assert not np.array_equal(initializers(ref)["fc1.w"], initializers(model28)["fc1.w"])
 
+    ref_log = log_records(str(ref_dir / "out.log.jsonl"))
+    assert [r["epoch"] for r in ref_log] == list(range(1, KILL_EPOCHS + 1))
     rng = random.Random(20261129)
     caught_in_write = 0
     no_checkpoint = 0
@@ -286,6 +300,7 @@ def test_kill9_never_leaves_truncated_files_and_resumes_bit_exact(qtune, fm_slic
         qtune(*train_args(model28, fm_slice, out, KILL_EPOCHS, "--resume", ckpt)).check_ok()
         assert_same_weights(out, ref)
         assert_same_weights(str(d / "out.best.onnx"), ref_best)
+        assert log_records(str(d / "out.log.jsonl")) == ref_log, "trial %d" % trial
     print("kill -9: %d trials, %d killed while a temporary file existed, %d before the first "
           "checkpoint" % (KILL_TRIALS, caught_in_write, no_checkpoint))
     assert no_checkpoint < KILL_TRIALS
