@@ -181,11 +181,11 @@ def stop_while_reading(argv, path, attempts=10):
             fd = open_fd(p.pid, path)
             if fd is None:
                 continue
-            os.kill(p.pid, signal.SIGSTOP)
+            p.send_signal(signal.SIGSTOP)
             pos = fd_pos(p.pid, fd)
             if open_fd(p.pid, path) == fd and pos is not None and pos < size:
                 return p
-            os.kill(p.pid, signal.SIGCONT)
+            p.send_signal(signal.SIGCONT)
             break
         p.kill()
         p.communicate()
@@ -193,7 +193,16 @@ def stop_while_reading(argv, path, attempts=10):
 
 
 def finish(p, argv):
-    out, err = p.communicate(timeout=300)
+    """Waits for a process started here (continuing it if stopped) and checks its end for
+    sanitizer reports."""
+    try:
+        if p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+        out, err = p.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        pytest.fail("timed out: %s" % " ".join(argv))
     return check_sanitizers(Result(argv, subprocess.CompletedProcess(argv, p.returncode, out, err)))
 
 
@@ -557,7 +566,7 @@ def test_dataset_truncated_while_read(qtune, big_idx, model28, tmp_path, cmd):
     if p is None:
         pytest.skip("the read of %s was never caught in progress" % images)
     os.truncate(images, os.path.getsize(images) // 3)
-    os.kill(p.pid, signal.SIGCONT)
+    p.send_signal(signal.SIGCONT)
     r = finish(p, argv)
     r.check_error(images, "truncated")
     assert not os.path.exists(out)
@@ -579,7 +588,7 @@ def test_dataset_replaced_while_read_uses_the_open_file(qtune, big_idx, model28,
     with open(images + ".new", "wb") as fh:
         fh.write(b"\x1f\x8b garbage")
     os.replace(images + ".new", images)
-    os.kill(p.pid, signal.SIGCONT)
+    p.send_signal(signal.SIGCONT)
     got = finish(p, argv).check_ok().json()
     assert got["images"] == want["images"] == 256
     assert got["top1"] == want["top1"] and got["loss"] == want["loss"], (got, want)
@@ -600,7 +609,7 @@ def test_archive_truncated_while_read(qtune, tmp_path):
     if p is None:
         pytest.skip("the read of %s was never caught in progress" % arch)
     os.truncate(arch, os.path.getsize(arch) // 2)
-    os.kill(p.pid, signal.SIGCONT)
+    p.send_signal(signal.SIGCONT)
     finish(p, argv).check_error(arch, ("truncated", "unexpected end"))
 
 
