@@ -53,10 +53,8 @@ struct qt_tensor *qt_npy_parse(const void *buf, size_t len, const char *what, st
         qt_err(e, "'%s': only little-endian float32 or float64 arrays are supported", what);
         goto done;
     }
-    if (strstr(order, "True") && strstr(order, "True") < shape) {
-        qt_err(e, "'%s': Fortran-ordered arrays are not supported", what);
-        goto done;
-    }
+    /* Fortran order (column-major, as numpy writes np.asfortranarray): read transposed. */
+    const int fortran = strstr(order, "True") && strstr(order, "True") < shape;
     struct qt_shape s = {0, {0}};
     const char *p = strchr(shape, '(');
     if (!p) {
@@ -102,13 +100,32 @@ struct qt_tensor *qt_npy_parse(const void *buf, size_t len, const char *what, st
         goto done;
     }
     t = qt_tensor_new(QT_F32, &s);
-    if (f32) {
+    if (!t) {
+        qt_err(e, "'%s': out of memory", what);
+        goto done;
+    }
+    if (f32 && !fortran) {
         memcpy(t->data, b + pos, 4 * (size_t)n);
     } else {
+        int64_t fs[QT_MAX_DIMS]; /* column-major strides */
+        for (int k = 0; k < s.ndim; k++) fs[k] = k ? fs[k - 1] * s.d[k - 1] : 1;
         for (int64_t i = 0; i < n; i++) {
-            double v;
-            memcpy(&v, b + pos + 8 * i, 8);
-            ((float *)t->data)[i] = (float)v;
+            int64_t off = i;
+            if (fortran) {
+                int64_t rem = i;
+                off = 0;
+                for (int k = s.ndim - 1; k >= 0; k--) {
+                    off += (rem % s.d[k]) * fs[k];
+                    rem /= s.d[k];
+                }
+            }
+            if (f32) {
+                memcpy((float *)t->data + i, b + pos + 4 * off, 4);
+            } else {
+                double v;
+                memcpy(&v, b + pos + 8 * off, 8);
+                ((float *)t->data)[i] = (float)v;
+            }
         }
     }
 done:

@@ -242,6 +242,10 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
         rc = -1;
         goto out;
     }
+    if (cfg->resume && cb && cb->resumed && cb->resumed(cb->ctx, r.epoch)) {
+        rc = qt_err(e, "stopped after loading the checkpoint '%s'", cfg->resume);
+        goto out;
+    }
     if (!(x = qt_exec_new(g, b, e))) {
         rc = -1;
         goto out;
@@ -401,7 +405,8 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
          * between the two resumes from the previous checkpoint and writes them again, with
          * the same values, instead of never writing them. */
         if (cb && cb->epoch_end && cb->epoch_end(cb->ctx, &st)) {
-            rc = qt_err(e, "stopped after epoch %d", r.epoch);
+            rc = qt_err(e, "training stopped at the end of epoch %d, before its checkpoint",
+                        r.epoch);
             goto out;
         }
         if (cfg->checkpoint && save_checkpoint(&r, e)) {

@@ -47,6 +47,9 @@ struct qt_train_callbacks {
                   double seconds);
     /* After each epoch's evaluation; a non-zero return stops training with an error. */
     int (*epoch_end)(void *ctx, const struct qt_epoch_stats *s);
+    /* After a checkpoint is loaded (may be NULL), with the epochs it completed: what was
+     * recorded for later epochs is void (they run again); a non-zero return stops training. */
+    int (*resumed)(void *ctx, int epochs_done);
 };
 
 struct qt_train_result {

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../graph/fileio.h"
 #include "../onnx/onnx.h"
 #include "cli.h"
 
@@ -288,6 +289,64 @@ static int on_epoch(void *ctx, const struct qt_epoch_stats *s)
     return 0;
 }
 
+/* Drops the log lines of epochs after the checkpoint's (written by a run that stopped before
+ * their checkpoint): this run writes them again. */
+static int on_resumed(void *ctx, int epochs_done)
+{
+    struct train_ui *ui = ctx;
+    FILE *f = fopen(ui->log_path, "rb");
+    if (!f) return 0; /* no log yet */
+    char *text = NULL, *keep = NULL;
+    size_t len = 0, cap = 0, kept = 0;
+    for (;;) {
+        if (len + 4096 > cap) {
+            char *nt = realloc(text, cap = 2 * cap + 4096);
+            if (!nt) break;
+            text = nt;
+        }
+        size_t got = fread(text + len, 1, cap - len - 1, f);
+        len += got;
+        if (got == 0) break;
+    }
+    if (text) text[len] = 0;
+    int bad = ferror(f) || !text;
+    fclose(f);
+    if (!bad) keep = malloc(len + 1);
+    if (bad || !keep) {
+        free(text);
+        cli_fail("cannot read the log '%s'", ui->log_path);
+        return -1;
+    }
+    for (size_t i = 0; i < len;) {
+        size_t j = i;
+        while (j < len && text[j] != '\n')
+            j++;
+        if (j < len) j++;
+        int epoch;
+        if (!(sscanf(text + i, "{\"epoch\": %d", &epoch) == 1 && epoch > epochs_done)) {
+            memcpy(keep + kept, text + i, j - i);
+            kept += j - i;
+        }
+        i = j;
+    }
+    int rc = 0;
+    if (kept != len) {
+        struct qt_error e;
+        FILE *nl = NULL;
+        if (qt_write_file_atomic(ui->log_path, keep, kept, &e))
+            rc = cli_fail("%s", e.msg);
+        else if (!(nl = fopen(ui->log_path, "a")))
+            rc = cli_fail("cannot write the log '%s': %s", ui->log_path, strerror(errno));
+        else {
+            fclose(ui->log);
+            ui->log = nl;
+        }
+    }
+    free(text);
+    free(keep);
+    return rc ? -1 : 0;
+}
+
 int recipe_run(const struct recipe *r, struct qt_graph *g, const char *model, struct recipe_data *d,
                struct qt_backend *b, const struct recipe_extra *extra)
 {
@@ -355,7 +414,7 @@ int recipe_run(const struct recipe *r, struct qt_graph *g, const char *model, st
     ui.g = g;
     ui.best_path = best_buf;
     ui.quiet = r->quiet;
-    struct qt_train_callbacks cb = {&ui, on_batch, on_epoch};
+    struct qt_train_callbacks cb = {&ui, on_batch, on_epoch, on_resumed};
     struct qt_train_result res;
     if (qt_train(g, b, &d->train, &d->test, &cfg, &cb, &res, &e)) {
         rc = cli_fail("%s", e.msg);
@@ -386,6 +445,6 @@ int recipe_run(const struct recipe *r, struct qt_graph *g, const char *model, st
                res.seconds > 0 ? (double)res.steps * r->batch / res.seconds : 0.0,
                extra && extra->json[0] ? ", " : "", extra ? extra->json : "");
 out:
-    fclose(log);
+    fclose(ui.log);
     return rc;
 }

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import datasets
-from conftest import parse_count, require_shared
+from conftest import assert_close, fashion_mnist, parse_count, require_shared
 
 bad = pytest.mark.badinput
 
@@ -392,7 +392,8 @@ def test_run_bad_npy(qtune, ref_out, tmp_path, kind):
 @bad
 @pytest.mark.parametrize("kind", ["float64", "fortran", "int32"])
 def test_run_unusual_npy(qtune, ref_out, tmp_path, kind):
-    """Other dtypes or layouts: converted correctly or refused cleanly, never a crash."""
+    """float64 and Fortran-ordered arrays are converted and give PyTorch's logits; an int32
+    array is refused, naming the file and the dtypes accepted."""
     x_ref, y_ref = np.load(os.path.join(ref_out, "resnet20", "input.npy")), \
         np.load(os.path.join(ref_out, "resnet20", "expected.npy"))
     if kind == "float64":
@@ -404,12 +405,15 @@ def test_run_unusual_npy(qtune, ref_out, tmp_path, kind):
     p = tmp_path / "x.npy"
     np.save(p, x)
     out = tmp_path / "y.npy"
-    res = qtune("run", model_path(ref_out, BN_MODEL), "--input", p, "--output", out).check_no_crash()
-    if res.returncode == 0 and kind != "int32":
-        y = np.load(out)
-        scale = float(np.abs(y_ref).max())
-        assert y.shape == y_ref.shape and float(np.abs(y - y_ref).max()) <= 1e-4 * scale, (
-            "accepted a %s input but computed different logits" % kind)
+    res = qtune("run", model_path(ref_out, BN_MODEL), "--input", p, "--output", out)
+    if kind == "int32":
+        res.check_error("x.npy", "float32")
+        assert not out.exists(), res.describe()
+        return
+    res.check_ok()
+    y = np.load(out)
+    assert y.dtype == np.float32, y.dtype
+    assert_close(y, y_ref, 1e-4, "%s input vs PyTorch" % kind)
 
 
 @bad
@@ -464,8 +468,11 @@ def test_eval_corrupt_png_in_folder(qtune, ref_out, tmp_path):
     victim = folder / "test" / "c3" / "0001.png"
     data = victim.read_bytes()
     victim.write_bytes(data[:40] + bytes(b ^ 0x5A for b in data[40:80]) + data[80:])
-    qtune("eval", model_path(ref_out, BN_MODEL), "--data", folder, "--split", "test",
-          "--mean", csv(CIFAR_MEAN), "--std", csv(CIFAR_STD), "--json").check_no_crash()
+    r = qtune("eval", model_path(ref_out, BN_MODEL), "--data", folder, "--split", "test",
+              "--mean", csv(CIFAR_MEAN), "--std", csv(CIFAR_STD), "--json")
+    # Refused, naming the damaged file and what is wrong with it; no result printed.
+    r.check_error(os.path.join("c3", "0001.png"), "PNG")
+    assert r.returncode == 1 and not r.stdout.strip(), r.describe()
 
 
 @bad
@@ -476,11 +483,12 @@ def test_eval_missing_data(qtune, ref_out, tmp_path):
 
 @bad
 def test_eval_channel_mismatch(qtune, ref_out, tmp_path):
-    """3-channel model on 1-channel IDX data: refused, or (if qtune expands gray to RGB)
-    evaluated, never a crash."""
+    """3-channel model on 1-channel 28x28 IDX data: refused, naming both image shapes."""
     root = write_fake_idx_folder(str(tmp_path / "idx"))
-    qtune("eval", model_path(ref_out, BN_MODEL), "--data", root, "--split", "test",
-          "--mean", "0.286", "--std", "0.353").check_no_crash()
+    r = qtune("eval", model_path(ref_out, BN_MODEL), "--data", root, "--split", "test",
+              "--mean", "0.286", "--std", "0.353")
+    r.check_error("[N,3,32,32]", "1x28x28")
+    assert r.returncode == 1, r.describe()
 
 
 @bad
@@ -572,11 +580,7 @@ def test_eval_shared_cifar10(qtune, kind):
 
 
 def test_eval_fashion_mnist(qtune, ref_out):
-    if not datasets.fashion_available():
-        msg = "Fashion-MNIST not found under %s (Debian package dataset-fashion-mnist)" % datasets.FASHION_DIR
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
+    fashion_mnist()
     path = model_path(ref_out, FASHION_MODEL)
     res = qtune("eval", path, "--data", datasets.FASHION_DIR, "--split", "test", "--limit", "512",
                 "--batch", "100", "--mean", "%g" % datasets.FASHION_MEAN, "--std",
@@ -587,7 +591,10 @@ def test_eval_fashion_mnist(qtune, ref_out):
     xb = ((x[:512].astype(np.float32) / 255.0 - datasets.FASHION_MEAN) / datasets.FASHION_STD)[:, None]
     logits = ort_logits(path, xb)
     assert_accuracy_matches(j, logits, y[:512].astype(np.int64))
-    assert j["top1"] > 50.0, "the trained model should score well above chance: %s" % j
+    # The model had 150 PyTorch training steps (46-70% top-1 depending on the machine's
+    # numerics); the check that matters is the agreement with onnxruntime above, this one
+    # only that the model learned at all (chance: 10%).
+    assert j["top1"] > 25.0, "the trained model should score well above chance: %s" % j
 
 
 def test_eval_fake_idx_folder(qtune, ref_out, tmp_path):
@@ -636,9 +643,7 @@ def test_run_batch_consistency(qtune, ref_out, tmp_path):
     np.save(tmp_path / "x.npy", x)
     qtune("run", path, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy").check_ok()
     y = np.load(tmp_path / "y.npy")
-    ref = ort_logits(path, x)
-    assert y.shape == ref.shape
-    assert float(np.abs(y - ref).max()) <= 1e-4 * float(np.abs(ref).max())
+    assert_close(y, ort_logits(path, x), 1e-4, "qtune run vs onnxruntime")
 
 
 def test_run_tiny_model(qtune, tmp_path):

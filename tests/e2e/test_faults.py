@@ -2,6 +2,7 @@
 in the middle of checkpoint and model writes), a full disk (RLIMIT_FSIZE), NaN and Inf in
 models, inputs and normalization, and data or model files truncated or replaced while a command
 reads them."""
+import json
 import os
 import random
 import resource
@@ -95,6 +96,16 @@ def assert_same_weights(got_path, want_path):
             "%s differs from %s in %s" % (got_path, want_path, k))
 
 
+def log_records(path):
+    """The per-epoch log without its timings: what a resumed run must reproduce exactly."""
+    with open(path) as fh:
+        recs = [json.loads(line) for line in fh]
+    for r in recs:
+        r.pop("seconds")
+        r.pop("images_per_s")
+    return recs
+
+
 def temp_files(folder):
     """Temporary files of atomic writes ("NAME.tmp.PID") in folder."""
     return sorted(f for f in os.listdir(folder) if ".tmp." in f)
@@ -170,11 +181,11 @@ def stop_while_reading(argv, path, attempts=10):
             fd = open_fd(p.pid, path)
             if fd is None:
                 continue
-            os.kill(p.pid, signal.SIGSTOP)
+            p.send_signal(signal.SIGSTOP)
             pos = fd_pos(p.pid, fd)
             if open_fd(p.pid, path) == fd and pos is not None and pos < size:
                 return p
-            os.kill(p.pid, signal.SIGCONT)
+            p.send_signal(signal.SIGCONT)
             break
         p.kill()
         p.communicate()
@@ -182,7 +193,16 @@ def stop_while_reading(argv, path, attempts=10):
 
 
 def finish(p, argv):
-    out, err = p.communicate(timeout=300)
+    """Waits for a process started here (continuing it if stopped) and checks its end for
+    sanitizer reports."""
+    try:
+        if p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+        out, err = p.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        pytest.fail("timed out: %s" % " ".join(argv))
     return check_sanitizers(Result(argv, subprocess.CompletedProcess(argv, p.returncode, out, err)))
 
 
@@ -224,9 +244,10 @@ def test_kill9_never_leaves_truncated_files_and_resumes_bit_exact(qtune, fm_slic
                                                                   tmp_path):
     """20 runs killed with SIGKILL (seeded): half at moments spread over the run, half at the
     n-th change seen in the output folder (a temporary file appearing or growing, a file
-    renamed into place: a checkpoint, best-model or final-model write in progress). After each kill every file under a final name loads (models with
-    inspect, the checkpoint by resuming from it), and the resumed run ends with the same final
-    and best weights, bit for bit, as an uninterrupted run."""
+    renamed into place: a checkpoint, best-model or final-model write in progress). After each
+    kill every file under a final name loads (models with inspect, the checkpoint by resuming
+    from it), and the resumed run ends with the same final and best weights, bit for bit, and
+    the same per-epoch log (each epoch once) as an uninterrupted run."""
     ref_dir = tmp_path / "ref"
     ref_dir.mkdir()
     ref = str(ref_dir / "out.onnx")
@@ -238,6 +259,8 @@ def test_kill9_never_leaves_truncated_files_and_resumes_bit_exact(qtune, fm_slic
     # The reference itself moved away from the initial weights (the comparison can fail).
     assert not np.array_equal(initializers(ref)["fc1.w"], initializers(model28)["fc1.w"])
 
+    ref_log = log_records(str(ref_dir / "out.log.jsonl"))
+    assert [r["epoch"] for r in ref_log] == list(range(1, KILL_EPOCHS + 1))
     rng = random.Random(20261129)
     caught_in_write = 0
     no_checkpoint = 0
@@ -286,6 +309,7 @@ def test_kill9_never_leaves_truncated_files_and_resumes_bit_exact(qtune, fm_slic
         qtune(*train_args(model28, fm_slice, out, KILL_EPOCHS, "--resume", ckpt)).check_ok()
         assert_same_weights(out, ref)
         assert_same_weights(str(d / "out.best.onnx"), ref_best)
+        assert log_records(str(d / "out.log.jsonl")) == ref_log, "trial %d" % trial
     print("kill -9: %d trials, %d killed while a temporary file existed, %d before the first "
           "checkpoint" % (KILL_TRIALS, caught_in_write, no_checkpoint))
     assert no_checkpoint < KILL_TRIALS
@@ -542,7 +566,7 @@ def test_dataset_truncated_while_read(qtune, big_idx, model28, tmp_path, cmd):
     if p is None:
         pytest.skip("the read of %s was never caught in progress" % images)
     os.truncate(images, os.path.getsize(images) // 3)
-    os.kill(p.pid, signal.SIGCONT)
+    p.send_signal(signal.SIGCONT)
     r = finish(p, argv)
     r.check_error(images, "truncated")
     assert not os.path.exists(out)
@@ -564,7 +588,7 @@ def test_dataset_replaced_while_read_uses_the_open_file(qtune, big_idx, model28,
     with open(images + ".new", "wb") as fh:
         fh.write(b"\x1f\x8b garbage")
     os.replace(images + ".new", images)
-    os.kill(p.pid, signal.SIGCONT)
+    p.send_signal(signal.SIGCONT)
     got = finish(p, argv).check_ok().json()
     assert got["images"] == want["images"] == 256
     assert got["top1"] == want["top1"] and got["loss"] == want["loss"], (got, want)
@@ -585,7 +609,7 @@ def test_archive_truncated_while_read(qtune, tmp_path):
     if p is None:
         pytest.skip("the read of %s was never caught in progress" % arch)
     os.truncate(arch, os.path.getsize(arch) // 2)
-    os.kill(p.pid, signal.SIGCONT)
+    p.send_signal(signal.SIGCONT)
     finish(p, argv).check_error(arch, ("truncated", "unexpected end"))
 
 

@@ -10,6 +10,8 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
+from conftest import assert_close
+
 
 def write_cifar(folder, n):
     os.makedirs(folder, exist_ok=True)
@@ -49,7 +51,5 @@ def test_imported_resnet20_trains(qtune, ref_out, tmp_path, form):
     sess = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
     y_ort = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     np.save(str(tmp_path / "x.npy"), x)
-    r = qtune("run", out, "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"))
-    assert r.returncode == 0, r.describe()
-    y = np.load(str(tmp_path / "y.npy"))
-    assert np.max(np.abs(y - y_ort)) <= 1e-4 * np.max(np.abs(y_ort))
+    qtune("run", out, "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy")).check_ok()
+    assert_close(np.load(str(tmp_path / "y.npy")), y_ort, 1e-4, "qtune run vs onnxruntime")

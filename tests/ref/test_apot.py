@@ -8,7 +8,6 @@ below and just beyond the clipping threshold, exact level midpoints and their ne
 and negative inputs to unsigned quantizers."""
 import os
 import re
-import subprocess
 
 import numpy as np
 import pytest
@@ -16,12 +15,6 @@ import torch
 
 import apot_ref as ref
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _tests_binary():
-    p = os.environ.get("QT_TESTS_BIN") or os.path.join("build", "qtune-tests")
-    return p if os.path.isabs(p) else os.path.join(REPO, p)
 
 
 def f32(v):
@@ -244,16 +237,10 @@ def test_reference_levels_match_table():
         ref.magnitude_bits(ref.UNIFORM, 1, True)
 
 
-def test_c_kernels_match_pytorch_reference(tmp_path):
-    binary = _tests_binary()
-    if not os.path.exists(binary):
-        pytest.fail("%s not found (run make, or set QT_TESTS_BIN)" % binary)
+def test_c_kernels_match_pytorch_reference(qtune_tests, tmp_path):
     ncases = write_cases(str(tmp_path))
-    env = dict(os.environ, QT_APOT_REF=str(tmp_path))
-    proc = subprocess.run([binary, "apot_pytorch_reference"], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=300)
+    proc = qtune_tests("apot_pytorch_reference", env={"QT_APOT_REF": str(tmp_path)}).check_ok()
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
     assert "ok   apot_pytorch_reference" in proc.stdout, out
     m = re.search(r"checked (\d+) cases", proc.stdout)
     assert m and int(m.group(1)) == ncases, out

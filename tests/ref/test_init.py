@@ -3,7 +3,6 @@ exactly the parameters (names and shapes) of the PyTorch reference models in mod
 torchvision, compute what those models compute with the same weights, run in onnxruntime
 with the same logits as `qtune run`, and start from He-initialized weights."""
 import math
-import os
 
 import numpy as np
 import onnx
@@ -15,7 +14,7 @@ import torch.nn as nn
 import torchvision
 
 import models
-from conftest import parse_count
+from conftest import assert_close, parse_count
 
 # (arch, input CxHxW, classes): several input shapes per family, non-square included.
 CASES = [
@@ -83,15 +82,6 @@ def qtune_run(qtune, model, x, tmp_path):
     np.save(xin, x)
     qtune("run", model, "--input", xin, "--output", yout).check_ok()
     return np.load(yout)
-
-
-def assert_close(got, want, rtol, what):
-    assert got.shape == want.shape, "%s: shape %s, expected %s" % (what, got.shape, want.shape)
-    assert np.isfinite(got).all(), "%s: non-finite values" % what
-    scale = float(np.abs(want).max())
-    diff = float(np.abs(got.astype(np.float64) - want).max())
-    assert diff <= rtol * scale, "%s: max diff %.3e > %.0e * max|logit| (%.4g)" % (
-        what, diff, rtol, scale)
 
 
 @pytest.fixture(scope="module")

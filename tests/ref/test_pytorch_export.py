@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 
 import export_models
-from conftest import require_shared
+from conftest import assert_close, require_shared
 
 VARIANTS = export_models.matrix()
 # Tolerance of qtune's logits against PyTorch's, relative to the largest |logit|.
@@ -45,14 +45,17 @@ def qtune_logits(qtune, model_path, x, tmp_path, tag="x"):
 
 
 def assert_close_to_torch(y, expected, what):
-    assert y.shape == expected.shape, "%s: shape %s, expected %s" % (what, y.shape, expected.shape)
-    scale = float(np.abs(expected).max())
-    diff = float(np.abs(y.astype(np.float64) - expected).max()) if y.size else 0.0
-    assert np.isfinite(y).all(), "%s: non-finite outputs" % what
-    assert diff <= RUN_RTOL * scale, (
-        "%s: max |qtune - torch| = %.3e > %.0e * max|logit| (%.4f); worst at %s" % (
-            what, diff, RUN_RTOL, scale,
-            np.unravel_index(np.argmax(np.abs(y - expected)), y.shape)))
+    assert_close(y, expected, RUN_RTOL, what)
+
+
+def assert_allclose(b, a, what):
+    """Round-trip check, elementwise as np.allclose (rtol RT_RTOL, atol RT_ATOL x max|a|), with
+    shapes equal and NaN failing."""
+    assert b.shape == a.shape, "%s: shape %s vs %s" % (what, b.shape, a.shape)
+    assert np.isfinite(a).all() and np.isfinite(b).all(), "%s: non-finite outputs" % what
+    scale = float(np.abs(a).max())
+    assert np.allclose(b, a, rtol=RT_RTOL, atol=RT_ATOL * scale), (
+        "%s: max diff %.3e (scale %.4f)" % (what, float(np.abs(b - a).max()), scale))
 
 
 def ort_run(path, x):
@@ -112,11 +115,7 @@ def test_export_roundtrip_onnxruntime(exported, ref_out, v):
     for tag, xb, _ in batches(v, x, x):
         a = ort_run(v.path(ref_out), xb)
         b = ort_run(out, xb)
-        scale = float(np.abs(a).max())
-        assert b.shape == a.shape, "%s: exported output shape %s vs %s" % (tag, b.shape, a.shape)
-        assert np.allclose(b, a, rtol=RT_RTOL, atol=RT_ATOL * scale), (
-            "%s %s: onnxruntime on the export differs from the original: max diff %.3e "
-            "(scale %.4f)" % (v.name, tag, float(np.abs(b - a).max()), scale))
+        assert_allclose(b, a, "%s %s: onnxruntime on the export vs the original" % (v.name, tag))
 
 
 @pytest.mark.parametrize("v", VARIANTS, ids=_ids(VARIANTS))
@@ -187,7 +186,7 @@ def test_identity_and_dropout(qtune, ref_out, name, tmp_path):
     ops = {n.op_type for n in m.graph.node}
     assert not ops & {"Identity", "Dropout"}, "export keeps %s" % sorted(ops & {"Identity", "Dropout"})
     a, b = ort_run(src, x), ort_run(out, x)
-    assert np.allclose(b, a, rtol=RT_RTOL, atol=RT_ATOL * float(np.abs(a).max()))
+    assert_allclose(b, a, "onnxruntime on the export vs the original")
 
 
 @pytest.mark.parametrize("kind", ["bn", "folded"])
@@ -203,6 +202,4 @@ def test_shared_model(qtune, kind, tmp_path):
     onnx.checker.check_model(m)
     extra = sorted({n.op_type for n in m.graph.node} - CANONICAL_OPS)
     assert not extra, "export keeps %s" % extra
-    b = ort_run(out, x)
-    assert np.allclose(b, ref, rtol=RT_RTOL, atol=RT_ATOL * float(np.abs(ref).max())), (
-        "max diff %.3e" % float(np.abs(b - ref).max()))
+    assert_allclose(ort_run(out, x), ref, "onnxruntime on the export vs the original")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 
 import models
+from conftest import assert_close
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.3, 0.2)
 BATCH = 2
@@ -88,8 +89,7 @@ def normalized(pixels):
 
 def rel_close(got, want, what):
     scale = float(np.max(np.abs(want))) if want.size else 0.0
-    err = float(np.max(np.abs(got - want))) if want.size else 0.0
-    assert err <= REL * max(scale, 1e-12), "%s: max abs diff %.3g vs max |ref| %.3g" % (what, err, scale)
+    assert_close(got, want, REL, what, scale=max(scale, 1e-12))
 
 
 @pytest.fixture(scope="module")
