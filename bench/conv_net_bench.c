@@ -71,34 +71,32 @@ static void account(const char *name, double ms)
     k->calls++;
 }
 
-static int timed_forward(struct qt_backend *b, const struct qt_graph *g, const struct qt_node *n,
-                         const struct qt_tensor **in, struct qt_tensor **out, float *ws,
-                         struct qt_error *e)
+static int timed_forward(struct qt_backend *b, const struct qt_op_desc *d, const float *const *in,
+                         float *const *out, float *ws, struct qt_error *e)
 {
     const double t0 = now_ms();
-    const int rc = inner.forward(b, g, n, in, out, ws, e);
-    account(qt_op_name(n->op), now_ms() - t0);
+    const int rc = inner.forward(b, d, in, out, ws, e);
+    account(qt_opk_name(d->kind), now_ms() - t0);
     return rc;
 }
 
-static int timed_forward_infer(struct qt_backend *b, const struct qt_graph *g,
-                               const struct qt_step *s, struct qt_error *e)
+static int timed_forward_infer(struct qt_backend *b, const struct qt_step *s, struct qt_error *e)
 {
     char name[64];
-    int len = snprintf(name, sizeof name, "%s", qt_op_name(s->node->op));
+    int len = snprintf(name, sizeof name, "%s", qt_opk_name(s->d->kind));
     for (int i = 0; i < s->npost && len < (int)sizeof name; i++)
-        len += snprintf(name + len, sizeof name - len, "+%s", qt_op_name(s->post[i].node->op));
+        len += snprintf(name + len, sizeof name - len, "+%s", qt_opk_name(s->post[i].d->kind));
     const double t0 = now_ms();
-    const int rc = inner.forward_infer(b, g, s, e);
+    const int rc = inner.forward_infer(b, s, e);
     account(name, now_ms() - t0);
     return rc;
 }
 
-static int timed_to_plain(struct qt_backend *b, void *dst, const struct qt_tensor *t, int layout,
-                          struct qt_error *e)
+static int timed_to_plain(struct qt_backend *b, float *dst, const float *src,
+                          const int64_t dims[4], int layout, struct qt_error *e)
 {
     const double t0 = now_ms();
-    const int rc = inner.to_plain(b, dst, t, layout, e);
+    const int rc = inner.to_plain(b, dst, src, dims, layout, e);
     account("(to plain order)", now_ms() - t0);
     return rc;
 }

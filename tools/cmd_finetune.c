@@ -9,7 +9,7 @@
 #include "../graph/schema.h"
 #include "../onnx/onnx.h"
 #include "../passes/passes.h"
-#include "../runtime/calib.h"
+#include "../runtime/finetune.h"
 #include "cli.h"
 #include "recipe.h"
 
@@ -166,69 +166,48 @@ int cmd_finetune(int argc, char **argv)
     if (!g) return 1;
     struct recipe_data d;
     struct qt_backend *b = NULL;
-    int *bn = NULL;
     if ((rc = recipe_load_data(&r, g, path, &d))) goto out;
     if (!(b = qt_backend_new(r.device, (int)r.threads, &e))) {
         rc = cli_fail("finetune: %s", e.msg);
         goto out;
     }
-    struct qt_calib_config cc = {(int)calib_batches, (int)r.batch, r.seed, d.mean, d.std, 65536, 2};
-    /* Convs without a BatchNorm after them (folded models) get one back, so that
-     * standardized weights have something to absorb their scale (APOT.md section 5). */
-    int unfolded = 0;
-    if (strcmp(folded, "unfold") == 0 && qc.standardize) {
-        if (qt_pass_unfold_batchnorm(g, &bn, &unfolded, &e)) {
-            rc = cli_fail("'%s': %s", path, e.msg);
-        } else if (unfolded) {
-            if (!r.quiet)
-                fprintf(
-                    stderr,
-                    "unfolding: a BatchNorm after each of %d Convs, statistics from %d batches\n",
-                    unfolded, cc.batches);
-            if (!r.resume && qt_calib_bn_from_data(g, b, &d.train, &cc, bn, unfolded, &e))
-                rc = cli_fail("'%s': %s", path, e.msg);
-        }
-        if (rc) goto out;
-    }
-    struct qt_quant_summary qs;
-    if (qt_pass_quantize(g, &qc, &qs, &e)) {
+    struct qt_prepare_config pc = {
+        &qc,
+        strcmp(folded, "unfold") == 0,
+        calib_alphas,
+        r.resume != NULL,
+        {(int)calib_batches, (int)r.batch, r.seed, d.mean, d.std, 65536, 2},
+        (int)r.batch,
+        r.test_limit};
+    struct qt_prepare_report pr;
+    struct cli_progress prog;
+    cli_progress_init(&prog, "eval", "img", r.quiet);
+    if (qt_finetune_prepare(g, b, &d.train, &d.test, &pc, cli_progress_update, &prog, &pr, &e)) {
         rc = cli_fail("'%s': %s", path, e.msg);
         goto out;
     }
-    if (!r.quiet)
+    const struct qt_quant_summary qs = pr.quant;
+    if (!r.quiet) {
+        if (pr.unfolded)
+            fprintf(stderr,
+                    "unfolding: a BatchNorm after each of %d Convs, statistics from %d batches\n",
+                    pr.unfolded, pc.calib.batches);
         fprintf(stderr,
                 "quantized %d layers: %d weight and %d activation quantizers (%d signed), "
                 "%s W%ldA%ld%s%s\n",
                 qs.layers, qs.weight, qs.act, qs.act_signed, qt_quant_scheme_name(scheme), wbits,
                 abits, qs.kept ? ", alphas kept from the input model" : "",
                 qs.reset ? ", alphas re-initialized" : "");
-    double ptq_top1 = -1, ptq_top5 = -1, ptq_loss = 0;
-    if (!r.resume) {
-        struct qt_calib_report cr;
-        if (qt_calib_quantizers(g, b, &d.train, &cc, calib_alphas, &cr, &e)) {
-            rc = cli_fail("'%s': calibration: %s", path, e.msg);
-            goto out;
-        }
-        if (!r.quiet)
+        if (pr.evaluated)
             fprintf(stderr,
-                    "calibration (%.1f s): %s; running statistics of %d BatchNorms re-estimated\n",
-                    cr.seconds, calib_alphas ? "alphas from data" : "paper alphas", cr.bn);
-        struct cli_progress prog;
-        cli_progress_init(&prog, "eval", "img", r.quiet);
-        struct qt_eval_result er;
-        if (qt_evaluate(g, b, &d.test, d.mean, d.std, (int)r.batch, r.test_limit,
-                        cli_progress_update, &prog, &er, &e)) {
-            rc = cli_fail("'%s': %s", path, e.msg);
-            goto out;
-        }
-        ptq_top1 = er.top1;
-        ptq_top5 = er.top5;
-        ptq_loss = er.loss;
-        if (!r.quiet)
-            fprintf(stderr, "%s: test top-1 %.2f%% top-5 %.2f%%\n",
-                    calib_alphas ? "post-training quantization" : "before fine-tuning", er.top1,
-                    er.top5);
+                    "calibration (%.1f s): %s; running statistics of %d BatchNorms re-estimated\n"
+                    "%s: test top-1 %.2f%% top-5 %.2f%%\n",
+                    pr.calib.seconds, calib_alphas ? "alphas from data" : "paper alphas",
+                    pr.calib.bn, calib_alphas ? "post-training quantization" : "before fine-tuning",
+                    pr.eval.top1, pr.eval.top5);
     }
+    const double ptq_top1 = pr.evaluated ? pr.eval.top1 : -1;
+    const double ptq_top5 = pr.evaluated ? pr.eval.top5 : -1, ptq_loss = pr.eval.loss;
     if (r.epochs == 0) {
         if (qt_onnx_save(g, r.out, &e)) {
             rc = cli_fail("%s", e.msg);
@@ -258,7 +237,6 @@ int cmd_finetune(int argc, char **argv)
     }
     rc = recipe_run(&r, g, path, &d, b, &ex);
 out:
-    free(bn);
     if (b) b->destroy(b);
     recipe_data_free(&d);
     qt_graph_free(g);

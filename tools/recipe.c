@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../graph/fileio.h"
+#include "../util/fileio.h"
 #include "../onnx/onnx.h"
 #include "cli.h"
 

@@ -19,9 +19,10 @@ static struct qt_backend *backend;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-    backend = qt_backend_cpu_new(1);
+    struct qt_error err;
+    backend = qt_backend_new("cpu", 1, &err);
     if (!backend) {
-        fprintf(stderr, "fuzz: cannot create the CPU backend\n");
+        fprintf(stderr, "fuzz: %s\n", err.msg);
         abort();
     }
     return 0;

@@ -62,7 +62,7 @@ QT_TEST(train_step_reads_once_from_the_backend)
         return qt_test_fail("%s", e.msg);
     }
     struct step_reads s = {b, {0}, 0};
-    struct qt_train_callbacks cb = {&s, on_step, NULL};
+    struct qt_train_callbacks cb = {.ctx = &s, .batch = on_step};
     struct qt_train_result res;
     int rc = qt_train(g, b, &ds, &ds, &cfg, &cb, &res, &e);
     b->destroy(b);
