@@ -109,3 +109,19 @@ QT_TEST(fuzz_ckpt_refused_holds_nothing)
     QT_CHECK(rc != 0 && c.header == NULL);
     return 0;
 }
+
+/* A model without nodes (its output is its input): compaction sorts an empty node list. */
+QT_TEST(fuzz_graph_without_nodes)
+{
+    struct qt_error e;
+    struct qt_graph *g = qt_graph_new();
+    struct qt_shape xs = {2, {qt_graph_sym(g, "N"), 3}};
+    int x = qt_builder_input(g, "x", QT_F32, &xs);
+    int rc = x >= 0 ? qt_builder_output(g, x, NULL, &e) : -1;
+    if (rc == 0) rc = qt_graph_compact(g, &e);
+    int nodes = g->nnodes;
+    qt_graph_free(g);
+    if (rc) return qt_test_fail("compacting a graph without nodes: %s", e.msg);
+    QT_CHECK(nodes == 0);
+    return 0;
+}
