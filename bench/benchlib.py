@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import shlex
 import statistics
 import subprocess
@@ -106,18 +107,41 @@ def resnet20(qtune, tmp):
     return model
 
 
-# What qtune_step's time covers, for the results text.
-QTUNE_STEP_TIMED = ("the training loop's seconds from the per-epoch log (forward, backward, SGD "
-                    "update and assembling each batch from the in-memory dataset: crop, flip, "
-                    "normalization; not reading the dataset, calibration, evaluation or saving), "
-                    "difference of runs of S and 2S steps / S")
+# Clocks: "wall" (elapsed time) or "cpu" (user + system CPU time of the process, all its
+# threads together: on a machine shared with other jobs it does not count the time the process
+# waits for a core, but it does count OpenMP threads spinning at barriers).
+CLOCKS = ("wall", "cpu")
+
+# What qtune_step's time covers, per clock, for the results text.
+QTUNE_STEP_TIMED = {
+    "wall": ("wall seconds of the training loop from the per-epoch log (forward, backward, SGD "
+             "update and assembling each batch from the in-memory dataset: crop, flip, "
+             "normalization; not reading the dataset, calibration, evaluation or saving), "
+             "difference of runs of S and 2S steps / S"),
+    "cpu": ("CPU seconds (user + system) of the whole qtune process, difference of runs of S and "
+            "2S steps / S: per-step work (forward, backward, SGD update, batch assembly); what "
+            "both runs do once (start, loading, calibration, evaluation, saving) cancels"),
+}
 
 
-def qtune_step(qtune, threads, steps, batch, tmp, command=("train",), tag="trained"):
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_timed(cmd, clock):
+    """Runs cmd; returns (its CPU seconds if clock is "cpu", else None, stdout)."""
+    c0 = children_cpu()
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return (children_cpu() - c0 if clock == "cpu" else None), out
+
+
+def qtune_step(qtune, threads, steps, batch, tmp, command=("train",), tag="trained", clock="wall"):
     """Seconds per training step of `qtune COMMAND` on ResNet-20 (a synthetic CIFAR-10 folder
-    in tmp, made on first use): the difference of two runs' training times (of `steps` and
-    2 x `steps` batches, from the per-epoch log) divided by `steps`, so that one-time costs
-    (first-step primitive creation) cancel. Returns (seconds, the last command)."""
+    in tmp, made on first use): the difference of two runs' times (of `steps` and 2 x `steps`
+    batches: the training loop's wall time from the per-epoch log, or the process's CPU time)
+    divided by `steps`, so that one-time costs (first-step primitive creation) cancel.
+    Returns (seconds, the last command)."""
     data = make_cifar(os.path.join(tmp, "cifar"), 2 * steps * batch, batch)
     model = resnet20(qtune, tmp)
     seconds = {}
@@ -127,15 +151,16 @@ def qtune_step(qtune, threads, steps, batch, tmp, command=("train",), tag="train
                "--batch", str(batch), "--train-limit", str(k * steps * batch), "--test-limit",
                str(batch), "--threads", str(threads), "--preset", "cifar10", "--lr", "0.05",
                "--quiet", "-o", out]
-        subprocess.run(cmd, check=True, capture_output=True)
+        cpu, _ = run_timed(cmd, clock)
         with open(os.path.join(tmp, "%s%d.log.jsonl" % (tag, k))) as f:
-            seconds[k] = json.loads(f.readline())["seconds"]
+            seconds[k] = cpu if clock == "cpu" else json.loads(f.readline())["seconds"]
     return (seconds[2] - seconds[1]) / steps, " ".join(cmd)
 
 
-def time_steps(model, opt, steps, batch, warmup=3):
+def time_steps(model, opt, steps, batch, warmup=3, clock="wall"):
     """Seconds per forward, backward and optimizer step of a PyTorch model on one random
-    batch (no data pipeline), after `warmup` untimed steps."""
+    batch (no data pipeline), after `warmup` untimed steps: elapsed time, or with clock "cpu"
+    this process's CPU time (all threads)."""
     import torch
     import torch.nn.functional as F
 
@@ -148,12 +173,13 @@ def time_steps(model, opt, steps, batch, warmup=3):
         F.cross_entropy(model(x), y).backward()
         opt.step()
 
+    timer = time.process_time if clock == "cpu" else time.perf_counter
     for _ in range(warmup):
         step()
-    t0 = time.perf_counter()
+    t0 = timer()
     for _ in range(steps):
         step()
-    return (time.perf_counter() - t0) / steps
+    return (timer() - t0) / steps
 
 
 def onednn_isa(qtune, tmp):

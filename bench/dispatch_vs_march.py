@@ -3,12 +3,11 @@ a build for one CPU level (`make ARCH=-march=x86-64-v3`): the FP32 training step
 training step and evaluation of ResNet-20 (batch 128, 3x32x32), alternated over several rounds;
 prints each round, medians and min-max of every time and of the per-round ratios.
 Usage: .venv/bin/python bench/dispatch_vs_march.py --dispatched BIN --march BIN [--threads 2]
-       [--steps 20] [--eval-images 2560] [--rounds 5] [--note TEXT]
+       [--steps 20] [--eval-images 2560] [--rounds 5] [--clock wall|cpu] [--note TEXT]
        [--out FILE (appends the printed text)]"""
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -17,14 +16,18 @@ sys.path.insert(0, os.path.join(REPO, "bench"))
 import benchlib  # noqa: E402
 
 
-def eval_seconds(qtune, model, data, images, batch, threads):
-    """Seconds per batch of `qtune eval` (the JSON's seconds: batch assembly and inference)."""
-    out = subprocess.run([qtune, "eval", model, "--data", data, "--split", "test", "--batch",
-                          str(batch), "--limit", str(images), "--threads", str(threads),
-                          "--preset", "cifar10", "--json"],
-                         check=True, capture_output=True, text=True).stdout
-    r = json.loads(out.strip().splitlines()[-1])
-    return r["seconds"] / (r["images"] / batch)
+def eval_seconds(qtune, model, data, images, batch, threads, clock):
+    """Seconds per batch of `qtune eval`: wall, the JSON's seconds (batch assembly and
+    inference) over `images`; cpu, the process's CPU time for 2 x `images` minus that for
+    `images`, per batch of the difference."""
+    t = {}
+    for k in ((1, 2) if clock == "cpu" else (1,)):
+        cpu, out = benchlib.run_timed([qtune, "eval", model, "--data", data, "--split", "test",
+                                       "--batch", str(batch), "--limit", str(k * images),
+                                       "--threads", str(threads), "--preset", "cifar10", "--json"],
+                                      clock)
+        t[k] = cpu if clock == "cpu" else json.loads(out.strip().splitlines()[-1])["seconds"]
+    return (t[2] - t[1] if clock == "cpu" else t[1]) / (images / batch)
 
 
 def main():
@@ -36,32 +39,37 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--eval-images", type=int, default=2560)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--clock", choices=benchlib.CLOCKS, default="wall")
     ap.add_argument("--note", default="", help="where the two binaries come from (printed)")
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results", "dispatch_vs_march.txt"))
     a = ap.parse_args()
     log = benchlib.Log(a.out)
     benchlib.header(log, "baseline build with dispatched kernels vs -march=x86-64-v3 build: ResNet-20, "
-                    "batch %d, %d threads, %d alternated rounds" % (a.batch, a.threads, a.rounds))
+                    "batch %d, %d threads, %d alternated rounds, %s clock" % (a.batch, a.threads, a.rounds, a.clock))
     if a.note:
         log("builds:   %s" % a.note)
     builds = {"dispatched": a.dispatched, "march": a.march}
     with tempfile.TemporaryDirectory() as tmp, benchlib.bench_lock(log):
         for name, path in builds.items():
             log("%-10s %s; oneDNN ISA: %s" % (name + ":", path, benchlib.onednn_isa(path, tmp)))
-        log("timed:    train/W4A4: %s (S = %d); eval: `qtune eval` JSON seconds over %d test "
-            "images (batch assembly and inference) per batch" % (benchlib.QTUNE_STEP_TIMED,
-                                                                a.steps, a.eval_images))
-        data = benchlib.make_cifar(os.path.join(tmp, "cifar"), 2 * a.steps * a.batch, a.eval_images)
+        log("timed:    train/W4A4: %s (S = %d); eval per batch: %s" % (
+            benchlib.QTUNE_STEP_TIMED[a.clock], a.steps,
+            "CPU seconds of `qtune eval` on 2N minus N test images, N = %d" % a.eval_images
+            if a.clock == "cpu" else "`qtune eval` JSON seconds (batch assembly and inference) "
+            "over %d test images" % a.eval_images))
+        data = benchlib.make_cifar(os.path.join(tmp, "cifar"), 2 * a.steps * a.batch,
+                                   2 * a.eval_images)
         model = benchlib.resnet20(a.dispatched, tmp)
         progs = []
         for name, path in builds.items():
             progs.append(("train %s" % name, lambda p=path, n=name: benchlib.qtune_step(
-                p, a.threads, a.steps, a.batch, tmp, tag="fp_" + n)[0]))
+                p, a.threads, a.steps, a.batch, tmp, tag="fp_" + n, clock=a.clock)[0]))
             progs.append(("W4A4 %s" % name, lambda p=path, n=name: benchlib.qtune_step(
                 p, a.threads, a.steps, a.batch, tmp,
-                ("finetune", "--bits", "4", "--scheme", "apot", "--calib-batches", "1"), "q_" + n)[0]))
+                ("finetune", "--bits", "4", "--scheme", "apot", "--calib-batches", "1"), "q_" + n,
+                a.clock)[0]))
             progs.append(("eval %s" % name, lambda p=path: eval_seconds(
-                p, model, data, a.eval_images, a.batch, a.threads)))
+                p, model, data, a.eval_images, a.batch, a.threads, a.clock)))
         # interleave the builds: train d, train m, W4A4 d, W4A4 m, eval d, eval m
         progs = [progs[i] for i in (0, 3, 1, 4, 2, 5)]
         t = benchlib.alternate(log, a.rounds, progs)

@@ -12,7 +12,8 @@ gradients (straight-through input gradient, clipped for activations; the alpha g
 kernels/common/apot.h). It is checked against the brute-force reference tests/ref/apot_ref.py
 before timing. PyTorch steps run on one fixed random batch (no data pipeline).
 Usage: .venv/bin/python bench/quant_step_vs_fp32.py [--threads 2] [--steps 30] [--rounds 5]
-       [--torch-steps 10] [--qtune build/qtune] [--out FILE (appends the printed text)]"""
+       [--torch-steps 10] [--clock wall|cpu] [--qtune build/qtune]
+       [--out FILE (appends the printed text)]"""
 import argparse
 import os
 import sys
@@ -178,19 +179,19 @@ def check_against_reference():
             % (w.numel(), x.numel(), worst))
 
 
-def torch_step(threads, steps, batch, quantized):
+def torch_step(threads, steps, batch, quantized, clock):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     m = models.CifarResNet(20)
     if not quantized:
         opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-        return benchlib.time_steps(m, opt, steps, batch)
+        return benchlib.time_steps(m, opt, steps, batch, clock=clock)
     m = quantize(m)
     alphas = [p for n, p in m.named_parameters() if "alpha" in n]
     rest = [p for n, p in m.named_parameters() if "alpha" not in n]
     opt = torch.optim.SGD([{"params": rest}, {"params": alphas, "lr": 0.1}], lr=0.04,
                           momentum=0.9, weight_decay=1e-4)
-    return benchlib.time_steps(m, opt, steps, batch)
+    return benchlib.time_steps(m, opt, steps, batch, clock=clock)
 
 
 def main():
@@ -200,24 +201,25 @@ def main():
     ap.add_argument("--torch-steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--clock", choices=benchlib.CLOCKS, default="wall")
     ap.add_argument("--qtune", default=os.path.join(REPO, "build", "qtune"))
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results", "quant_step_vs_fp32.txt"))
     a = ap.parse_args()
     log = benchlib.Log(a.out)
     benchlib.header(log, "W4A4 APoT training step: ResNet-20, batch %d, 3x32x32, SGD momentum 0.9, "
-                    "%d threads, %d alternated rounds" % (a.batch, a.threads, a.rounds))
+                    "%d threads, %d alternated rounds, %s clock" % (a.batch, a.threads, a.rounds, a.clock))
     log(check_against_reference())
     with tempfile.TemporaryDirectory() as tmp, benchlib.bench_lock(log):
         log("qtune:    %s; oneDNN ISA: %s" % (a.qtune, benchlib.onednn_isa(a.qtune, tmp)))
         log("pytorch:  torch %s, %s" % (torch.__version__, benchlib.torch_cpu_capability()))
-        log("timed:    qtune: %s (S = %d); pytorch: %d steps after 3 warm-up on one fixed batch"
-            % (benchlib.QTUNE_STEP_TIMED, a.steps, a.torch_steps))
+        log("timed:    qtune: %s (S = %d); pytorch: %s time of %d steps after 3 warm-up on one "
+            "fixed batch" % (benchlib.QTUNE_STEP_TIMED[a.clock], a.steps, a.clock, a.torch_steps))
         cmd = []
 
         def qtune(quantized):
             args = (("finetune", "--bits", "4", "--scheme", "apot", "--calib-batches", "1"), "q") \
                 if quantized else (("train",), "fp")
-            s, c = benchlib.qtune_step(a.qtune, a.threads, a.steps, a.batch, tmp, *args)
+            s, c = benchlib.qtune_step(a.qtune, a.threads, a.steps, a.batch, tmp, *args, clock=a.clock)
             if quantized:
                 cmd[:] = [c]
             return s
@@ -225,8 +227,9 @@ def main():
         t = benchlib.alternate(log, a.rounds, [
             ("qtune FP32", lambda: qtune(False)),
             ("qtune W4A4", lambda: qtune(True)),
-            ("pytorch FP32", lambda: torch_step(a.threads, a.torch_steps, a.batch, False)),
-            ("pytorch W4A4 (bucketize)", lambda: torch_step(a.threads, a.torch_steps, a.batch, True)),
+            ("pytorch FP32", lambda: torch_step(a.threads, a.torch_steps, a.batch, False, a.clock)),
+            ("pytorch W4A4 (bucketize)",
+             lambda: torch_step(a.threads, a.torch_steps, a.batch, True, a.clock)),
         ])
         log("qtune command (last W4A4): %s" % cmd[0])
         for name in t:

@@ -42,20 +42,32 @@ static int eval_clip(const struct qt_node *n, const struct qt_tensor **in, struc
     return 0;
 }
 
+/* A value converted to an integer type: truncated toward zero, then wrapped to the type's
+ * width (two's complement, as numpy's astype on x86-64); NaN gives 0 and values beyond the
+ * 64-bit range saturate. C leaves out-of-range conversions undefined, so none is done. */
+static uint64_t to_bits(double v)
+{
+    if (!(v == v)) return 0;
+    if (v >= 18446744073709551616.0) return UINT64_MAX;
+    if (v >= 9223372036854775808.0) return (uint64_t)v;
+    if (v < -9223372036854775808.0) return (uint64_t)INT64_MIN;
+    return (uint64_t)(int64_t)v;
+}
+
 static void set_f(struct qt_tensor *t, int64_t i, double v)
 {
     switch (t->dtype) {
     case QT_F32: ((float *)t->data)[i] = (float)v; break;
     case QT_F64: ((double *)t->data)[i] = v; break;
-    case QT_I64: ((int64_t *)t->data)[i] = (int64_t)v; break;
-    case QT_I32: ((int32_t *)t->data)[i] = (int32_t)v; break;
-    case QT_U32: ((uint32_t *)t->data)[i] = (uint32_t)v; break;
-    case QT_I16: ((int16_t *)t->data)[i] = (int16_t)v; break;
-    case QT_U16: ((uint16_t *)t->data)[i] = (uint16_t)v; break;
-    case QT_I8: ((int8_t *)t->data)[i] = (int8_t)v; break;
-    case QT_U8: ((uint8_t *)t->data)[i] = (uint8_t)v; break;
+    case QT_I64: ((int64_t *)t->data)[i] = (int64_t)to_bits(v); break;
+    case QT_I32: ((int32_t *)t->data)[i] = (int32_t)(uint32_t)to_bits(v); break;
+    case QT_U32: ((uint32_t *)t->data)[i] = (uint32_t)to_bits(v); break;
+    case QT_I16: ((int16_t *)t->data)[i] = (int16_t)(uint16_t)to_bits(v); break;
+    case QT_U16: ((uint16_t *)t->data)[i] = (uint16_t)to_bits(v); break;
+    case QT_I8: ((int8_t *)t->data)[i] = (int8_t)(uint8_t)to_bits(v); break;
+    case QT_U8: ((uint8_t *)t->data)[i] = (uint8_t)to_bits(v); break;
     case QT_BOOL: ((uint8_t *)t->data)[i] = v != 0; break;
-    case QT_U64: ((uint64_t *)t->data)[i] = (uint64_t)v; break;
+    case QT_U64: ((uint64_t *)t->data)[i] = to_bits(v); break;
     default: break;
     }
 }

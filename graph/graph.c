@@ -518,7 +518,7 @@ int qt_graph_compact(struct qt_graph *g, struct qt_error *e)
     } else {
         struct qt_node *sorted = malloc(sizeof *sorted * (g->nnodes + 1));
         for (int i = 0; i < no; i++) sorted[i] = g->nodes[order[i]];
-        memcpy(g->nodes, sorted, sizeof *sorted * no);
+        if (no) memcpy(g->nodes, sorted, sizeof *sorted * no); /* nodes is NULL when none */
         free(sorted);
         for (int i = 0; i < g->nnodes; i++)
             for (int k = 0; k < g->nodes[i].nout; k++)

@@ -109,9 +109,9 @@ def test_run_matches_native_without_avx(qemu, qtune, tmp_path):
     np.save(x, np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32))
     for model in (fp, q):
         ys = []
-        for tag, runner in (("native", _run), ("emulated", lambda argv, env: _emulated(qemu, argv, env))):
+        for tag, prefix in (("native", []), ("emulated", [qemu, "-cpu", CPU_MODEL])):
             y = tmp_path / ("%s.%s.npy" % (model.stem, tag))
-            p = runner([qtune.path, "run", model, "--input", x, "--output", y], LIB_ENV)
+            p = _run(prefix + [qtune.path, "run", model, "--input", x, "--output", y], LIB_ENV)
             assert p.returncode == 0, _describe(p)
             ys.append(np.load(y))
         native, emulated = ys

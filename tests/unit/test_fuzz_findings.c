@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "../../graph/builder.h"
+#include "../../graph/eval.h"
 #include "../../graph/schema.h"
 #include "../../passes/passes.h"
 #include "../../runtime/checkpoint.h"
@@ -107,5 +108,54 @@ QT_TEST(fuzz_ckpt_refused_holds_nothing)
     qt_ckpt_free(&c);
     rc = qt_ckpt_load(&c, "/nonexistent/qtune.ckpt", &e);
     QT_CHECK(rc != 0 && c.header == NULL);
+    return 0;
+}
+
+/* A model without nodes (its output is its input): compaction sorts an empty node list. */
+QT_TEST(fuzz_graph_without_nodes)
+{
+    struct qt_error e;
+    struct qt_graph *g = qt_graph_new();
+    struct qt_shape xs = {2, {qt_graph_sym(g, "N"), 3}};
+    int x = qt_builder_input(g, "x", QT_F32, &xs);
+    int rc = x >= 0 ? qt_builder_output(g, x, NULL, &e) : -1;
+    if (rc == 0) rc = qt_graph_compact(g, &e);
+    int nodes = g->nnodes;
+    qt_graph_free(g);
+    if (rc) return qt_test_fail("compacting a graph without nodes: %s", e.msg);
+    QT_CHECK(nodes == 0);
+    return 0;
+}
+
+/* Cast of floats outside the target type's range (C leaves such conversions undefined):
+ * truncated, then wrapped to the type's width; NaN gives 0. */
+QT_TEST(fuzz_cast_out_of_range)
+{
+    struct qt_shape s = {1, {5}};
+    struct qt_tensor *x = qt_tensor_new(QT_F32, &s);
+    struct qt_tensor *y = qt_tensor_new(QT_U8, &s);
+    struct qt_tensor *z = qt_tensor_new(QT_I8, &s);
+    const float v[5] = {-3.0f, 300.5f, NAN, 1e30f, -1e30f};
+    memcpy(x->data, v, sizeof v);
+    struct qt_node n;
+    memset(&n, 0, sizeof n);
+    n.op = QT_OP_CAST;
+    n.name = "cast";
+    n.nin = n.nout = 1;
+    const struct qt_tensor *in[1] = {x};
+    struct qt_tensor *out[1] = {y};
+    struct qt_error e;
+    int rc = qt_eval_node(&n, in, out, &e);
+    out[0] = z;
+    if (rc == 0) rc = qt_eval_node(&n, in, out, &e);
+    const uint8_t *u = y->data;
+    const int8_t *i8 = z->data;
+    int ok = rc == 0 && u[0] == 253 && u[1] == 44 && u[2] == 0 && u[3] == 255 && u[4] == 0 &&
+             i8[0] == -3 && i8[1] == 44 && i8[2] == 0;
+    qt_tensor_free(x);
+    qt_tensor_free(y);
+    qt_tensor_free(z);
+    if (rc) return qt_test_fail("cast: %s", e.msg);
+    QT_CHECK(ok);
     return 0;
 }
