@@ -75,6 +75,18 @@ struct qt_backend {
     /* One optimizer step over every parameter p[0..np) (pointers into backend memory). */
     int (*sgd_step)(struct qt_backend *b, const struct qt_sgd_desc *d, const struct qt_sgd_param *p,
                     int np, struct qt_error *e);
+    /* Calibration, on values in backend memory (the host reads back nothing but what it
+     * asks for). subsample: out[0..) = x[0], x[s], x[2s], ... with s = ceil(n / m), at most
+     * m values (qt_subsample_count of them). alpha_search: *alpha (backend memory) = the
+     * alpha minimizing the quantization error of the n values x under qz (apot.h's
+     * QT_ALPHA_* search). channel_moments: s1[c] += sum and s2[c] += sum of squares of x
+     * over [n, c, hw] per channel (doubles in backend memory). */
+    int (*subsample)(struct qt_backend *b, float *out, int64_t m, const float *x, int64_t n,
+                     struct qt_error *e);
+    int (*alpha_search)(struct qt_backend *b, float *alpha, const float *x, int64_t n,
+                        const struct qt_apot_quantizer *qz, struct qt_error *e);
+    int (*channel_moments)(struct qt_backend *b, double *s1, double *s2, const float *x,
+                           int64_t n, int64_t c, int64_t hw, struct qt_error *e);
     /* Inference fast path: reads_layout, forward_infer and to_plain come together (all NULL:
      * qt_exec_forward runs forward on plain tensors); can_fuse may be NULL (nothing fused).
      * Whether op head's kernel can also compute post[0..npost), each the only reader of the

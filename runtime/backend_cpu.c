@@ -425,6 +425,27 @@ static int cpu_sgd_step(struct qt_backend *b, const struct qt_sgd_desc *d,
     return 0;
 }
 
+static int cpu_subsample(struct qt_backend *b, float *out, int64_t m, const float *x, int64_t n,
+                         struct qt_error *e)
+{
+    quant_subsample_cpu(out, m, x, n);
+    return 0;
+}
+
+static int cpu_alpha_search(struct qt_backend *b, float *alpha, const float *x, int64_t n,
+                            const struct qt_apot_quantizer *qz, struct qt_error *e)
+{
+    *alpha = quant_alpha_mse_cpu(x, n, qz);
+    return 0;
+}
+
+static int cpu_channel_moments(struct qt_backend *b, double *s1, double *s2, const float *x,
+                               int64_t n, int64_t c, int64_t hw, struct qt_error *e)
+{
+    channel_moments_cpu(s1, s2, x, n, c, hw);
+    return 0;
+}
+
 static int cpu_sync(struct qt_backend *b, struct qt_error *e)
 {
     (void)b;
@@ -463,6 +484,9 @@ struct qt_backend *qt_backend_cpu_new(int threads)
     b->backward = cpu_backward;
     b->xent = cpu_xent;
     b->sgd_step = cpu_sgd_step;
+    b->subsample = cpu_subsample;
+    b->alpha_search = cpu_alpha_search;
+    b->channel_moments = cpu_channel_moments;
     b->can_fuse = cpu_can_fuse;
     b->reads_layout = cpu_reads_layout;
     b->forward_infer = cpu_forward_infer;

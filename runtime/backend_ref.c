@@ -377,6 +377,33 @@ static int ref_sgd_step(struct qt_backend *b, const struct qt_sgd_desc *d,
     return 0;
 }
 
+static int ref_subsample(struct qt_backend *b, float *out, int64_t m, const float *x, int64_t n,
+                         struct qt_error *e)
+{
+    if (!is_ref_ptr(out) || !is_ref_ptr(x))
+        return qt_err(e, "subsample: a buffer is outside the ref backend's memory");
+    quant_subsample_ref(unmask(out), m, unmask(x), n);
+    return 0;
+}
+
+static int ref_alpha_search(struct qt_backend *b, float *alpha, const float *x, int64_t n,
+                            const struct qt_apot_quantizer *qz, struct qt_error *e)
+{
+    if (!is_ref_ptr(alpha) || !is_ref_ptr(x))
+        return qt_err(e, "alpha search: a buffer is outside the ref backend's memory");
+    *(float *)unmask(alpha) = quant_alpha_search_ref(unmask(x), n, qz);
+    return 0;
+}
+
+static int ref_channel_moments(struct qt_backend *b, double *s1, double *s2, const float *x,
+                               int64_t n, int64_t c, int64_t hw, struct qt_error *e)
+{
+    if (!is_ref_ptr(s1) || !is_ref_ptr(s2) || !is_ref_ptr(x))
+        return qt_err(e, "channel moments: a buffer is outside the ref backend's memory");
+    channel_moments_ref(unmask(s1), unmask(s2), unmask(x), n, c, hw);
+    return 0;
+}
+
 static int ref_sync(struct qt_backend *b, struct qt_error *e)
 {
     return 0;
@@ -412,6 +439,9 @@ struct qt_backend *qt_backend_ref_new(void)
     b->backward = ref_backward;
     b->xent = ref_xent;
     b->sgd_step = ref_sgd_step;
+    b->subsample = ref_subsample;
+    b->alpha_search = ref_alpha_search;
+    b->channel_moments = ref_channel_moments;
     /* No inference fast path: can_fuse, reads_layout, forward_infer and to_plain stay NULL. */
     b->sync = ref_sync;
     b->destroy = ref_destroy;

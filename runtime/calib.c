@@ -68,25 +68,6 @@ static void feed_close(struct feed *f)
 }
 
 /* Per-channel sums of x ([N, C, ...]) into s1, s2 (double). */
-/* Per-channel sums of t's values (d: its data read back to the host). */
-static void channel_sums(const struct qt_tensor *t, const float *d, double *s1, double *s2)
-{
-    int64_t nb = t->shape.d[0], ch = t->shape.d[1];
-    int64_t hw = (nb * ch) != 0 ? qt_shape_numel(&t->shape) / (nb * ch) : 0;
-    for (int64_t c = 0; c < ch; c++) {
-        double a = 0, q = 0;
-        for (int64_t i = 0; i < nb; i++) {
-            const float *p = d + (i * ch + c) * hw;
-            for (int64_t j = 0; j < hw; j++) {
-                a += p[j];
-                q += (double)p[j] * p[j];
-            }
-        }
-        s1[c] += a;
-        s2[c] += q;
-    }
-}
-
 int qt_calib_bn_from_data(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
                           const struct qt_calib_config *c, const int *bn, int n, struct qt_error *e)
 {
@@ -95,11 +76,11 @@ int qt_calib_bn_from_data(struct qt_graph *g, struct qt_backend *b, const struct
     if (feed_open(&f, g, ds, c, e)) return -1;
     struct qt_exec *x = qt_exec_new(g, b, e);
     int rc = -1;
-    float *host = NULL;
-    int64_t hcap = 0;
+    /* Per-channel sums on the backend (d1, d2), read back once at the end (s1, s2). */
     double **s1 = calloc(n, sizeof *s1), **s2 = calloc(n, sizeof *s2);
+    double **d1 = calloc(n, sizeof *d1), **d2 = calloc(n, sizeof *d2);
     int64_t *cnt = calloc(n, sizeof *cnt);
-    if (!x) goto out;
+    if (!x || !s1 || !s2 || !d1 || !d2 || !cnt) goto out;
     qt_exec_set_mode(x, QT_EXEC_PLAIN);
     qt_exec_keep_values(x, 1);
     for (int j = 0; j < n; j++) {
@@ -107,6 +88,14 @@ int qt_calib_bn_from_data(struct qt_graph *g, struct qt_backend *b, const struct
         int64_t ch = qt_shape_numel(&g->values[nd->in[1]].init->shape);
         s1[j] = calloc(ch, sizeof(double));
         s2[j] = calloc(ch, sizeof(double));
+        d1[j] = b->alloc(b, sizeof(double) * ch);
+        d2[j] = b->alloc(b, sizeof(double) * ch);
+        if (!s1[j] || !s2[j] || !d1[j] || !d2[j] ||
+            b->upload(b, d1[j], s1[j], sizeof(double) * ch) ||
+            b->upload(b, d2[j], s2[j], sizeof(double) * ch)) {
+            qt_err(e, "calibration: out of memory on the %s backend", b->name);
+            goto out;
+        }
     }
     for (int k = 0; k < f.nb; k++) {
         feed_batch(&f, ds, c, k);
@@ -118,19 +107,19 @@ int qt_calib_bn_from_data(struct qt_graph *g, struct qt_backend *b, const struct
                 qt_err(e, "calibration: the input of '%s' was not kept", nd->name);
                 goto out;
             }
-            const int64_t numel = qt_shape_numel(&t->shape);
-            if (numel > hcap) {
-                free(host);
-                host = malloc(sizeof(float) * numel);
-                hcap = host ? numel : 0;
-                if (!host) {
-                    qt_err(e, "calibration: out of memory");
-                    goto out;
-                }
-            }
-            if (qt_exec_read(x, t->data, host, numel, e)) goto out;
-            channel_sums(t, host, s1[j], s2[j]);
-            cnt[j] += qt_shape_numel(&t->shape) / t->shape.d[1];
+            const int64_t nb = t->shape.d[0], ch = t->shape.d[1];
+            const int64_t hw = (nb * ch) != 0 ? qt_shape_numel(&t->shape) / (nb * ch) : 0;
+            if (b->channel_moments(b, d1[j], d2[j], t->data, nb, ch, hw, e)) goto out;
+            cnt[j] += nb * hw;
+        }
+    }
+    if (b->sync(b, e)) goto out;
+    for (int j = 0; j < n; j++) {
+        const int64_t ch = qt_shape_numel(&g->values[g->nodes[bn[j]].in[1]].init->shape);
+        if (b->download(b, s1[j], d1[j], sizeof(double) * ch) ||
+            b->download(b, s2[j], d2[j], sizeof(double) * ch)) {
+            qt_err(e, "calibration: cannot read the statistics back from the %s backend", b->name);
+            goto out;
         }
     }
     for (int j = 0; j < n; j++) {
@@ -153,14 +142,17 @@ int qt_calib_bn_from_data(struct qt_graph *g, struct qt_backend *b, const struct
     }
     rc = 0;
 out:
-    for (int j = 0; j < n; j++) {
+    for (int j = 0; s1 && s2 && d1 && d2 && j < n; j++) {
         free(s1[j]);
         free(s2[j]);
+        if (d1[j]) b->release(b, d1[j]);
+        if (d2[j]) b->release(b, d2[j]);
     }
     free(s1);
     free(s2);
+    free(d1);
+    free(d2);
     free(cnt);
-    free(host);
     if (x) qt_exec_free(x);
     feed_close(&f);
     return rc;
@@ -203,8 +195,6 @@ int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct q
     int64_t *nsamp = calloc(g->nnodes + 1, sizeof *nsamp);
     struct qt_apot_quantizer *qz = calloc(g->nnodes + 1, sizeof *qz);
     struct qt_exec *x = NULL;
-    float *host = NULL;
-    int64_t hcap = 0;
     struct feed f;
     memset(&f, 0, sizeof f);
     int rc = -1;
@@ -231,7 +221,10 @@ int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct q
     int64_t per_batch = (c->samples > 0 ? c->samples : 65536) / f.nb;
     if (per_batch < 1) per_batch = 1;
     for (int j = 0; j < nact; j++)
-        samp[j] = malloc(sizeof(float) * per_batch * f.nb);
+        if (!(samp[j] = b->alloc(b, sizeof(float) * per_batch * f.nb))) {
+            qt_err(e, "calibration: out of memory on the %s backend", b->name);
+            goto out;
+        }
     int rounds = set_alphas && nact ? (c->rounds > 0 ? c->rounds : 2) : 0;
     for (int round = 0; round <= rounds; round++) {
         for (int j = 0; j < nact; j++)
@@ -250,26 +243,24 @@ int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct q
                     qt_err(e, "calibration: the input of '%s' was not kept", g->nodes[act[j]].name);
                     goto out;
                 }
+                /* A strided subsample, taken on the backend. */
                 const int64_t cnt = qt_shape_numel(&t->shape);
-                if (cnt > hcap) {
-                    free(host);
-                    host = malloc(sizeof(float) * cnt);
-                    hcap = host ? cnt : 0;
-                    if (!host) {
-                        qt_err(e, "calibration: out of memory");
-                        goto out;
-                    }
-                }
-                if (qt_exec_read(x, t->data, host, cnt, e)) goto out;
-                nsamp[j] += quant_subsample_cpu(samp[j] + nsamp[j], per_batch, host, cnt);
+                if (b->subsample(b, samp[j] + nsamp[j], per_batch, t->data, cnt, e)) goto out;
+                nsamp[j] += qt_subsample_count(per_batch, cnt);
             }
         }
         if (round == rounds) break;
         for (int j = 0; j < nact; j++) {
-            float *al = g->values[g->nodes[act[j]].in[1]].init->data;
-            al[0] = quant_alpha_mse_cpu(samp[j], nsamp[j], &qz[j]);
+            /* The search runs on the backend and writes the alpha there, where the next
+             * round reads it. */
+            float *al = qt_exec_param(x, g->nodes[act[j]].in[1]);
+            if (!al || b->alpha_search(b, al, samp[j], nsamp[j], &qz[j], e)) {
+                if (!al)
+                    qt_err(e, "calibration: '%s' has no alpha on the backend",
+                           g->nodes[act[j]].name);
+                goto out;
+            }
         }
-        if (qt_exec_load_state(x, e)) goto out; /* the next round runs with the new alphas */
     }
     /* The re-estimated running statistics, from backend memory into the graph. */
     if (qt_exec_sync_state(x, e)) goto out;
@@ -280,14 +271,13 @@ out:
     for (int j = 0; j < nbn; j++)
         qt_node_set_float(&g->nodes[bn[j]], "momentum", saved_mom[j]);
     for (int j = 0; j < nact; j++)
-        free(samp[j]);
+        if (samp[j]) b->release(b, samp[j]);
     free(samp);
     free(nsamp);
     free(qz);
     free(act);
     free(bn);
     free(saved_mom);
-    free(host);
     if (x) qt_exec_free(x);
     feed_close(&f);
     r->seconds = now() - t0;

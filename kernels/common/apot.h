@@ -296,6 +296,15 @@ QT_APOT_INLINE float qt_apot_int8_q(float w, float m)
 
 /* ---- A ready-to-use quantizer description for the kernels ---- */
 
+/* The data-driven alpha (a minimum of the quantization error, kernels' alpha search):
+ * QT_ALPHA_COARSE candidates m * k / QT_ALPHA_COARSE, k = 1.., m the largest |x| (signed) or
+ * x (unsigned), then QT_ALPHA_FINE - 2 candidates between the best one's neighbours, in
+ * steps of 2 / QT_ALPHA_FINE coarse steps, itself excluded; the lowest error wins, the
+ * smaller alpha on a tie; 1 when every x is 0 (or, unsigned, <= 0); NaN/Inf samples count
+ * as 0. */
+#define QT_ALPHA_COARSE 100
+#define QT_ALPHA_FINE 40
+
 struct qt_apot_quantizer {
     int scheme, bits, is_signed;
     int B; /* magnitude bits */

@@ -155,6 +155,14 @@ struct qt_sgd_desc {
     int nesterov;
 };
 
+/* How many values subsample takes from n with at most m: every ceil(n / m)-th from 0. */
+static inline int64_t qt_subsample_count(int64_t m, int64_t n)
+{
+    if (m <= 0 || n <= 0) return 0;
+    const int64_t s = n / m + (n % m != 0);
+    return (n + s - 1) / s < m ? (n + s - 1) / s : m;
+}
+
 /* Name of an op kind, for messages. */
 static inline const char *qt_opk_name(enum qt_opk k)
 {

@@ -116,3 +116,20 @@ QT_CPU_CLONES void batchnorm_backward_cpu(float *dx, float *dscale, float *dbias
         }
     }
 }
+
+void channel_moments_cpu(double *s1, double *s2, const float *x, int64_t n, int64_t c, int64_t hw)
+{
+#pragma omp parallel for schedule(static) if (n * c * hw > 65536)
+    for (int64_t ch = 0; ch < c; ch++) {
+        double a = 0, q = 0;
+        for (int64_t i = 0; i < n; i++) {
+            const float *p = x + (i * c + ch) * hw;
+            for (int64_t j = 0; j < hw; j++) {
+                a += p[j];
+                q += (double)p[j] * p[j];
+            }
+        }
+        s1[ch] += a;
+        s2[ch] += q;
+    }
+}

@@ -113,6 +113,9 @@ void batchnorm_train_forward_cpu(float *y, float *save_mean, float *save_invstd,
                                  float *run_var, const float *x, const float *scale,
                                  const float *bias, float eps, float momentum, int64_t n,
                                  int64_t c, int64_t hw);
+/* Per-channel sums of x [n, c, hw]: s1[c] += sum, s2[c] += sum of squares (in double). */
+void channel_moments_cpu(double *s1, double *s2, const float *x, int64_t n, int64_t c,
+                         int64_t hw);
 void batchnorm_backward_cpu(float *dx, float *dscale, float *dbias, const float *dy,
                             const float *x, const float *scale, const float *save_mean,
                             const float *save_invstd, int64_t n, int64_t c, int64_t hw,

@@ -386,8 +386,8 @@ QT_CPU_CLONES void quant_act_backward_cpu(float *da, float *dalpha, const float 
 
 /* Candidates: QMSE_COARSE evenly up to the maximum, then QMSE_FINE - 2 between the best
  * coarse candidate's neighbours (steps of 2 / QMSE_FINE coarse steps, itself excluded). */
-#define QMSE_COARSE 100
-#define QMSE_FINE 40
+#define QMSE_COARSE QT_ALPHA_COARSE
+#define QMSE_FINE QT_ALPHA_FINE
 
 /* sum((alpha * q(x / alpha) - x)^2) over x[0..n). NaN and Inf samples are replaced by 0, which
  * adds exactly 0 (q(0) = 0 in both quantizers). */

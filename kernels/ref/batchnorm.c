@@ -87,3 +87,14 @@ void batchnorm_backward_ref(float *dx, float *dscale, float *dbias, const float 
             }
     }
 }
+
+void channel_moments_ref(double *s1, double *s2, const float *x, int64_t n, int64_t c, int64_t hw)
+{
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t ch = 0; ch < c; ch++)
+            for (int64_t j = 0; j < hw; j++) {
+                const double v = x[(i * c + ch) * hw + j];
+                s1[ch] += v;
+                s2[ch] += v * v;
+            }
+}

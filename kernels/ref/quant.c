@@ -116,3 +116,62 @@ void quant_int8_weight_backward_ref(float *dw, const float *dwq, int64_t n, int 
     for (int64_t i = 0; i < n; i++)
         dw[i] = acc ? dw[i] + dwq[i] : dwq[i];
 }
+
+void quant_subsample_ref(float *out, int64_t m, const float *x, int64_t n)
+{
+    const int64_t cnt = qt_subsample_count(m, n);
+    const int64_t step = cnt ? n / m + (n % m != 0) : 0;
+    for (int64_t k = 0; k < cnt; k++)
+        out[k] = x[k * step];
+}
+
+/* sum over x of (alpha * q(x / alpha) - x)^2, NaN and Inf counted as 0 (q(0) = 0). */
+static double quant_error_ref(const float *x, int64_t n, float alpha,
+                              const struct qt_apot_quantizer *qz)
+{
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        const float v = isfinite(x[i]) ? x[i] : 0.0f;
+        const float q = qz->is_signed ? qt_apot_signed_q(v / alpha, qz->levels, qz->thr, qz->n)
+                                      : qt_apot_unsigned_q(v / alpha, qz->levels, qz->thr, qz->n);
+        const float d = alpha * q - v;
+        s += (double)d * (double)d;
+    }
+    return s;
+}
+
+float quant_alpha_search_ref(const float *x, int64_t n, const struct qt_apot_quantizer *qz)
+{
+    float m = 0.0f; /* the largest |x| (signed) or x (unsigned) */
+    for (int64_t i = 0; i < n; i++) {
+        const float v = isfinite(x[i]) ? (qz->is_signed ? fabsf(x[i]) : x[i]) : 0.0f;
+        if (v > m) m = v;
+    }
+    if (!(m > 0.0f)) return 1.0f;
+    float best = m;
+    double best_err = INFINITY;
+    int kbest = QT_ALPHA_COARSE;
+    for (int k = 1; k <= QT_ALPHA_COARSE; k++) { /* coarse: m * k / COARSE */
+        const float a = (float)((double)m * k / QT_ALPHA_COARSE);
+        const double err = a > 0.0f ? quant_error_ref(x, n, a, qz) : INFINITY;
+        if (err < best_err) {
+            best_err = err;
+            best = a;
+            kbest = k;
+        }
+    }
+    /* fine: between the best coarse candidate's neighbours, itself excluded */
+    const double lo = (double)m * (kbest - 1) / QT_ALPHA_COARSE;
+    const double step = (double)m * 2.0 / QT_ALPHA_COARSE / QT_ALPHA_FINE;
+    for (int j = 1; j < QT_ALPHA_FINE; j++) {
+        if (2 * j == QT_ALPHA_FINE) continue;
+        const float a = (float)(lo + step * j);
+        if (!(a > 0.0f)) continue;
+        const double err = quant_error_ref(x, n, a, qz);
+        if (err < best_err || (err == best_err && a < best)) {
+            best_err = err;
+            best = a;
+        }
+    }
+    return best;
+}

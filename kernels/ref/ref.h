@@ -164,6 +164,14 @@ void softmax_xent_ref(float *dlogits, double *stats, const float *logits, const 
  * PyTorch's SGD (dampening 0): g = grad + wd * p; buf = first ? g : momentum * buf + g;
  * p -= lr * (nesterov ? g + momentum * buf : buf); with momentum 0, p -= lr * g and buf is
  * not touched (may be NULL). */
+/* Calibration: up to m values of x (n), every ceil(n/m)-th from 0 (qt_subsample_count of
+ * them); the alpha minimizing the quantization error of x under qz (apot.h's QT_ALPHA_*
+ * search); per-channel sums s1[c] += sum x, s2[c] += sum x^2 over [n, c, hw]. */
+void quant_subsample_ref(float *out, int64_t m, const float *x, int64_t n);
+float quant_alpha_search_ref(const float *x, int64_t n, const struct qt_apot_quantizer *qz);
+void channel_moments_ref(double *s1, double *s2, const float *x, int64_t n, int64_t c,
+                         int64_t hw);
+
 void sgd_update_ref(float *p, float *buf, const float *grad, int64_t n, float lr, float momentum,
                     float wd, int nesterov, int first);
 

@@ -1598,3 +1598,93 @@ QT_TEST(backends_ref_download_count)
     if (c) c->destroy(c);
     return fail;
 }
+
+/* Calibration ops: the strided subsample, the alpha search (signed and unsigned grids, with
+ * NaN and Inf samples that count as 0) and per-channel moments, against ref. The alpha is
+ * the arg-min of sums that another backend adds in another order, so it may land on a
+ * neighbouring candidate when two errors differ by rounding only: compared to 2%. */
+QT_TEST(backends_calibration)
+{
+    struct backends s;
+    if (backends_open(&s)) return 1;
+    if (!s.n) {
+        backends_close(&s);
+        return qt_test_skip("no backend other than ref could be created");
+    }
+    struct rng r = {211};
+    int fail = 0;
+    const int64_t n = 3 * 5 * 37;
+    float *x = malloc(sizeof(float) * n);
+    fill(x, n, G_WIDE, NULL, &r);
+    x[17] = NAN;
+    x[40] = INFINITY;
+    const struct {
+        int scheme, bits, sg;
+        int64_t m;
+    } cases[] = {{QT_SCHEME_APOT, 4, 1, 100}, {QT_SCHEME_APOT, 3, 0, 555},
+                 {QT_SCHEME_UNIFORM, 4, 0, 7}, {QT_SCHEME_UNIFORM, 2, 1, 10000}};
+    for (int c = 0; c < 4 && !fail; c++) {
+        struct qt_apot_quantizer qz;
+        if (qt_apot_quantizer_init(&qz, cases[c].scheme, cases[c].bits, cases[c].sg)) {
+            fail = qt_test_fail("calibration case %d: bad grid", c);
+            break;
+        }
+        const int64_t m = cases[c].m, cnt = qt_subsample_count(m, n);
+        float want_alpha = 0, *want_sub = NULL;
+        double want_s[2][5];
+        for (int bi = -1; bi < s.n && !fail; bi++) {
+            struct qt_backend *b = bi < 0 ? s.ref : s.b[bi];
+            float *dx = dev_buf(b, n, x), *ds = dev_buf(b, m, NULL), *da = dev_buf(b, 1, NULL);
+            double zero[5] = {0}, got_s[2][5];
+            double *d1 = b->alloc(b, sizeof zero), *d2 = b->alloc(b, sizeof zero);
+            float got_alpha = 0;
+            struct qt_error e = {{0}};
+            /* moments of x as [3, 5, 37], channel sums twice (accumulated) */
+            if (b->upload(b, d1, zero, sizeof zero) || b->upload(b, d2, zero, sizeof zero) ||
+                b->subsample(b, ds, m, dx, n, &e) ||
+                b->alpha_search(b, da, ds, cnt, &qz, &e) ||
+                b->download(b, &got_alpha, da, sizeof got_alpha) ||
+                b->channel_moments(b, d1, d2, dx + 60, 3, 5, 3, &e) ||
+                b->channel_moments(b, d1, d2, dx + 60, 3, 5, 3, &e) ||
+                b->download(b, got_s[0], d1, sizeof zero) ||
+                b->download(b, got_s[1], d2, sizeof zero)) {
+                fail = qt_test_fail("calibration case %d on %s: %s", c, b->name, e.msg);
+            } else {
+                float *got_sub = download(b, ds, cnt);
+                if (bi < 0) {
+                    want_alpha = got_alpha;
+                    want_sub = got_sub;
+                    memcpy(want_s, got_s, sizeof want_s);
+                } else {
+                    for (int64_t i = 0; i < cnt && !fail; i++)
+                        if (memcmp(&got_sub[i], &want_sub[i], sizeof(float)))
+                            fail = qt_test_fail("calibration case %d: %s subsample %lld differs",
+                                                c, b->name, (long long)i);
+                    if (!(fabs(got_alpha - want_alpha) <= 0.02 * want_alpha) ||
+                        !(got_alpha > 0))
+                        fail = qt_test_fail("calibration case %d: %s alpha %.7g, ref %.7g", c,
+                                            b->name, got_alpha, want_alpha);
+                    for (int q = 0; q < 2; q++)
+                        for (int ch = 0; ch < 5; ch++)
+                            if (!(fabs(got_s[q][ch] - want_s[q][ch]) <=
+                                  1e-9 * (1 + fabs(want_s[q][ch]))))
+                                fail = qt_test_fail("calibration case %d: %s moment %d of "
+                                                    "channel %d: %.17g, ref %.17g",
+                                                    c, b->name, q, ch, got_s[q][ch],
+                                                    want_s[q][ch]);
+                    free(got_sub);
+                }
+            }
+            b->release(b, dx);
+            b->release(b, ds);
+            b->release(b, da);
+            b->release(b, d1);
+            b->release(b, d2);
+        }
+        free(want_sub);
+    }
+    free(x);
+    printf("    calibration ops: 4 cases x %d backend(s) (%s) against ref\n", s.n, s.names);
+    backends_close(&s);
+    return fail;
+}

@@ -1,10 +1,11 @@
-"""Speed of a baseline x86-64 build with run-time dispatched kernels (the default `make`) against
-a build for one CPU level (`make ARCH=-march=x86-64-v3`): the FP32 training step, the W4A4 APoT
-training step and evaluation of ResNet-20 (batch 128, 3x32x32), alternated over several rounds;
-prints each round, medians and min-max of every time and of the per-round ratios.
-Usage: .venv/bin/python bench/dispatch_vs_march.py --dispatched BIN --march BIN [--threads 2]
-       [--steps 20] [--eval-images 2560] [--rounds 5] [--clock wall|cpu] [--note TEXT]
-       [--out FILE (appends the printed text)]"""
+"""Speed of one qtune build against another (a change against the commit before it, or the
+baseline build with run-time dispatched kernels against `make ARCH=-march=x86-64-v3`): the
+FP32 training step, the W4A4 APoT training step and evaluation of ResNet-20 (batch 128,
+3x32x32), alternated over several rounds; prints each round, medians and min-max of every
+time and of the per-round ratios A / B.
+Usage: .venv/bin/python bench/build_vs_build.py --a BIN --b BIN [--a-name A] [--b-name B]
+       [--threads 2] [--steps 20] [--eval-images 2560] [--rounds 5] [--clock wall|cpu]
+       [--note TEXT] --out FILE (appends the printed text)"""
 import argparse
 import json
 import os
@@ -32,8 +33,10 @@ def eval_seconds(qtune, model, data, images, batch, threads, clock):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dispatched", required=True)
-    ap.add_argument("--march", required=True)
+    ap.add_argument("--a", required=True, help="qtune binary of build A")
+    ap.add_argument("--b", required=True, help="qtune binary of build B")
+    ap.add_argument("--a-name", default="A")
+    ap.add_argument("--b-name", default="B")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=128)
@@ -41,14 +44,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--clock", choices=benchlib.CLOCKS, default="wall")
     ap.add_argument("--note", default="", help="where the two binaries come from (printed)")
-    ap.add_argument("--out", default=os.path.join(REPO, "bench", "results", "dispatch_vs_march.txt"))
+    ap.add_argument("--out", required=True)
     a = ap.parse_args()
     log = benchlib.Log(a.out)
-    benchlib.header(log, "baseline build with dispatched kernels vs -march=x86-64-v3 build: ResNet-20, "
-                    "batch %d, %d threads, %d alternated rounds, %s clock" % (a.batch, a.threads, a.rounds, a.clock))
+    benchlib.header(log, "build %s vs build %s: ResNet-20, batch %d, %d threads, %d alternated "
+                    "rounds, %s clock" % (a.a_name, a.b_name, a.batch, a.threads, a.rounds, a.clock))
     if a.note:
         log("builds:   %s" % a.note)
-    builds = {"dispatched": a.dispatched, "march": a.march}
+    builds = {a.a_name: a.a, a.b_name: a.b}
     with tempfile.TemporaryDirectory() as tmp, benchlib.bench_lock(log):
         for name, path in builds.items():
             log("%-10s %s; oneDNN ISA: %s" % (name + ":", path, benchlib.onednn_isa(path, tmp)))
@@ -59,7 +62,7 @@ def main():
             "over %d test images" % a.eval_images))
         data = benchlib.make_cifar(os.path.join(tmp, "cifar"), 2 * a.steps * a.batch,
                                    2 * a.eval_images)
-        model = benchlib.resnet20(a.dispatched, tmp)
+        model = benchlib.resnet20(a.a, tmp)
         progs = []
         for name, path in builds.items():
             progs.append(("train %s" % name, lambda p=path, n=name: benchlib.qtune_step(
@@ -70,14 +73,14 @@ def main():
                 a.clock)[0]))
             progs.append(("eval %s" % name, lambda p=path: eval_seconds(
                 p, model, data, a.eval_images, a.batch, a.threads, a.clock)))
-        # interleave the builds: train d, train m, W4A4 d, W4A4 m, eval d, eval m
+        # interleave the builds: train A, train B, W4A4 A, W4A4 B, eval A, eval B
         progs = [progs[i] for i in (0, 3, 1, 4, 2, 5)]
         t = benchlib.alternate(log, a.rounds, progs)
         for name in t:
             log("%-16s ms: %s" % (name, benchlib.spread(t[name], 1e3)))
         for what in ("train", "W4A4", "eval"):
-            log("ratio %-5s dispatched / march: %s" % (
-                what, benchlib.ratio_spread(t[what + " dispatched"], t[what + " march"])))
+            log("ratio %-5s %s / %s: %s" % (what, a.a_name, a.b_name, benchlib.ratio_spread(
+                t["%s %s" % (what, a.a_name)], t["%s %s" % (what, a.b_name)])))
         log("1-min load average at the end: %.2f" % benchlib.load1())
     log.close()
 
