@@ -211,6 +211,7 @@ int qt_lower_node(struct qt_op_desc *d, const struct qt_graph *g, const struct q
     }
     for (int k = 0; k < n->nout; k++)
         if (out[k] && out[k]->dtype != QT_F32) return QT_LOWER_HOST;
+    if (n->nin < 1 || !in[0] || n->nout < 1 || !out[0]) return QT_LOWER_HOST; /* Constant, ... */
     const struct qt_shape *xs = &in[0]->shape, *ys = &out[0]->shape;
     d->numel = qt_shape_numel(ys);
     switch (n->op) {
