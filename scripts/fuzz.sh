@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Fuzzing the readers (targets in tests/fuzz, built by `make fuzz` into build-fuzz/).
 #   scripts/fuzz.sh ci [SECONDS]           replay tests/fuzz/regressions, then fuzz every target
-#                                          SECONDS (default 60) from its committed corpus, several
-#                                          at a time; fails on any crash or sanitizer report
+#                                          SECONDS from its committed corpus, one per core; by
+#                                          default 60 s, shortened so that the runs take at most
+#                                          QT_FUZZ_CI_WALL s (default 90: 30 s each on 2 cores);
+#                                          fails on any crash or sanitizer report
 #   scripts/fuzz.sh campaign TARGET EXECS  fuzz TARGET in chunks (300 s or a tenth of EXECS,
 #                                          whichever ends first) until EXECS executions, corpus
 #                                          kept in build-fuzz/campaign/TARGET; prints the coverage
@@ -88,15 +90,19 @@ short_run() {
 }
 
 ci() {
-    local secs=${1:-60}
+    local secs=${1:-} jobs
+    jobs=$(nproc)
+    [ "$jobs" -gt ${#TARGETS[@]} ] && jobs=${#TARGETS[@]}
+    if [ -z "$secs" ]; then
+        local rounds=$(((${#TARGETS[@]} + jobs - 1) / jobs))
+        secs=$((${QT_FUZZ_CI_WALL:-90} / rounds))
+        [ "$secs" -gt 60 ] && secs=60
+    fi
     build
     rm -rf "$OUT/ci"
     mkdir -p "$OUT/ci"
     local start=$SECONDS fail=0
     replay_regressions || fail=1
-    local jobs
-    jobs=$(nproc)
-    [ "$jobs" -gt ${#TARGETS[@]} ] && jobs=${#TARGETS[@]}
     echo "fuzz.sh: ${#TARGETS[@]} targets, $secs s each, $jobs at a time"
     local t
     for t in "${TARGETS[@]}"; do
@@ -179,7 +185,7 @@ seeds() {
 
 case ${1:-} in
 build) build ;;
-ci) ci "${2:-60}" ;;
+ci) ci "${2:-}" ;;
 campaign)
     [ $# -eq 3 ] || die "usage: scripts/fuzz.sh campaign TARGET EXECS"
     campaign "$2" "$3"
