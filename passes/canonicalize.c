@@ -126,7 +126,8 @@ static int resolve_symbolic_reshapes(struct qt_graph *g, struct qt_error *e)
 {
     for (int i = 0; i < g->nnodes; i++) {
         struct qt_node *n = &g->nodes[i];
-        if (n->dead || n->op != QT_OP_RESHAPE) continue;
+        /* Reshape-1 takes its shape from an attribute: no shape input to resolve. */
+        if (n->dead || n->op != QT_OP_RESHAPE || n->nin < 2 || n->in[1] < 0) continue;
         struct qt_value *sv = &g->values[n->in[1]];
         if (!sv->init || !has_sym_values(sv->init)) continue;
         const struct qt_shape *xs = &g->values[n->in[0]].shape;
@@ -135,6 +136,12 @@ static int resolve_symbolic_reshapes(struct qt_graph *g, struct qt_error *e)
         for (int64_t k = 0; k < qt_shape_numel(&t->shape); k++) {
             if (!QT_IS_SYM_VAL(d[k])) continue;
             int sym = QT_SYM_OF_VAL(d[k]);
+            if (sym >= g->nsyms) {
+                long long bad = (long long)d[k];
+                qt_tensor_free(t);
+                return qt_err(e, "Reshape node '%s': target shape value %lld is not a dimension",
+                              n->name, bad);
+            }
             if (k < xs->ndim && xs->d[k] == -1 - sym && !qt_node_int(n, "allowzero", 0)) {
                 d[k] = 0;
             } else {
