@@ -691,7 +691,11 @@ static int infer_pad(struct qt_infer_ctx *c, struct qt_error *e)
             if (pads[i] || pads[i + r]) c->out[0].d[i] = QT_DIM_ANY;
             continue;
         }
-        c->out[0].d[i] = d + pads[i] + pads[i + r];
+        int64_t od;
+        if (__builtin_add_overflow(d, pads[i], &od) || __builtin_add_overflow(od, pads[i + r], &od))
+            return qt_err(e, NODE_FMT ": pads %lld and %lld are out of range", NODE_ARGS(c),
+                          (long long)pads[i], (long long)pads[i + r]);
+        c->out[0].d[i] = od;
         if (c->out[0].d[i] < 0) return qt_err(e, NODE_FMT ": pads remove more than the input", NODE_ARGS(c));
         if (strcmp(mode, "reflect") == 0 && (pads[i] >= d || pads[i + r] >= d))
             return qt_err(e, NODE_FMT ": reflect pads must be smaller than the dimension", NODE_ARGS(c));
