@@ -25,6 +25,7 @@ static void drop_passthrough(struct qt_graph *g)
             qt_graph_use_count(g, n->out[1]) > 0)
             continue; /* the mask is used */
         int x = n->in[0], y = n->out[0];
+        if (x < 0 || y < 0) continue; /* a required port left out: verification names it */
         if (is_port(g, y) && (is_port(g, x) || g->values[x].init)) continue;
         if (is_port(g, y)) {
             /* Keep the graph output's name: the producer of x now writes y. */
