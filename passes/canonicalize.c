@@ -61,6 +61,10 @@ static int infer_and_fold(struct qt_graph *g, int i, struct qt_error *e)
     enum qt_dtype odt[3];
     const struct qt_tensor *vals[64];
     int all_const = 1;
+    if (n->out[0] < 0) {
+        char d[160];
+        return qt_err(e, "%s: its first output is left out", qt_node_desc(g, n, d, sizeof d));
+    }
     for (int k = 0; k < n->nout; k++) {
         const struct qt_value *v = &g->values[n->out[k] >= 0 ? n->out[k] : n->out[0]];
         if (!v->has_shape) return 0;
