@@ -433,7 +433,8 @@ static int infer_reshape(struct qt_infer_ctx *c, struct qt_error *e)
                 return qt_err(e, NODE_FMT ": shape copies dimension %d the input lacks", NODE_ARGS(c), i);
             o->d[i] = c->in[0].d[i];
             if (o->d[i] < 0) sym = 1;
-            else known *= o->d[i];
+            else if (__builtin_mul_overflow(known, o->d[i], &known))
+                return qt_err(e, NODE_FMT ": the shape's element count overflows", NODE_ARGS(c));
         } else if (v == -1) {
             if (neg >= 0) return qt_err(e, NODE_FMT ": more than one -1 in the shape", NODE_ARGS(c));
             neg = i;
@@ -441,7 +442,8 @@ static int infer_reshape(struct qt_infer_ctx *c, struct qt_error *e)
             return qt_err(e, NODE_FMT ": invalid dimension %" PRId64 " in the shape", NODE_ARGS(c), v);
         } else {
             o->d[i] = v;
-            known *= v;
+            if (__builtin_mul_overflow(known, v, &known))
+                return qt_err(e, NODE_FMT ": the shape's element count overflows", NODE_ARGS(c));
         }
     }
     int64_t total = qt_shape_numel(&c->in[0]);
