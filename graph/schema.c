@@ -447,7 +447,8 @@ static int infer_reshape(struct qt_infer_ctx *c, struct qt_error *e)
                 return qt_err(e, NODE_FMT ": shape copies dimension %d the input lacks", NODE_ARGS(c), i);
             o->d[i] = c->in[0].d[i];
             if (o->d[i] < 0) sym = 1;
-            else known *= o->d[i];
+            else if (__builtin_mul_overflow(known, o->d[i], &known))
+                return qt_err(e, NODE_FMT ": the shape's element count overflows", NODE_ARGS(c));
         } else if (v == -1) {
             if (neg >= 0) return qt_err(e, NODE_FMT ": more than one -1 in the shape", NODE_ARGS(c));
             neg = i;
@@ -455,7 +456,8 @@ static int infer_reshape(struct qt_infer_ctx *c, struct qt_error *e)
             return qt_err(e, NODE_FMT ": invalid dimension %" PRId64 " in the shape", NODE_ARGS(c), v);
         } else {
             o->d[i] = v;
-            known *= v;
+            if (__builtin_mul_overflow(known, v, &known))
+                return qt_err(e, NODE_FMT ": the shape's element count overflows", NODE_ARGS(c));
         }
     }
     int64_t total = qt_shape_numel(&c->in[0]);
@@ -705,7 +707,11 @@ static int infer_pad(struct qt_infer_ctx *c, struct qt_error *e)
             if (pads[i] || pads[i + r]) c->out[0].d[i] = QT_DIM_ANY;
             continue;
         }
-        c->out[0].d[i] = d + pads[i] + pads[i + r];
+        int64_t od;
+        if (__builtin_add_overflow(d, pads[i], &od) || __builtin_add_overflow(od, pads[i + r], &od))
+            return qt_err(e, NODE_FMT ": pads %lld and %lld are out of range", NODE_ARGS(c),
+                          (long long)pads[i], (long long)pads[i + r]);
+        c->out[0].d[i] = od;
         if (c->out[0].d[i] < 0) return qt_err(e, NODE_FMT ": pads remove more than the input", NODE_ARGS(c));
         if (strcmp(mode, "reflect") == 0 && (pads[i] >= d || pads[i + r] >= d))
             return qt_err(e, NODE_FMT ": reflect pads must be smaller than the dimension", NODE_ARGS(c));

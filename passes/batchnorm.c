@@ -29,8 +29,24 @@ int qt_pass_fold_batchnorm(struct qt_graph *g, struct qt_error *e)
             p[k] = g->values[bn->in[1 + k]].init;
             ok &= p[k] && p[k]->dtype == QT_F32;
         }
-        int64_t kout = w->shape.d[0];
-        if (!ok || qt_shape_numel(&p[0]->shape) != kout) continue;
+        if (!ok) continue;
+        /* Every per-channel tensor must hold one value per output channel of the Conv. */
+        int64_t kout = w->shape.ndim ? w->shape.d[0] : 0;
+        static const char *const what[4] = {"scale", "bias", "mean", "variance"};
+        char d1[160], d2[160];
+        if (kout < 1 || qt_shape_numel(&w->shape) % kout)
+            return qt_err(e, "%s: weight has no output channels to fold %s into",
+                          qt_node_desc(g, conv, d1, sizeof d1), qt_node_desc(g, bn, d2, sizeof d2));
+        for (int k = 0; k < 4; k++)
+            if (qt_shape_numel(&p[k]->shape) != kout)
+                return qt_err(e, "%s: %s has %lld values for %lld channels of %s",
+                              qt_node_desc(g, bn, d1, sizeof d1), what[k],
+                              (long long)qt_shape_numel(&p[k]->shape), (long long)kout,
+                              qt_node_desc(g, conv, d2, sizeof d2));
+        if (b && qt_shape_numel(&b->shape) != kout)
+            return qt_err(e, "%s: bias has %lld values for %lld output channels",
+                          qt_node_desc(g, conv, d1, sizeof d1),
+                          (long long)qt_shape_numel(&b->shape), (long long)kout);
         const float *scale = p[0]->data, *bias = p[1]->data, *mean = p[2]->data, *var = p[3]->data;
         float eps = qt_node_float(bn, "epsilon", 1e-5f);
         struct qt_tensor *nw = qt_tensor_clone(w);

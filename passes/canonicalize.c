@@ -25,6 +25,7 @@ static void drop_passthrough(struct qt_graph *g)
             qt_graph_use_count(g, n->out[1]) > 0)
             continue; /* the mask is used */
         int x = n->in[0], y = n->out[0];
+        if (x < 0 || y < 0) continue; /* a required port left out: verification names it */
         if (is_port(g, y) && (is_port(g, x) || g->values[x].init)) continue;
         if (is_port(g, y)) {
             /* Keep the graph output's name: the producer of x now writes y. */
@@ -60,6 +61,10 @@ static int infer_and_fold(struct qt_graph *g, int i, struct qt_error *e)
     enum qt_dtype odt[3];
     const struct qt_tensor *vals[64];
     int all_const = 1;
+    if (n->out[0] < 0) {
+        char d[160];
+        return qt_err(e, "%s: its first output is left out", qt_node_desc(g, n, d, sizeof d));
+    }
     for (int k = 0; k < n->nout; k++) {
         const struct qt_value *v = &g->values[n->out[k] >= 0 ? n->out[k] : n->out[0]];
         if (!v->has_shape) return 0;
@@ -126,7 +131,8 @@ static int resolve_symbolic_reshapes(struct qt_graph *g, struct qt_error *e)
 {
     for (int i = 0; i < g->nnodes; i++) {
         struct qt_node *n = &g->nodes[i];
-        if (n->dead || n->op != QT_OP_RESHAPE) continue;
+        /* Reshape-1 takes its shape from an attribute: no shape input to resolve. */
+        if (n->dead || n->op != QT_OP_RESHAPE || n->nin < 2 || n->in[1] < 0) continue;
         struct qt_value *sv = &g->values[n->in[1]];
         if (!sv->init || !has_sym_values(sv->init)) continue;
         const struct qt_shape *xs = &g->values[n->in[0]].shape;
@@ -135,6 +141,12 @@ static int resolve_symbolic_reshapes(struct qt_graph *g, struct qt_error *e)
         for (int64_t k = 0; k < qt_shape_numel(&t->shape); k++) {
             if (!QT_IS_SYM_VAL(d[k])) continue;
             int sym = QT_SYM_OF_VAL(d[k]);
+            if (sym >= g->nsyms) {
+                long long bad = (long long)d[k];
+                qt_tensor_free(t);
+                return qt_err(e, "Reshape node '%s': target shape value %lld is not a dimension",
+                              n->name, bad);
+            }
             if (k < xs->ndim && xs->d[k] == -1 - sym && !qt_node_int(n, "allowzero", 0)) {
                 d[k] = 0;
             } else {

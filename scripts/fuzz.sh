@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Fuzzing the readers (targets in tests/fuzz, built by `make fuzz` into build-fuzz/).
 #   scripts/fuzz.sh ci [SECONDS]           replay tests/fuzz/regressions, then fuzz every target
-#                                          SECONDS (default 60) from its committed corpus, several
-#                                          at a time; fails on any crash or sanitizer report
+#                                          SECONDS from its committed corpus, one per core; by
+#                                          default 60 s, shortened so that the runs take at most
+#                                          QT_FUZZ_CI_WALL s (default 90: 30 s each on 2 cores);
+#                                          fails on any crash or sanitizer report
 #   scripts/fuzz.sh campaign TARGET EXECS  fuzz TARGET in chunks (300 s or a tenth of EXECS,
 #                                          whichever ends first) until EXECS executions, corpus
 #                                          kept in build-fuzz/campaign/TARGET; prints the coverage
 #                                          (cov) at the start and end of every chunk
+#   scripts/fuzz.sh summary [EXECS]        per target: executions and cov at the campaign's start,
+#                                          at 50% and 90% of EXECS, and at its end
 #   scripts/fuzz.sh seeds QTUNE            regenerate the committed seed corpora (minimized)
 #   scripts/fuzz.sh replay TARGET FILE...  run inputs once (to reproduce a finding)
 # A chunk waits while /tmp/qtune-bench.lock exists (a benchmark is being timed).
@@ -88,15 +92,19 @@ short_run() {
 }
 
 ci() {
-    local secs=${1:-60}
+    local secs=${1:-} jobs
+    jobs=$(nproc)
+    [ "$jobs" -gt ${#TARGETS[@]} ] && jobs=${#TARGETS[@]}
+    if [ -z "$secs" ]; then
+        local rounds=$(((${#TARGETS[@]} + jobs - 1) / jobs))
+        secs=$((${QT_FUZZ_CI_WALL:-90} / rounds))
+        [ "$secs" -gt 60 ] && secs=60
+    fi
     build
     rm -rf "$OUT/ci"
     mkdir -p "$OUT/ci"
     local start=$SECONDS fail=0
     replay_regressions || fail=1
-    local jobs
-    jobs=$(nproc)
-    [ "$jobs" -gt ${#TARGETS[@]} ] && jobs=${#TARGETS[@]}
     echo "fuzz.sh: ${#TARGETS[@]} targets, $secs s each, $jobs at a time"
     local t
     for t in "${TARGETS[@]}"; do
@@ -157,6 +165,31 @@ campaign() {
     echo "fuzz.sh: campaign $t: $total executions in $chunk chunks" | tee -a "$log"
 }
 
+# One line per target from the campaign logs: executions, and the coverage (cov) when the
+# campaign started, at the chunks that reached 50% and 90% of EXECS, and at the end.
+summary() {
+    local want=$1 t log
+    for t in "${TARGETS[@]}"; do
+        log=$OUT/campaign/$t.log
+        [ -f "$log" ] || continue
+        awk -v t="$t" -v want="$want" '
+            function cov(   i) { for (i = 1; i <= NF; i++) if ($i == "cov:") return $(i + 1) }
+            / chunk [0-9]+: rc=/ {
+                for (i = 1; i <= NF; i++) if ($i ~ /^total=/) total = substr($i, 7) + 0
+            }
+            /^  start:/ { if (start == "") start = cov() }
+            /^  end:/ {
+                last = cov()
+                if (c50 == "" && total >= want * 0.5) { c50 = last; e50 = total }
+                if (c90 == "" && total >= want * 0.9) { c90 = last; e90 = total }
+            }
+            END {
+                printf "%-6s execs %9d  cov: start %5s  50%% %5s (at %d)  90%% %5s (at %d)  end %5s\n",
+                    t, total, start, c50 == "" ? "-" : c50, e50, c90 == "" ? "-" : c90, e90, last
+            }' "$log"
+    done
+}
+
 seeds() {
     local qtune=$1 raw
     [ -x "$qtune" ] || die "seeds: $qtune is not an executable qtune"
@@ -179,11 +212,12 @@ seeds() {
 
 case ${1:-} in
 build) build ;;
-ci) ci "${2:-60}" ;;
+ci) ci "${2:-}" ;;
 campaign)
     [ $# -eq 3 ] || die "usage: scripts/fuzz.sh campaign TARGET EXECS"
     campaign "$2" "$3"
     ;;
+summary) summary "${2:-10000000}" ;;
 seeds)
     [ $# -eq 2 ] || die "usage: scripts/fuzz.sh seeds QTUNE"
     seeds "$2"
@@ -194,5 +228,5 @@ replay)
     shift 2
     "$OUT/fuzz_$t" $(opts "$t") "$@"
     ;;
-*) die "usage: scripts/fuzz.sh ci [SECONDS] | campaign TARGET EXECS | seeds QTUNE | replay TARGET FILE..." ;;
+*) die "usage: scripts/fuzz.sh ci [SECONDS] | campaign TARGET EXECS | summary [EXECS] | seeds QTUNE | replay TARGET FILE..." ;;
 esac

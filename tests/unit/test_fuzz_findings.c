@@ -159,3 +159,39 @@ QT_TEST(fuzz_cast_out_of_range)
     QT_CHECK(ok);
     return 0;
 }
+
+/* BatchNorm folding with per-channel tensors shorter than the Conv's output channels: an
+ * error naming the tensor, not a read past their end. */
+QT_TEST(fuzz_fold_batchnorm_short_tensors)
+{
+    static const char *const which[2] = {"running_mean", "bias"};
+    for (int k = 0; k < 2; k++) {
+        struct qt_error e;
+        struct qt_graph *g = qt_graph_new();
+        struct qt_shape xs = {4, {qt_graph_sym(g, "N"), 1, 8, 8}};
+        int x = qt_builder_input(g, "x", QT_F32, &xs);
+        int c = x >= 0 ? qt_builder_conv(g, "conv", x, 4, 3, 1, 1, 1, &e) : -1;
+        int b = c >= 0 ? qt_builder_batchnorm(g, "bn", c, &e) : -1;
+        if (b < 0 || qt_builder_output(g, b, "y", &e)) {
+            qt_graph_free(g);
+            return qt_test_fail("building the graph: %s", e.msg);
+        }
+        char name[64];
+        snprintf(name, sizeof name, "%s.%s", k == 0 ? "bn" : "conv", which[k]);
+        int v = qt_graph_find_value(g, name);
+        if (v < 0) {
+            qt_graph_free(g);
+            return qt_test_fail("no value '%s'", name);
+        }
+        struct qt_shape two = {1, {2}};
+        qt_tensor_free(g->values[v].init);
+        g->values[v].init = qt_tensor_new(QT_F32, &two);
+        g->values[v].shape = two;
+        int rc = qt_pass_fold_batchnorm(g, &e);
+        qt_graph_free(g);
+        if (rc == 0) return qt_test_fail("folding accepted a %s of 2 values", name);
+        if (!strstr(e.msg, "has 2 values for 4"))
+            return qt_test_fail("unexpected message: %s", e.msg);
+    }
+    return 0;
+}
