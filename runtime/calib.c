@@ -8,7 +8,6 @@
 #include <time.h>
 
 #include "../graph/schema.h"
-#include "../kernels/cpu/quant.h"
 #include "exec.h"
 #include "loops.h"
 #include "quantizer.h"
@@ -159,7 +158,11 @@ out:
 }
 
 /* Alpha(s) of weight quantizer node nd from its weights (standardized as the node does). */
-static int weight_alpha(struct qt_graph *g, const struct qt_node *nd, struct qt_error *e)
+/* Alpha(s) of weight quantizer node nd from its weights, standardized as the node does, on
+ * backend b: the weights' moments and the alpha searches run there; the host reads back two
+ * sums and one alpha per channel. */
+static int weight_alpha(struct qt_graph *g, struct qt_backend *b, const struct qt_node *nd,
+                        struct qt_error *e)
 {
     struct qt_quant_attrs a;
     struct qt_apot_quantizer qz;
@@ -168,18 +171,44 @@ static int weight_alpha(struct qt_graph *g, const struct qt_node *nd, struct qt_
     const struct qt_tensor *w = g->values[nd->in[0]].init;
     struct qt_tensor *al = g->values[nd->in[1]].init;
     if (!w || !al) return qt_err(e, "%s: weight or alpha is not an initializer", nd->name);
-    int64_t n = qt_shape_numel(&w->shape), nal = qt_shape_numel(&al->shape), per = n / nal;
-    float mu = 0, sigma = 1;
-    if (a.standardize) quant_weight_stats_cpu(&mu, &sigma, w->data, n);
-    float *buf = malloc(sizeof(float) * (per ? per : 1));
-    for (int64_t ch = 0; ch < nal; ch++) {
-        const float *src = (const float *)w->data + ch * per;
-        for (int64_t i = 0; i < per; i++)
-            buf[i] = (src[i] - mu) / sigma;
-        ((float *)al->data)[ch] = quant_alpha_mse_cpu(buf, per, &qz);
+    const int64_t n = qt_shape_numel(&w->shape), nal = qt_shape_numel(&al->shape);
+    const int64_t per = nal > 0 ? n / nal : 0;
+    float *dw = b->alloc(b, sizeof(float) * (n ? n : 1)), *da = b->alloc(b, sizeof(float));
+    double *dm = b->alloc(b, 2 * sizeof(double));
+    float *buf = malloc(sizeof(float) * (n ? n : 1));
+    double m[2] = {0, 0};
+    int rc = -1;
+    if (!dw || !da || !dm || !buf || b->upload(b, dw, w->data, sizeof(float) * n) ||
+        b->upload(b, dm, m, sizeof m)) {
+        qt_err(e, "%s: out of memory on the %s backend", nd->name, b->name);
+        goto out;
     }
+    /* Mean and unbiased standard deviation over the whole tensor (sigma 1 when constant). */
+    float mu = 0, sigma = 1;
+    if (a.standardize) {
+        if (b->channel_moments(b, dm, dm + 1, dw, 1, 1, n, e) || b->sync(b, e) ||
+            b->download(b, m, dm, sizeof m))
+            goto out;
+        const double mean = n > 0 ? m[0] / n : 0.0;
+        const double var = n > 1 ? (m[1] - mean * m[0]) / (double)(n - 1) : 0.0;
+        mu = (float)mean;
+        sigma = var > 0 ? (float)sqrt(var) : 1.0f;
+    }
+    const float *src = w->data;
+    for (int64_t i = 0; i < n; i++)
+        buf[i] = (src[i] - mu) / sigma;
+    if (b->upload(b, dw, buf, sizeof(float) * n)) goto out;
+    for (int64_t ch = 0; ch < nal; ch++)
+        if (b->alpha_search(b, da, dw + ch * per, per, &qz, e) || b->sync(b, e) ||
+            b->download(b, (float *)al->data + ch, da, sizeof(float)))
+            goto out;
+    rc = 0;
+out:
+    if (dw) b->release(b, dw);
+    if (da) b->release(b, da);
+    if (dm) b->release(b, dm);
     free(buf);
-    return 0;
+    return rc;
 }
 
 int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
@@ -201,7 +230,7 @@ int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct q
     for (int i = 0; i < g->nnodes; i++) {
         struct qt_node *nd = &g->nodes[i];
         if (nd->op == QT_OP_WEIGHTQUANT && set_alphas && nd->nin > 1 && nd->in[1] >= 0) {
-            if (weight_alpha(g, nd, e)) goto out;
+            if (weight_alpha(g, b, nd, e)) goto out;
             r->weight_alphas++;
         } else if (nd->op == QT_OP_ACTQUANT) {
             struct qt_quant_attrs a;
