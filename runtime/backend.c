@@ -1,7 +1,20 @@
-/* The backend factory: the one place that knows which backends exist and picks one by name. */
+/* The backend factory (the one place that knows which backends exist and picks one by name)
+ * and what the backends share. */
 #include "backend.h"
 
+#include <math.h>
 #include <string.h>
+
+int qt_quant_check_alpha(const struct qt_quant_desc *q, const float *alpha, struct qt_error *e)
+{
+    for (int64_t k = 0; k < q->nalpha; k++)
+        if (!(alpha[k] > 0) || !isfinite(alpha[k]))
+            return qt_err(e,
+                          "clipping threshold alpha = %g; it must be positive and finite (a "
+                          "smaller alpha learning rate may help)",
+                          alpha[k]);
+    return 0;
+}
 
 const char *qt_backend_devices(void)
 {

@@ -85,8 +85,8 @@ struct qt_backend {
                      struct qt_error *e);
     int (*alpha_search)(struct qt_backend *b, float *alpha, const float *x, int64_t n,
                         const struct qt_apot_quantizer *qz, struct qt_error *e);
-    int (*channel_moments)(struct qt_backend *b, double *s1, double *s2, const float *x,
-                           int64_t n, int64_t c, int64_t hw, struct qt_error *e);
+    int (*channel_moments)(struct qt_backend *b, double *s1, double *s2, const float *x, int64_t n,
+                           int64_t c, int64_t hw, struct qt_error *e);
     /* Inference fast path: reads_layout, forward_infer and to_plain come together (all NULL:
      * qt_exec_forward runs forward on plain tensors); can_fuse may be NULL (nothing fused).
      * Whether op head's kernel can also compute post[0..npost), each the only reader of the
@@ -105,6 +105,10 @@ struct qt_backend {
     void (*destroy)(struct qt_backend *b);
     void *impl;
 };
+
+/* For backends whose alphas the host may read (cpu, ref): a quantizer's alphas must be
+ * positive and finite; returns 0, or -1 with the message every backend gives. */
+int qt_quant_check_alpha(const struct qt_quant_desc *q, const float *alpha, struct qt_error *e);
 
 /* The one factory: "cpu", "ref", or "auto" (the fastest backend built and usable here).
  * threads <= 0 keeps OpenMP's default. NULL with a message naming the device on failure. */

@@ -93,18 +93,6 @@ static int fwd_reduce_mean(const struct qt_reduce_desc *r, float *y, const float
     return 0;
 }
 
-/* A quantizer's alphas must be positive and finite. */
-static int check_alpha(const struct qt_quant_desc *q, const float *alpha, struct qt_error *e)
-{
-    for (int64_t k = 0; k < q->nalpha; k++)
-        if (!(alpha[k] > 0) || !isfinite(alpha[k]))
-            return qt_err(e,
-                          "clipping threshold alpha = %g; it must be positive and finite (a "
-                          "smaller alpha learning rate may help)",
-                          alpha[k]);
-    return 0;
-}
-
 /* Forward of a quantizer; stats (2 floats: mean and std of the weights, or 1: the 8-bit
  * scale) receives what the backward needs, or scratch when NULL. */
 static int fwd_quant(const struct qt_quant_desc *q, float *y, const float *const *in, float *stats,
@@ -116,7 +104,7 @@ static int fwd_quant(const struct qt_quant_desc *q, float *y, const float *const
         quant_int8_weight_forward_cpu(y, stats, in[0], q->int8 == 2, q->n);
         return 0;
     }
-    if (check_alpha(q, in[1], e)) return -1;
+    if (qt_quant_check_alpha(q, in[1], e)) return -1;
     if (!q->weight)
         quant_act_forward_cpu(y, in[0], in[1], &q->qz, q->n);
     else
@@ -133,7 +121,7 @@ static int bwd_quant(const struct qt_quant_desc *q, const float *const *in, cons
         if (dx) quant_int8_weight_backward_cpu(dx, dy, q->n, acc[0]);
         return 0;
     }
-    if (check_alpha(q, in[1], e)) return -1;
+    if (qt_quant_check_alpha(q, in[1], e)) return -1;
     if (!q->weight)
         quant_act_backward_cpu(dx, dalpha, dy, in[0], in[1], &q->qz, q->n, acc[0], acc[1]);
     else

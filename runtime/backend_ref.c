@@ -116,18 +116,6 @@ static int64_t ref_workspace(struct qt_backend *b, const struct qt_op_desc *d)
     return 0;
 }
 
-/* A quantizer's alphas must be positive and finite (the CPU backend's check and message). */
-static int check_alpha(const struct qt_quant_desc *q, const float *alpha, struct qt_error *e)
-{
-    for (int64_t k = 0; k < q->nalpha; k++)
-        if (!(alpha[k] > 0) || !isfinite(alpha[k]))
-            return qt_err(e,
-                          "clipping threshold alpha = %g; it must be positive and finite (a "
-                          "smaller alpha learning rate may help)",
-                          alpha[k]);
-    return 0;
-}
-
 /* Forward of a quantizer (host pointers); stats receives what the backward needs (weights: mu
  * and sigma, or the 8-bit scale), or goes to scratch when NULL. */
 static int fwd_quant(const struct qt_quant_desc *q, float *y, float *const *in, float *stats,
@@ -139,7 +127,7 @@ static int fwd_quant(const struct qt_quant_desc *q, float *y, float *const *in, 
         quant_int8_weight_forward_ref(y, stats, in[0], q->int8 == 2, q->n);
         return 0;
     }
-    if (check_alpha(q, in[1], e)) return -1;
+    if (qt_quant_check_alpha(q, in[1], e)) return -1;
     if (q->weight)
         quant_weight_forward_ref(y, stats, stats + 1, in[0], in[1], q->nalpha, q->standardize,
                                  &q->qz, q->n);
@@ -327,7 +315,7 @@ static int ref_backward(struct qt_backend *b, const struct qt_op_desc *d, const 
             if (dx) quant_int8_weight_backward_ref(dx, dy, q->n, acc[0]);
             return 0;
         }
-        if (check_alpha(q, hin[1], e)) return -1;
+        if (qt_quant_check_alpha(q, hin[1], e)) return -1;
         if (q->weight)
             quant_weight_backward_ref(dx, dalpha, dy, x, hin[1], q->nalpha, haux, haux + 1, &q->qz,
                                       q->n, acc[0], acc[1]);
