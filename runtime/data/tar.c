@@ -83,7 +83,7 @@ int qt_tar_open(struct qt_tar *t, const char *path, struct qt_error *e)
         qt_tar_close(t);
         return qt_err(e, "%s: cannot open: %s", path, strerror(err));
     }
-    gzbuffer(t->gz, 1 << 20);
+    gzbuffer(t->gz, 1 << 16); /* 64 KiB: larger buffers did not read faster */
     return 0;
 }
 
