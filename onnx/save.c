@@ -7,6 +7,7 @@
 #include "onnx.h"
 #include "../graph/schema.h"
 #include "../util/fileio.h"
+#include "../util/version.h"
 #include "tensor_proto.h"
 
 /* All allocations made for one save, freed together. */
@@ -132,7 +133,7 @@ int qt_onnx_serialize(const struct qt_graph *g, uint8_t **out, size_t *out_len, 
     mp.has_ir_version = 1;
     mp.ir_version = g->ir_version >= 7 ? g->ir_version : 7;
     mp.producer_name = "qtune";
-    mp.producer_version = "0.1";
+    mp.producer_version = QT_VERSION;
 
     Onnx__OperatorSetIdProto os;
     onnx__operator_set_id_proto__init(&os);

@@ -67,4 +67,29 @@ struct qt_quant_summary {
 int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
                      struct qt_quant_summary *sum, struct qt_error *e);
 
+/* ---- The export pass (lower_export.c) ---- */
+
+/* Formats of `qtune export`:
+ *   onnx   standard operators only: weights as packed level codes decoded by Cast/Gather/
+ *          Reshape/Mul, activation quantizers as Div/Greater/ReduceSum/Gather/Mul
+ *   qdq    QuantizeLinear/DequantizeLinear pairs on an 8-bit integer grid (integer runtimes)
+ *   float  weights as float values on the grid, activation quantizers as in onnx */
+enum qt_export_format { QT_EXPORT_ONNX = 0, QT_EXPORT_QDQ = 1, QT_EXPORT_FLOAT = 2 };
+const char *qt_export_format_name(enum qt_export_format f);
+/* 0, or -1 for a name that is not a format. */
+int qt_export_format_parse(const char *s, enum qt_export_format *f);
+
+struct qt_export_report {
+    int weights, acts;    /* quantizers lowered */
+    int64_t weight_bytes; /* bytes of the quantized weights as stored */
+};
+
+/* Replaces every WeightQuant/ActQuant node of g by standard operators computing the same
+ * values (lower_export.c explains the forms), records every quantizer's settings in the
+ * metadata (qtune.quant.<layer>.weight|input) and the format (qtune.export.format). Fails,
+ * naming the layer, on a malformed quantizer or one the format cannot express; g is then
+ * partly rewritten and must be discarded. */
+int qt_pass_lower_export(struct qt_graph *g, enum qt_export_format fmt,
+                         struct qt_export_report *rep, struct qt_error *e);
+
 #endif

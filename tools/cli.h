@@ -37,6 +37,13 @@ void cli_progress_init(struct cli_progress *p, const char *label, const char *un
 void cli_progress_update(void *ctx, int64_t done, int64_t total, double seconds);
 void cli_progress_end(struct cli_progress *p);
 
+/* Lowers the quantized model at `path` to `format` (onnx, qdq, float) and writes it to out
+ * (nothing written on error); top1 >= 0 is recorded in the metadata with the number of
+ * images it was measured on. rep receives the counts. Returns the exit status. */
+struct qt_export_report;
+int cli_export(const char *path, const char *format, const char *out, double top1,
+               int64_t images, struct qt_export_report *rep);
+
 int cmd_inspect(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_eval(int argc, char **argv);

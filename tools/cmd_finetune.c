@@ -37,7 +37,10 @@ static void usage(void)
         "                       (default: alphas of unchanged quantizers are kept)\n"
         "  --folded H           Convs without BatchNorm (folded models): unfold (insert a\n"
         "                       BatchNorm, default) or direct (no standardization)\n"
-        "  --calib-batches N    calibration batches (default 8)\n");
+        "  --calib-batches N    calibration batches (default 8)\n"
+        "  --export F           also write OUT with its quantizers lowered to standard ONNX\n"
+        "                       (F: onnx, qdq or float; see qtune export) to OUT.export.onnx\n"
+        "  --export-out PATH    where --export writes (default OUT.export.onnx)\n");
     recipe_usage(1);
 }
 
@@ -58,7 +61,7 @@ int cmd_finetune(int argc, char **argv)
     recipe_defaults(&r, "finetune", 1);
     r.epochs = 1;
     const char *path = NULL, *first_last = "8", *alpha_init = "paper", *folded = "unfold";
-    const char *int8_range = "absmax";
+    const char *int8_range = "absmax", *export_fmt = NULL, *export_out = NULL;
     long wbits = 4, abits = 4, calib_batches = 8;
     int scheme = QT_QS_APOT, per_channel = 0, no_std = 0, reset = 0;
     double alpha_w = 3.0, alpha_a = 8.0;
@@ -88,6 +91,10 @@ int cmd_finetune(int argc, char **argv)
             int8_range = argv[++i];
         else if (strcmp(a, "--alpha-init") == 0 && has)
             alpha_init = argv[++i];
+        else if (strcmp(a, "--export") == 0 && has)
+            export_fmt = argv[++i];
+        else if (strcmp(a, "--export-out") == 0 && has)
+            export_out = argv[++i];
         else if (strcmp(a, "--folded") == 0 && has)
             folded = argv[++i];
         else if (strcmp(a, "--scheme") == 0 && has) {
@@ -129,6 +136,17 @@ int cmd_finetune(int argc, char **argv)
                         "--abits A -o OUT.onnx");
     int rc = recipe_check(&r);
     if (rc) return rc;
+    enum qt_export_format efmt;
+    if (export_out && !export_fmt) return cli_fail("finetune: --export-out needs --export FORMAT");
+    if (export_fmt && qt_export_format_parse(export_fmt, &efmt))
+        return cli_fail("finetune: --export must be onnx, qdq or float, not '%s'", export_fmt);
+    char export_buf[4096];
+    if (export_fmt && !export_out) {
+        const char *dot = strrchr(r.out, '.');
+        int stem = dot && strcmp(dot, ".onnx") == 0 ? (int)(dot - r.out) : (int)strlen(r.out);
+        snprintf(export_buf, sizeof export_buf, "%.*s.export.onnx", stem, r.out);
+        export_out = export_buf;
+    }
     struct qt_quant_config qc;
     memset(&qc, 0, sizeof qc);
     qc.wbits = (int)wbits;
@@ -209,6 +227,7 @@ int cmd_finetune(int argc, char **argv)
     const double ptq_top1 = pr.evaluated ? pr.eval.top1 : -1;
     const double ptq_top5 = pr.evaluated ? pr.eval.top5 : -1, ptq_loss = pr.eval.loss;
     if (r.epochs == 0) {
+        if (pr.evaluated) recipe_record_top1(g, &pr.eval);
         if (qt_onnx_save(g, r.out, &e)) {
             rc = cli_fail("%s", e.msg);
             goto out;
@@ -223,7 +242,7 @@ int cmd_finetune(int argc, char **argv)
                    "\"epochs\": 0, "
                    "\"seconds\": 0, \"images_per_s\": 0, \"quantizers\": %d}\n",
                    ptq_top1, ptq_top5, ptq_loss, ptq_top1, qs.weight + qs.act);
-        goto out;
+        goto out_export;
     }
     struct recipe_extra ex;
     ex.json[0] = ex.text[0] = 0;
@@ -236,6 +255,12 @@ int cmd_finetune(int argc, char **argv)
         snprintf(ex.json, sizeof ex.json, "\"quantizers\": %d", qs.weight + qs.act);
     }
     rc = recipe_run(&r, g, path, &d, b, &ex);
+out_export:
+    if (!rc && export_fmt) {
+        struct qt_export_report rep;
+        rc = cli_export(r.out, export_fmt, export_out, -1, 0, &rep);
+        if (!rc) fprintf(r.json ? stderr : stdout, "exported %s as %s: wrote %s\n", r.out, export_fmt, export_out);
+    }
 out:
     if (b) b->destroy(b);
     recipe_data_free(&d);

@@ -347,6 +347,16 @@ static int on_resumed(void *ctx, int epochs_done)
     return rc ? -1 : 0;
 }
 
+void recipe_record_top1(struct qt_graph *g, const struct qt_eval_result *r)
+{
+    char buf[64];
+    if (r->images <= 0) return;
+    snprintf(buf, sizeof buf, "%.4f", r->top1);
+    qt_graph_set_meta(g, "qtune.top1", buf);
+    snprintf(buf, sizeof buf, "%lld", (long long)r->images);
+    qt_graph_set_meta(g, "qtune.top1_images", buf);
+}
+
 int recipe_run(const struct recipe *r, struct qt_graph *g, const char *model, struct recipe_data *d,
                struct qt_backend *b, const struct recipe_extra *extra)
 {
@@ -427,6 +437,7 @@ int recipe_run(const struct recipe *r, struct qt_graph *g, const char *model, st
         rc = 130;
         goto out;
     }
+    recipe_record_top1(g, &res.last);
     if (qt_onnx_save(g, r->out, &e)) {
         rc = cli_fail("%s", e.msg);
         goto out;

@@ -42,6 +42,9 @@ struct recipe_extra {
     char text[1024];
 };
 
+/* Records a test top-1 in g's metadata (qtune.top1, qtune.top1_images) when r has images. */
+void recipe_record_top1(struct qt_graph *g, const struct qt_eval_result *r);
+
 /* Trains g with the recipe (alpha groups for quantizers) and writes OUT, OUT.best.onnx and
  * OUT.log.jsonl; prints the report (and --json line with extra fields). Returns the exit
  * status. */

@@ -1,0 +1,604 @@
+/* The export pass: replaces every ai.qtune quantizer by standard ONNX operators that compute
+ * what qtune's quantized forward pass computes (see passes.h for the formats).
+ *
+ * Weights (formats onnx and qdq) are stored as level codes. A signed APoT/uniform weight of
+ * b bits has 2n - 1 levels, n = 2^(b-1), so its code (level index, 0 = most negative) fits b
+ * bits. Codes are packed into bytes at 2, 4 or 8 bits per code (3-bit codes take 4-bit
+ * slots: a dense 3-bit stream could be decoded by standard operators only through a table of
+ * 2^24 entries or integer arithmetic that TensorRT lacks; slots cost 1 bit per weight) and
+ * decoded by a table of 256 rows, one per byte value, holding the levels of the codes in that
+ * byte: bytes -> Cast(int32) -> Gather(table) -> Reshape -> Mul(alpha). The table depends on
+ * the scheme and bits only, so layers share it. The decoded weight is level * alpha, the
+ * product qtune's forward computes (float multiplication commutes exactly); every code is
+ * checked against qtune's own projection (the CPU kernels) before anything is written.
+ * 8-bit first/last layer weights (scheme max/absmax) are their integer steps k as int8 (int16
+ * when max W scaling puts a step beyond -128): Cast -> Div(127) -> Mul(m), as qtune rounds.
+ *
+ * Activations (every format): x = Div(a, alpha), a true division as in qtune; the level
+ * index is the number of thresholds below x (or |x| for signed quantizers): Greater against
+ * the n - 1 thresholds held along a new leading axis, Cast to float, ReduceSum over that axis,
+ * Cast to int32; Gather of the levels; for signed quantizers Where(x < 0) picks the negated
+ * level; Mul(alpha). The thresholds are qtune's own (the largest float not above each
+ * midpoint), so a value on a threshold goes to the lower level as in qtune, and values beyond
+ * the clipping range reach the last level without a Clip. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../graph/schema.h"
+#include "../kernels/common/apot.h"
+#include "../kernels/cpu/quant.h"
+#include "../runtime/quantizer.h"
+#include "passes.h"
+
+const char *qt_export_format_name(enum qt_export_format f)
+{
+    switch (f) {
+    case QT_EXPORT_ONNX: return "onnx";
+    case QT_EXPORT_QDQ: return "qdq";
+    case QT_EXPORT_FLOAT: return "float";
+    }
+    return "?";
+}
+
+int qt_export_format_parse(const char *s, enum qt_export_format *f)
+{
+    for (int k = 0; k <= QT_EXPORT_FLOAT; k++)
+        if (strcmp(s, qt_export_format_name((enum qt_export_format)k)) == 0) {
+            *f = (enum qt_export_format)k;
+            return 0;
+        }
+    return -1;
+}
+
+/* ---- Small graph-building helpers ---- */
+
+struct lower {
+    struct qt_graph *g;
+    int nw, na; /* quantizers lowered so far: node names are qw<k>/... and qa<k>/... */
+    enum qt_export_format fmt;
+    struct qt_export_report *rep;
+    struct qt_error *e;
+};
+
+static int add_const(struct qt_graph *g, const char *base, struct qt_tensor *t)
+{
+    int v = qt_graph_add_value_unique(g, base, t->dtype, &t->shape);
+    g->values[v].init = t;
+    return v;
+}
+
+static struct qt_tensor *tensor1(enum qt_dtype dt, int ndim, const int64_t *d)
+{
+    struct qt_shape s = {.ndim = ndim};
+    for (int k = 0; k < ndim; k++) s.d[k] = d[k];
+    return qt_tensor_new(dt, &s);
+}
+
+static int scalar_f(struct qt_graph *g, const char *base, float v)
+{
+    struct qt_tensor *t = tensor1(QT_F32, 0, NULL);
+    *(float *)t->data = v;
+    return add_const(g, base, t);
+}
+
+/* A node of `op` reading in[0..nin) into a new value named base (or into `out` when >= 0);
+ * returns the output value. The output's dtype and shape come from shape inference later. */
+static int node(struct qt_graph *g, enum qt_op op, const char *name, const int *in, int nin,
+                int out)
+{
+    if (out < 0) out = qt_graph_add_value_unique(g, name, QT_UNDEF, NULL);
+    qt_graph_add_node(g, op, name, in, nin, &out, 1);
+    return out;
+}
+
+static void node_name(char *buf, size_t n, const char *base, const char *suffix)
+{
+    snprintf(buf, n, "%s/%s", base, suffix);
+}
+
+/* The constant of key `key` when an earlier layer made it, else -1 (shared tables). */
+static int find_shared(const struct qt_graph *g, const char *key)
+{
+    return qt_graph_find_value(g, key);
+}
+
+static int shared_const(struct qt_graph *g, const char *key, struct qt_tensor *t)
+{
+    int v = find_shared(g, key);
+    if (v >= 0) {
+        qt_tensor_free(t);
+        return v;
+    }
+    v = qt_graph_add_value(g, key, t->dtype, &t->shape);
+    g->values[v].init = t;
+    return v;
+}
+
+static int cast(struct qt_graph *g, const char *name, int x, enum qt_dtype to)
+{
+    int o = node(g, QT_OP_CAST, name, &x, 1, -1);
+    qt_node_set_int(&g->nodes[g->nnodes - 1], "to", to);
+    return o;
+}
+
+/* ---- Level sets ---- */
+
+/* The 2n - 1 signed levels of qz in ascending order (index n - 1 is 0). */
+static void signed_levels(float *slv, const struct qt_apot_quantizer *qz)
+{
+    for (int k = 0; k < qz->n; k++) {
+        slv[qz->n - 1 + k] = qz->levels[k];
+        slv[qz->n - 1 - k] = -qz->levels[k];
+    }
+    slv[qz->n - 1] = 0.0f;
+}
+
+/* ---- Weights ---- */
+
+static int layer_of(const struct qt_graph *g, const struct qt_node *q)
+{
+    return qt_graph_first_consumer(g, q->out[0]);
+}
+
+static const char *layer_name(const struct qt_graph *g, const struct qt_node *q)
+{
+    int r = layer_of(g, q);
+    return r >= 0 ? g->nodes[r].name : q->name;
+}
+
+/* Format onnx: when the layer reading WeightQuant qi is a Conv whose output only an
+ * inference BatchNormalization reads, folds that BatchNorm into the Conv: per output channel
+ * s = scale / sqrt(var + eps) goes into `chan` (cout values, multiplied into the decoded
+ * weight's scale) and (b - mean) * s + bias becomes the Conv's bias. Returns the channel
+ * count folded (0: nothing folded). As onnxruntime and TensorRT fold BatchNorm into constant
+ * convolution weights themselves, this changes results by rounding only, and saves the four
+ * BatchNorm parameters per channel in the file. */
+static int64_t fold_bn(struct lower *L, int qi, float **chan)
+{
+    struct qt_graph *g = L->g;
+    *chan = NULL;
+    if (L->fmt != QT_EXPORT_ONNX) return 0;
+    const int ci = layer_of(g, &g->nodes[qi]);
+    if (ci < 0 || g->nodes[ci].op != QT_OP_CONV || g->nodes[ci].nout != 1 ||
+        g->nodes[ci].in[1] != g->nodes[qi].out[0] || qt_graph_use_count(g, g->nodes[qi].out[0]) != 1)
+        return 0;
+    const int y = g->nodes[ci].out[0];
+    if ((g->values[y].flags & QT_V_OUTPUT) || qt_graph_use_count(g, y) != 1) return 0;
+    const int bi = qt_graph_first_consumer(g, y);
+    if (bi < 0 || g->nodes[bi].op != QT_OP_BATCHNORM || g->nodes[bi].nout != 1 ||
+        g->nodes[bi].in[0] != y)
+        return 0;
+    const struct qt_node *bn = &g->nodes[bi];
+    const struct qt_tensor *p[4];
+    for (int k = 0; k < 4; k++) {
+        p[k] = g->values[bn->in[1 + k]].init;
+        if (!p[k] || p[k]->dtype != QT_F32) return 0;
+    }
+    const int64_t C = qt_shape_numel(&p[0]->shape);
+    const struct qt_tensor *w = g->values[g->nodes[qi].in[0]].init;
+    if (!w || w->shape.ndim < 1 || w->shape.d[0] != C) return 0;
+    for (int k = 1; k < 4; k++)
+        if (qt_shape_numel(&p[k]->shape) != C) return 0;
+    const struct qt_node *conv = &g->nodes[ci];
+    const struct qt_tensor *cb = conv->nin > 2 && conv->in[2] >= 0 ? g->values[conv->in[2]].init : NULL;
+    if (conv->nin > 2 && conv->in[2] >= 0 && (!cb || cb->dtype != QT_F32 || qt_shape_numel(&cb->shape) != C))
+        return 0;
+    const float eps = qt_node_float(bn, "epsilon", 1e-5f);
+    const float *scale = p[0]->data, *bias = p[1]->data, *mean = p[2]->data, *var = p[3]->data;
+    float *s = malloc(sizeof(float) * C);
+    struct qt_shape bs = {.ndim = 1, .d = {C}};
+    struct qt_tensor *b = qt_tensor_new(QT_F32, &bs);
+    for (int64_t c = 0; c < C; c++) {
+        const double sc = scale[c] / sqrt((double)var[c] + eps);
+        s[c] = (float)sc;
+        ((float *)b->data)[c] =
+            (float)(((cb ? (double)((const float *)cb->data)[c] : 0.0) - mean[c]) * sc + bias[c]);
+    }
+    char name[512];
+    snprintf(name, sizeof name, "%s.bias", g->values[bn->in[2]].name);
+    const int vb = add_const(g, name, b);
+    struct qt_node *cv = &g->nodes[ci];
+    if (cv->nin < 3) {
+        cv->in = realloc(cv->in, sizeof(int) * 3);
+        cv->nin = 3;
+    }
+    cv->in[2] = vb;
+    const int z = g->nodes[bi].out[0];
+    g->nodes[bi].dead = 1;
+    qt_graph_replace_uses(g, z, y);
+    *chan = s;
+    return C;
+}
+
+/* Writes the decoded weight of an APoT/uniform WeightQuant (node index qi) into value `out`. */
+static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_attrs *a,
+                               const struct qt_apot_quantizer *qz)
+{
+    struct qt_graph *g = L->g;
+    struct qt_error *e = L->e;
+    const struct qt_node *q = &g->nodes[qi];
+    const char *lname = layer_name(g, q);
+    char wname[256];
+    snprintf(wname, sizeof wname, "%s", g->values[q->in[0]].name);
+    const struct qt_tensor *w = g->values[q->in[0]].init;
+    const struct qt_tensor *al = q->nin > 1 && q->in[1] >= 0 ? g->values[q->in[1]].init : NULL;
+    if (!w || w->dtype != QT_F32)
+        return qt_err(e, "layer '%s': WeightQuant node '%s' does not read a float32 weight "
+                         "initializer", lname, q->name);
+    if (2 * qz->n - 1 > 256)
+        return qt_err(e, "layer '%s': %d-bit weights have %d levels; codes of more than 8 bits "
+                         "cannot be packed (at most 8-bit weights)", lname, a->bits, 2 * qz->n - 1);
+    if (!al || al->dtype != QT_F32)
+        return qt_err(e, "layer '%s': WeightQuant node '%s' has no float32 alpha initializer",
+                      lname, q->name);
+    const int64_t cnt = qt_shape_numel(&w->shape), nal = qt_shape_numel(&al->shape);
+    if (cnt <= 0 || nal <= 0 || cnt % nal || (nal > 1 && (w->shape.ndim < 1 || w->shape.d[0] != nal)))
+        return qt_err(e, "layer '%s': WeightQuant node '%s' has %lld alphas for a weight of "
+                         "%lld values (expected 1 or one per output channel)",
+                      lname, q->name, (long long)nal, (long long)cnt);
+    const float *alpha = al->data;
+    for (int64_t c = 0; c < nal; c++)
+        if (!(alpha[c] > 0) || !isfinite(alpha[c]))
+            return qt_err(e, "layer '%s': WeightQuant node '%s' has alpha %g (must be positive "
+                             "and finite)", lname, q->name, alpha[c]);
+    float *wq = malloc(sizeof(float) * cnt);
+    uint8_t *code = malloc((size_t)cnt);
+    if (!wq || !code) {
+        free(wq);
+        free(code);
+        return qt_err(e, "layer '%s': out of memory", lname);
+    }
+    float mu = 0.0f, sigma = 1.0f, slv[2 * QT_APOT_MAX_LEVELS];
+    quant_weight_forward_cpu(wq, &mu, &sigma, w->data, alpha, nal, a->standardize, qz, cnt);
+    signed_levels(slv, qz);
+    const int n = qz->n, per = (int)(cnt / nal);
+    const float *wd = w->data;
+    for (int64_t i = 0; i < cnt; i++) {
+        const float al_c = alpha[i / per];
+        const float x = qt_apot_weight_x(wd[i], mu, sigma, al_c);
+        float m = fabsf(x);
+        m = m > 1.0f ? 1.0f : m;
+        const int k = qt_apot_nearest_index(m, qz->thr, n);
+        const int c = x < 0 ? n - 1 - k : n - 1 + k;
+        code[i] = (uint8_t)c;
+        if (!(slv[c] * al_c == wq[i])) {
+            const int64_t bad = i;
+            free(wq);
+            free(code);
+            return qt_err(e, "layer '%s': weight %lld decodes to %.9g but qtune's forward gives "
+                             "%.9g (WeightQuant node '%s')", lname, (long long)bad,
+                          (double)(slv[c] * al_c), (double)wq[bad], q->name);
+        }
+    }
+    char name[512], key[128];
+    const int out = q->out[0];
+    if (L->fmt == QT_EXPORT_FLOAT) {
+        struct qt_tensor *t = qt_tensor_new(QT_F32, &w->shape);
+        memcpy(t->data, wq, sizeof(float) * cnt);
+        snprintf(name, sizeof name, "%s.quantized", wname);
+        int v = add_const(g, name, t);
+        qt_graph_replace_uses(g, out, v);
+        L->rep->weight_bytes += (int64_t)sizeof(float) * cnt;
+        free(wq);
+        free(code);
+        return 0;
+    }
+    /* code bits: the smallest of 2, 4, 8 that holds b bits and divides the count evenly */
+    int cb = a->bits <= 2 ? 2 : a->bits <= 4 ? 4 : 8;
+    while (cb < 8 && cnt % (8 / cb)) cb *= 2;
+    const int pb = 8 / cb;
+    const int64_t nbytes = cnt / pb;
+    struct qt_tensor *bytes = tensor1(QT_U8, 1, &nbytes);
+    uint8_t *bd = bytes->data;
+    for (int64_t j = 0; j < nbytes; j++) {
+        unsigned v = 0;
+        for (int s = 0; s < pb; s++) v |= (unsigned)code[j * pb + s] << (cb * s);
+        bd[j] = (uint8_t)v;
+    }
+    free(wq);
+    free(code);
+    L->rep->weight_bytes += nbytes;
+    /* decoding table: row b holds the levels of the pb codes in byte b (0 for codes unused) */
+    const int64_t td[2] = {256, pb};
+    struct qt_tensor *tab = tensor1(QT_F32, 2, td);
+    float *tb = tab->data;
+    for (int b = 0; b < 256; b++)
+        for (int s = 0; s < pb; s++) {
+            const int c = (b >> (cb * s)) & ((1 << cb) - 1);
+            tb[b * pb + s] = c <= 2 * n - 2 ? slv[c] : 0.0f;
+        }
+    snprintf(key, sizeof key, "qtune.levels.%s%d.w%d", qt_quant_scheme_name(a->scheme), a->bits, cb);
+    int vtab = shared_const(g, key, tab);
+    snprintf(name, sizeof name, "%s.codes", wname);
+    int vbytes = add_const(g, name, bytes);
+    /* shape of the weight and of its alphas (one per output channel broadcast over the rest) */
+    const int64_t rd = w->shape.ndim;
+    struct qt_tensor *shp = tensor1(QT_I64, 1, &rd);
+    int kl = snprintf(key, sizeof key, "qtune.shape");
+    for (int k = 0; k < w->shape.ndim; k++) {
+        ((int64_t *)shp->data)[k] = w->shape.d[k];
+        kl += snprintf(key + kl, sizeof key - kl, "%s%lld", k ? "x" : ".", (long long)w->shape.d[k]);
+    }
+    int vshape = shared_const(g, key, shp);
+    float *chan;
+    const int64_t nch = fold_bn(L, qi, &chan);
+    const int64_t ns = nch > 0 ? nch : nal;
+    struct qt_shape as = {.ndim = ns > 1 ? w->shape.ndim : 0};
+    if (ns > 1) {
+        as.d[0] = ns;
+        for (int k = 1; k < as.ndim; k++) as.d[k] = 1;
+    }
+    struct qt_tensor *at = qt_tensor_new(QT_F32, &as);
+    for (int64_t c = 0; c < ns; c++)
+        ((float *)at->data)[c] = alpha[nal > 1 ? c : 0] * (chan ? chan[c] : 1.0f);
+    free(chan);
+    snprintf(name, sizeof name, "qw%d.alpha", L->nw);
+    int valpha = add_const(g, name, at);
+    char qn[32];
+    snprintf(qn, sizeof qn, "qw%d", L->nw);
+    node_name(name, sizeof name, qn, "cast");
+    int vi = cast(g, name, vbytes, QT_I32);
+    node_name(name, sizeof name, qn, "decode");
+    int in2[2] = {vtab, vi};
+    int vl = node(g, QT_OP_GATHER, name, in2, 2, -1);
+    node_name(name, sizeof name, qn, "reshape");
+    in2[0] = vl;
+    in2[1] = vshape;
+    int vr = node(g, QT_OP_RESHAPE, name, in2, 2, -1);
+    node_name(name, sizeof name, qn, "scale");
+    in2[0] = vr;
+    in2[1] = valpha;
+    int vw = node(g, QT_OP_MUL, name, in2, 2, -1);
+    qt_graph_replace_uses(g, out, vw);
+    return 0;
+}
+
+/* 8-bit first/last layer weights: integer steps k with Wq = k / 127 * m. */
+static int lower_weight_int8(struct lower *L, int qi, const struct qt_quant_attrs *a)
+{
+    struct qt_graph *g = L->g;
+    const struct qt_node *q = &g->nodes[qi];
+    const char *lname = layer_name(g, q);
+    char wname[256];
+    snprintf(wname, sizeof wname, "%s", g->values[q->in[0]].name);
+    const struct qt_tensor *w = g->values[q->in[0]].init;
+    if (!w || w->dtype != QT_F32)
+        return qt_err(L->e, "layer '%s': WeightQuant node '%s' does not read a float32 weight "
+                            "initializer", lname, q->name);
+    const int64_t cnt = qt_shape_numel(&w->shape);
+    float *wq = malloc(sizeof(float) * (cnt ? cnt : 1)), m = 0.0f;
+    if (!wq) return qt_err(L->e, "layer '%s': out of memory", lname);
+    quant_int8_weight_forward_cpu(wq, &m, w->data, a->scheme == QT_QS_ABSMAX, cnt);
+    char name[512];
+    const int out = q->out[0];
+    if (!isfinite(m)) {
+        free(wq);
+        return qt_err(L->e, "layer '%s': 8-bit weight scale is %g", lname, (double)m);
+    }
+    if (m <= 0.0f || L->fmt == QT_EXPORT_FLOAT) {
+        /* m <= 0 (an all-zero weight, or with max scaling no positive weight) leaves W as it is */
+        struct qt_tensor *t = qt_tensor_new(QT_F32, &w->shape);
+        memcpy(t->data, wq, sizeof(float) * cnt);
+        free(wq);
+        snprintf(name, sizeof name, "%s.quantized", wname);
+        qt_graph_replace_uses(g, out, add_const(g, name, t));
+        L->rep->weight_bytes += (int64_t)sizeof(float) * cnt;
+        return 0;
+    }
+    const float *wd = w->data;
+    int wide = 0;
+    long *k = malloc(sizeof(long) * (cnt ? cnt : 1));
+    for (int64_t i = 0; i < cnt && k; i++) {
+        k[i] = lrintf(wd[i] / m * 127.0f);
+        wide |= k[i] < -128 || k[i] > 127;
+        if (!((float)k[i] / 127.0f * m == wq[i]) || k[i] < -32768 || k[i] > 32767) {
+            free(k);
+            free(wq);
+            return qt_err(L->e, "layer '%s': 8-bit weight %lld cannot be stored as an integer "
+                                "step (WeightQuant node '%s')", lname, (long long)i, q->name);
+        }
+    }
+    free(wq);
+    if (!k) return qt_err(L->e, "layer '%s': out of memory", lname);
+    struct qt_tensor *codes = qt_tensor_new(wide ? QT_I16 : QT_I8, &w->shape);
+    for (int64_t i = 0; i < cnt; i++) {
+        if (wide) ((int16_t *)codes->data)[i] = (int16_t)k[i];
+        else ((int8_t *)codes->data)[i] = (int8_t)k[i];
+    }
+    free(k);
+    L->rep->weight_bytes += (int64_t)codes->nbytes;
+    snprintf(name, sizeof name, "%s.codes", wname);
+    int vc = add_const(g, name, codes);
+    char qn[32];
+    snprintf(qn, sizeof qn, "qw%d", L->nw);
+    node_name(name, sizeof name, qn, "cast");
+    int vf = cast(g, name, vc, QT_F32);
+    int in2[2] = {vf, shared_const(g, "qtune.int8.steps", tensor1(QT_F32, 0, NULL))};
+    *(float *)g->values[in2[1]].init->data = 127.0f;
+    node_name(name, sizeof name, qn, "steps");
+    int vd = node(g, QT_OP_DIV, name, in2, 2, -1);
+    float *chan;
+    const int64_t nch = fold_bn(L, qi, &chan);
+    struct qt_shape ms = {.ndim = nch > 0 ? w->shape.ndim : 0};
+    if (nch > 0) {
+        ms.d[0] = nch;
+        for (int k = 1; k < ms.ndim; k++) ms.d[k] = 1;
+    }
+    struct qt_tensor *mt = qt_tensor_new(QT_F32, &ms);
+    for (int64_t c = 0; c < (nch > 0 ? nch : 1); c++) ((float *)mt->data)[c] = m * (chan ? chan[c] : 1.0f);
+    free(chan);
+    snprintf(name, sizeof name, "%s.scale", wname);
+    in2[0] = vd;
+    in2[1] = add_const(g, name, mt);
+    node_name(name, sizeof name, qn, "scale");
+    qt_graph_replace_uses(g, out, node(g, QT_OP_MUL, name, in2, 2, -1));
+    return 0;
+}
+
+/* ---- Activations ---- */
+
+static int lower_act(struct lower *L, int qi, const struct qt_quant_attrs *a,
+                     const struct qt_apot_quantizer *qz)
+{
+    struct qt_graph *g = L->g;
+    const struct qt_node *q = &g->nodes[qi];
+    const char *lname = layer_name(g, q);
+    const struct qt_tensor *al = q->nin > 1 && q->in[1] >= 0 ? g->values[q->in[1]].init : NULL;
+    if (!al || al->dtype != QT_F32 || qt_shape_numel(&al->shape) != 1)
+        return qt_err(L->e, "layer '%s': ActQuant node '%s' has no float32 alpha initializer "
+                            "of one value", lname, q->name);
+    const float alpha = *(const float *)al->data;
+    if (!(alpha > 0) || !isfinite(alpha))
+        return qt_err(L->e, "layer '%s': ActQuant node '%s' has alpha %g (must be positive and "
+                            "finite)", lname, q->name, (double)alpha);
+    const struct qt_value *xv = &g->values[q->in[0]];
+    if (!xv->has_shape)
+        return qt_err(L->e, "layer '%s': ActQuant node '%s': the rank of its input is unknown",
+                      lname, q->name);
+    const int rank = xv->shape.ndim, n = qz->n, sg = a->is_signed;
+    const int x_in = q->in[0], out = q->out[0];
+    char name[512], key[128], qn[32];
+    snprintf(qn, sizeof qn, "qa%d", L->na);
+    snprintf(name, sizeof name, "%s.alpha", qn);
+    const int valpha = scalar_f(g, name, alpha);
+    /* thresholds along a new leading axis, broadcast over the input's dimensions */
+    int64_t td[QT_MAX_DIMS + 1] = {n - 1};
+    for (int k = 1; k <= rank; k++) td[k] = 1;
+    struct qt_tensor *thr = tensor1(QT_F32, rank + 1, td);
+    memcpy(thr->data, qz->thr, sizeof(float) * (n - 1));
+    snprintf(key, sizeof key, "qtune.thresholds.%s%d.%s.r%d", qt_quant_scheme_name(a->scheme),
+             a->bits, sg ? "s" : "u", rank);
+    const int vthr = shared_const(g, key, thr);
+    /* the quantized values alpha * level, as qtune computes them */
+    const int64_t nl = n;
+    struct qt_tensor *lv = tensor1(QT_F32, 1, &nl);
+    for (int k = 0; k < n; k++) ((float *)lv->data)[k] = alpha * qz->levels[k];
+    snprintf(name, sizeof name, "%s.values", qn);
+    const int vlv = add_const(g, name, lv);
+
+    int in2[2] = {x_in, valpha};
+    node_name(name, sizeof name, qn, "div");
+    const int vx = node(g, QT_OP_DIV, name, in2, 2, -1);
+    int vm = vx;
+    if (sg) {
+        node_name(name, sizeof name, qn, "abs");
+        vm = node(g, QT_OP_ABS, name, &vx, 1, -1);
+    }
+    in2[0] = vm;
+    in2[1] = vthr;
+    node_name(name, sizeof name, qn, "compare");
+    const int vgt = node(g, QT_OP_GREATER, name, in2, 2, -1);
+    node_name(name, sizeof name, qn, "count_cast");
+    const int vgf = cast(g, name, vgt, QT_F32);
+    node_name(name, sizeof name, qn, "count");
+    int vsum;
+    if (g->opset >= 13) {
+        const int64_t one = 1;
+        struct qt_tensor *ax = tensor1(QT_I64, 1, &one);
+        ((int64_t *)ax->data)[0] = 0;
+        in2[0] = vgf;
+        in2[1] = shared_const(g, "qtune.axis0", ax);
+        vsum = node(g, QT_OP_REDUCESUM, name, in2, 2, -1);
+    } else {
+        vsum = node(g, QT_OP_REDUCESUM, name, &vgf, 1, -1);
+        const int64_t zero = 0;
+        qt_node_set_ints(&g->nodes[g->nnodes - 1], "axes", &zero, 1);
+    }
+    qt_node_set_int(&g->nodes[g->nnodes - 1], "keepdims", 0);
+    node_name(name, sizeof name, qn, "index");
+    const int vidx = cast(g, name, vsum, QT_I32);
+    in2[0] = vlv;
+    in2[1] = vidx;
+    node_name(name, sizeof name, qn, "value");
+    if (!sg) {
+        node(g, QT_OP_GATHER, name, in2, 2, out);
+        return 0;
+    }
+    const int vq = node(g, QT_OP_GATHER, name, in2, 2, -1);
+    struct qt_tensor *nlv = tensor1(QT_F32, 1, &nl);
+    for (int k = 0; k < n; k++) ((float *)nlv->data)[k] = alpha * -qz->levels[k];
+    snprintf(name, sizeof name, "%s.negative_values", qn);
+    in2[0] = add_const(g, name, nlv);
+    node_name(name, sizeof name, qn, "negative_value");
+    const int vneg = node(g, QT_OP_GATHER, name, in2, 2, -1);
+    in2[0] = vx;
+    in2[1] = shared_const(g, "qtune.zero", tensor1(QT_F32, 0, NULL));
+    node_name(name, sizeof name, qn, "is_negative");
+    const int vlt = node(g, QT_OP_LESS, name, in2, 2, -1);
+    const int in3[3] = {vlt, vneg, vq};
+    node_name(name, sizeof name, qn, "sign");
+    node(g, QT_OP_WHERE, name, in3, 3, out);
+    return 0;
+}
+
+/* ---- Metadata ---- */
+
+/* Appends "weight apot4 signed standardized" or "input apot4 unsigned" to the layer's
+ * qtune.quant.<layer> metadata entry ("; " between the two). */
+static void describe(struct qt_graph *g, int qi, const struct qt_quant_attrs *a)
+{
+    const struct qt_node *q = &g->nodes[qi];
+    char key[512], val[512], part[160];
+    snprintf(key, sizeof key, "qtune.quant.%s", layer_name(g, q));
+    if (a->scheme >= QT_QS_MAX)
+        snprintf(part, sizeof part, "weight int8 signed %s", qt_quant_scheme_name(a->scheme));
+    else
+        snprintf(part, sizeof part, "%s %s%d %s%s", q->op == QT_OP_WEIGHTQUANT ? "weight" : "input",
+                 qt_quant_scheme_name(a->scheme), a->bits, a->is_signed ? "signed" : "unsigned",
+                 q->op == QT_OP_WEIGHTQUANT && a->standardize ? " standardized" : "");
+    const char *old = qt_graph_meta(g, key);
+    if (old) snprintf(val, sizeof val, "%s; %s", old, part);
+    else snprintf(val, sizeof val, "%s", part);
+    qt_graph_set_meta(g, key, val);
+}
+
+int qt_pass_lower_export(struct qt_graph *g, enum qt_export_format fmt,
+                         struct qt_export_report *rep, struct qt_error *e)
+{
+    struct qt_export_report dummy;
+    if (!rep) rep = &dummy;
+    memset(rep, 0, sizeof *rep);
+    if (fmt == QT_EXPORT_QDQ) return qt_err(e, "export format qdq: not available");
+    if (g->opset < 9)
+        return qt_err(e, "the model's opset %lld is below 9 (Where and Greater on floats need 9)",
+                      (long long)g->opset);
+    struct lower L = {g, 0, 0, fmt, rep, e};
+    const int nn = g->nnodes;
+    for (int i = 0; i < nn; i++) {
+        if (g->nodes[i].dead) continue;
+        enum qt_op op = g->nodes[i].op;
+        if (op != QT_OP_WEIGHTQUANT && op != QT_OP_ACTQUANT) {
+            if (strcmp(g->nodes[i].domain, "") != 0)
+                return qt_err(e, "node '%s' is in domain '%s', which the export cannot lower",
+                              g->nodes[i].name, g->nodes[i].domain);
+            continue;
+        }
+        struct qt_quant_attrs a;
+        struct qt_apot_quantizer qz;
+        if (qt_quantizer_from_node(&a, &qz, &g->nodes[i], e)) {
+            char msg[sizeof e->msg];
+            snprintf(msg, sizeof msg, "%s", e->msg);
+            return qt_err(e, "layer '%s': %s", layer_name(g, &g->nodes[i]), msg);
+        }
+        describe(g, i, &a);
+        int rc;
+        if (op == QT_OP_WEIGHTQUANT) {
+            rc = a.scheme >= QT_QS_MAX ? lower_weight_int8(&L, i, &a) : lower_weight_levels(&L, i, &a, &qz);
+            rep->weights = ++L.nw;
+        } else {
+            if (a.scheme >= QT_QS_MAX)
+                return qt_err(e, "layer '%s': ActQuant node '%s' has weight-only scheme %s",
+                              layer_name(g, &g->nodes[i]), g->nodes[i].name,
+                              qt_quant_scheme_name(a.scheme));
+            rc = lower_act(&L, i, &a, &qz);
+            rep->acts = ++L.na;
+        }
+        if (rc) return -1;
+        g->nodes[i].dead = 1;
+    }
+    qt_graph_set_meta(g, "qtune.export.format", qt_export_format_name(fmt));
+    if (qt_graph_compact(g, e)) return -1;
+    return qt_graph_infer_shapes(g, e);
+}
