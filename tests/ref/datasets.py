@@ -86,3 +86,31 @@ def encode_png(img):
     ihdr = struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
             + chunk(b"IEND", b""))
+
+
+CIFAR_MEAN = (0.491, 0.482, 0.447)
+CIFAR_STD = (0.247, 0.243, 0.262)
+
+
+def load_cifar_jpeg(path, split, n, mean=CIFAR_MEAN, std=CIFAR_STD):
+    """The first n // 10 images of each class (sorted by file name) of an image-folder tar
+    (split/<class>/*.jpg), decoded with PIL and normalized: (x [N,3,H,W] float32, labels)."""
+    import io
+    import tarfile
+
+    from PIL import Image
+    with tarfile.open(path) as tf:
+        members = [m for m in tf.getmembers() if m.isfile() and m.name.startswith(split + "/")]
+        classes = sorted({m.name.split("/")[1] for m in members})
+        by_class = {c: sorted((m for m in members if m.name.split("/")[1] == c),
+                              key=lambda m: m.name) for c in classes}
+        xs, ys = [], []
+        for ci, c in enumerate(classes):
+            for m in by_class[c][:n // len(classes)]:
+                img = Image.open(io.BytesIO(tf.extractfile(m).read())).convert("RGB")
+                xs.append(np.asarray(img, np.uint8))
+                ys.append(ci)
+    x = np.stack(xs).transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
+    m = np.array(mean, np.float32).reshape(1, -1, 1, 1)
+    s = np.array(std, np.float32).reshape(1, -1, 1, 1)
+    return ((x - m) / s).astype(np.float32), np.array(ys)
