@@ -160,6 +160,22 @@ static int infer_unary_float(struct qt_infer_ctx *c, struct qt_error *e)
     return same_as_input(c, e);
 }
 
+static int require_numeric(struct qt_infer_ctx *c, int k, struct qt_error *e)
+{
+    const enum qt_dtype t = c->in_dtype[k];
+    if (t != QT_F32 && t != QT_I32 && t != QT_I64)
+        return qt_err(e, NODE_FMT ": input %d has type %s; expected float32, int32 or int64",
+                      NODE_ARGS(c), k, qt_dtype_name(t));
+    return 0;
+}
+
+/* Abs, Neg: element by element on float32, int32 or int64. */
+static int infer_unary_numeric(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    if (require_numeric(c, 0, e)) return -1;
+    return same_as_input(c, e);
+}
+
 static int infer_clip(struct qt_infer_ctx *c, struct qt_error *e)
 {
     if (require_float(c, 0, e)) return -1;
@@ -231,6 +247,38 @@ static int infer_binary(struct qt_infer_ctx *c, struct qt_error *e)
                       qt_shape_str(c->g, &c->in[0], b1, sizeof b1),
                       qt_shape_str(c->g, &c->in[1], b2, sizeof b2));
     c->out_dtype[0] = c->in_dtype[0];
+    return 0;
+}
+
+/* Greater, Less: two inputs of one type, broadcast as Add's, compared into bool. */
+static int infer_compare(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    if (infer_binary(c, e)) return -1;
+    c->out_dtype[0] = QT_BOOL;
+    return 0;
+}
+
+/* Where(condition, X, Y): a bool condition, X and Y of one type, the three broadcast. */
+static int infer_where(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    char b1[96], b2[96], b3[96];
+    struct qt_shape t;
+    if (c->in_dtype[0] != QT_BOOL)
+        return qt_err(e, NODE_FMT ": the condition has type %s, expected bool", NODE_ARGS(c),
+                      qt_dtype_name(c->in_dtype[0]));
+    if (c->in_dtype[1] != c->in_dtype[2])
+        return qt_err(e, NODE_FMT ": X and Y have different types (%s and %s)", NODE_ARGS(c),
+                      qt_dtype_name(c->in_dtype[1]), qt_dtype_name(c->in_dtype[2]));
+    if (!qt_dtype_size(c->in_dtype[1]))
+        return qt_err(e, NODE_FMT ": type %s is not supported", NODE_ARGS(c),
+                      qt_dtype_name(c->in_dtype[1]));
+    if (qt_broadcast_shape(&t, &c->in[0], &c->in[1]) ||
+        qt_broadcast_shape(&c->out[0], &t, &c->in[2]))
+        return qt_err(e, NODE_FMT ": shapes %s, %s and %s do not broadcast", NODE_ARGS(c),
+                      qt_shape_str(c->g, &c->in[0], b1, sizeof b1),
+                      qt_shape_str(c->g, &c->in[1], b2, sizeof b2),
+                      qt_shape_str(c->g, &c->in[2], b3, sizeof b3));
+    c->out_dtype[0] = c->in_dtype[1];
     return 0;
 }
 
@@ -654,9 +702,11 @@ static int infer_softmax(struct qt_infer_ctx *c, struct qt_error *e)
     return same_as_input(c, e);
 }
 
-static int infer_reducemean(struct qt_infer_ctx *c, struct qt_error *e)
+/* ReduceMean (float32) and ReduceSum (float32, int32, int64). */
+static int infer_reduce(struct qt_infer_ctx *c, struct qt_error *e)
 {
-    if (require_float(c, 0, e)) return -1;
+    const int sum = c->n->op == QT_OP_REDUCESUM;
+    if (sum ? require_numeric(c, 0, e) : require_float(c, 0, e)) return -1;
     int64_t axes[QT_MAX_DIMS];
     int na = get_axes(c, axes, e);
     if (na == -1) return -1;
@@ -677,7 +727,7 @@ static int infer_reducemean(struct qt_infer_ctx *c, struct qt_error *e)
         if (!red[i]) o->d[o->ndim++] = c->in[0].d[i];
         else if (keep) o->d[o->ndim++] = 1;
     }
-    c->out_dtype[0] = QT_F32;
+    c->out_dtype[0] = c->in_dtype[0];
     return 0;
 }
 
@@ -843,7 +893,13 @@ static const struct qt_op_schema schemas[] = {
     {QT_OP_CONSTANT, "Constant", 0, 0, 1, 1, 0, infer_constant, NULL},
     {QT_OP_CAST, "Cast", 1, 1, 1, 1, 0, infer_cast, NULL},
     {QT_OP_SOFTMAX, "Softmax", 1, 1, 1, 1, 0, infer_softmax, NULL},
-    {QT_OP_REDUCEMEAN, "ReduceMean", 1, 2, 1, 1, 2u, infer_reducemean, NULL},
+    {QT_OP_REDUCEMEAN, "ReduceMean", 1, 2, 1, 1, 2u, infer_reduce, NULL},
+    {QT_OP_ABS, "Abs", 1, 1, 1, 1, 0, infer_unary_numeric, NULL},
+    {QT_OP_NEG, "Neg", 1, 1, 1, 1, 0, infer_unary_numeric, NULL},
+    {QT_OP_GREATER, "Greater", 2, 2, 1, 1, 0, infer_compare, NULL},
+    {QT_OP_LESS, "Less", 2, 2, 1, 1, 0, infer_compare, NULL},
+    {QT_OP_WHERE, "Where", 3, 3, 1, 1, 0, infer_where, NULL},
+    {QT_OP_REDUCESUM, "ReduceSum", 1, 2, 1, 1, 2u, infer_reduce, NULL},
     {QT_OP_WEIGHTQUANT, "WeightQuant", 1, 2, 1, 1, 0, infer_quant, QT_DOMAIN},
     {QT_OP_ACTQUANT, "ActQuant", 1, 2, 1, 1, 0, infer_quant, QT_DOMAIN},
 };
