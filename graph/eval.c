@@ -1,8 +1,10 @@
 /* Reference evaluation of data-movement and small arithmetic ops on host tensors of any
- * dtype: used to fold constants and, at run time, for shape computations and copies. */
+ * dtype: used to fold constants and, at run time, for shape computations, copies and the ops
+ * no backend computes (comparisons, Where, ReduceSum, integer arithmetic). */
 #include "eval.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "schema.h"
@@ -13,14 +15,33 @@ int qt_eval_handles(const struct qt_node *n, enum qt_dtype in0)
     case QT_OP_SHAPE: case QT_OP_GATHER: case QT_OP_UNSQUEEZE: case QT_OP_SQUEEZE:
     case QT_OP_CONCAT: case QT_OP_CONSTANT: case QT_OP_CAST: case QT_OP_RESHAPE:
     case QT_OP_FLATTEN: case QT_OP_IDENTITY: case QT_OP_DROPOUT: case QT_OP_PAD:
+    case QT_OP_WHERE:
         return 1;
-    case QT_OP_ADD: case QT_OP_SUB: case QT_OP_MUL: case QT_OP_DIV:
+    case QT_OP_ADD: case QT_OP_SUB: case QT_OP_MUL: case QT_OP_DIV: case QT_OP_ABS:
+    case QT_OP_NEG: case QT_OP_GREATER: case QT_OP_LESS: case QT_OP_REDUCESUM:
         return in0 == QT_I64 || in0 == QT_I32 || in0 == QT_F32;
     case QT_OP_CLIP:
         return in0 == QT_F32;
     default:
         return 0;
     }
+}
+
+/* Moves the multi-index idx to the next element of shape s, the last dimension fastest. */
+static void next_index(int64_t *idx, const struct qt_shape *s)
+{
+    for (int d = s->ndim - 1; d >= 0; d--) {
+        if (++idx[d] < s->d[d]) return;
+        idx[d] = 0;
+    }
+}
+
+/* The element offset of multi-index idx for strides st (qt_broadcast_strides). */
+static int64_t offset_of(const int64_t *idx, const int64_t *st, int r)
+{
+    int64_t o = 0;
+    for (int d = 0; d < r; d++) o += idx[d] * st[d];
+    return o;
 }
 
 /* Clip of a float tensor; bounds from the attributes (opset < 11) or the optional scalar
@@ -87,12 +108,8 @@ static int eval_binary(const struct qt_node *n, const struct qt_tensor **in, str
     int64_t total = qt_shape_numel(&o->shape);
     int r = o->shape.ndim;
     int isint = o->dtype != QT_F32 && o->dtype != QT_F64;
-    for (int64_t i = 0; i < total; i++) {
-        int64_t ia = 0, ib = 0;
-        for (int d = 0; d < r; d++) {
-            ia += idx[d] * sa[d];
-            ib += idx[d] * sb[d];
-        }
+    for (int64_t i = 0; i < total; i++, next_index(idx, &o->shape)) {
+        const int64_t ia = offset_of(idx, sa, r), ib = offset_of(idx, sb, r);
         if (isint) {
             int64_t a = qt_tensor_get_i(in[0], ia), b = qt_tensor_get_i(in[1], ib), v = 0;
             if (QT_IS_SYM_VAL(a) || QT_IS_SYM_VAL(b))
@@ -118,11 +135,106 @@ static int eval_binary(const struct qt_node *n, const struct qt_tensor **in, str
             }
             set_f(o, i, v);
         }
-        for (int d = r - 1; d >= 0; d--) {
-            if (++idx[d] < o->shape.d[d]) break;
-            idx[d] = 0;
+    }
+    return 0;
+}
+
+/* Abs and Neg; integers wrap as two's complement (the most negative value stays itself). */
+static int eval_unary(const struct qt_node *n, const struct qt_tensor *x, struct qt_tensor *o)
+{
+    const int neg = n->op == QT_OP_NEG;
+    for (int64_t i = 0; i < qt_shape_numel(&x->shape); i++) {
+        if (x->dtype == QT_F32) {
+            const float v = ((const float *)x->data)[i];
+            ((float *)o->data)[i] = neg ? -v : fabsf(v);
+        } else {
+            const int64_t v = qt_tensor_get_i(x, i), minus = (int64_t)(0 - (uint64_t)v);
+            set_i(o, i, neg || v < 0 ? minus : v);
         }
     }
+    return 0;
+}
+
+/* Greater and Less into bool, broadcast; a comparison with NaN is false. */
+static int eval_compare(const struct qt_node *n, const struct qt_tensor **in, struct qt_tensor *o)
+{
+    int64_t sa[QT_MAX_DIMS], sb[QT_MAX_DIMS], idx[QT_MAX_DIMS] = {0};
+    const int r = o->shape.ndim, gt = n->op == QT_OP_GREATER, isf = in[0]->dtype == QT_F32;
+    qt_broadcast_strides(sa, &in[0]->shape, &o->shape);
+    qt_broadcast_strides(sb, &in[1]->shape, &o->shape);
+    uint8_t *y = o->data;
+    for (int64_t i = 0; i < qt_shape_numel(&o->shape); i++, next_index(idx, &o->shape)) {
+        const int64_t ia = offset_of(idx, sa, r), ib = offset_of(idx, sb, r);
+        if (isf) {
+            const double a = qt_tensor_get_f(in[0], ia), b = qt_tensor_get_f(in[1], ib);
+            y[i] = gt ? a > b : a < b;
+        } else {
+            const int64_t a = qt_tensor_get_i(in[0], ia), b = qt_tensor_get_i(in[1], ib);
+            y[i] = gt ? a > b : a < b;
+        }
+    }
+    return 0;
+}
+
+/* Where(condition, X, Y): X's element where the condition holds, else Y's; all broadcast. */
+static int eval_where(const struct qt_tensor **in, struct qt_tensor *o)
+{
+    int64_t st[3][QT_MAX_DIMS], idx[QT_MAX_DIMS] = {0};
+    const int r = o->shape.ndim;
+    const size_t es = qt_dtype_size(o->dtype);
+    for (int k = 0; k < 3; k++) qt_broadcast_strides(st[k], &in[k]->shape, &o->shape);
+    const uint8_t *cond = in[0]->data;
+    for (int64_t i = 0; i < qt_shape_numel(&o->shape); i++, next_index(idx, &o->shape)) {
+        const int k = cond[offset_of(idx, st[0], r)] ? 1 : 2;
+        memcpy((char *)o->data + i * es, (const char *)in[k]->data + offset_of(idx, st[k], r) * es,
+               es);
+    }
+    return 0;
+}
+
+/* ReduceSum: axes from the attribute (opset < 13) or input 1; without axes it sums everything,
+ * or copies with noop_with_empty_axes. Floats accumulate in double, integers wrap. */
+static int eval_reducesum(const struct qt_node *n, const struct qt_tensor **in,
+                          struct qt_tensor *o, struct qt_error *e)
+{
+    const struct qt_tensor *x = in[0];
+    const int r = x->shape.ndim;
+    int64_t axes[QT_MAX_DIMS], st[QT_MAX_DIMS], idx[QT_MAX_DIMS] = {0};
+    int na = qt_node_ints(n, "axes", axes, QT_MAX_DIMS);
+    if (na < 0) {
+        na = 0;
+        const int64_t cnt = n->nin > 1 && in[1] ? qt_shape_numel(&in[1]->shape) : 0;
+        if (cnt > QT_MAX_DIMS)
+            return qt_err(e, "ReduceSum node '%s': %lld axes", n->name, (long long)cnt);
+        for (int64_t i = 0; i < cnt; i++) axes[na++] = qt_tensor_get_i(in[1], i);
+    }
+    struct qt_shape kept = x->shape; /* the output's shape with keepdims=1 */
+    if (na == 0 && !qt_node_int(n, "noop_with_empty_axes", 0))
+        for (int i = 0; i < r; i++) kept.d[i] = 1;
+    for (int i = 0; i < na; i++) {
+        const int64_t a = axes[i] < 0 ? axes[i] + r : axes[i];
+        if (a < 0 || a >= r)
+            return qt_err(e, "ReduceSum node '%s': axis %lld out of range for rank %d", n->name,
+                          (long long)axes[i], r);
+        kept.d[a] = 1;
+    }
+    qt_broadcast_strides(st, &kept, &x->shape);
+    const int64_t no = qt_shape_numel(&o->shape);
+    void *acc = calloc(no > 0 ? (size_t)no : 1, 8);
+    if (!acc) return qt_err(e, "ReduceSum node '%s': out of memory", n->name);
+    double *fsum = acc;
+    uint64_t *isum = acc;
+    const int isf = x->dtype == QT_F32;
+    for (int64_t i = 0; i < qt_shape_numel(&x->shape); i++, next_index(idx, &x->shape)) {
+        const int64_t j = offset_of(idx, st, r);
+        if (isf) fsum[j] += ((const float *)x->data)[i];
+        else isum[j] += (uint64_t)qt_tensor_get_i(x, i);
+    }
+    for (int64_t j = 0; j < no; j++) {
+        if (isf) set_f(o, j, fsum[j]);
+        else set_i(o, j, (int64_t)isum[j]);
+    }
+    free(acc);
     return 0;
 }
 
@@ -219,10 +331,7 @@ static int eval_pad(const struct qt_node *n, const struct qt_tensor **in, int ni
         }
         if (outside) set_f(o, i, cval);
         else memcpy((char *)o->data + i * es, (const char *)x->data + src * es, es);
-        for (int d = r - 1; d >= 0; d--) {
-            if (++idx[d] < o->shape.d[d]) break;
-            idx[d] = 0;
-        }
+        next_index(idx, &o->shape);
     }
     return 0;
 }
@@ -272,6 +381,14 @@ int qt_eval_node(const struct qt_node *n, const struct qt_tensor **in, struct qt
         return eval_binary(n, in, out[0], e);
     case QT_OP_CLIP:
         return eval_clip(n, in, out[0], e);
+    case QT_OP_ABS: case QT_OP_NEG:
+        return eval_unary(n, in[0], out[0]);
+    case QT_OP_GREATER: case QT_OP_LESS:
+        return eval_compare(n, in, out[0]);
+    case QT_OP_WHERE:
+        return eval_where(in, out[0]);
+    case QT_OP_REDUCESUM:
+        return eval_reducesum(n, in, out[0], e);
     default:
         return qt_err(e, "%s node '%s': no reference evaluation for this op", qt_op_name(n->op), n->name);
     }

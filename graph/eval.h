@@ -1,5 +1,6 @@
 /* Reference evaluation of data-movement and small arithmetic ops on host tensors
- * (any dtype): constant folding and run-time shape computations use it. */
+ * (any dtype): constant folding, run-time shape computations and the executor's host-routed
+ * nodes use it. */
 #ifndef QT_EVAL_H
 #define QT_EVAL_H
 

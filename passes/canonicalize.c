@@ -98,7 +98,9 @@ static int infer_and_fold(struct qt_graph *g, int i, struct qt_error *e)
     int sym_in = 0;
     for (int k = 0; k < n->nin; k++) sym_in |= vals[k] && has_sym_values(vals[k]);
     if (sym_in && (n->op == QT_OP_ADD || n->op == QT_OP_SUB || n->op == QT_OP_MUL ||
-                   n->op == QT_OP_DIV || n->op == QT_OP_CAST)) {
+                   n->op == QT_OP_DIV || n->op == QT_OP_CAST || n->op == QT_OP_ABS ||
+                   n->op == QT_OP_NEG || n->op == QT_OP_GREATER || n->op == QT_OP_LESS ||
+                   n->op == QT_OP_REDUCESUM)) {
         for (int k = 0; k < n->nout; k++) qt_tensor_free(ot[k]);
         return 0;
     }

@@ -84,6 +84,7 @@ static int non_negative(const struct qt_graph *g, int v, int depth)
     const struct qt_node *n = &g->nodes[val->producer];
     switch (n->op) {
     case QT_OP_RELU:
+    case QT_OP_ABS:
         return 1;
     case QT_OP_CLIP: {
         if (n->nin > 1 && n->in[1] >= 0) {

@@ -321,6 +321,13 @@ int qt_lower_node(struct qt_op_desc *d, const struct qt_graph *g, const struct q
     case QT_OP_ACTQUANT:
         d->kind = n->op == QT_OP_WEIGHTQUANT ? QT_K_WEIGHTQUANT : QT_K_ACTQUANT;
         return lower_quant(&d->u.q, n, in, e) ? -1 : QT_LOWER_BACKEND;
+    case QT_OP_ABS:
+    case QT_OP_NEG:
+    case QT_OP_GREATER:
+    case QT_OP_LESS:
+    case QT_OP_WHERE:
+    case QT_OP_REDUCESUM:
+        return QT_LOWER_HOST; /* computed by graph/eval.c, float data included */
     default:
         if (is_copy_op(n->op) && n->nout == 1) {
             d->kind = QT_K_COPY;

@@ -12,7 +12,8 @@ enum { QT_LOWER_BACKEND = 0, QT_LOWER_HOST = 1 };
 /* Describes node n of g for its run-time inputs in[] (dtype and concrete shape; the data of
  * non-float values, which live on the host, may be read) and outputs out[] (shapes inferred).
  * Returns QT_LOWER_BACKEND with d filled; QT_LOWER_HOST when the node computes on the host
- * (non-float data, or a setting that is only known from run-time float data, such as Clip
+ * (non-float data, an op that only the host evaluator graph/eval.c computes, such as Abs,
+ * Where or ReduceSum, or a setting that is only known from run-time float data, such as Clip
  * bounds that are not constants); or -1 with a message naming the node. */
 int qt_lower_node(struct qt_op_desc *d, const struct qt_graph *g, const struct qt_node *n,
                   const struct qt_tensor *const *in, const struct qt_tensor *const *out,

@@ -69,7 +69,8 @@ static int small_enough(const struct qt_graph *g)
             const struct qt_shape *a = &g->values[n->in[0]].shape;
             k = a->ndim > 0 ? numel1(a) : 1;
         } else if (n->op == QT_OP_MAXPOOL || n->op == QT_OP_AVGPOOL ||
-                   n->op == QT_OP_GLOBALAVGPOOL || n->op == QT_OP_REDUCEMEAN) {
+                   n->op == QT_OP_GLOBALAVGPOOL || n->op == QT_OP_REDUCEMEAN ||
+                   n->op == QT_OP_REDUCESUM) {
             k = n->in[0] >= 0 ? numel1(&g->values[n->in[0]].shape) : 1;
         }
         if (out < 0 || k < 0 || (k > 0 && out > FWD_MAX_MACS / k)) return 0;

@@ -633,6 +633,8 @@ static const struct sign_case sign_cases[] = {
     {"Conv -> Relu -> Pad(constant -1) -> Conv", 1},
     {"Conv -> Relu -> Mul(., negative constant) -> Conv", 1},
     {"Conv -> Relu -> Mul(., positive constant) -> Conv", 0},
+    {"Conv -> Abs -> Conv", 0},
+    {"Conv -> Neg -> Conv", 1},
 };
 
 static int build_sign_case(struct qt_graph *g, int x, int k, uint64_t *seed)
@@ -681,6 +683,8 @@ static int build_sign_case(struct qt_graph *g, int x, int k, uint64_t *seed)
         int r = node(g, QT_OP_RELU, "r", &c1, 1);
         return node(g, QT_OP_MUL, "mul", (int[]){r, scalar(g, "factor", k == 10 ? -0.5f : 0.5f)}, 2);
     }
+    case 12: return node(g, QT_OP_ABS, "abs", &c1, 1);
+    case 13: return node(g, QT_OP_NEG, "neg", &c1, 1);
     }
     return -1;
 }
