@@ -1,6 +1,7 @@
 /* Canonicalization: Constant nodes become initializers, Identity and Dropout go, constant
  * subgraphs (shape computations included) are folded, a purely spatial zero Pad merges into
- * the following Conv or pool, and the result is shape-checked. */
+ * the following Conv or pool, activation quantizers written in standard operators by `qtune
+ * export` become ActQuant nodes again (raise_quant.c), and the result is shape-checked. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -251,6 +252,7 @@ int qt_pass_canonicalize(struct qt_graph *g, struct qt_error *e)
     if (resolve_symbolic_reshapes(g, e)) return -1;
     merge_pads(g);
     if (qt_graph_compact(g, e)) return -1;
+    if (qt_pass_raise_quant(g, NULL, e)) return -1;
     if (qt_graph_verify(g, e)) return -1;
     return qt_graph_infer_shapes(g, e);
 }

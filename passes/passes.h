@@ -5,7 +5,8 @@
 #include "../graph/graph.h"
 
 /* Constant nodes to initializers, Identity/Dropout removed, constant and shape subgraphs
- * folded, zero Pad merged into Conv/pools; ends with verification and shape inference. */
+ * folded, zero Pad merged into Conv/pools, exported activation quantizers raised back to
+ * ActQuant; ends with verification and shape inference. */
 int qt_pass_canonicalize(struct qt_graph *g, struct qt_error *e);
 
 /* Folds each inference BatchNormalization that follows a Conv into the Conv's weight and
@@ -66,6 +67,11 @@ struct qt_quant_summary {
  * whose settings equal those of the quantizer it replaces keeps that alpha. */
 int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
                      struct qt_quant_summary *sum, struct qt_error *e);
+
+/* Restores an ActQuant node wherever the graph holds an activation quantizer in the standard
+ * operators `qtune export` writes (raise_quant.c); *count (may be NULL) gets how many. The
+ * canonicalize pass runs it. */
+int qt_pass_raise_quant(struct qt_graph *g, int *count, struct qt_error *e);
 
 /* ---- The export pass (lower_export.c) ---- */
 

@@ -10,6 +10,7 @@ and checked by the onnx checker.
   ai.qtune model, the files are small, the metadata describes every layer.
 - Malformed quantizers and formats a model cannot take are refused by layer name, and
   nothing is written."""
+import json
 import os
 
 import numpy as np
@@ -245,6 +246,13 @@ def ptq(qtune, ptq_models, tmp_path_factory, cifar512, scheme, bits):
     return ptq_models[key]
 
 
+def qtune_top1(qtune, model):
+    (data,) = require_shared(SHARED_DATA)
+    r = qtune("eval", model, "--data", data, "--preset", "cifar10", "--limit", "2000", "--quiet",
+              "--json").check_ok()
+    return json.loads(r.stdout.strip().splitlines()[-1])["top1"]
+
+
 def agreement(got, want):
     """(share of images with the same argmax, share whose max |difference| is within 1e-3
     of max |logit|, median relative difference)."""
@@ -285,12 +293,42 @@ def test_resnet20_exports_run_in_onnxruntime(qtune, ptq_models, tmp_path_factory
         # ref backends differ from each other the same way (93.7% within 1e-3 at W4A4).
         assert same_argmax >= 0.99 and close >= 0.85 and median <= 1e-5, (
             "%s: argmax %.4f, within 1e-3 %.4f, median %.2e" % (fmt, same_argmax, close, median))
+        # qtune reads its own export back: the quantizers become ActQuant nodes again and
+        # the test split gives qtune's top-1 of the ai.qtune model
+        r = qtune("inspect", out).check_ok()
+        assert r.stdout.count("ActQuant") == 20, r.stdout
+        assert "Greater" not in r.stdout and "WeightQuant" not in r.stdout
+        top1 = qtune_top1(qtune, out)
+        assert abs(top1 - qtune_top1(qtune, model)) <= 0.15, (fmt, top1)
     fp = os.path.getsize(fp32)
     if bits == 4:
         assert sizes["onnx"] <= fp / 6, sizes
     if bits == 2:
         assert sizes["onnx"] <= fp / 10, sizes
     assert sizes["float"] > sizes["onnx"] * 4
+
+
+def test_pattern_not_raised_when_it_differs(qtune, tmp_path):
+    """A threshold one float away from qtune's: the pattern stays standard operators (run on
+    the host), and qtune still computes what onnxruntime computes."""
+    model = str(tmp_path / "a.onnx")
+    quant_model(model, "ActQuant", [1, 1, 64], {"alpha": np.array([2.0], np.float32)},
+                dict(scheme="apot", bits=3, signed=1))
+    out = str(tmp_path / "e.onnx")
+    m = export(qtune, model, "onnx", out)
+    x = act_inputs("apot", 3, 1, f32(2.0), np.random.default_rng(1))
+    assert qtune("inspect", out).check_ok().stdout.count("ActQuant") == 1
+    thr = [t for t in m.graph.initializer if t.name.startswith("qtune.thresholds")][0]
+    v = numpy_helper.to_array(thr).copy()
+    v.flat[1] = np.nextafter(v.flat[1], f32(np.inf))
+    thr.CopyFrom(numpy_helper.from_array(v, thr.name))
+    m.graph.input[0].type.tensor_type.shape.dim[2].dim_value = x.shape[2]
+    changed = str(tmp_path / "changed.onnx")
+    onnx.save(m, changed)
+    r = qtune("inspect", changed).check_ok()
+    assert "ActQuant" not in r.stdout and "Greater" in r.stdout, r.stdout
+    same_values(qtune_run(qtune, changed, x, tmp_path), ort_run(changed, {"x": x}),
+                "qtune (standard operators) vs onnxruntime")
 
 
 @pytest.mark.badinput
