@@ -15,7 +15,7 @@ int qt_eval_handles(const struct qt_node *n, enum qt_dtype in0)
     case QT_OP_SHAPE: case QT_OP_GATHER: case QT_OP_UNSQUEEZE: case QT_OP_SQUEEZE:
     case QT_OP_CONCAT: case QT_OP_CONSTANT: case QT_OP_CAST: case QT_OP_RESHAPE:
     case QT_OP_FLATTEN: case QT_OP_IDENTITY: case QT_OP_DROPOUT: case QT_OP_PAD:
-    case QT_OP_WHERE:
+    case QT_OP_WHERE: case QT_OP_QUANTIZELINEAR: case QT_OP_DEQUANTIZELINEAR:
         return 1;
     case QT_OP_ADD: case QT_OP_SUB: case QT_OP_MUL: case QT_OP_DIV: case QT_OP_ABS:
     case QT_OP_NEG: case QT_OP_GREATER: case QT_OP_LESS: case QT_OP_REDUCESUM:
@@ -336,6 +336,35 @@ static int eval_pad(const struct qt_node *n, const struct qt_tensor **in, int ni
     return 0;
 }
 
+/* QuantizeLinear: saturate(round_half_even(x / scale) + zero_point) (a true division, as
+ * ONNX specifies); DequantizeLinear: (x - zero_point) * scale. Per-axis scales apply along
+ * `axis` (default 1). */
+static int eval_qdq(const struct qt_node *n, const struct qt_tensor **in, struct qt_tensor *o)
+{
+    const struct qt_tensor *x = in[0], *sc = in[1];
+    const struct qt_tensor *zp = n->nin > 2 && n->in[2] >= 0 ? in[2] : NULL;
+    const int64_t total = qt_shape_numel(&x->shape), ns = qt_shape_numel(&sc->shape);
+    int64_t axis = qt_node_int(n, "axis", 1), inner = 1;
+    if (axis < 0) axis += x->shape.ndim;
+    if (ns > 1)
+        for (int d = (int)axis + 1; d < x->shape.ndim; d++) inner *= x->shape.d[d];
+    const float *s = sc->data;
+    for (int64_t i = 0; i < total; i++) {
+        const int64_t c = ns > 1 ? (i / inner) % ns : 0;
+        const int64_t z = zp ? qt_tensor_get_i(zp, c) : 0;
+        if (n->op == QT_OP_DEQUANTIZELINEAR) {
+            ((float *)o->data)[i] = (float)(qt_tensor_get_i(x, i) - z) * s[c];
+            continue;
+        }
+        const float v = rintf(((const float *)x->data)[i] / s[c]);
+        const double lo = o->dtype == QT_I8 ? -128 : 0, hi = o->dtype == QT_I8 ? 127 : 255;
+        double q = (v != v ? 0.0 : (double)v) + (double)z;
+        q = q < lo ? lo : q > hi ? hi : q;
+        set_f(o, i, q);
+    }
+    return 0;
+}
+
 static void constant_value(const struct qt_node *n, struct qt_tensor *o)
 {
     const struct qt_attr *a = qt_node_attr(n, "value");
@@ -389,6 +418,8 @@ int qt_eval_node(const struct qt_node *n, const struct qt_tensor **in, struct qt
         return eval_where(in, out[0]);
     case QT_OP_REDUCESUM:
         return eval_reducesum(n, in, out[0], e);
+    case QT_OP_QUANTIZELINEAR: case QT_OP_DEQUANTIZELINEAR:
+        return eval_qdq(n, in, out[0]);
     default:
         return qt_err(e, "%s node '%s': no reference evaluation for this op", qt_op_name(n->op), n->name);
     }

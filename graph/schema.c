@@ -866,6 +866,41 @@ static int infer_quant(struct qt_infer_ctx *c, struct qt_error *e)
     return same_as_input(c, e);
 }
 
+/* QuantizeLinear(x float, scale, zero_point?) -> int8/uint8 (the zero point's type, uint8
+ * without one); DequantizeLinear(x int8/uint8/int32, scale, zero_point?) -> float. The scale
+ * is a scalar, or with `axis` one value per slice along that axis; the zero point has the
+ * scale's shape. */
+static int infer_qdq(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    const int q = c->n->op == QT_OP_QUANTIZELINEAR;
+    const int has_zp = c->n->nin > 2 && c->n->in[2] >= 0;
+    const enum qt_dtype zt = has_zp ? c->in_dtype[2] : QT_U8;
+    if (q ? c->in_dtype[0] != QT_F32
+          : (c->in_dtype[0] != QT_I8 && c->in_dtype[0] != QT_U8 && c->in_dtype[0] != QT_I32))
+        return qt_err(e, NODE_FMT ": input of type %s is not supported", NODE_ARGS(c),
+                      qt_dtype_name(c->in_dtype[0]));
+    if (c->in_dtype[1] != QT_F32)
+        return qt_err(e, NODE_FMT ": the scale must be float32", NODE_ARGS(c));
+    if (zt != QT_I8 && zt != QT_U8 && !(zt == QT_I32 && !q))
+        return qt_err(e, NODE_FMT ": zero point of type %s is not supported", NODE_ARGS(c),
+                      qt_dtype_name(zt));
+    if (!q && has_zp && zt != c->in_dtype[0])
+        return qt_err(e, NODE_FMT ": the zero point's type differs from the input's", NODE_ARGS(c));
+    const int64_t ns = qt_shape_numel(&c->in[1]);
+    if (has_zp && !qt_shape_eq(&c->in[1], &c->in[2]))
+        return qt_err(e, NODE_FMT ": scale and zero point differ in shape", NODE_ARGS(c));
+    if (ns != 1) {
+        int64_t axis = qt_node_int(c->n, "axis", 1);
+        if (c->in[1].ndim != 1 || normalize_axis(&axis, c->in[0].ndim) ||
+            (c->in[0].d[axis] >= 0 && c->in[0].d[axis] != ns))
+            return qt_err(e, NODE_FMT ": %lld scales do not match the input along axis %lld",
+                          NODE_ARGS(c), (long long)ns, (long long)qt_node_int(c->n, "axis", 1));
+    }
+    c->out[0] = c->in[0];
+    c->out_dtype[0] = q ? zt : QT_F32;
+    return 0;
+}
+
 static const struct qt_op_schema schemas[] = {
     {QT_OP_CONV, "Conv", 2, 3, 1, 1, 0, infer_conv, NULL},
     {QT_OP_BATCHNORM, "BatchNormalization", 5, 5, 1, 3, 0, infer_batchnorm, NULL},
@@ -900,6 +935,8 @@ static const struct qt_op_schema schemas[] = {
     {QT_OP_LESS, "Less", 2, 2, 1, 1, 0, infer_compare, NULL},
     {QT_OP_WHERE, "Where", 3, 3, 1, 1, 0, infer_where, NULL},
     {QT_OP_REDUCESUM, "ReduceSum", 1, 2, 1, 1, 2u, infer_reduce, NULL},
+    {QT_OP_QUANTIZELINEAR, "QuantizeLinear", 2, 3, 1, 1, 0, infer_qdq, NULL},
+    {QT_OP_DEQUANTIZELINEAR, "DequantizeLinear", 2, 3, 1, 1, 0, infer_qdq, NULL},
     {QT_OP_WEIGHTQUANT, "WeightQuant", 1, 2, 1, 1, 0, infer_quant, QT_DOMAIN},
     {QT_OP_ACTQUANT, "ActQuant", 1, 2, 1, 1, 0, infer_quant, QT_DOMAIN},
 };

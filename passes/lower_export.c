@@ -135,6 +135,50 @@ static void signed_levels(float *slv, const struct qt_apot_quantizer *qz)
     slv[qz->n - 1] = 0.0f;
 }
 
+/* The 8-bit integer grid of a level set (format qdq): the smallest D <= dmax such that every
+ * level is exactly the float nearest j / D for an integer j (written to j[k]), or -1. Uniform
+ * levels k / (2^B - 1) have D = 2^B - 1; APoT levels are sums of powers of two divided by
+ * their largest sum, so D is that sum in units of the smallest term: 4, 10, 48 and 100 for
+ * B = 2..5 (every APoT set qtune has fits signed and unsigned 8-bit codes). */
+static int level_grid(const struct qt_apot_quantizer *qz, int dmax, int *j)
+{
+    for (int D = 1; D <= dmax; D++) {
+        int ok = 1;
+        for (int k = 0; k < qz->n && ok; k++) {
+            const long v = lrint((double)qz->levels[k] * D);
+            j[k] = (int)v;
+            ok = (float)v / (float)D == qz->levels[k];
+        }
+        if (ok) return D;
+    }
+    return -1;
+}
+
+/* Q -> DQ pair (or DQ alone when q_in < 0) with a scalar or per-channel scale: the value
+ * written is `out` (or a new value when out < 0), which is returned. */
+static int dequant(struct qt_graph *g, const char *qn, int q_in, int codes, const float *scale,
+                   int64_t ns, enum qt_dtype zt, int out)
+{
+    char name[512];
+    struct qt_shape ss = {.ndim = ns > 1 ? 1 : 0, .d = {ns}};
+    struct qt_tensor *st = qt_tensor_new(QT_F32, &ss), *zp = qt_tensor_new(zt, &ss);
+    memcpy(st->data, scale, sizeof(float) * ns);
+    snprintf(name, sizeof name, "%s.scale", qn);
+    const int vs = add_const(g, name, st);
+    snprintf(name, sizeof name, "%s.zero_point", qn);
+    const int vz = add_const(g, name, zp);
+    int in3[3] = {q_in, vs, vz};
+    if (q_in >= 0) {
+        node_name(name, sizeof name, qn, "quantize");
+        codes = node(g, QT_OP_QUANTIZELINEAR, name, in3, 3, -1);
+    }
+    in3[0] = codes;
+    node_name(name, sizeof name, qn, "dequantize");
+    const int r = node(g, QT_OP_DEQUANTIZELINEAR, name, in3, 3, out);
+    if (ns > 1) qt_node_set_int(&g->nodes[g->nnodes - 1], "axis", 0);
+    return r;
+}
+
 /* ---- Weights ---- */
 
 static int layer_of(const struct qt_graph *g, const struct qt_node *q)
@@ -285,6 +329,34 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
         free(code);
         return 0;
     }
+    if (L->fmt == QT_EXPORT_QDQ) {
+        int jk[QT_APOT_MAX_LEVELS];
+        const int D = level_grid(qz, 127, jk);
+        free(wq);
+        if (D < 0) {
+            free(code);
+            return qt_err(e, "layer '%s': %s %d-bit weights do not lie on an 8-bit integer grid, "
+                             "which --format qdq needs (use --format onnx)",
+                          lname, qt_quant_scheme_name(a->scheme), a->bits);
+        }
+        struct qt_tensor *ct = qt_tensor_new(QT_I8, &w->shape);
+        for (int64_t i = 0; i < cnt; i++) {
+            const int c = code[i] - (n - 1);
+            ((int8_t *)ct->data)[i] = (int8_t)(c < 0 ? -jk[-c] : jk[c]);
+        }
+        free(code);
+        L->rep->weight_bytes += cnt;
+        snprintf(name, sizeof name, "%s.codes", wname);
+        const int vc = add_const(g, name, ct);
+        float sc[4096];
+        if (nal > 4096) return qt_err(e, "layer '%s': more than 4096 output channels", lname);
+        for (int64_t c = 0; c < nal; c++) sc[c] = alpha[c] / (float)D;
+        char qn[32];
+        snprintf(qn, sizeof qn, "qw%d", L->nw);
+        dequant(g, qn, -1, vc, sc, nal, QT_I8, -1);
+        qt_graph_replace_uses(g, out, g->nodes[g->nnodes - 1].out[0]);
+        return 0;
+    }
     /* code bits: the smallest of 2, 4, 8 that holds b bits and divides the count evenly */
     int cb = a->bits <= 2 ? 2 : a->bits <= 4 ? 4 : 8;
     while (cb < 8 && cnt % (8 / cb)) cb *= 2;
@@ -402,6 +474,12 @@ static int lower_weight_int8(struct lower *L, int qi, const struct qt_quant_attr
     }
     free(wq);
     if (!k) return qt_err(L->e, "layer '%s': out of memory", lname);
+    if (L->fmt == QT_EXPORT_QDQ && wide) {
+        free(k);
+        return qt_err(L->e, "layer '%s': 8-bit weights scaled by max W reach steps beyond -127, "
+                            "which int8 cannot hold (--format qdq needs --int8-range absmax)",
+                      lname);
+    }
     struct qt_tensor *codes = qt_tensor_new(wide ? QT_I16 : QT_I8, &w->shape);
     for (int64_t i = 0; i < cnt; i++) {
         if (wide) ((int16_t *)codes->data)[i] = (int16_t)k[i];
@@ -413,6 +491,11 @@ static int lower_weight_int8(struct lower *L, int qi, const struct qt_quant_attr
     int vc = add_const(g, name, codes);
     char qn[32];
     snprintf(qn, sizeof qn, "qw%d", L->nw);
+    if (L->fmt == QT_EXPORT_QDQ) {
+        const float sc = m / 127.0f;
+        qt_graph_replace_uses(g, out, dequant(g, qn, -1, vc, &sc, 1, QT_I8, -1));
+        return 0;
+    }
     node_name(name, sizeof name, qn, "cast");
     int vf = cast(g, name, vc, QT_F32);
     int in2[2] = {vf, shared_const(g, "qtune.int8.steps", tensor1(QT_F32, 0, NULL))};
@@ -459,6 +542,14 @@ static int lower_act(struct lower *L, int qi, const struct qt_quant_attrs *a,
                       lname, q->name);
     const int rank = xv->shape.ndim, n = qz->n, sg = a->is_signed;
     const int x_in = q->in[0], out = q->out[0];
+    int jk[QT_APOT_MAX_LEVELS], D = 0;
+    if (L->fmt == QT_EXPORT_QDQ && (D = level_grid(qz, sg ? 127 : 255, jk)) < 0)
+        return qt_err(L->e, "layer '%s': %s %d-bit %s activations do not lie on an 8-bit integer "
+                            "grid, which --format qdq needs (use --format onnx)",
+                      lname, qt_quant_scheme_name(a->scheme), a->bits, sg ? "signed" : "unsigned");
+    /* format qdq: the quantized values go through QuantizeLinear/DequantizeLinear on the grid
+     * alpha / D, where they lie (the division rounds to the integer codes exactly) */
+    const int fin = L->fmt == QT_EXPORT_QDQ ? -1 : out;
     char name[512], key[128], qn[32];
     snprintf(qn, sizeof qn, "qa%d", L->na);
     snprintf(name, sizeof name, "%s.alpha", qn);
@@ -513,7 +604,11 @@ static int lower_act(struct lower *L, int qi, const struct qt_quant_attrs *a,
     in2[1] = vidx;
     node_name(name, sizeof name, qn, "value");
     if (!sg) {
-        node(g, QT_OP_GATHER, name, in2, 2, out);
+        const int v = node(g, QT_OP_GATHER, name, in2, 2, fin);
+        if (fin < 0) {
+            const float sc = alpha / (float)D;
+            dequant(g, qn, v, -1, &sc, 1, QT_U8, out);
+        }
         return 0;
     }
     const int vq = node(g, QT_OP_GATHER, name, in2, 2, -1);
@@ -529,7 +624,11 @@ static int lower_act(struct lower *L, int qi, const struct qt_quant_attrs *a,
     const int vlt = node(g, QT_OP_LESS, name, in2, 2, -1);
     const int in3[3] = {vlt, vneg, vq};
     node_name(name, sizeof name, qn, "sign");
-    node(g, QT_OP_WHERE, name, in3, 3, out);
+    const int v = node(g, QT_OP_WHERE, name, in3, 3, fin);
+    if (fin < 0) {
+        const float sc = alpha / (float)D;
+        dequant(g, qn, v, -1, &sc, 1, QT_I8, out);
+    }
     return 0;
 }
 
@@ -560,7 +659,6 @@ int qt_pass_lower_export(struct qt_graph *g, enum qt_export_format fmt,
     struct qt_export_report dummy;
     if (!rep) rep = &dummy;
     memset(rep, 0, sizeof *rep);
-    if (fmt == QT_EXPORT_QDQ) return qt_err(e, "export format qdq: not available");
     if (g->opset < 9)
         return qt_err(e, "the model's opset %lld is below 9 (Where and Greater on floats need 9)",
                       (long long)g->opset);

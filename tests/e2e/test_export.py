@@ -88,6 +88,18 @@ def same_values(got, want, what):
         what, bad.size, got.size, bad[0], got.flat[bad[0]], want.flat[bad[0]])
 
 
+def near_values(got, want, what, ulps=2):
+    """Within `ulps` float32 spacings of want element by element (format qdq computes
+    code * (alpha / D) where qtune computes alpha * level, which differ by rounding)."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, "%s: shape %s, expected %s" % (what, got.shape, want.shape)
+    assert np.all(np.isfinite(got)), what + ": non-finite values"
+    tol = ulps * np.spacing(np.abs(want).astype(np.float32))
+    bad = np.flatnonzero(np.abs(got.astype(np.float64) - want) > tol)
+    assert bad.size == 0, "%s: %d values beyond %d ulps, first at %d: %r vs %r" % (
+        what, bad.size, ulps, bad[0], got.flat[bad[0]], want.flat[bad[0]])
+
+
 def quant_model(path, op, x_shape, inits, attrs, out_op=None):
     """A model of one ai.qtune quantizer: ActQuant(x, alpha) -> y, or for weights
     Mul(x, WeightQuant(W, alpha)) -> y with x all ones (the product is Wq exactly)."""
@@ -138,11 +150,15 @@ def test_activation_quantizer_bit_exact(qtune, tmp_path, scheme, bits, signed):
         torch_y = ref.act_quant(torch.tensor(x), torch.tensor([alpha]), scheme, bits,
                                 bool(signed)).detach().numpy()
         same_values(want, torch_y, "qtune vs PyTorch reference, alpha %g" % alpha)
-        for fmt in ("onnx", "float"):
+        for fmt in ("onnx", "float", "qdq"):
             out = str(tmp_path / ("act%d.%s.onnx" % (k, fmt)))
             export(qtune, model, fmt, out)
             got = ort_run(out, {"x": x})
-            same_values(got, want, "%s export in onnxruntime vs qtune, alpha %g" % (fmt, alpha))
+            what = "%s export in onnxruntime vs qtune, alpha %g" % (fmt, alpha)
+            if fmt == "qdq":
+                near_values(got, want, what)
+            else:
+                same_values(got, want, what)
 
 
 def weight_values(rng, shape, scheme, bits, alpha, standardize):
@@ -185,12 +201,21 @@ def test_weight_quantizer_bit_exact(qtune, tmp_path, scheme, bits, standardize, 
         np.testing.assert_allclose(want, torch_y, rtol=0, atol=1e-6 * float(np.abs(torch_y).max()))
     else:
         same_values(want, torch_y, "qtune vs PyTorch reference")
-    for fmt in ("onnx", "float"):
+    for fmt in ("onnx", "float", "qdq"):
         out = str(tmp_path / ("w.%s.onnx" % fmt))
         m = export(qtune, model, fmt, out)
-        same_values(ort_run(out, {"x": x}), want, "%s export in onnxruntime vs qtune" % fmt)
+        got = ort_run(out, {"x": x})
+        if fmt == "qdq":
+            near_values(got, want, "qdq export in onnxruntime vs qtune")
+        else:
+            same_values(got, want, "%s export in onnxruntime vs qtune" % fmt)
         codes = [t for t in m.graph.initializer if t.name.endswith(".codes")]
-        if fmt == "onnx":
+        if fmt == "qdq":
+            # one int8 code per weight, decoded by DequantizeLinear
+            assert len(codes) == 1 and codes[0].data_type == TensorProto.INT8
+            assert list(codes[0].dims) == list(shape)
+            assert [n.op_type for n in m.graph.node].count("DequantizeLinear") == 1
+        elif fmt == "onnx":
             # packed: 2-bit codes four to a byte, 3- and 4-bit codes two to a byte
             per_byte = 4 if bits == 2 else 2
             assert len(codes) == 1 and codes[0].data_type == TensorProto.UINT8
@@ -216,6 +241,15 @@ def test_int8_weight_quantizer_bit_exact(qtune, tmp_path, scale):
     same_values(ort_run(out, {"x": x}), want, "onnx export in onnxruntime vs qtune")
     codes = [t for t in m.graph.initializer if t.name.endswith(".codes")]
     assert codes[0].data_type == (TensorProto.INT8 if scale == "absmax" else TensorProto.INT16)
+    out = str(tmp_path / "w8.qdq.onnx")
+    if scale == "absmax":
+        export(qtune, model, "qdq", out)
+        near_values(ort_run(out, {"x": x}), want, "qdq export in onnxruntime vs qtune")
+    else:
+        # steps beyond -127 do not fit int8: refused by layer name, nothing written
+        r = qtune("export", model, "--format", "qdq", "-o", out)
+        r.check_error("layer 'layer'", "int8")
+        assert not os.path.exists(out)
 
 
 # ---- ResNet-20 after post-training quantization ----
@@ -272,7 +306,7 @@ def test_resnet20_exports_run_in_onnxruntime(qtune, ptq_models, tmp_path_factory
     model, want = ptq(qtune, ptq_models, tmp_path_factory, cifar512, scheme, bits)
     (fp32,) = require_shared(SHARED_MODEL)
     sizes = {}
-    for fmt in ("onnx", "float"):
+    for fmt in ("onnx", "qdq", "float"):
         out = str(tmp_path / ("%s.onnx" % fmt))
         m = export(qtune, model, fmt, out)
         sizes[fmt] = os.path.getsize(out)
