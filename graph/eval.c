@@ -15,12 +15,12 @@ int qt_eval_handles(const struct qt_node *n, enum qt_dtype in0)
     case QT_OP_SHAPE: case QT_OP_GATHER: case QT_OP_UNSQUEEZE: case QT_OP_SQUEEZE:
     case QT_OP_CONCAT: case QT_OP_CONSTANT: case QT_OP_CAST: case QT_OP_RESHAPE:
     case QT_OP_FLATTEN: case QT_OP_IDENTITY: case QT_OP_DROPOUT: case QT_OP_PAD:
-    case QT_OP_WHERE: case QT_OP_QUANTIZELINEAR: case QT_OP_DEQUANTIZELINEAR:
+    case QT_OP_WHERE: case QT_OP_QUANTIZELINEAR: case QT_OP_DEQUANTIZELINEAR: case QT_OP_SLICE:
         return 1;
     case QT_OP_ADD: case QT_OP_SUB: case QT_OP_MUL: case QT_OP_DIV: case QT_OP_ABS:
     case QT_OP_NEG: case QT_OP_GREATER: case QT_OP_LESS: case QT_OP_REDUCESUM:
         return in0 == QT_I64 || in0 == QT_I32 || in0 == QT_F32;
-    case QT_OP_CLIP:
+    case QT_OP_CLIP: case QT_OP_FLOOR:
         return in0 == QT_F32;
     default:
         return 0;
@@ -146,7 +146,7 @@ static int eval_unary(const struct qt_node *n, const struct qt_tensor *x, struct
     for (int64_t i = 0; i < qt_shape_numel(&x->shape); i++) {
         if (x->dtype == QT_F32) {
             const float v = ((const float *)x->data)[i];
-            ((float *)o->data)[i] = neg ? -v : fabsf(v);
+            ((float *)o->data)[i] = n->op == QT_OP_FLOOR ? floorf(v) : neg ? -v : fabsf(v);
         } else {
             const int64_t v = qt_tensor_get_i(x, i), minus = (int64_t)(0 - (uint64_t)v);
             set_i(o, i, neg || v < 0 ? minus : v);
@@ -365,6 +365,28 @@ static int eval_qdq(const struct qt_node *n, const struct qt_tensor **in, struct
     return 0;
 }
 
+static int eval_slice(const struct qt_node *n, const struct qt_tensor **in, struct qt_tensor *o,
+                      struct qt_error *e)
+{
+    const struct qt_tensor *x = in[0];
+    int64_t start[QT_MAX_DIMS], step[QT_MAX_DIMS], xst[QT_MAX_DIMS], idx[QT_MAX_DIMS] = {0};
+    struct qt_shape os;
+    if (qt_slice_plan(n, &x->shape, in, start, step, &os, e)) return -1;
+    const int r = x->shape.ndim;
+    int64_t acc = 1;
+    for (int d = r - 1; d >= 0; d--) {
+        xst[d] = acc;
+        acc *= x->shape.d[d];
+    }
+    const size_t es = qt_dtype_size(x->dtype);
+    for (int64_t i = 0; i < qt_shape_numel(&o->shape); i++, next_index(idx, &o->shape)) {
+        int64_t src = 0;
+        for (int d = 0; d < r; d++) src += (start[d] + idx[d] * step[d]) * xst[d];
+        memcpy((char *)o->data + i * es, (const char *)x->data + src * es, es);
+    }
+    return 0;
+}
+
 static void constant_value(const struct qt_node *n, struct qt_tensor *o)
 {
     const struct qt_attr *a = qt_node_attr(n, "value");
@@ -410,7 +432,7 @@ int qt_eval_node(const struct qt_node *n, const struct qt_tensor **in, struct qt
         return eval_binary(n, in, out[0], e);
     case QT_OP_CLIP:
         return eval_clip(n, in, out[0], e);
-    case QT_OP_ABS: case QT_OP_NEG:
+    case QT_OP_ABS: case QT_OP_NEG: case QT_OP_FLOOR:
         return eval_unary(n, in[0], out[0]);
     case QT_OP_GREATER: case QT_OP_LESS:
         return eval_compare(n, in, out[0]);
@@ -420,6 +442,8 @@ int qt_eval_node(const struct qt_node *n, const struct qt_tensor **in, struct qt
         return eval_reducesum(n, in, out[0], e);
     case QT_OP_QUANTIZELINEAR: case QT_OP_DEQUANTIZELINEAR:
         return eval_qdq(n, in, out[0]);
+    case QT_OP_SLICE:
+        return eval_slice(n, in, out[0], e);
     default:
         return qt_err(e, "%s node '%s': no reference evaluation for this op", qt_op_name(n->op), n->name);
     }

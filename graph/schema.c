@@ -866,6 +866,84 @@ static int infer_quant(struct qt_infer_ctx *c, struct qt_error *e)
     return same_as_input(c, e);
 }
 
+int qt_slice_plan(const struct qt_node *n, const struct qt_shape *x, const struct qt_tensor **vals,
+                  int64_t *start, int64_t *step, struct qt_shape *out, struct qt_error *e)
+{
+    const int r = x->ndim;
+    int64_t st[QT_MAX_DIMS], en[QT_MAX_DIMS], ax[QT_MAX_DIMS], sp[QT_MAX_DIMS];
+    int cnt = qt_node_ints(n, "starts", st, QT_MAX_DIMS), na;
+    if (cnt >= 0) { /* opset 1: attributes, steps of 1 */
+        if (qt_node_ints(n, "ends", en, QT_MAX_DIMS) != cnt)
+            return qt_err(e, "Slice node '%s': starts and ends differ in length", n->name);
+        na = qt_node_ints(n, "axes", ax, QT_MAX_DIMS);
+        for (int i = 0; i < cnt; i++) sp[i] = 1;
+    } else {
+        for (int k = 1; k < 3; k++)
+            if (!vals || !vals[k])
+                return qt_err(e, "Slice node '%s': starts and ends must be constants", n->name);
+        cnt = (int)qt_shape_numel(&vals[1]->shape);
+        if (cnt > QT_MAX_DIMS || qt_shape_numel(&vals[2]->shape) != cnt)
+            return qt_err(e, "Slice node '%s': starts and ends differ in length", n->name);
+        na = -1;
+        if (n->nin > 3 && n->in[3] >= 0) {
+            if (!vals[3] || qt_shape_numel(&vals[3]->shape) != cnt)
+                return qt_err(e, "Slice node '%s': axes must be a constant as long as starts",
+                              n->name);
+            na = cnt;
+        }
+        if (n->nin > 4 && n->in[4] >= 0 && (!vals[4] || qt_shape_numel(&vals[4]->shape) != cnt))
+            return qt_err(e, "Slice node '%s': steps must be a constant as long as starts", n->name);
+        for (int i = 0; i < cnt; i++) {
+            st[i] = qt_tensor_get_i(vals[1], i);
+            en[i] = qt_tensor_get_i(vals[2], i);
+            if (na >= 0) ax[i] = qt_tensor_get_i(vals[3], i);
+            sp[i] = n->nin > 4 && n->in[4] >= 0 ? qt_tensor_get_i(vals[4], i) : 1;
+        }
+    }
+    if (na >= 0 && na != cnt)
+        return qt_err(e, "Slice node '%s': axes and starts differ in length", n->name);
+    *out = *x;
+    char seen[QT_MAX_DIMS] = {0};
+    for (int d = 0; d < r; d++) start[d] = 0, step[d] = 1;
+    for (int i = 0; i < cnt; i++) {
+        int64_t a = na >= 0 ? ax[i] : i;
+        if (normalize_axis(&a, r) || seen[a])
+            return qt_err(e, "Slice node '%s': axis %lld out of range or repeated", n->name,
+                          (long long)(na >= 0 ? ax[i] : i));
+        seen[a] = 1;
+        const int64_t dim = x->d[a];
+        if (dim < 0) return qt_err(e, "Slice node '%s': slicing a symbolic dimension", n->name);
+        if (sp[i] == 0) return qt_err(e, "Slice node '%s': a step of 0", n->name);
+        int64_t s0 = st[i] < 0 ? st[i] + dim : st[i], e0 = en[i] < 0 ? en[i] + dim : en[i];
+        /* INT64_MAX / INT64_MIN ends mean "to the end": keep the sums in range */
+        if (st[i] < -dim) s0 = -1;
+        if (en[i] < -dim) e0 = -1;
+        int64_t len;
+        if (sp[i] > 0) {
+            s0 = s0 < 0 ? 0 : s0 > dim ? dim : s0;
+            e0 = e0 < 0 ? 0 : e0 > dim ? dim : e0;
+            len = e0 > s0 ? (e0 - s0 + sp[i] - 1) / sp[i] : 0;
+        } else {
+            s0 = s0 < 0 ? 0 : s0 > dim - 1 ? dim - 1 : s0;
+            e0 = e0 < -1 ? -1 : e0 > dim - 1 ? dim - 1 : e0;
+            len = s0 > e0 ? (s0 - e0 - sp[i] - 1) / -sp[i] : 0;
+        }
+        start[a] = s0;
+        step[a] = sp[i];
+        out->d[a] = len;
+    }
+    return 0;
+}
+
+/* Slice: output shape from constant starts, ends, axes and steps. */
+static int infer_slice(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    int64_t start[QT_MAX_DIMS], step[QT_MAX_DIMS];
+    if (qt_slice_plan(c->n, &c->in[0], c->in_val, start, step, &c->out[0], e)) return -1;
+    c->out_dtype[0] = c->in_dtype[0];
+    return 0;
+}
+
 /* QuantizeLinear(x float, scale, zero_point?) -> int8/uint8 (the zero point's type, uint8
  * without one); DequantizeLinear(x int8/uint8/int32, scale, zero_point?) -> float. The scale
  * is a scalar, or with `axis` one value per slice along that axis; the zero point has the
@@ -935,6 +1013,8 @@ static const struct qt_op_schema schemas[] = {
     {QT_OP_LESS, "Less", 2, 2, 1, 1, 0, infer_compare, NULL},
     {QT_OP_WHERE, "Where", 3, 3, 1, 1, 0, infer_where, NULL},
     {QT_OP_REDUCESUM, "ReduceSum", 1, 2, 1, 1, 2u, infer_reduce, NULL},
+    {QT_OP_FLOOR, "Floor", 1, 1, 1, 1, 0, infer_unary_float, NULL},
+    {QT_OP_SLICE, "Slice", 1, 5, 1, 1, 2u | 4u | 8u | 16u, infer_slice, NULL},
     {QT_OP_QUANTIZELINEAR, "QuantizeLinear", 2, 3, 1, 1, 0, infer_qdq, NULL},
     {QT_OP_DEQUANTIZELINEAR, "DequantizeLinear", 2, 3, 1, 1, 0, infer_qdq, NULL},
     {QT_OP_WEIGHTQUANT, "WeightQuant", 1, 2, 1, 1, 0, infer_quant, QT_DOMAIN},

@@ -43,6 +43,12 @@ int qt_graph_infer_shapes(struct qt_graph *g, struct qt_error *e);
 /* Structural checks: each value produced once, inputs defined, topological order, arity. */
 int qt_graph_verify(const struct qt_graph *g, struct qt_error *e);
 
+/* Slice's per-dimension start and step over input shape x (ONNX Slice, opset 1 attributes or
+ * opset 10+ inputs in vals[1..4], which must be known): out receives the output shape.
+ * Returns 0, or -1 with a message naming the node. */
+int qt_slice_plan(const struct qt_node *n, const struct qt_shape *x, const struct qt_tensor **vals,
+                  int64_t *start, int64_t *step, struct qt_shape *out, struct qt_error *e);
+
 /* Numpy-style broadcast of two shapes; -1 when they do not broadcast. */
 int qt_broadcast_shape(struct qt_shape *out, const struct qt_shape *a, const struct qt_shape *b);
 /* Element strides of a tensor of shape s read over the broadcast shape o (0 where s

@@ -1,26 +1,33 @@
 /* The export pass: replaces every ai.qtune quantizer by standard ONNX operators that compute
  * what qtune's quantized forward pass computes (see passes.h for the formats).
  *
- * Weights (formats onnx and qdq) are stored as level codes. A signed APoT/uniform weight of
- * b bits has 2n - 1 levels, n = 2^(b-1), so its code (level index, 0 = most negative) fits b
- * bits. Codes are packed into bytes at 2, 4 or 8 bits per code (3-bit codes take 4-bit
- * slots: a dense 3-bit stream could be decoded by standard operators only through a table of
- * 2^24 entries or integer arithmetic that TensorRT lacks; slots cost 1 bit per weight) and
- * decoded by a table of 256 rows, one per byte value, holding the levels of the codes in that
- * byte: bytes -> Cast(int32) -> Gather(table) -> Reshape -> Mul(alpha). The table depends on
- * the scheme and bits only, so layers share it. The decoded weight is level * alpha, the
- * product qtune's forward computes (float multiplication commutes exactly); every code is
+ * Weights (format onnx) are stored as level codes. A signed APoT/uniform weight of b bits has
+ * L = 2n - 1 levels, n = 2^(b-1); its code is the level's index (0 = most negative). A byte
+ * holds as many codes as base-L numbers fit in it: five 2-bit (ternary) codes (3^5 = 243),
+ * two 3-bit or 4-bit codes (7^2, 15^2), one code from 5 bits on. 3-bit weights thus cost 4
+ * bits, as in 4-bit slots: a dense 3-bit stream (8 codes in 3 bytes) could be decoded by
+ * standard operators only through a table of 2^24 rows or the bitwise operators TensorRT
+ * lacks, and base 7 gains nothing before 7^5 codes in two bytes (a table of 16807 rows, larger
+ * than a ResNet-20's weights). A table with one row per
+ * byte value, holding the levels of the codes in that byte, decodes them: bytes ->
+ * Cast(int32) -> Gather(table) -> Reshape -> Mul(alpha). The table depends on the scheme and
+ * bits only, so layers share it. The decoded weight is level * alpha, the product qtune's
+ * forward computes (float multiplication commutes exactly); every code is
  * checked against qtune's own projection (the CPU kernels) before anything is written.
  * 8-bit first/last layer weights (scheme max/absmax) are their integer steps k as int8 (int16
  * when max W scaling puts a step beyond -128): Cast -> Div(127) -> Mul(m), as qtune rounds.
  *
- * Activations (every format): x = Div(a, alpha), a true division as in qtune; the level
- * index is the number of thresholds below x (or |x| for signed quantizers): Greater against
- * the n - 1 thresholds held along a new leading axis, Cast to float, ReduceSum over that axis,
- * Cast to int32; Gather of the levels; for signed quantizers Where(x < 0) picks the negated
- * level; Mul(alpha). The thresholds are qtune's own (the largest float not above each
- * midpoint), so a value on a threshold goes to the lower level as in qtune, and values beyond
- * the clipping range reach the last level without a Clip. */
+ * Activations (every format): x = Div(a, alpha), a true division as in qtune; m = x, or |x|
+ * for signed quantizers; the level index is the number of thresholds below m. With M a power
+ * of two so large that no interval [b/M, (b+1)/M) holds two thresholds (qt_act_buckets), the
+ * bucket b = Clip(Floor(m * M), 0, M - 1) is exact (m * M is), a table gives e = T[b], the
+ * number of thresholds below b / M, and the index is e + (m > thr[e]): the one threshold that
+ * may lie in the bucket is thr[e] (thr is padded with +inf). Values below 0 and beyond the
+ * clipping range land in the first and last bucket and get index 0 and n - 1. Then Gather of
+ * the values alpha * level (as qtune multiplies); for signed quantizers Where(x < 0) picks the
+ * negated ones. The thresholds are qtune's own (the largest float not above each midpoint),
+ * so a value on a threshold goes to the lower level as in qtune. Every operation is
+ * elementwise on the activation's own shape: no comparison against all n - 1 thresholds. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,7 +59,14 @@ int qt_export_format_parse(const char *s, enum qt_export_format *f)
     return -1;
 }
 
-/* ---- Small graph-building helpers ---- */
+/* ---- Small graph-building helpers ----
+ * Nodes are named after their quantizer, qw<k> (weights) or qa<k> (activations), and a short
+ * step name, kept short because a ResNet has hundreds of them: activations d (Div), a (Abs),
+ * s (scale by M), f (Floor), c (Clip), b (bucket as int32), e (estimated index), t (threshold),
+ * g (Greater), k (its int32), i (index), v (values), nv (negated values), n (x < 0), w (Where);
+ * weights c (Cast), d (decode Gather), f and u (Reshape flat and Slice off the padding), r
+ * (Reshape), k (steps), s (scale); q/dq (Quantize/
+ * DequantizeLinear). The value a node writes has the node's name. */
 
 struct lower {
     struct qt_graph *g;
@@ -169,11 +183,11 @@ static int dequant(struct qt_graph *g, const char *qn, int q_in, int codes, cons
     const int vz = add_const(g, name, zp);
     int in3[3] = {q_in, vs, vz};
     if (q_in >= 0) {
-        node_name(name, sizeof name, qn, "quantize");
+        node_name(name, sizeof name, qn, "q");
         codes = node(g, QT_OP_QUANTIZELINEAR, name, in3, 3, -1);
     }
     in3[0] = codes;
-    node_name(name, sizeof name, qn, "dequantize");
+    node_name(name, sizeof name, qn, "dq");
     const int r = node(g, QT_OP_DEQUANTIZELINEAR, name, in3, 3, out);
     if (ns > 1) qt_node_set_int(&g->nodes[g->nnodes - 1], "axis", 0);
     return r;
@@ -357,31 +371,39 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
         qt_graph_replace_uses(g, out, g->nodes[g->nnodes - 1].out[0]);
         return 0;
     }
-    /* code bits: the smallest of 2, 4, 8 that holds b bits and divides the count evenly */
-    int cb = a->bits <= 2 ? 2 : a->bits <= 4 ? 4 : 8;
-    while (cb < 8 && cnt % (8 / cb)) cb *= 2;
-    const int pb = 8 / cb;
-    const int64_t nbytes = cnt / pb;
+    /* codes per byte: the most whose base-L number (L = 2n - 1 levels) fits a byte and that
+     * divides the count evenly; byte = sum of code_s * L^s */
+    const int nlv = 2 * n - 1;
+    int pb = 1;
+    for (int p = 1, pw = nlv; pw <= 256; p++, pw *= nlv) pb = p;
+    /* a count the most codes per byte does not divide: pad the last byte and Slice the padding
+     * off after decoding, unless a smaller number of codes per byte that divides the count
+     * costs less than the two extra nodes (about 100 bytes) */
+    int pd = pb;
+    while (cnt % pd) pd--;
+    const int pad = cnt % pb != 0 && (cnt + pb - 1) / pb + 100 < cnt / pd;
+    if (!pad) pb = pd;
+    int rows = 1;
+    for (int k = 0; k < pb; k++) rows *= nlv;
+    const int64_t nbytes = (cnt + pb - 1) / pb;
     struct qt_tensor *bytes = tensor1(QT_U8, 1, &nbytes);
     uint8_t *bd = bytes->data;
     for (int64_t j = 0; j < nbytes; j++) {
         unsigned v = 0;
-        for (int s = 0; s < pb; s++) v |= (unsigned)code[j * pb + s] << (cb * s);
+        for (int s = pb - 1; s >= 0; s--)
+            v = v * (unsigned)nlv + (j * pb + s < cnt ? code[j * pb + s] : (unsigned)(n - 1));
         bd[j] = (uint8_t)v;
     }
     free(wq);
     free(code);
     L->rep->weight_bytes += nbytes;
-    /* decoding table: row b holds the levels of the pb codes in byte b (0 for codes unused) */
-    const int64_t td[2] = {256, pb};
+    /* decoding table: row b holds the levels of the pb codes of byte value b */
+    const int64_t td[2] = {rows, pb};
     struct qt_tensor *tab = tensor1(QT_F32, 2, td);
     float *tb = tab->data;
-    for (int b = 0; b < 256; b++)
-        for (int s = 0; s < pb; s++) {
-            const int c = (b >> (cb * s)) & ((1 << cb) - 1);
-            tb[b * pb + s] = c <= 2 * n - 2 ? slv[c] : 0.0f;
-        }
-    snprintf(key, sizeof key, "qtune.levels.%s%d.w%d", qt_quant_scheme_name(a->scheme), a->bits, cb);
+    for (int b = 0; b < rows; b++)
+        for (int s = 0, r = b; s < pb; s++, r /= nlv) tb[b * pb + s] = slv[r % nlv];
+    snprintf(key, sizeof key, "qtune.levels.%s%d.x%d", qt_quant_scheme_name(a->scheme), a->bits, pb);
     int vtab = shared_const(g, key, tab);
     snprintf(name, sizeof name, "%s.codes", wname);
     int vbytes = add_const(g, name, bytes);
@@ -410,16 +432,32 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
     int valpha = add_const(g, name, at);
     char qn[32];
     snprintf(qn, sizeof qn, "qw%d", L->nw);
-    node_name(name, sizeof name, qn, "cast");
+    node_name(name, sizeof name, qn, "c");
     int vi = cast(g, name, vbytes, QT_I32);
-    node_name(name, sizeof name, qn, "decode");
+    node_name(name, sizeof name, qn, "d");
     int in2[2] = {vtab, vi};
     int vl = node(g, QT_OP_GATHER, name, in2, 2, -1);
-    node_name(name, sizeof name, qn, "reshape");
+    if (pad) {
+        /* [nbytes, pb] -> [nbytes * pb] -> the first cnt codes */
+        const int64_t one = 1;
+        struct qt_tensor *flat = tensor1(QT_I64, 1, &one), *st = tensor1(QT_I64, 1, &one),
+                         *en = tensor1(QT_I64, 1, &one);
+        ((int64_t *)flat->data)[0] = -1;
+        ((int64_t *)en->data)[0] = cnt;
+        in2[0] = vl;
+        in2[1] = shared_const(g, "qtune.shape.flat", flat);
+        node_name(name, sizeof name, qn, "f");
+        const int vflat = node(g, QT_OP_RESHAPE, name, in2, 2, -1);
+        snprintf(key, sizeof key, "qtune.count.%lld", (long long)cnt);
+        const int in3[3] = {vflat, shared_const(g, "qtune.axis0", st), shared_const(g, key, en)};
+        node_name(name, sizeof name, qn, "u");
+        vl = node(g, QT_OP_SLICE, name, in3, 3, -1);
+    }
+    node_name(name, sizeof name, qn, "r");
     in2[0] = vl;
     in2[1] = vshape;
     int vr = node(g, QT_OP_RESHAPE, name, in2, 2, -1);
-    node_name(name, sizeof name, qn, "scale");
+    node_name(name, sizeof name, qn, "s");
     in2[0] = vr;
     in2[1] = valpha;
     int vw = node(g, QT_OP_MUL, name, in2, 2, -1);
@@ -496,11 +534,11 @@ static int lower_weight_int8(struct lower *L, int qi, const struct qt_quant_attr
         qt_graph_replace_uses(g, out, dequant(g, qn, -1, vc, &sc, 1, QT_I8, -1));
         return 0;
     }
-    node_name(name, sizeof name, qn, "cast");
+    node_name(name, sizeof name, qn, "c");
     int vf = cast(g, name, vc, QT_F32);
     int in2[2] = {vf, shared_const(g, "qtune.int8.steps", tensor1(QT_F32, 0, NULL))};
     *(float *)g->values[in2[1]].init->data = 127.0f;
-    node_name(name, sizeof name, qn, "steps");
+    node_name(name, sizeof name, qn, "k");
     int vd = node(g, QT_OP_DIV, name, in2, 2, -1);
     float *chan;
     const int64_t nch = fold_bn(L, qi, &chan);
@@ -515,13 +553,31 @@ static int lower_weight_int8(struct lower *L, int qi, const struct qt_quant_attr
     snprintf(name, sizeof name, "%s.scale", wname);
     in2[0] = vd;
     in2[1] = add_const(g, name, mt);
-    node_name(name, sizeof name, qn, "scale");
+    node_name(name, sizeof name, qn, "s");
     qt_graph_replace_uses(g, out, node(g, QT_OP_MUL, name, in2, 2, -1));
     return 0;
 }
 
 /* ---- Activations ---- */
 
+int qt_act_buckets(const struct qt_apot_quantizer *qz, int32_t *table)
+{
+    for (int M = 2; M <= QT_ACT_MAX_BUCKETS; M *= 2) {
+        int ok = 1, k = 0;
+        for (int b = 0; b < M && ok; b++) {
+            /* thresholds below b / M (exact: M is a power of two) */
+            const float lo = (float)b / (float)M, hi = (float)(b + 1) / (float)M;
+            while (k < qz->n - 1 && qz->thr[k] < lo) k++;
+            table[b] = k;
+            ok = !(k + 1 < qz->n - 1 && qz->thr[k + 1] < hi); /* two thresholds in a bucket */
+        }
+        if (ok) return M;
+    }
+    return -1;
+}
+
+/* The activation quantizer (see the top of this file): the values written are `out`, or for
+ * format qdq they pass a QuantizeLinear/DequantizeLinear pair on their grid first. */
 static int lower_act(struct lower *L, int qi, const struct qt_quant_attrs *a,
                      const struct qt_apot_quantizer *qz)
 {
@@ -536,17 +592,19 @@ static int lower_act(struct lower *L, int qi, const struct qt_quant_attrs *a,
     if (!(alpha > 0) || !isfinite(alpha))
         return qt_err(L->e, "layer '%s': ActQuant node '%s' has alpha %g (must be positive and "
                             "finite)", lname, q->name, (double)alpha);
-    const struct qt_value *xv = &g->values[q->in[0]];
-    if (!xv->has_shape)
-        return qt_err(L->e, "layer '%s': ActQuant node '%s': the rank of its input is unknown",
-                      lname, q->name);
-    const int rank = xv->shape.ndim, n = qz->n, sg = a->is_signed;
+    const int n = qz->n, sg = a->is_signed;
     const int x_in = q->in[0], out = q->out[0];
     int jk[QT_APOT_MAX_LEVELS], D = 0;
     if (L->fmt == QT_EXPORT_QDQ && (D = level_grid(qz, sg ? 127 : 255, jk)) < 0)
         return qt_err(L->e, "layer '%s': %s %d-bit %s activations do not lie on an 8-bit integer "
                             "grid, which --format qdq needs (use --format onnx)",
                       lname, qt_quant_scheme_name(a->scheme), a->bits, sg ? "signed" : "unsigned");
+    int32_t tab[QT_ACT_MAX_BUCKETS];
+    const int M = qt_act_buckets(qz, tab);
+    if (M < 0)
+        return qt_err(L->e, "layer '%s': the thresholds of %s %d-bit activations lie closer than "
+                            "1/%d apart", lname, qt_quant_scheme_name(a->scheme), a->bits,
+                      QT_ACT_MAX_BUCKETS);
     /* format qdq: the quantized values go through QuantizeLinear/DequantizeLinear on the grid
      * alpha / D, where they lie (the division rounds to the integer codes exactly) */
     const int fin = L->fmt == QT_EXPORT_QDQ ? -1 : out;
@@ -554,55 +612,81 @@ static int lower_act(struct lower *L, int qi, const struct qt_quant_attrs *a,
     snprintf(qn, sizeof qn, "qa%d", L->na);
     snprintf(name, sizeof name, "%s.alpha", qn);
     const int valpha = scalar_f(g, name, alpha);
-    /* thresholds along a new leading axis, broadcast over the input's dimensions */
-    int64_t td[QT_MAX_DIMS + 1] = {n - 1};
-    for (int k = 1; k <= rank; k++) td[k] = 1;
-    struct qt_tensor *thr = tensor1(QT_F32, rank + 1, td);
-    memcpy(thr->data, qz->thr, sizeof(float) * (n - 1));
-    snprintf(key, sizeof key, "qtune.thresholds.%s%d.%s.r%d", qt_quant_scheme_name(a->scheme),
-             a->bits, sg ? "s" : "u", rank);
-    const int vthr = shared_const(g, key, thr);
-    /* the quantized values alpha * level, as qtune computes them */
+    const char *kind = qt_quant_scheme_name(a->scheme);
+    const char *sgn = sg ? "s" : "u";
+    /* shared constants: bucket scale M, the bucket table, thresholds padded with +inf */
+    snprintf(key, sizeof key, "qtune.buckets.%s%d.%s", kind, a->bits, sgn);
+    const int64_t nm = M;
+    struct qt_tensor *tt = tensor1(QT_I32, 1, &nm);
+    memcpy(tt->data, tab, sizeof(int32_t) * M);
+    const int vtab = shared_const(g, key, tt);
+    snprintf(key, sizeof key, "qtune.thresholds.%s%d.%s", kind, a->bits, sgn);
     const int64_t nl = n;
+    struct qt_tensor *th = tensor1(QT_F32, 1, &nl);
+    memcpy(th->data, qz->thr, sizeof(float) * (n - 1));
+    ((float *)th->data)[n - 1] = INFINITY;
+    const int vthr = shared_const(g, key, th);
+    snprintf(key, sizeof key, "qtune.bucket_scale.%d", M);
+    struct qt_tensor *ms = tensor1(QT_F32, 0, NULL);
+    *(float *)ms->data = (float)M;
+    const int vM = shared_const(g, key, ms);
+    /* the quantized values alpha * level, as qtune computes them */
     struct qt_tensor *lv = tensor1(QT_F32, 1, &nl);
     for (int k = 0; k < n; k++) ((float *)lv->data)[k] = alpha * qz->levels[k];
     snprintf(name, sizeof name, "%s.values", qn);
     const int vlv = add_const(g, name, lv);
 
     int in2[2] = {x_in, valpha};
-    node_name(name, sizeof name, qn, "div");
+    node_name(name, sizeof name, qn, "d");
     const int vx = node(g, QT_OP_DIV, name, in2, 2, -1);
     int vm = vx;
     if (sg) {
-        node_name(name, sizeof name, qn, "abs");
+        node_name(name, sizeof name, qn, "a");
         vm = node(g, QT_OP_ABS, name, &vx, 1, -1);
     }
     in2[0] = vm;
-    in2[1] = vthr;
-    node_name(name, sizeof name, qn, "compare");
-    const int vgt = node(g, QT_OP_GREATER, name, in2, 2, -1);
-    node_name(name, sizeof name, qn, "count_cast");
-    const int vgf = cast(g, name, vgt, QT_F32);
-    node_name(name, sizeof name, qn, "count");
-    int vsum;
-    if (g->opset >= 13) {
-        const int64_t one = 1;
-        struct qt_tensor *ax = tensor1(QT_I64, 1, &one);
-        ((int64_t *)ax->data)[0] = 0;
-        in2[0] = vgf;
-        in2[1] = shared_const(g, "qtune.axis0", ax);
-        vsum = node(g, QT_OP_REDUCESUM, name, in2, 2, -1);
+    in2[1] = vM;
+    node_name(name, sizeof name, qn, "s");
+    const int vu = node(g, QT_OP_MUL, name, in2, 2, -1);
+    node_name(name, sizeof name, qn, "f");
+    const int vf = node(g, QT_OP_FLOOR, name, &vu, 1, -1);
+    node_name(name, sizeof name, qn, "c");
+    int vc;
+    if (g->opset >= 11) {
+        snprintf(key, sizeof key, "qtune.bucket_last.%d", M);
+        struct qt_tensor *hi = tensor1(QT_F32, 0, NULL);
+        *(float *)hi->data = (float)(M - 1);
+        const int in3[3] = {vf, shared_const(g, "qtune.zero", tensor1(QT_F32, 0, NULL)),
+                            shared_const(g, key, hi)};
+        vc = node(g, QT_OP_CLIP, name, in3, 3, -1);
     } else {
-        vsum = node(g, QT_OP_REDUCESUM, name, &vgf, 1, -1);
-        const int64_t zero = 0;
-        qt_node_set_ints(&g->nodes[g->nnodes - 1], "axes", &zero, 1);
+        vc = node(g, QT_OP_CLIP, name, &vf, 1, -1);
+        qt_node_set_float(&g->nodes[g->nnodes - 1], "min", 0.0f);
+        qt_node_set_float(&g->nodes[g->nnodes - 1], "max", (float)(M - 1));
     }
-    qt_node_set_int(&g->nodes[g->nnodes - 1], "keepdims", 0);
-    node_name(name, sizeof name, qn, "index");
-    const int vidx = cast(g, name, vsum, QT_I32);
+    node_name(name, sizeof name, qn, "b");
+    const int vb = cast(g, name, vc, QT_I32);
+    in2[0] = vtab;
+    in2[1] = vb;
+    node_name(name, sizeof name, qn, "e");
+    const int ve = node(g, QT_OP_GATHER, name, in2, 2, -1);
+    in2[0] = vthr;
+    in2[1] = ve;
+    node_name(name, sizeof name, qn, "t");
+    const int vt = node(g, QT_OP_GATHER, name, in2, 2, -1);
+    in2[0] = vm;
+    in2[1] = vt;
+    node_name(name, sizeof name, qn, "g");
+    const int vgt = node(g, QT_OP_GREATER, name, in2, 2, -1);
+    node_name(name, sizeof name, qn, "k");
+    const int vst = cast(g, name, vgt, QT_I32);
+    in2[0] = ve;
+    in2[1] = vst;
+    node_name(name, sizeof name, qn, "i");
+    const int vidx = node(g, QT_OP_ADD, name, in2, 2, -1);
     in2[0] = vlv;
     in2[1] = vidx;
-    node_name(name, sizeof name, qn, "value");
+    node_name(name, sizeof name, qn, "v");
     if (!sg) {
         const int v = node(g, QT_OP_GATHER, name, in2, 2, fin);
         if (fin < 0) {
@@ -616,14 +700,14 @@ static int lower_act(struct lower *L, int qi, const struct qt_quant_attrs *a,
     for (int k = 0; k < n; k++) ((float *)nlv->data)[k] = alpha * -qz->levels[k];
     snprintf(name, sizeof name, "%s.negative_values", qn);
     in2[0] = add_const(g, name, nlv);
-    node_name(name, sizeof name, qn, "negative_value");
+    node_name(name, sizeof name, qn, "nv");
     const int vneg = node(g, QT_OP_GATHER, name, in2, 2, -1);
     in2[0] = vx;
     in2[1] = shared_const(g, "qtune.zero", tensor1(QT_F32, 0, NULL));
-    node_name(name, sizeof name, qn, "is_negative");
+    node_name(name, sizeof name, qn, "n");
     const int vlt = node(g, QT_OP_LESS, name, in2, 2, -1);
     const int in3[3] = {vlt, vneg, vq};
-    node_name(name, sizeof name, qn, "sign");
+    node_name(name, sizeof name, qn, "w");
     const int v = node(g, QT_OP_WHERE, name, in3, 3, fin);
     if (fin < 0) {
         const float sc = alpha / (float)D;

@@ -85,6 +85,13 @@ const char *qt_export_format_name(enum qt_export_format f);
 /* 0, or -1 for a name that is not a format. */
 int qt_export_format_parse(const char *s, enum qt_export_format *f);
 
+/* The bucket table of an activation quantizer's export form (lower_export.c): returns the
+ * smallest power of two M <= QT_ACT_MAX_BUCKETS such that no interval [b/M, (b+1)/M) holds
+ * two of qz's thresholds, with table[b] = the number of thresholds below b/M; -1 if none. */
+#define QT_ACT_MAX_BUCKETS 4096
+struct qt_apot_quantizer;
+int qt_act_buckets(const struct qt_apot_quantizer *qz, int32_t *table);
+
 struct qt_export_report {
     int weights, acts;    /* quantizers lowered */
     int64_t weight_bytes; /* bytes of the quantized weights as stored */

@@ -216,7 +216,8 @@ def test_weight_quantizer_bit_exact(qtune, tmp_path, scheme, bits, standardize, 
             assert list(codes[0].dims) == list(shape)
             assert [n.op_type for n in m.graph.node].count("DequantizeLinear") == 1
         elif fmt == "onnx":
-            # packed: 2-bit codes four to a byte, 3- and 4-bit codes two to a byte
+            # packed in base 3, 7 or 15: here four ternary codes a byte (five need padding
+            # that does not pay on 1152 weights), two 3-bit or 4-bit codes
             per_byte = 4 if bits == 2 else 2
             assert len(codes) == 1 and codes[0].data_type == TensorProto.UINT8
             assert list(codes[0].dims) == [w.size // per_byte]
