@@ -20,7 +20,7 @@ int qt_eval_handles(const struct qt_node *n, enum qt_dtype in0)
     case QT_OP_ADD: case QT_OP_SUB: case QT_OP_MUL: case QT_OP_DIV: case QT_OP_ABS:
     case QT_OP_NEG: case QT_OP_GREATER: case QT_OP_LESS: case QT_OP_REDUCESUM:
         return in0 == QT_I64 || in0 == QT_I32 || in0 == QT_F32;
-    case QT_OP_CLIP: case QT_OP_FLOOR:
+    case QT_OP_CLIP: case QT_OP_FLOOR: case QT_OP_SIGN:
         return in0 == QT_F32;
     default:
         return 0;
@@ -146,7 +146,10 @@ static int eval_unary(const struct qt_node *n, const struct qt_tensor *x, struct
     for (int64_t i = 0; i < qt_shape_numel(&x->shape); i++) {
         if (x->dtype == QT_F32) {
             const float v = ((const float *)x->data)[i];
-            ((float *)o->data)[i] = n->op == QT_OP_FLOOR ? floorf(v) : neg ? -v : fabsf(v);
+            ((float *)o->data)[i] = n->op == QT_OP_FLOOR  ? floorf(v)
+                                    : n->op == QT_OP_SIGN ? (v > 0 ? 1.0f : v < 0 ? -1.0f : v)
+                                    : neg                 ? -v
+                                                          : fabsf(v);
         } else {
             const int64_t v = qt_tensor_get_i(x, i), minus = (int64_t)(0 - (uint64_t)v);
             set_i(o, i, neg || v < 0 ? minus : v);
@@ -432,7 +435,7 @@ int qt_eval_node(const struct qt_node *n, const struct qt_tensor **in, struct qt
         return eval_binary(n, in, out[0], e);
     case QT_OP_CLIP:
         return eval_clip(n, in, out[0], e);
-    case QT_OP_ABS: case QT_OP_NEG: case QT_OP_FLOOR:
+    case QT_OP_ABS: case QT_OP_NEG: case QT_OP_FLOOR: case QT_OP_SIGN:
         return eval_unary(n, in[0], out[0]);
     case QT_OP_GREATER: case QT_OP_LESS:
         return eval_compare(n, in, out[0]);

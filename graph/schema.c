@@ -1014,6 +1014,7 @@ static const struct qt_op_schema schemas[] = {
     {QT_OP_WHERE, "Where", 3, 3, 1, 1, 0, infer_where, NULL},
     {QT_OP_REDUCESUM, "ReduceSum", 1, 2, 1, 1, 2u, infer_reduce, NULL},
     {QT_OP_FLOOR, "Floor", 1, 1, 1, 1, 0, infer_unary_float, NULL},
+    {QT_OP_SIGN, "Sign", 1, 1, 1, 1, 0, infer_unary_float, NULL},
     {QT_OP_SLICE, "Slice", 1, 5, 1, 1, 2u | 4u | 8u | 16u, infer_slice, NULL},
     {QT_OP_QUANTIZELINEAR, "QuantizeLinear", 2, 3, 1, 1, 0, infer_qdq, NULL},
     {QT_OP_DEQUANTIZELINEAR, "DequantizeLinear", 2, 3, 1, 1, 0, infer_qdq, NULL},

@@ -17,17 +17,18 @@
  * 8-bit first/last layer weights (scheme max/absmax) are their integer steps k as int8 (int16
  * when max W scaling puts a step beyond -128): Cast -> Div(127) -> Mul(m), as qtune rounds.
  *
- * Activations (every format): x = Div(a, alpha), a true division as in qtune; m = x, or |x|
- * for signed quantizers; the level index is the number of thresholds below m. With M a power
- * of two so large that no interval [b/M, (b+1)/M) holds two thresholds (qt_act_buckets), the
- * bucket b = Clip(Floor(m * M), 0, M - 1) is exact (m * M is), a table gives e = T[b], the
- * number of thresholds below b / M, and the index is e + (m > thr[e]): the one threshold that
- * may lie in the bucket is thr[e] (thr is padded with +inf). Values below 0 and beyond the
- * clipping range land in the first and last bucket and get index 0 and n - 1. Then Gather of
- * the values alpha * level (as qtune multiplies); for signed quantizers Where(x < 0) picks the
- * negated ones. The thresholds are qtune's own (the largest float not above each midpoint),
- * so a value on a threshold goes to the lower level as in qtune. Every operation is
- * elementwise on the activation's own shape: no comparison against all n - 1 thresholds. */
+ * Activations (every format): the level index of x = a / alpha (or |x| for signed quantizers)
+ * is the number of thresholds below it. With M a power of two so large that no interval
+ * [b/M, (b+1)/M) holds two thresholds (qt_act_buckets), u = Div(a, alpha / M) is x * M
+ * exactly (qtune's true division, scaled by a power of two), its bucket b = Cast(Clip(u, 0,
+ * M - 1)) (truncation is the floor there) is exact, a table gives the number of thresholds
+ * below b / M, and one comparison with the threshold that may lie in the bucket (times M;
+ * +inf where none does) adds one: index = T[b] + (u > thr'[b]). Values below 0 and beyond
+ * the clipping range land in the first and last bucket and get index 0 and n - 1. Then Gather
+ * of the values alpha * level (as qtune multiplies); signed quantizers multiply by Sign(x).
+ * The thresholds are qtune's own (the largest float not above each midpoint), so a value on
+ * a threshold goes to the lower level as in qtune. Every operation is elementwise on the
+ * activation's own shape: 9 operators (12 signed), no comparison with all n - 1 thresholds. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,9 +62,9 @@ int qt_export_format_parse(const char *s, enum qt_export_format *f)
 
 /* ---- Small graph-building helpers ----
  * Nodes are named after their quantizer, qw<k> (weights) or qa<k> (activations), and a short
- * step name, kept short because a ResNet has hundreds of them: activations d (Div), a (Abs),
- * s (scale by M), f (Floor), c (Clip), b (bucket as int32), e (estimated index), t (threshold),
- * g (Greater), k (its int32), i (index), v (values), nv (negated values), n (x < 0), w (Where);
+ * step name, kept short because a ResNet has hundreds of them: activations u (Div), a (Abs),
+ * c (Clip), b (bucket), e (index below the bucket), t (threshold), g (Greater), k (its int32),
+ * i (index), v (values), n (Sign), w (times the sign);
  * weights c (Cast), d (decode Gather), f and u (Reshape flat and Slice off the padding), r
  * (Reshape), k (steps), s (scale); q/dq (Quantize/
  * DequantizeLinear). The value a node writes has the node's name. */
@@ -608,70 +609,65 @@ static int lower_act(struct lower *L, int qi, const struct qt_quant_attrs *a,
     /* format qdq: the quantized values go through QuantizeLinear/DequantizeLinear on the grid
      * alpha / D, where they lie (the division rounds to the integer codes exactly) */
     const int fin = L->fmt == QT_EXPORT_QDQ ? -1 : out;
+    /* u = a / (alpha / M) equals (a / alpha) * M exactly when alpha / M is a normal float */
+    const float alpha_m = alpha / (float)M;
+    if (!(alpha_m * (float)M == alpha) || alpha_m < 1.17549435e-38f)
+        return qt_err(L->e, "layer '%s': ActQuant node '%s' has alpha %g, too small to export",
+                      lname, q->name, (double)alpha);
     char name[512], key[128], qn[32];
     snprintf(qn, sizeof qn, "qa%d", L->na);
     snprintf(name, sizeof name, "%s.alpha", qn);
-    const int valpha = scalar_f(g, name, alpha);
+    const int valpha = scalar_f(g, name, alpha_m);
     const char *kind = qt_quant_scheme_name(a->scheme);
     const char *sgn = sg ? "s" : "u";
-    /* shared constants: bucket scale M, the bucket table, thresholds padded with +inf */
-    snprintf(key, sizeof key, "qtune.buckets.%s%d.%s", kind, a->bits, sgn);
+    /* shared constants: per bucket, the level index below it and the threshold (times M, +inf
+     * where the bucket holds none) that may raise the index by one */
     const int64_t nm = M;
+    snprintf(key, sizeof key, "qtune.buckets.%s%d.%s", kind, a->bits, sgn);
     struct qt_tensor *tt = tensor1(QT_I32, 1, &nm);
     memcpy(tt->data, tab, sizeof(int32_t) * M);
     const int vtab = shared_const(g, key, tt);
     snprintf(key, sizeof key, "qtune.thresholds.%s%d.%s", kind, a->bits, sgn);
-    const int64_t nl = n;
-    struct qt_tensor *th = tensor1(QT_F32, 1, &nl);
-    memcpy(th->data, qz->thr, sizeof(float) * (n - 1));
-    ((float *)th->data)[n - 1] = INFINITY;
+    struct qt_tensor *th = tensor1(QT_F32, 1, &nm);
+    for (int b = 0; b < M; b++)
+        ((float *)th->data)[b] = tab[b] < n - 1 ? qz->thr[tab[b]] * (float)M : INFINITY;
     const int vthr = shared_const(g, key, th);
-    snprintf(key, sizeof key, "qtune.bucket_scale.%d", M);
-    struct qt_tensor *ms = tensor1(QT_F32, 0, NULL);
-    *(float *)ms->data = (float)M;
-    const int vM = shared_const(g, key, ms);
     /* the quantized values alpha * level, as qtune computes them */
+    const int64_t nl = n;
     struct qt_tensor *lv = tensor1(QT_F32, 1, &nl);
     for (int k = 0; k < n; k++) ((float *)lv->data)[k] = alpha * qz->levels[k];
     snprintf(name, sizeof name, "%s.values", qn);
     const int vlv = add_const(g, name, lv);
 
     int in2[2] = {x_in, valpha};
-    node_name(name, sizeof name, qn, "d");
-    const int vx = node(g, QT_OP_DIV, name, in2, 2, -1);
-    int vm = vx;
+    node_name(name, sizeof name, qn, "u");
+    const int vu = node(g, QT_OP_DIV, name, in2, 2, -1);
+    int vm = vu;
     if (sg) {
         node_name(name, sizeof name, qn, "a");
-        vm = node(g, QT_OP_ABS, name, &vx, 1, -1);
+        vm = node(g, QT_OP_ABS, name, &vu, 1, -1);
     }
-    in2[0] = vm;
-    in2[1] = vM;
-    node_name(name, sizeof name, qn, "s");
-    const int vu = node(g, QT_OP_MUL, name, in2, 2, -1);
-    node_name(name, sizeof name, qn, "f");
-    const int vf = node(g, QT_OP_FLOOR, name, &vu, 1, -1);
     node_name(name, sizeof name, qn, "c");
     int vc;
     if (g->opset >= 11) {
         snprintf(key, sizeof key, "qtune.bucket_last.%d", M);
         struct qt_tensor *hi = tensor1(QT_F32, 0, NULL);
         *(float *)hi->data = (float)(M - 1);
-        const int in3[3] = {vf, shared_const(g, "qtune.zero", tensor1(QT_F32, 0, NULL)),
+        const int in3[3] = {vm, shared_const(g, "qtune.zero", tensor1(QT_F32, 0, NULL)),
                             shared_const(g, key, hi)};
         vc = node(g, QT_OP_CLIP, name, in3, 3, -1);
     } else {
-        vc = node(g, QT_OP_CLIP, name, &vf, 1, -1);
+        vc = node(g, QT_OP_CLIP, name, &vm, 1, -1);
         qt_node_set_float(&g->nodes[g->nnodes - 1], "min", 0.0f);
         qt_node_set_float(&g->nodes[g->nnodes - 1], "max", (float)(M - 1));
     }
     node_name(name, sizeof name, qn, "b");
-    const int vb = cast(g, name, vc, QT_I32);
+    const int vb = cast(g, name, vc, QT_I32); /* truncation: the floor of a value >= 0 */
     in2[0] = vtab;
     in2[1] = vb;
     node_name(name, sizeof name, qn, "e");
     const int ve = node(g, QT_OP_GATHER, name, in2, 2, -1);
     in2[0] = vthr;
-    in2[1] = ve;
     node_name(name, sizeof name, qn, "t");
     const int vt = node(g, QT_OP_GATHER, name, in2, 2, -1);
     in2[0] = vm;
@@ -687,31 +683,18 @@ static int lower_act(struct lower *L, int qi, const struct qt_quant_attrs *a,
     in2[0] = vlv;
     in2[1] = vidx;
     node_name(name, sizeof name, qn, "v");
-    if (!sg) {
-        const int v = node(g, QT_OP_GATHER, name, in2, 2, fin);
-        if (fin < 0) {
-            const float sc = alpha / (float)D;
-            dequant(g, qn, v, -1, &sc, 1, QT_U8, out);
-        }
-        return 0;
+    int v = node(g, QT_OP_GATHER, name, in2, 2, sg ? -1 : fin);
+    if (sg) {
+        /* the sign of x: alpha * level * -1 is alpha * -level exactly; at x = 0 the level is 0 */
+        node_name(name, sizeof name, qn, "n");
+        in2[0] = v;
+        in2[1] = node(g, QT_OP_SIGN, name, &vu, 1, -1);
+        node_name(name, sizeof name, qn, "w");
+        v = node(g, QT_OP_MUL, name, in2, 2, fin);
     }
-    const int vq = node(g, QT_OP_GATHER, name, in2, 2, -1);
-    struct qt_tensor *nlv = tensor1(QT_F32, 1, &nl);
-    for (int k = 0; k < n; k++) ((float *)nlv->data)[k] = alpha * -qz->levels[k];
-    snprintf(name, sizeof name, "%s.negative_values", qn);
-    in2[0] = add_const(g, name, nlv);
-    node_name(name, sizeof name, qn, "nv");
-    const int vneg = node(g, QT_OP_GATHER, name, in2, 2, -1);
-    in2[0] = vx;
-    in2[1] = shared_const(g, "qtune.zero", tensor1(QT_F32, 0, NULL));
-    node_name(name, sizeof name, qn, "n");
-    const int vlt = node(g, QT_OP_LESS, name, in2, 2, -1);
-    const int in3[3] = {vlt, vneg, vq};
-    node_name(name, sizeof name, qn, "w");
-    const int v = node(g, QT_OP_WHERE, name, in3, 3, fin);
     if (fin < 0) {
         const float sc = alpha / (float)D;
-        dequant(g, qn, v, -1, &sc, 1, QT_I8, out);
+        dequant(g, qn, v, -1, &sc, 1, sg ? QT_I8 : QT_U8, out);
     }
     return 0;
 }

@@ -59,10 +59,10 @@ static int values_match(const struct qt_tensor *t, const struct qt_apot_quantize
     return same_floats(t, v, qz->n);
 }
 
-/* The quantizer whose export constants these are: bucket table, thresholds (+inf padded),
- * values and (signed) negated values; -1 when none is. */
+/* The quantizer whose export constants these are: bucket table, per-bucket thresholds (times
+ * M, +inf where none) and values; -1 when none is. */
 static int identify(struct qt_quant_attrs *a, const struct qt_graph *g, int is_signed, int M,
-                    float alpha, int vtab, int vthr, int vvals, int vneg)
+                    float alpha, int vtab, int vthr, int vvals)
 {
     const struct qt_tensor *tab = g->values[vtab].init;
     if (!tab || tab->dtype != QT_I32 || qt_shape_numel(&tab->shape) != M) return -1;
@@ -74,12 +74,10 @@ static int identify(struct qt_quant_attrs *a, const struct qt_graph *g, int is_s
                                        bits, is_signed) ||
                 qt_act_buckets(&qz, t) != M || memcmp(t, tab->data, sizeof(int32_t) * M) != 0)
                 continue;
-            float thr[QT_APOT_MAX_LEVELS];
-            memcpy(thr, qz.thr, sizeof(float) * (qz.n - 1));
-            thr[qz.n - 1] = INFINITY;
-            if (!same_floats(g->values[vthr].init, thr, qz.n)) continue;
+            float thr[QT_ACT_MAX_BUCKETS];
+            for (int b = 0; b < M; b++) thr[b] = t[b] < qz.n - 1 ? qz.thr[t[b]] * (float)M : INFINITY;
+            if (!same_floats(g->values[vthr].init, thr, M)) continue;
             if (!values_match(g->values[vvals].init, &qz, alpha, 1.0f)) continue;
-            if (is_signed && !values_match(g->values[vneg].init, &qz, alpha, -1.0f)) continue;
             a->scheme = scheme;
             a->bits = bits;
             a->is_signed = is_signed;
@@ -119,89 +117,65 @@ static int reader_op(const struct qt_graph *g, int v, enum qt_op op)
     return found;
 }
 
-/* Tries the pattern whose bucket is Floor node fi (see lower_export.c):
- *   x = Div(a, alpha); m = x or Abs(x); b = Cast(Clip(Floor(Mul(m, M)), 0, M - 1), int32);
- *   e = Gather(table, b); i = Add(e, Cast(Greater(m, Gather(thr, e)), int32));
- *   y = Gather(values, i), or Where(Less(x, 0), Gather(negated values, i), Gather(values, i)).
+/* Tries the pattern whose bucket is Clip node ci (see lower_export.c):
+ *   u = Div(a, alpha / M); m = u or Abs(u); b = Cast(Clip(m, 0, M - 1), int32);
+ *   i = Add(Gather(T, b), Cast(Greater(m, Gather(thr, b)), int32)); v = Gather(values, i);
+ *   y = v, or Mul(v, Sign(u)) for signed quantizers.
  * Returns 1 when it was raised. */
-static int raise_one(struct qt_graph *g, int fi)
+static int raise_one(struct qt_graph *g, int ci)
 {
-    const int mul = producer(g, g->nodes[fi].in[0], QT_OP_MUL, 1);
-    if (mul < 0) return 0;
-    const int m = g->nodes[mul].in[0];
-    const float Mf = scalar(g, g->nodes[mul].in[1]);
-    const int M = Mf >= 2 && Mf <= QT_ACT_MAX_BUCKETS ? (int)Mf : 0;
-    if (!M || (float)M != Mf || (M & (M - 1))) return 0;
-    const int abs_i = producer(g, m, QT_OP_ABS, 2);
-    const int is_signed = abs_i >= 0;
-    const int x = is_signed ? g->nodes[abs_i].in[0] : m;
-    const int div_i = producer(g, x, QT_OP_DIV, 2);
-    if (div_i < 0) return 0;
-    const float alpha = scalar(g, g->nodes[div_i].in[1]);
-    if (!(alpha > 0) || !isfinite(alpha)) return 0;
-    const int clip = sole_reader(g, g->nodes[fi].out[0], QT_OP_CLIP);
-    if (clip < 0) return 0;
-    const struct qt_node *cl = &g->nodes[clip];
+    const struct qt_node *cl = &g->nodes[ci];
+    const int m = cl->in[0];
     const float lo = cl->nin > 1 ? scalar(g, cl->in[1]) : qt_node_float(cl, "min", NAN);
     const float hi = cl->nin > 2 ? scalar(g, cl->in[2]) : qt_node_float(cl, "max", NAN);
-    if (lo != 0.0f || hi != (float)(M - 1)) return 0;
+    const int M = hi >= 1 && hi < QT_ACT_MAX_BUCKETS ? (int)hi + 1 : 0;
+    if (lo != 0.0f || !M || (float)(M - 1) != hi || (M & (M - 1))) return 0;
+    const int abs_i = producer(g, m, QT_OP_ABS, 2);
+    const int is_signed = abs_i >= 0;
+    const int u = is_signed ? g->nodes[abs_i].in[0] : m;
+    const int div_i = producer(g, u, QT_OP_DIV, 2);
+    if (div_i < 0) return 0;
+    const float alpha_m = scalar(g, g->nodes[div_i].in[1]);
+    const float alpha = alpha_m * (float)M;
+    if (!(alpha > 0) || !isfinite(alpha) || alpha / (float)M != alpha_m) return 0;
     const int cb = sole_reader(g, cl->out[0], QT_OP_CAST);
     if (cb < 0 || qt_node_int(&g->nodes[cb], "to", 0) != QT_I32) return 0;
-    const int ge = sole_reader(g, g->nodes[cb].out[0], QT_OP_GATHER);
-    if (ge < 0 || g->nodes[ge].in[1] != g->nodes[cb].out[0] || qt_node_int(&g->nodes[ge], "axis", 0))
-        return 0;
-    const int vtab = g->nodes[ge].in[0];
-    const int e = g->nodes[ge].out[0];
-    if ((g->values[e].flags & QT_V_OUTPUT) || qt_graph_use_count(g, e) != 2) return 0;
-    const int gt_thr = reader_op(g, e, QT_OP_GATHER), add = reader_op(g, e, QT_OP_ADD);
-    if (gt_thr < 0 || add < 0 || g->nodes[gt_thr].in[1] != e || qt_node_int(&g->nodes[gt_thr], "axis", 0))
-        return 0;
-    const int vthr = g->nodes[gt_thr].in[0];
-    const int cmp = sole_reader(g, g->nodes[gt_thr].out[0], QT_OP_GREATER);
-    if (cmp < 0 || g->nodes[cmp].in[0] != m || g->nodes[cmp].in[1] != g->nodes[gt_thr].out[0])
-        return 0;
-    const int cs = sole_reader(g, g->nodes[cmp].out[0], QT_OP_CAST);
-    if (cs < 0 || qt_node_int(&g->nodes[cs], "to", 0) != QT_I32 ||
-        sole_reader(g, g->nodes[cs].out[0], QT_OP_ADD) != add)
-        return 0;
-    const int idx = g->nodes[add].out[0];
-    if (g->values[idx].flags & QT_V_OUTPUT) return 0;
+    const int b = g->nodes[cb].out[0];
     int rd[3];
-    if (readers(g, idx, rd, 3) != (is_signed ? 2 : 1)) return 0;
-    int gv = -1, gn = -1, lt = -1, wh = -1;
-    for (int k = 0; k < (is_signed ? 2 : 1); k++) {
-        const struct qt_node *r = &g->nodes[rd[k]];
-        if (r->op != QT_OP_GATHER || r->in[1] != idx || qt_node_int(r, "axis", 0)) return 0;
-    }
-    gv = rd[0];
-    int out = g->nodes[gv].out[0];
-    if (is_signed) {
-        gn = rd[1];
-        lt = reader_op(g, x, QT_OP_LESS);
-        if (lt < 0 || g->nodes[lt].in[0] != x || scalar(g, g->nodes[lt].in[1]) != 0.0f) return 0;
-        wh = sole_reader(g, g->nodes[lt].out[0], QT_OP_WHERE);
-        if (wh < 0) return 0;
-        const struct qt_node *w = &g->nodes[wh];
-        if (w->in[1] == g->nodes[gv].out[0]) {
-            const int t = gv;
-            gv = gn;
-            gn = t;
-        }
-        if (w->in[1] != g->nodes[gn].out[0] || w->in[2] != g->nodes[gv].out[0] ||
-            sole_reader(g, g->nodes[gv].out[0], QT_OP_WHERE) != wh ||
-            sole_reader(g, g->nodes[gn].out[0], QT_OP_WHERE) != wh)
+    if ((g->values[b].flags & QT_V_OUTPUT) || readers(g, b, rd, 3) != 2) return 0;
+    for (int k = 0; k < 2; k++)
+        if (g->nodes[rd[k]].op != QT_OP_GATHER || g->nodes[rd[k]].in[1] != b ||
+            qt_node_int(&g->nodes[rd[k]], "axis", 0))
             return 0;
-        out = w->out[0];
+    /* which Gather gives the index (int32 table) and which the threshold */
+    const struct qt_tensor *t0 = g->values[g->nodes[rd[0]].in[0]].init;
+    const int ge = t0 && t0->dtype == QT_I32 ? rd[0] : rd[1], gt = ge == rd[0] ? rd[1] : rd[0];
+    const int cmp = sole_reader(g, g->nodes[gt].out[0], QT_OP_GREATER);
+    if (cmp < 0 || g->nodes[cmp].in[0] != m || g->nodes[cmp].in[1] != g->nodes[gt].out[0]) return 0;
+    const int cs = sole_reader(g, g->nodes[cmp].out[0], QT_OP_CAST);
+    if (cs < 0 || qt_node_int(&g->nodes[cs], "to", 0) != QT_I32) return 0;
+    const int add = sole_reader(g, g->nodes[cs].out[0], QT_OP_ADD);
+    if (add < 0 || sole_reader(g, g->nodes[ge].out[0], QT_OP_ADD) != add) return 0;
+    const int gv = sole_reader(g, g->nodes[add].out[0], QT_OP_GATHER);
+    if (gv < 0 || g->nodes[gv].in[1] != g->nodes[add].out[0] || qt_node_int(&g->nodes[gv], "axis", 0))
+        return 0;
+    int out = g->nodes[gv].out[0], sign = -1, mul = -1;
+    if (is_signed) {
+        sign = reader_op(g, u, QT_OP_SIGN);
+        mul = sole_reader(g, g->nodes[gv].out[0], QT_OP_MUL);
+        if (sign < 0 || mul < 0 || sole_reader(g, g->nodes[sign].out[0], QT_OP_MUL) != mul)
+            return 0;
+        out = g->nodes[mul].out[0];
     }
     struct qt_quant_attrs a;
-    if (identify(&a, g, is_signed, M, alpha, vtab, vthr, g->nodes[gv].in[0],
-                 is_signed ? g->nodes[gn].in[0] : -1))
+    if (identify(&a, g, is_signed, M, alpha, g->nodes[ge].in[0], g->nodes[gt].in[0],
+                 g->nodes[gv].in[0]))
         return 0;
     /* replace: ActQuant(a, alpha) -> out */
     char name[512], an[560];
     const char *dn = g->nodes[div_i].name;
     const size_t dl = strlen(dn);
-    snprintf(name, sizeof name, "%.*s", (int)(dl > 2 && strcmp(dn + dl - 2, "/d") == 0 ? dl - 2 : dl), dn);
+    snprintf(name, sizeof name, "%.*s", (int)(dl > 2 && strcmp(dn + dl - 2, "/u") == 0 ? dl - 2 : dl), dn);
     snprintf(an, sizeof an, "%s.alpha", name);
     struct qt_shape s1 = {1, {1}};
     const int va = qt_graph_add_value_unique(g, an, QT_F32, &s1);
@@ -209,7 +183,7 @@ static int raise_one(struct qt_graph *g, int fi)
     g->values[va].has_shape = 1;
     *(float *)g->values[va].init->data = alpha;
     const int in[2] = {g->nodes[div_i].in[0], va};
-    const int dead[] = {div_i, abs_i, mul, fi, clip, cb, ge, gt_thr, cmp, cs, add, gv, gn, lt, wh};
+    const int dead[] = {div_i, abs_i, ci, cb, ge, gt, cmp, cs, add, gv, sign, mul};
     for (size_t k = 0; k < sizeof dead / sizeof dead[0]; k++)
         if (dead[k] >= 0) g->nodes[dead[k]].dead = 1;
     const int qi = qt_graph_add_node(g, QT_OP_ACTQUANT, name, in, 2, &out, 1);
@@ -225,7 +199,7 @@ int qt_pass_raise_quant(struct qt_graph *g, int *count, struct qt_error *e)
     int raised = 0;
     const int nn = g->nnodes;
     for (int i = 0; i < nn; i++) {
-        if (g->nodes[i].dead || g->nodes[i].op != QT_OP_FLOOR) continue;
+        if (g->nodes[i].dead || g->nodes[i].op != QT_OP_CLIP) continue;
         raised += raise_one(g, i);
     }
     if (count) *count = raised;

@@ -330,6 +330,7 @@ int qt_lower_node(struct qt_op_desc *d, const struct qt_graph *g, const struct q
     case QT_OP_QUANTIZELINEAR:
     case QT_OP_DEQUANTIZELINEAR:
     case QT_OP_FLOOR:
+    case QT_OP_SIGN:
         return QT_LOWER_HOST; /* computed by graph/eval.c, float data included */
     default:
         if (is_copy_op(n->op) && n->nout == 1) {
