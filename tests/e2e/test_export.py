@@ -410,3 +410,37 @@ def test_nine_bit_weights_refused_by_layer(qtune, tmp_path):
 def test_unknown_format_refused(qtune, tmp_path):
     r = qtune("export", "x.onnx", "--format", "int3", "-o", str(tmp_path / "o.onnx"))
     r.check_error("unknown format 'int3'")
+
+
+def top1_of(r):
+    return json.loads(r.stdout.strip().splitlines()[-1])["top1"]
+
+
+def test_finetuned_export_keeps_top1_on_the_test_split(qtune, tmp_path):
+    """A W4A4 APoT model fine-tuned for one epoch (from calibrated alphas, a small learning
+    rate) and exported by `finetune --export onnx`: onnxruntime's top-1 on the whole CIFAR-10
+    JPEG test split (decoded by PIL) against the top-1 qtune reports for the ai.qtune model
+    (decoded by qtune). The acceptance is 0.05 points; the test allows 0.15."""
+    model, data = require_shared(SHARED_MODEL, SHARED_DATA)
+    out = str(tmp_path / "ft.onnx")
+    r = qtune("finetune", model, "--data", data, "--preset", "cifar10", "--bits", "4",
+              "--epochs", "1", "--alpha-init", "calib", "--lr", "0.004", "--alpha-lr-act",
+              "0.01", "--alpha-lr-weight", "0.002", "--calib-batches", "2", "--quiet", "--json",
+              "--export", "onnx", "-o", out, timeout=1200).check_ok()
+    assert top1_of(r) > 80, r.stdout
+    top1 = top1_of(r)
+    exported = str(tmp_path / "ft.export.onnx")
+    m = onnx.load(exported)
+    onnx.checker.check_model(m, full_check=True)
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert abs(float(meta["qtune.top1"]) - top1) < 1e-3 and meta["qtune.top1_images"] == "10000"
+    x, y = datasets.load_cifar_jpeg(data, "test", 10000)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    s = ort.InferenceSession(exported, so, providers=["CPUExecutionProvider"])
+    logits = np.concatenate([s.run(None, {m.graph.input[0].name: x[i:i + 500]})[0]
+                             for i in range(0, len(x), 500)])
+    assert logits.shape == (10000, 10) and np.all(np.isfinite(logits))
+    ort_top1 = 100.0 * float((logits.argmax(1) == y).mean())
+    print("top-1 on the test split: onnxruntime %.2f%%, qtune %.2f%%" % (ort_top1, top1))
+    assert abs(ort_top1 - top1) <= 0.15, (ort_top1, top1)
