@@ -3,6 +3,7 @@
 #include "calib.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -28,6 +29,49 @@ struct feed {
     const struct qt_tensor *in[1];
 };
 
+static int *calib_permutation(const struct qt_dataset *ds, const struct qt_calib_config *c)
+{
+    int *perm = malloc(sizeof(int) * (ds->n + 1));
+    if (!perm) return NULL;
+    for (int i = 0; i < ds->n; i++)
+        perm[i] = i;
+    struct qt_rng rng;
+    qt_rng_seed(&rng, c->seed ^ 0x63616c6962ull);
+    qt_rng_shuffle(&rng, perm, ds->n);
+    return perm;
+}
+
+int qt_calib_holdout(struct qt_dataset *out, const struct qt_dataset *ds,
+                     const struct qt_calib_config *c, int n, struct qt_error *e)
+{
+    memset(out, 0, sizeof *out);
+    if ((int64_t)c->batches * c->batch + n > ds->n)
+        return qt_err(e, "the training split has %d images, too few for %d calibration and %d "
+                         "held-out images", ds->n, c->batches * c->batch, n);
+    int *perm = calib_permutation(ds, c);
+    const size_t img = (size_t)ds->c * ds->h * ds->w;
+    out->pixels = malloc(img * n + 1);
+    out->labels = malloc(sizeof(int32_t) * (n + 1));
+    if (!perm || !out->pixels || !out->labels) {
+        free(perm);
+        qt_dataset_free(out);
+        return qt_err(e, "out of memory for %d held-out images", n);
+    }
+    for (int i = 0; i < n; i++) {
+        const int k = perm[ds->n - n + i];
+        memcpy(out->pixels + img * i, ds->pixels + img * k, img);
+        out->labels[i] = ds->labels[k];
+    }
+    free(perm);
+    out->n = n;
+    out->c = ds->c;
+    out->h = ds->h;
+    out->w = ds->w;
+    out->nclasses = ds->nclasses;
+    snprintf(out->kind, sizeof out->kind, "%s", ds->kind);
+    return 0;
+}
+
 static int feed_open(struct feed *f, const struct qt_graph *g, const struct qt_dataset *ds,
                      const struct qt_calib_config *c, struct qt_error *e)
 {
@@ -41,12 +85,7 @@ static int feed_open(struct feed *f, const struct qt_graph *g, const struct qt_d
     f->nb = c->batches;
     if ((int64_t)f->nb * bsz > ds->n) f->nb = ds->n / bsz;
     if (f->nb < 1) return qt_err(e, "the training split has fewer than %d images", bsz);
-    f->perm = malloc(sizeof(int) * ds->n);
-    for (int i = 0; i < ds->n; i++)
-        f->perm[i] = i;
-    struct qt_rng rng;
-    qt_rng_seed(&rng, c->seed ^ 0x63616c6962ull);
-    qt_rng_shuffle(&rng, f->perm, ds->n);
+    if (!(f->perm = calib_permutation(ds, c))) return qt_err(e, "out of memory");
     struct qt_shape xs = {4, {bsz, ds->c, ds->h, ds->w}};
     f->x = qt_tensor_new(QT_F32, &xs);
     f->in[0] = f->x;

@@ -45,4 +45,10 @@ int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct q
                         const struct qt_calib_config *c, int set_alphas, struct qt_calib_report *r,
                         struct qt_error *e);
 
+/* A dataset of `n` training images that calibration does not use: the last n of the seeded
+ * permutation whose first batches it takes (pixels copied; free with qt_dataset_free). Fails
+ * when the split is too small to hold both. */
+int qt_calib_holdout(struct qt_dataset *out, const struct qt_dataset *ds,
+                     const struct qt_calib_config *c, int n, struct qt_error *e);
+
 #endif

@@ -19,17 +19,26 @@ struct qt_prepare_config {
     struct qt_calib_config calib;
     int eval_batch;
     int64_t test_limit; /* 0: the whole test split */
+    int holdout;        /* training images held out to decide on BatchNorm re-estimation */
 };
 
 struct qt_prepare_report {
     int unfolded; /* BatchNorms put back */
     struct qt_quant_summary quant;
     struct qt_calib_report calib;
+    /* BatchNorm running statistics after calibration: 1 re-estimated with the quantizers in
+     * place (held-out top-1 bn_top1[1] against bn_top1[0] with the model's own), 0 kept
+     * (no better on the held-out images, or no quantizer at all), -1 re-estimated without a
+     * check (the training split cannot spare c->holdout images) */
+    int bn_reestimated;
+    double bn_top1[2];
     int evaluated; /* eval holds the accuracy after calibration */
     struct qt_eval_result eval;
 };
 
-/* Prepares g (changed in place) on backend b; progress (may be NULL) follows the evaluation.
+/* Prepares g (changed in place) on backend b. A model without quantizers leaves unchanged
+ * (bit for bit). BatchNorm re-estimation is kept only when it raises the top-1 on c->holdout
+ * training images that calibration does not use; progress (may be NULL) follows the evaluation.
  * Returns 0, or -1 with e naming what failed. */
 int qt_finetune_prepare(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *train,
                         const struct qt_dataset *test, const struct qt_prepare_config *c,

@@ -38,6 +38,9 @@ static void usage(void)
         "  --folded H           Convs without BatchNorm (folded models): unfold (insert a\n"
         "                       BatchNorm, default) or direct (no standardization)\n"
         "  --calib-batches N    calibration batches (default 8)\n"
+        "  --holdout N          training images held out from calibration to decide whether\n"
+        "                       re-estimated BatchNorm statistics are kept (default 2000;\n"
+        "                       0: always re-estimate)\n"
         "  --export F           also write OUT with its quantizers lowered to standard ONNX\n"
         "                       (F: onnx, qdq or float; see qtune export) to OUT.export.onnx\n"
         "  --export-out PATH    where --export writes (default OUT.export.onnx)\n");
@@ -62,7 +65,7 @@ int cmd_finetune(int argc, char **argv)
     r.epochs = 1;
     const char *path = NULL, *first_last = "8", *alpha_init = "paper", *folded = "unfold";
     const char *int8_range = "absmax", *export_fmt = NULL, *export_out = NULL;
-    long wbits = 4, abits = 4, calib_batches = 8;
+    long wbits = 4, abits = 4, calib_batches = 8, holdout = 2000;
     int scheme = QT_QS_APOT, per_channel = 0, no_std = 0, reset = 0;
     double alpha_w = 3.0, alpha_a = 8.0;
     static struct qt_quant_override ov[MAX_OVERRIDES];
@@ -108,6 +111,11 @@ int cmd_finetune(int argc, char **argv)
                 return cli_fail("finetune: %s needs a bit width from 1 to 8", a);
             if (a[2] != 'a') wbits = v;
             if (a[2] != 'w') abits = v;
+        } else if (strcmp(a, "--holdout") == 0 && has) {
+            char *hend;
+            holdout = strtol(argv[++i], &hend, 10);
+            if (*hend || !*argv[i] || holdout < 0 || holdout > 1000000)
+                return cli_fail("finetune: --holdout needs a number of images (0: no check)");
         } else if (strcmp(a, "--calib-batches") == 0 && has) {
             if ((calib_batches = cli_parse_long(argv[++i])) <= 0)
                 return cli_fail("finetune: --calib-batches needs a positive integer");
@@ -196,7 +204,8 @@ int cmd_finetune(int argc, char **argv)
         r.resume != NULL,
         {(int)calib_batches, (int)r.batch, r.seed, d.mean, d.std, 65536, 2},
         (int)r.batch,
-        r.test_limit};
+        r.test_limit,
+        (int)holdout};
     struct qt_prepare_report pr;
     struct cli_progress prog;
     cli_progress_init(&prog, "eval", "img", r.quiet);
@@ -216,13 +225,28 @@ int cmd_finetune(int argc, char **argv)
                 qs.layers, qs.weight, qs.act, qs.act_signed, qt_quant_scheme_name(scheme), wbits,
                 abits, qs.kept ? ", alphas kept from the input model" : "",
                 qs.reset ? ", alphas re-initialized" : "");
-        if (pr.evaluated)
+        if (pr.evaluated) {
+            char bn[200];
+            if (qs.weight + qs.act == 0)
+                snprintf(bn, sizeof bn, "no quantizer: nothing calibrated");
+            else if (pr.bn_reestimated < 0)
+                snprintf(bn, sizeof bn,
+                         "running statistics of %d BatchNorms re-estimated (unchecked: %s)",
+                         pr.calib.bn, holdout ? "the training split cannot spare the held-out "
+                                                "images" : "--holdout 0");
+            else
+                snprintf(bn, sizeof bn,
+                         "running statistics of %d BatchNorms %s (held-out top-1 %.2f%% "
+                         "re-estimated, %.2f%% as they were)",
+                         pr.calib.bn, pr.bn_reestimated ? "re-estimated" : "kept as they were",
+                         pr.bn_top1[1], pr.bn_top1[0]);
             fprintf(stderr,
-                    "calibration (%.1f s): %s; running statistics of %d BatchNorms re-estimated\n"
+                    "calibration (%.1f s): %s; %s\n"
                     "%s: test top-1 %.2f%% top-5 %.2f%%\n",
-                    pr.calib.seconds, calib_alphas ? "alphas from data" : "paper alphas",
-                    pr.calib.bn, calib_alphas ? "post-training quantization" : "before fine-tuning",
+                    pr.calib.seconds, calib_alphas ? "alphas from data" : "paper alphas", bn,
+                    calib_alphas ? "post-training quantization" : "before fine-tuning",
                     pr.eval.top1, pr.eval.top5);
+        }
     }
     const double ptq_top1 = pr.evaluated ? pr.eval.top1 : -1;
     const double ptq_top5 = pr.evaluated ? pr.eval.top5 : -1, ptq_loss = pr.eval.loss;

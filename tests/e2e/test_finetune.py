@@ -4,6 +4,7 @@ quantization and a short quantization-aware fine-tune on Fashion-MNIST, the quan
 uniform per-channel alphas, unfolding a BatchNorm-folded export, and bad settings."""
 import json
 import os
+import re
 
 import numpy as np
 import onnx
@@ -93,6 +94,44 @@ def test_ptq_then_finetune(qtune, fp_model, tmp_path):
     # eval of the written model reproduces the final test accuracy.
     e = qtune("eval", out, "--data", FMNIST, "--limit", "1000", "--json", "--quiet").check_ok()
     assert abs(last_json(e)["top1"] - res["top1"]) < 1e-6
+
+
+def test_ptq_without_quantizers_leaves_the_model_unchanged(qtune, fp_model, tmp_path):
+    """No quantizer at all: nothing is calibrated, and the logits are the input model's bit
+    for bit (BatchNorm statistics included)."""
+    fp, _, _ = fp_model
+    out = str(tmp_path / "float.onnx")
+    r = qtune("finetune", fp, "--layer", "*=float", "--first-last", "float", "--epochs", "0",
+              "-o", out, *[a for a in COMMON if a != "--quiet"]).check_ok()
+    assert "no quantizer: nothing calibrated" in r.stderr, r.stderr
+    x = np.random.default_rng(0).standard_normal((16, 1, 28, 28)).astype(np.float32)
+    np.save(str(tmp_path / "x.npy"), x)
+    ys = []
+    for m in (fp, out):
+        y = str(tmp_path / "y.npy")
+        qtune("run", m, "--input", str(tmp_path / "x.npy"), "--output", y).check_ok()
+        ys.append(np.load(y))
+    assert ys[0].shape == ys[1].shape == (16, 10) and np.all(np.isfinite(ys[0]))
+    assert np.array_equal(ys[0], ys[1])
+    want, got = inits(fp), inits(out)
+    for k, v in want.items():
+        assert np.array_equal(got[k], v), k
+
+
+def test_ptq_batchnorm_decision_is_reported(qtune, fp_model, tmp_path):
+    """Re-estimated BatchNorm statistics are kept only when they raise the top-1 on held-out
+    training images; the choice and both figures are reported, and --holdout 0 skips the
+    check."""
+    fp, _, _ = fp_model
+    args = [a for a in COMMON if a != "--quiet"]
+    r = qtune("finetune", fp, "--bits", "8", "--scheme", "uniform", "--no-standardize",
+              "--epochs", "0", "-o", str(tmp_path / "a.onnx"), *args).check_ok()
+    line = [l for l in r.stderr.splitlines() if l.startswith("calibration")][0]
+    assert re.search(r"BatchNorms (re-estimated|kept as they were) \(held-out top-1 "
+                     r"[0-9.]+% re-estimated, [0-9.]+% as they were\)", line), line
+    r = qtune("finetune", fp, "--bits", "4", "--epochs", "0", "--holdout", "0",
+              "-o", str(tmp_path / "b.onnx"), *args).check_ok()
+    assert "re-estimated (unchecked: --holdout 0)" in r.stderr, r.stderr
 
 
 def test_inspect_lists_quantizers(qtune, fp_model, tmp_path):
