@@ -323,12 +323,12 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
         const int c = x < 0 ? n - 1 - k : n - 1 + k;
         code[i] = (uint8_t)c;
         if (!(slv[c] * al_c == wq[i])) {
-            const int64_t bad = i;
+            qt_err(e, "layer '%s': weight %lld decodes to %.9g but qtune's forward gives %.9g "
+                      "(WeightQuant node '%s')", lname, (long long)i, (double)(slv[c] * al_c),
+                   (double)wq[i], q->name);
             free(wq);
             free(code);
-            return qt_err(e, "layer '%s': weight %lld decodes to %.9g but qtune's forward gives "
-                             "%.9g (WeightQuant node '%s')", lname, (long long)bad,
-                          (double)(slv[c] * al_c), (double)wq[bad], q->name);
+            return -1;
         }
     }
     char name[512], key[128];
