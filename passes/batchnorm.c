@@ -9,6 +9,15 @@
 #include "../graph/schema.h"
 #include "passes.h"
 
+double qt_bn_fold_channel(const struct qt_tensor *const p[4], float eps, const float *b, int64_t k,
+                          float *bias_out)
+{
+    const float *scale = p[0]->data, *bias = p[1]->data, *mean = p[2]->data, *var = p[3]->data;
+    const double s = scale[k] / sqrt((double)var[k] + eps);
+    *bias_out = (float)(((b ? (double)b[k] : 0.0) - mean[k]) * s + bias[k]);
+    return s;
+}
+
 int qt_pass_fold_batchnorm(struct qt_graph *g, struct qt_error *e)
 {
     int folded = 0;
@@ -47,17 +56,14 @@ int qt_pass_fold_batchnorm(struct qt_graph *g, struct qt_error *e)
             return qt_err(e, "%s: bias has %lld values for %lld output channels",
                           qt_node_desc(g, conv, d1, sizeof d1),
                           (long long)qt_shape_numel(&b->shape), (long long)kout);
-        const float *scale = p[0]->data, *bias = p[1]->data, *mean = p[2]->data, *var = p[3]->data;
         float eps = qt_node_float(bn, "epsilon", 1e-5f);
         struct qt_tensor *nw = qt_tensor_clone(w);
         struct qt_shape bs = {1, {kout}};
         struct qt_tensor *nb = qt_tensor_new(QT_F32, &bs);
         int64_t per = qt_shape_numel(&w->shape) / kout;
         for (int64_t k = 0; k < kout; k++) {
-            double s = scale[k] / sqrt((double)var[k] + eps);
+            const double s = qt_bn_fold_channel(p, eps, b ? b->data : NULL, k, (float *)nb->data + k);
             for (int64_t j = 0; j < per; j++) ((float *)nw->data)[k * per + j] = (float)(((float *)w->data)[k * per + j] * s);
-            double b0 = b ? ((const float *)b->data)[k] : 0.0;
-            ((float *)nb->data)[k] = (float)((b0 - mean[k]) * s + bias[k]);
         }
         char name[300];
         snprintf(name, sizeof name, "%s_folded_w", conv->name);

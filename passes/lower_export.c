@@ -113,15 +113,11 @@ static void node_name(char *buf, size_t n, const char *base, const char *suffix)
     snprintf(buf, n, "%s/%s", base, suffix);
 }
 
-/* The constant of key `key` when an earlier layer made it, else -1 (shared tables). */
-static int find_shared(const struct qt_graph *g, const char *key)
-{
-    return qt_graph_find_value(g, key);
-}
-
+/* The constant named `key` (tables shared by layers): the one an earlier layer made, else t
+ * (which is freed when not needed). */
 static int shared_const(struct qt_graph *g, const char *key, struct qt_tensor *t)
 {
-    int v = find_shared(g, key);
+    int v = qt_graph_find_value(g, key);
     if (v >= 0) {
         qt_tensor_free(t);
         return v;
@@ -129,6 +125,13 @@ static int shared_const(struct qt_graph *g, const char *key, struct qt_tensor *t
     v = qt_graph_add_value(g, key, t->dtype, &t->shape);
     g->values[v].init = t;
     return v;
+}
+
+static int shared_scalar(struct qt_graph *g, const char *key, float v)
+{
+    struct qt_tensor *t = tensor1(QT_F32, 0, NULL);
+    *(float *)t->data = v;
+    return shared_const(g, key, t);
 }
 
 static int cast(struct qt_graph *g, const char *name, int x, enum qt_dtype to)
@@ -207,6 +210,57 @@ static const char *layer_name(const struct qt_graph *g, const struct qt_node *q)
     return r >= 0 ? g->nodes[r].name : q->name;
 }
 
+/* The float32 weight initializer WeightQuant qi reads (its name copied to wname), or NULL
+ * with e set naming the layer. */
+static const struct qt_tensor *weight_of(struct lower *L, int qi, char *wname, size_t n)
+{
+    const struct qt_node *q = &L->g->nodes[qi];
+    const struct qt_tensor *w = L->g->values[q->in[0]].init;
+    snprintf(wname, n, "%s", L->g->values[q->in[0]].name);
+    if (!w || w->dtype != QT_F32) {
+        qt_err(L->e, "layer '%s': WeightQuant node '%s' does not read a float32 weight "
+                     "initializer", layer_name(L->g, q), q->name);
+        return NULL;
+    }
+    return w;
+}
+
+/* Format float (and 8-bit weights that stay as they are): the quantized weight wq (cnt values
+ * of shape `shape`, copied) replaces the reads of WeightQuant qi's output. */
+static void store_float(struct lower *L, int qi, const char *wname, const struct qt_shape *shape,
+                        const float *wq, int64_t cnt)
+{
+    char name[300];
+    struct qt_tensor *t = qt_tensor_new(QT_F32, shape);
+    memcpy(t->data, wq, sizeof(float) * cnt);
+    snprintf(name, sizeof name, "%s.quantized", wname);
+    qt_graph_replace_uses(L->g, L->g->nodes[qi].out[0], add_const(L->g, name, t));
+    L->rep->weight_bytes += (int64_t)sizeof(float) * cnt;
+}
+
+static int64_t fold_bn(struct lower *L, int qi, float **chan);
+
+/* The factor the decoded weight of WeightQuant qi is multiplied by: base (nbase values, 1 or
+ * one per output channel) times the per-channel scale of a BatchNorm folded into the layer
+ * (fold_bn), shaped [C, 1, ...] to broadcast over a weight of rank `rank`, or a scalar. */
+static struct qt_tensor *weight_scale(struct lower *L, int qi, int rank, const float *base,
+                                      int64_t nbase)
+{
+    float *chan;
+    const int64_t nch = fold_bn(L, qi, &chan);
+    const int64_t ns = nch > 0 ? nch : nbase;
+    struct qt_shape as = {.ndim = ns > 1 ? rank : 0};
+    if (ns > 1) {
+        as.d[0] = ns;
+        for (int k = 1; k < as.ndim; k++) as.d[k] = 1;
+    }
+    struct qt_tensor *t = qt_tensor_new(QT_F32, &as);
+    for (int64_t c = 0; c < ns; c++)
+        ((float *)t->data)[c] = base[nbase > 1 ? c : 0] * (chan ? chan[c] : 1.0f);
+    free(chan);
+    return t;
+}
+
 /* Format onnx: when the layer reading WeightQuant qi is a Conv whose output only an
  * inference BatchNormalization reads, folds that BatchNorm into the Conv: per output channel
  * s = scale / sqrt(var + eps) goes into `chan` (cout values, multiplied into the decoded
@@ -245,16 +299,11 @@ static int64_t fold_bn(struct lower *L, int qi, float **chan)
     if (conv->nin > 2 && conv->in[2] >= 0 && (!cb || cb->dtype != QT_F32 || qt_shape_numel(&cb->shape) != C))
         return 0;
     const float eps = qt_node_float(bn, "epsilon", 1e-5f);
-    const float *scale = p[0]->data, *bias = p[1]->data, *mean = p[2]->data, *var = p[3]->data;
     float *s = malloc(sizeof(float) * C);
     struct qt_shape bs = {.ndim = 1, .d = {C}};
     struct qt_tensor *b = qt_tensor_new(QT_F32, &bs);
-    for (int64_t c = 0; c < C; c++) {
-        const double sc = scale[c] / sqrt((double)var[c] + eps);
-        s[c] = (float)sc;
-        ((float *)b->data)[c] =
-            (float)(((cb ? (double)((const float *)cb->data)[c] : 0.0) - mean[c]) * sc + bias[c]);
-    }
+    for (int64_t c = 0; c < C; c++)
+        s[c] = (float)qt_bn_fold_channel(p, eps, cb ? cb->data : NULL, c, (float *)b->data + c);
     char name[512];
     snprintf(name, sizeof name, "%s.bias", g->values[bn->in[2]].name);
     const int vb = add_const(g, name, b);
@@ -280,12 +329,9 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
     const struct qt_node *q = &g->nodes[qi];
     const char *lname = layer_name(g, q);
     char wname[256];
-    snprintf(wname, sizeof wname, "%s", g->values[q->in[0]].name);
-    const struct qt_tensor *w = g->values[q->in[0]].init;
+    const struct qt_tensor *w = weight_of(L, qi, wname, sizeof wname);
+    if (!w) return -1;
     const struct qt_tensor *al = q->nin > 1 && q->in[1] >= 0 ? g->values[q->in[1]].init : NULL;
-    if (!w || w->dtype != QT_F32)
-        return qt_err(e, "layer '%s': WeightQuant node '%s' does not read a float32 weight "
-                         "initializer", lname, q->name);
     if (2 * qz->n - 1 > 256)
         return qt_err(e, "layer '%s': %d-bit weights have %d levels; codes of more than 8 bits "
                          "cannot be packed (at most 8-bit weights)", lname, a->bits, 2 * qz->n - 1);
@@ -334,12 +380,7 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
     char name[512], key[128];
     const int out = q->out[0];
     if (L->fmt == QT_EXPORT_FLOAT) {
-        struct qt_tensor *t = qt_tensor_new(QT_F32, &w->shape);
-        memcpy(t->data, wq, sizeof(float) * cnt);
-        snprintf(name, sizeof name, "%s.quantized", wname);
-        int v = add_const(g, name, t);
-        qt_graph_replace_uses(g, out, v);
-        L->rep->weight_bytes += (int64_t)sizeof(float) * cnt;
+        store_float(L, qi, wname, &w->shape, wq, cnt);
         free(wq);
         free(code);
         return 0;
@@ -363,13 +404,13 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
         L->rep->weight_bytes += cnt;
         snprintf(name, sizeof name, "%s.codes", wname);
         const int vc = add_const(g, name, ct);
-        float sc[4096];
-        if (nal > 4096) return qt_err(e, "layer '%s': more than 4096 output channels", lname);
+        float *sc = malloc(sizeof(float) * nal);
+        if (!sc) return qt_err(e, "layer '%s': out of memory", lname);
         for (int64_t c = 0; c < nal; c++) sc[c] = alpha[c] / (float)D;
         char qn[32];
         snprintf(qn, sizeof qn, "qw%d", L->nw);
-        dequant(g, qn, -1, vc, sc, nal, QT_I8, -1);
-        qt_graph_replace_uses(g, out, g->nodes[g->nnodes - 1].out[0]);
+        qt_graph_replace_uses(g, out, dequant(g, qn, -1, vc, sc, nal, QT_I8, -1));
+        free(sc);
         return 0;
     }
     /* codes per byte: the most whose base-L number (L = 2n - 1 levels) fits a byte and that
@@ -417,20 +458,8 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
         kl += snprintf(key + kl, sizeof key - kl, "%s%lld", k ? "x" : ".", (long long)w->shape.d[k]);
     }
     int vshape = shared_const(g, key, shp);
-    float *chan;
-    const int64_t nch = fold_bn(L, qi, &chan);
-    const int64_t ns = nch > 0 ? nch : nal;
-    struct qt_shape as = {.ndim = ns > 1 ? w->shape.ndim : 0};
-    if (ns > 1) {
-        as.d[0] = ns;
-        for (int k = 1; k < as.ndim; k++) as.d[k] = 1;
-    }
-    struct qt_tensor *at = qt_tensor_new(QT_F32, &as);
-    for (int64_t c = 0; c < ns; c++)
-        ((float *)at->data)[c] = alpha[nal > 1 ? c : 0] * (chan ? chan[c] : 1.0f);
-    free(chan);
     snprintf(name, sizeof name, "qw%d.alpha", L->nw);
-    int valpha = add_const(g, name, at);
+    int valpha = add_const(g, name, weight_scale(L, qi, w->shape.ndim, alpha, nal));
     char qn[32];
     snprintf(qn, sizeof qn, "qw%d", L->nw);
     node_name(name, sizeof name, qn, "c");
@@ -473,11 +502,8 @@ static int lower_weight_int8(struct lower *L, int qi, const struct qt_quant_attr
     const struct qt_node *q = &g->nodes[qi];
     const char *lname = layer_name(g, q);
     char wname[256];
-    snprintf(wname, sizeof wname, "%s", g->values[q->in[0]].name);
-    const struct qt_tensor *w = g->values[q->in[0]].init;
-    if (!w || w->dtype != QT_F32)
-        return qt_err(L->e, "layer '%s': WeightQuant node '%s' does not read a float32 weight "
-                            "initializer", lname, q->name);
+    const struct qt_tensor *w = weight_of(L, qi, wname, sizeof wname);
+    if (!w) return -1;
     const int64_t cnt = qt_shape_numel(&w->shape);
     float *wq = malloc(sizeof(float) * (cnt ? cnt : 1)), m = 0.0f;
     if (!wq) return qt_err(L->e, "layer '%s': out of memory", lname);
@@ -490,12 +516,8 @@ static int lower_weight_int8(struct lower *L, int qi, const struct qt_quant_attr
     }
     if (m <= 0.0f || L->fmt == QT_EXPORT_FLOAT) {
         /* m <= 0 (an all-zero weight, or with max scaling no positive weight) leaves W as it is */
-        struct qt_tensor *t = qt_tensor_new(QT_F32, &w->shape);
-        memcpy(t->data, wq, sizeof(float) * cnt);
+        store_float(L, qi, wname, &w->shape, wq, cnt);
         free(wq);
-        snprintf(name, sizeof name, "%s.quantized", wname);
-        qt_graph_replace_uses(g, out, add_const(g, name, t));
-        L->rep->weight_bytes += (int64_t)sizeof(float) * cnt;
         return 0;
     }
     const float *wd = w->data;
@@ -537,23 +559,12 @@ static int lower_weight_int8(struct lower *L, int qi, const struct qt_quant_attr
     }
     node_name(name, sizeof name, qn, "c");
     int vf = cast(g, name, vc, QT_F32);
-    int in2[2] = {vf, shared_const(g, "qtune.int8.steps", tensor1(QT_F32, 0, NULL))};
-    *(float *)g->values[in2[1]].init->data = 127.0f;
+    int in2[2] = {vf, shared_scalar(g, "qtune.int8.steps", 127.0f)};
     node_name(name, sizeof name, qn, "k");
     int vd = node(g, QT_OP_DIV, name, in2, 2, -1);
-    float *chan;
-    const int64_t nch = fold_bn(L, qi, &chan);
-    struct qt_shape ms = {.ndim = nch > 0 ? w->shape.ndim : 0};
-    if (nch > 0) {
-        ms.d[0] = nch;
-        for (int k = 1; k < ms.ndim; k++) ms.d[k] = 1;
-    }
-    struct qt_tensor *mt = qt_tensor_new(QT_F32, &ms);
-    for (int64_t c = 0; c < (nch > 0 ? nch : 1); c++) ((float *)mt->data)[c] = m * (chan ? chan[c] : 1.0f);
-    free(chan);
     snprintf(name, sizeof name, "%s.scale", wname);
     in2[0] = vd;
-    in2[1] = add_const(g, name, mt);
+    in2[1] = add_const(g, name, weight_scale(L, qi, w->shape.ndim, &m, 1));
     node_name(name, sizeof name, qn, "s");
     qt_graph_replace_uses(g, out, node(g, QT_OP_MUL, name, in2, 2, -1));
     return 0;
@@ -561,7 +572,7 @@ static int lower_weight_int8(struct lower *L, int qi, const struct qt_quant_attr
 
 /* ---- Activations ---- */
 
-int qt_act_buckets(const struct qt_apot_quantizer *qz, int32_t *table)
+int qt_act_buckets(const struct qt_apot_quantizer *qz, int32_t *table, float *thr_m)
 {
     for (int M = 2; M <= QT_ACT_MAX_BUCKETS; M *= 2) {
         int ok = 1, k = 0;
@@ -572,7 +583,10 @@ int qt_act_buckets(const struct qt_apot_quantizer *qz, int32_t *table)
             table[b] = k;
             ok = !(k + 1 < qz->n - 1 && qz->thr[k + 1] < hi); /* two thresholds in a bucket */
         }
-        if (ok) return M;
+        if (!ok) continue;
+        for (int b = 0; b < M; b++)
+            thr_m[b] = table[b] < qz->n - 1 ? qz->thr[table[b]] * (float)M : INFINITY;
+        return M;
     }
     return -1;
 }
@@ -601,7 +615,8 @@ static int lower_act(struct lower *L, int qi, const struct qt_quant_attrs *a,
                             "grid, which --format qdq needs (use --format onnx)",
                       lname, qt_quant_scheme_name(a->scheme), a->bits, sg ? "signed" : "unsigned");
     int32_t tab[QT_ACT_MAX_BUCKETS];
-    const int M = qt_act_buckets(qz, tab);
+    float tthr[QT_ACT_MAX_BUCKETS];
+    const int M = qt_act_buckets(qz, tab, tthr);
     if (M < 0)
         return qt_err(L->e, "layer '%s': the thresholds of %s %d-bit activations lie closer than "
                             "1/%d apart", lname, qt_quant_scheme_name(a->scheme), a->bits,
@@ -629,8 +644,7 @@ static int lower_act(struct lower *L, int qi, const struct qt_quant_attrs *a,
     const int vtab = shared_const(g, key, tt);
     snprintf(key, sizeof key, "qtune.thresholds.%s%d.%s", kind, a->bits, sgn);
     struct qt_tensor *th = tensor1(QT_F32, 1, &nm);
-    for (int b = 0; b < M; b++)
-        ((float *)th->data)[b] = tab[b] < n - 1 ? qz->thr[tab[b]] * (float)M : INFINITY;
+    memcpy(th->data, tthr, sizeof(float) * M);
     const int vthr = shared_const(g, key, th);
     /* the quantized values alpha * level, as qtune computes them */
     const int64_t nl = n;
@@ -651,10 +665,8 @@ static int lower_act(struct lower *L, int qi, const struct qt_quant_attrs *a,
     int vc;
     if (g->opset >= 11) {
         snprintf(key, sizeof key, "qtune.bucket_last.%d", M);
-        struct qt_tensor *hi = tensor1(QT_F32, 0, NULL);
-        *(float *)hi->data = (float)(M - 1);
-        const int in3[3] = {vm, shared_const(g, "qtune.zero", tensor1(QT_F32, 0, NULL)),
-                            shared_const(g, key, hi)};
+        const int in3[3] = {vm, shared_scalar(g, "qtune.zero", 0.0f),
+                            shared_scalar(g, key, (float)(M - 1))};
         vc = node(g, QT_OP_CLIP, name, in3, 3, -1);
     } else {
         vc = node(g, QT_OP_CLIP, name, &vm, 1, -1);

@@ -12,6 +12,12 @@ int qt_pass_canonicalize(struct qt_graph *g, struct qt_error *e);
 /* Folds each inference BatchNormalization that follows a Conv into the Conv's weight and
  * bias (for evaluation and inference runs; training keeps BatchNorm). */
 int qt_pass_fold_batchnorm(struct qt_graph *g, struct qt_error *e);
+/* Channel k of that folding, for a BatchNorm with parameters p (scale, bias, mean, variance,
+ * float32) and epsilon eps after a layer with bias b (NULL: none): returns the factor
+ * s = scale / sqrt(var + eps) for the weights and writes the folded bias (b - mean) * s + bias
+ * to *bias_out. The export pass folds BatchNorm with it too. */
+double qt_bn_fold_channel(const struct qt_tensor *const p[4], float eps, const float *b, int64_t k,
+                          float *bias_out);
 
 /* Inserts a BatchNormalization after every Conv whose output no BatchNormalization reads
  * (models exported with BatchNorm folded), so that weight standardization has a BatchNorm to
@@ -85,12 +91,13 @@ const char *qt_export_format_name(enum qt_export_format f);
 /* 0, or -1 for a name that is not a format. */
 int qt_export_format_parse(const char *s, enum qt_export_format *f);
 
-/* The bucket table of an activation quantizer's export form (lower_export.c): returns the
+/* The bucket tables of an activation quantizer's export form (lower_export.c): returns the
  * smallest power of two M <= QT_ACT_MAX_BUCKETS such that no interval [b/M, (b+1)/M) holds
- * two of qz's thresholds, with table[b] = the number of thresholds below b/M; -1 if none. */
+ * two of qz's thresholds, with table[b] = the number of thresholds below b/M and thr_m[b] the
+ * threshold that may lie in bucket b, times M (+inf where none does); -1 if no M fits. */
 #define QT_ACT_MAX_BUCKETS 4096
 struct qt_apot_quantizer;
-int qt_act_buckets(const struct qt_apot_quantizer *qz, int32_t *table);
+int qt_act_buckets(const struct qt_apot_quantizer *qz, int32_t *table, float *thr_m);
 
 struct qt_export_report {
     int weights, acts;    /* quantizers lowered */

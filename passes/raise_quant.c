@@ -50,12 +50,11 @@ static int same_floats(const struct qt_tensor *t, const float *v, int64_t n)
            memcmp(t->data, v, sizeof(float) * n) == 0;
 }
 
-/* Level values alpha * levels (sign -1: negated), exactly as the export wrote them. */
-static int values_match(const struct qt_tensor *t, const struct qt_apot_quantizer *qz,
-                        float alpha, float sign)
+/* The values alpha * level, exactly as the export wrote them. */
+static int values_match(const struct qt_tensor *t, const struct qt_apot_quantizer *qz, float alpha)
 {
     float v[QT_APOT_MAX_LEVELS];
-    for (int k = 0; k < qz->n; k++) v[k] = alpha * (sign * qz->levels[k]);
+    for (int k = 0; k < qz->n; k++) v[k] = alpha * qz->levels[k];
     return same_floats(t, v, qz->n);
 }
 
@@ -70,14 +69,13 @@ static int identify(struct qt_quant_attrs *a, const struct qt_graph *g, int is_s
         for (int bits = 1; bits <= 9; bits++) {
             struct qt_apot_quantizer qz;
             int32_t t[QT_ACT_MAX_BUCKETS];
+            float thr[QT_ACT_MAX_BUCKETS];
             if (qt_apot_quantizer_init(&qz, scheme == QT_QS_APOT ? QT_SCHEME_APOT : QT_SCHEME_UNIFORM,
                                        bits, is_signed) ||
-                qt_act_buckets(&qz, t) != M || memcmp(t, tab->data, sizeof(int32_t) * M) != 0)
+                qt_act_buckets(&qz, t, thr) != M || memcmp(t, tab->data, sizeof(int32_t) * M) != 0)
                 continue;
-            float thr[QT_ACT_MAX_BUCKETS];
-            for (int b = 0; b < M; b++) thr[b] = t[b] < qz.n - 1 ? qz.thr[t[b]] * (float)M : INFINITY;
             if (!same_floats(g->values[vthr].init, thr, M)) continue;
-            if (!values_match(g->values[vvals].init, &qz, alpha, 1.0f)) continue;
+            if (!values_match(g->values[vvals].init, &qz, alpha)) continue;
             a->scheme = scheme;
             a->bits = bits;
             a->is_signed = is_signed;

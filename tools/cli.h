@@ -3,6 +3,7 @@
 #ifndef QT_CLI_H
 #define QT_CLI_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../graph/graph.h"
@@ -40,6 +41,16 @@ void cli_progress_end(struct cli_progress *p);
 /* Lowers the quantized model at `path` to `format` (onnx, qdq, float) and writes it to out
  * (nothing written on error); top1 >= 0 is recorded in the metadata with the number of
  * images it was measured on. rep receives the counts. Returns the exit status. */
+/* Evaluates the model at `path` (loaded for inference) on split `split` of DATA with the
+ * normalization of --preset or --mean/--std (else the model's own), on `device`; prints
+ * errors prefixed with cmd. Writes the result to r and the backend's name to device_name
+ * (may be NULL). Returns the exit status. */
+struct qt_eval_result;
+int cli_evaluate(const char *cmd, const char *path, const char *data, const char *split,
+                 const char *preset, const char *mean_s, const char *std_s, long batch,
+                 long limit, const char *device, long threads, int quiet,
+                 struct qt_eval_result *r, char *device_name, size_t device_len);
+
 struct qt_export_report;
 int cli_export(const char *path, const char *format, const char *out, double top1,
                int64_t images, struct qt_export_report *rep);

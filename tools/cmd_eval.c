@@ -24,6 +24,41 @@ static void usage(void)
            "Without --mean/--std/--preset the normalization stored in the model is used.\n");
 }
 
+int cli_evaluate(const char *cmd, const char *path, const char *data, const char *split,
+                 const char *preset, const char *mean_s, const char *std_s, long batch,
+                 long limit, const char *device, long threads, int quiet,
+                 struct qt_eval_result *r, char *device_name, size_t device_len)
+{
+    struct qt_graph *g = cli_load_model(path, 1);
+    if (!g) return 1;
+    struct qt_error e;
+    struct qt_dataset ds;
+    memset(&ds, 0, sizeof ds);
+    int rc = 0;
+    struct qt_backend *b = NULL;
+    if (!quiet) fprintf(stderr, "loading %s (%s split)...\n", data, split);
+    if (qt_dataset_load(&ds, data, split, &e)) {
+        rc = cli_fail("%s", e.msg);
+        goto out;
+    }
+    float mean[4], std[4];
+    if ((rc = cli_normalization(cmd, g, path, preset, mean_s, std_s, ds.c, mean, std))) goto out;
+    if (!(b = qt_backend_new(device, (int)threads, &e))) {
+        rc = cli_fail("%s: %s", cmd, e.msg);
+        goto out;
+    }
+    if (device_name) snprintf(device_name, device_len, "%s", b->name);
+    struct cli_progress prog;
+    cli_progress_init(&prog, "eval", "img", quiet);
+    if (qt_evaluate(g, b, &ds, mean, std, (int)batch, limit, cli_progress_update, &prog, r, &e))
+        rc = cli_fail("'%s': %s", path, e.msg);
+out:
+    if (b) b->destroy(b);
+    qt_dataset_free(&ds);
+    qt_graph_free(g);
+    return rc;
+}
+
 int cmd_eval(int argc, char **argv)
 {
     const char *path = NULL, *data = NULL, *split = "test", *preset = NULL, *device = "auto";
@@ -59,40 +94,16 @@ int cmd_eval(int argc, char **argv)
         return cli_fail("eval: --split must be train or test, not '%s'", split);
     if ((mean_s != NULL) != (std_s != NULL)) return cli_fail("eval: --mean and --std go together");
 
-    struct qt_graph *g = cli_load_model(path, 1);
-    if (!g) return 1;
-    struct qt_error e;
-    struct qt_dataset ds;
-    memset(&ds, 0, sizeof ds);
-    int rc = 0;
-    struct qt_backend *b = NULL;
-    if (!quiet) fprintf(stderr, "loading %s (%s split)...\n", data, split);
-    if (qt_dataset_load(&ds, data, split, &e)) {
-        rc = cli_fail("%s", e.msg);
-        goto out;
-    }
-    float mean[4], std[4];
-    if ((rc = cli_normalization("eval", g, path, preset, mean_s, std_s, ds.c, mean, std))) goto out;
-    if (!(b = qt_backend_new(device, (int)threads, &e))) {
-        rc = cli_fail("eval: %s", e.msg);
-        goto out;
-    }
-    struct cli_progress prog;
-    cli_progress_init(&prog, "eval", "img", quiet);
     struct qt_eval_result r;
-    if (qt_evaluate(g, b, &ds, mean, std, (int)batch, limit, cli_progress_update, &prog, &r, &e)) {
-        rc = cli_fail("'%s': %s", path, e.msg);
-        goto out;
-    }
+    char dev[32];
+    int rc = cli_evaluate("eval", path, data, split, preset, mean_s, std_s, batch, limit, device,
+                          threads, quiet, &r, dev, sizeof dev);
+    if (rc) return rc;
     printf("%s on %s (%s, %lld images): top-1 %.2f%%  top-5 %.2f%%  loss %.4f  %.0f images/s  %.1f s\n",
            path, data, split, (long long)r.images, r.top1, r.top5, r.loss, r.images_per_s, r.seconds);
     if (json)
         printf("{\"top1\": %.4f, \"top5\": %.4f, \"loss\": %.6f, \"images\": %lld, "
                "\"images_per_s\": %.2f, \"seconds\": %.3f, \"batch\": %ld, \"device\": \"%s\"}\n",
-               r.top1, r.top5, r.loss, (long long)r.images, r.images_per_s, r.seconds, batch, b->name);
-out:
-    if (b) b->destroy(b);
-    qt_dataset_free(&ds);
-    qt_graph_free(g);
-    return rc;
+               r.top1, r.top5, r.loss, (long long)r.images, r.images_per_s, r.seconds, batch, dev);
+    return 0;
 }

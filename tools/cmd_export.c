@@ -6,7 +6,6 @@
 
 #include "../onnx/onnx.h"
 #include "../passes/passes.h"
-#include "../runtime/data/dataset.h"
 #include "../runtime/loops.h"
 #include "../util/version.h"
 #include "cli.h"
@@ -22,39 +21,6 @@ static void usage(void)
            "  --limit N       evaluate the first N test images only\n"
            "  --json          print a JSON summary as the last line\n"
            "A model without quantizers is written as its canonicalized float graph in every format.\n");
-}
-
-/* Evaluates the model at `path` on DATA's test split (the quantized graph, before lowering). */
-static int measure(const char *path, const char *data, const char *preset, const char *mean_s,
-                   const char *std_s, long limit, struct qt_eval_result *r)
-{
-    struct qt_graph *g = cli_load_model(path, 1);
-    if (!g) return 1;
-    struct qt_error e;
-    struct qt_dataset ds;
-    memset(&ds, 0, sizeof ds);
-    struct qt_backend *b = NULL;
-    float mean[4], std[4];
-    int rc = 0;
-    if (qt_dataset_load(&ds, data, "test", &e)) {
-        rc = cli_fail("export: %s", e.msg);
-        goto out;
-    }
-    if ((rc = cli_normalization("export", g, path, preset, mean_s, std_s, ds.c, mean, std)))
-        goto out;
-    if (!(b = qt_backend_new("auto", 0, &e))) {
-        rc = cli_fail("export: %s", e.msg);
-        goto out;
-    }
-    struct cli_progress prog;
-    cli_progress_init(&prog, "eval", "img", 0);
-    if (qt_evaluate(g, b, &ds, mean, std, 128, limit, cli_progress_update, &prog, r, &e))
-        rc = cli_fail("'%s': %s", path, e.msg);
-out:
-    if (b) b->destroy(b);
-    qt_dataset_free(&ds);
-    qt_graph_free(g);
-    return rc;
 }
 
 int cli_export(const char *path, const char *format, const char *out, double top1,
@@ -122,7 +88,9 @@ int cmd_export(int argc, char **argv)
     memset(&r, 0, sizeof r);
     r.top1 = -1;
     if (data) {
-        int rc = measure(path, data, preset, mean_s, std_s, limit, &r);
+        /* the quantized graph, before lowering */
+        int rc = cli_evaluate("export", path, data, "test", preset, mean_s, std_s, 128, limit,
+                              "auto", 0, 0, &r, NULL, 0);
         if (rc) return rc;
     }
     struct qt_export_report rep;

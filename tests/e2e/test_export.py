@@ -20,6 +20,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import apot_ref as ref
+from apot_ref import around, f32
 import datasets
 from conftest import require_shared
 
@@ -27,19 +28,6 @@ ort = pytest.importorskip("onnxruntime")
 
 SHARED_MODEL = "models/resnet20_cifar10_fp32_bn.onnx"
 SHARED_DATA = "data/cifar10-jpeg.tar.gz"
-
-
-def f32(v):
-    return np.float32(v)
-
-
-def around(v, k):
-    out, lo, hi = [f32(v)], f32(v), f32(v)
-    for _ in range(k):
-        lo = np.nextafter(lo, f32(-np.inf))
-        hi = np.nextafter(hi, f32(np.inf))
-        out += [lo, hi]
-    return out
 
 
 def thresholds(lv):

@@ -9,7 +9,9 @@ Conventions shared with qtune (APOT.md leaves them open): a value exactly halfwa
 levels goes to the lower one; signed tensors use B = bits - 1 magnitude bits, unsigned
 activations B = bits; the signed activation quantizer's input gradient is clipped to
 |x| <= 1; mean and unbiased std are computed in float64 and rounded to float32; dalpha is
-summed in float64 over float32 products."""
+summed in float64 over float32 products. f32 and around build test inputs at and beside
+given float32 values."""
+import numpy as np
 import torch
 
 APOT = "apot"
@@ -158,3 +160,17 @@ def int8_weight_quant(w, abs_max=False):
     straight-through gradient. Returns (Wq, m)."""
     m = (w.detach().abs().max() if abs_max else w.detach().max())
     return _Int8Quant.apply(w, m), m
+
+
+def f32(v):
+    return np.float32(v)
+
+
+def around(v, k):
+    """v and the k floats on each side of it (float32)."""
+    out, lo, hi = [f32(v)], f32(v), f32(v)
+    for _ in range(k):
+        lo = np.nextafter(lo, f32(-np.inf))
+        hi = np.nextafter(hi, f32(np.inf))
+        out += [lo, hi]
+    return out

@@ -14,21 +14,7 @@ import pytest
 import torch
 
 import apot_ref as ref
-
-
-
-def f32(v):
-    return np.float32(v)
-
-
-def around(v, k):
-    """v and the k floats on each side of it (float32)."""
-    out, lo, hi = [f32(v)], f32(v), f32(v)
-    for _ in range(k):
-        lo = np.nextafter(lo, f32(-np.inf))
-        hi = np.nextafter(hi, f32(np.inf))
-        out += [lo, hi]
-    return out
+from apot_ref import around, f32
 
 
 def midpoints(lv):
