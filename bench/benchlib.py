@@ -55,8 +55,11 @@ class Log:
 def header(log, title):
     """The run's first lines: what it measures, the exact command, date, machine, load."""
     log(title)
-    log("command:  .venv/bin/python %s" % shlex.join(
-        [os.path.relpath(os.path.abspath(sys.argv[0]), REPO)] + sys.argv[1:]))
+    py = sys.executable
+    if os.path.abspath(py).startswith(REPO + os.sep):
+        py = os.path.relpath(os.path.abspath(py), REPO)
+    log("command:  %s %s" % (py, shlex.join(
+        [os.path.relpath(os.path.abspath(sys.argv[0]), REPO)] + sys.argv[1:])))
     log("date:     %s" % time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     log("machine:  %s, %d logical CPUs" % (cpu_name(), os.cpu_count()))
 

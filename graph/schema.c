@@ -2,6 +2,8 @@
  * Inference handles symbolic dimensions (load time) and concrete shapes (run time) alike. */
 #include "schema.h"
 
+#include "kernels/common/apot.h"
+
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
@@ -829,8 +831,8 @@ int qt_quant_attrs_get(const struct qt_node *n, struct qt_quant_attrs *a, struct
     int64_t bits = qt_node_int(n, "bits", -1), sg = qt_node_int(n, "signed", weight ? 1 : 0);
     int64_t st = qt_node_int(n, "standardize", weight && a->scheme <= QT_QS_UNIFORM ? 1 : 0);
     if (sg != 0 && sg != 1) return qt_err(e, "%s node '%s': signed must be 0 or 1", what, n->name);
-    if (st != 0 && st != 1)
-        return qt_err(e, "%s node '%s': standardize must be 0 or 1", what, n->name);
+    if (st < QT_STD_NONE || st > QT_STD_RESTORE)
+        return qt_err(e, "%s node '%s': standardize must be 0, 1 or 2", what, n->name);
     a->is_signed = (int)sg;
     a->standardize = (int)st;
     /* -1 stays "missing"; values beyond int's range are out of range either way */

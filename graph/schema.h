@@ -81,7 +81,9 @@ int64_t qt_window_out(int64_t in, int64_t k, int64_t s, int64_t d, int64_t pb, i
  *   scheme  "apot" | "uniform"
  *   bits    total bits (2..8 signed, 1..8 unsigned; apot signed up to 6, unsigned up to 5)
  *   signed  1 for weights; activations: 0 after a ReLU, 1 where the producer can be negative
- *   standardize (WeightQuant) 1: weights standardized per tensor before quantizing (default)
+ *   standardize (WeightQuant) 1: weights standardized per tensor before quantizing (default);
+ *               2: standardized, quantized, then mapped back: Wq = sigma * alpha * q + mu
+ *               (post-training quantization); 0: not standardized
  * alpha holds one value, or (uniform WeightQuant only) one per output channel.
  * WeightQuant with scheme "max" or "absmax" is the 8-bit first/last layer quantizer:
  *   no alpha input; Wq = round(W / m * 127) / 127 * m with m = max(W) or max |W|. */

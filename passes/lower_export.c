@@ -241,24 +241,40 @@ static void store_float(struct lower *L, int qi, const char *wname, const struct
 static int64_t fold_bn(struct lower *L, int qi, float **chan);
 
 /* The factor the decoded weight of WeightQuant qi is multiplied by: base (nbase values, 1 or
- * one per output channel) times the per-channel scale of a BatchNorm folded into the layer
- * (fold_bn), shaped [C, 1, ...] to broadcast over a weight of rank `rank`, or a scalar. */
+ * one per output channel) times mul times the per-channel scale of a BatchNorm folded into the
+ * layer (fold_bn), shaped [C, 1, ...] to broadcast over a weight of rank `rank`, or a scalar.
+ * When off is not NULL, *off receives the offset added after it: add times the same
+ * per-channel scale, in the same shape. */
 static struct qt_tensor *weight_scale(struct lower *L, int qi, int rank, const float *base,
-                                      int64_t nbase)
+                                      int64_t nbase, float mul, float add, struct qt_tensor **off)
 {
     float *chan;
     const int64_t nch = fold_bn(L, qi, &chan);
-    const int64_t ns = nch > 0 ? nch : nbase;
-    struct qt_shape as = {.ndim = ns > 1 ? rank : 0};
-    if (ns > 1) {
-        as.d[0] = ns;
-        for (int k = 1; k < as.ndim; k++) as.d[k] = 1;
-    }
+    const int64_t ns = nch > 0 ? nch : nbase, no = nch > 0 ? nch : 1;
+    struct qt_shape as = {.ndim = ns > 1 ? rank : 0}, os = {.ndim = no > 1 ? rank : 0};
+    for (int k = 0; k < rank; k++) as.d[k] = os.d[k] = 1;
+    as.d[0] = ns;
+    os.d[0] = no;
     struct qt_tensor *t = qt_tensor_new(QT_F32, &as);
     for (int64_t c = 0; c < ns; c++)
-        ((float *)t->data)[c] = base[nbase > 1 ? c : 0] * (chan ? chan[c] : 1.0f);
+        ((float *)t->data)[c] = base[nbase > 1 ? c : 0] * mul * (chan ? chan[c] : 1.0f);
+    if (off) {
+        *off = qt_tensor_new(QT_F32, &os);
+        for (int64_t c = 0; c < no; c++)
+            ((float *)(*off)->data)[c] = add * (chan ? chan[c] : 1.0f);
+    }
     free(chan);
     return t;
+}
+
+/* The map back of standardized weights (QT_STD_RESTORE): y = x + mu, x the scaled weight. */
+static int add_offset(struct lower *L, const char *qn, int x, struct qt_tensor *off)
+{
+    char name[512];
+    snprintf(name, sizeof name, "%s.mu", qn);
+    const int in2[2] = {x, add_const(L->g, name, off)};
+    node_name(name, sizeof name, qn, "m");
+    return node(L->g, QT_OP_ADD, name, in2, 2, -1);
 }
 
 /* Format onnx: when the layer reading WeightQuant qi is a Conv whose output only an
@@ -357,6 +373,7 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
     }
     float mu = 0.0f, sigma = 1.0f, slv[2 * QT_APOT_MAX_LEVELS];
     quant_weight_forward_cpu(wq, &mu, &sigma, w->data, alpha, nal, a->standardize, qz, cnt);
+    const int restore = a->standardize == QT_STD_RESTORE;
     signed_levels(slv, qz);
     const int n = qz->n, per = (int)(cnt / nal);
     const float *wd = w->data;
@@ -368,9 +385,10 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
         const int k = qt_apot_nearest_index(m, qz->thr, n);
         const int c = x < 0 ? n - 1 - k : n - 1 + k;
         code[i] = (uint8_t)c;
-        if (!(slv[c] * al_c == wq[i])) {
+        const float dec = qt_apot_weight_out(slv[c] * al_c, mu, sigma, a->standardize);
+        if (!(dec == wq[i])) {
             qt_err(e, "layer '%s': weight %lld decodes to %.9g but qtune's forward gives %.9g "
-                      "(WeightQuant node '%s')", lname, (long long)i, (double)(slv[c] * al_c),
+                      "(WeightQuant node '%s')", lname, (long long)i, (double)dec,
                    (double)wq[i], q->name);
             free(wq);
             free(code);
@@ -406,11 +424,17 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
         const int vc = add_const(g, name, ct);
         float *sc = malloc(sizeof(float) * nal);
         if (!sc) return qt_err(e, "layer '%s': out of memory", lname);
-        for (int64_t c = 0; c < nal; c++) sc[c] = alpha[c] / (float)D;
+        for (int64_t c = 0; c < nal; c++) sc[c] = (restore ? alpha[c] * sigma : alpha[c]) / (float)D;
         char qn[32];
         snprintf(qn, sizeof qn, "qw%d", L->nw);
-        qt_graph_replace_uses(g, out, dequant(g, qn, -1, vc, sc, nal, QT_I8, -1));
+        int vw = dequant(g, qn, -1, vc, sc, nal, QT_I8, -1);
         free(sc);
+        if (restore) {
+            struct qt_tensor *o = qt_tensor_new(QT_F32, &(struct qt_shape){.ndim = 0});
+            *(float *)o->data = mu;
+            vw = add_offset(L, qn, vw, o);
+        }
+        qt_graph_replace_uses(g, out, vw);
         return 0;
     }
     /* codes per byte: the most whose base-L number (L = 2n - 1 levels) fits a byte and that
@@ -459,7 +483,9 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
     }
     int vshape = shared_const(g, key, shp);
     snprintf(name, sizeof name, "qw%d.alpha", L->nw);
-    int valpha = add_const(g, name, weight_scale(L, qi, w->shape.ndim, alpha, nal));
+    struct qt_tensor *off = NULL;
+    int valpha = add_const(g, name, weight_scale(L, qi, w->shape.ndim, alpha, nal,
+                                                 restore ? sigma : 1.0f, mu, restore ? &off : NULL));
     char qn[32];
     snprintf(qn, sizeof qn, "qw%d", L->nw);
     node_name(name, sizeof name, qn, "c");
@@ -491,6 +517,7 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
     in2[0] = vr;
     in2[1] = valpha;
     int vw = node(g, QT_OP_MUL, name, in2, 2, -1);
+    if (off) vw = add_offset(L, qn, vw, off);
     qt_graph_replace_uses(g, out, vw);
     return 0;
 }
@@ -564,7 +591,7 @@ static int lower_weight_int8(struct lower *L, int qi, const struct qt_quant_attr
     int vd = node(g, QT_OP_DIV, name, in2, 2, -1);
     snprintf(name, sizeof name, "%s.scale", wname);
     in2[0] = vd;
-    in2[1] = add_const(g, name, weight_scale(L, qi, w->shape.ndim, &m, 1));
+    in2[1] = add_const(g, name, weight_scale(L, qi, w->shape.ndim, &m, 1, 1.0f, 0.0f, NULL));
     node_name(name, sizeof name, qn, "s");
     qt_graph_replace_uses(g, out, node(g, QT_OP_MUL, name, in2, 2, -1));
     return 0;
@@ -725,7 +752,9 @@ static void describe(struct qt_graph *g, int qi, const struct qt_quant_attrs *a)
     else
         snprintf(part, sizeof part, "%s %s%d %s%s", q->op == QT_OP_WEIGHTQUANT ? "weight" : "input",
                  qt_quant_scheme_name(a->scheme), a->bits, a->is_signed ? "signed" : "unsigned",
-                 q->op == QT_OP_WEIGHTQUANT && a->standardize ? " standardized" : "");
+                 q->op != QT_OP_WEIGHTQUANT || !a->standardize ? ""
+                 : a->standardize == QT_STD_RESTORE        ? " standardized mapped-back"
+                                                           : " standardized");
     const char *old = qt_graph_meta(g, key);
     if (old) snprintf(val, sizeof val, "%s; %s", old, part);
     else snprintf(val, sizeof val, "%s", part);

@@ -381,7 +381,7 @@ int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
                 }
                 const struct old_quant *o = find_old(olds, nold, lname, 1);
                 if (o && o->alpha && !c->reset_alphas && o->a.scheme == wa.scheme &&
-                    o->a.bits == wa.bits && o->a.standardize == wa.standardize &&
+                    o->a.bits == wa.bits && !o->a.standardize == !wa.standardize &&
                     qt_shape_numel(&o->alpha->shape) == nal)
                     memcpy(al, o->alpha->data, sizeof(float) * nal), sum->kept++;
                 else if (o)

@@ -80,13 +80,20 @@ struct qt_backend {
      * m values (qt_subsample_count of them). alpha_search: *alpha (backend memory) = the
      * alpha minimizing the quantization error of the n values x under qz (apot.h's
      * QT_ALPHA_* search). channel_moments: s1[c] += sum and s2[c] += sum of squares of x
-     * over [n, c, hw] per channel (doubles in backend memory). */
+     * over [n, c, hw] per channel (doubles in backend memory). range_max: *m (backend memory)
+     * = max(*m, largest x, or |x| when is_signed); alpha_percentile: *alpha = the nearest-rank
+     * p-th percentile of the n values x (or |x|), x used as scratch (quant_alpha_percentile_cpu
+     * has both definitions). */
     int (*subsample)(struct qt_backend *b, float *out, int64_t m, const float *x, int64_t n,
                      struct qt_error *e);
     int (*alpha_search)(struct qt_backend *b, float *alpha, const float *x, int64_t n,
                         const struct qt_apot_quantizer *qz, struct qt_error *e);
     int (*channel_moments)(struct qt_backend *b, double *s1, double *s2, const float *x, int64_t n,
                            int64_t c, int64_t hw, struct qt_error *e);
+    int (*range_max)(struct qt_backend *b, float *m, const float *x, int64_t n, int is_signed,
+                     struct qt_error *e);
+    int (*alpha_percentile)(struct qt_backend *b, float *alpha, float *x, int64_t n, double p,
+                            int is_signed, struct qt_error *e);
     /* Inference fast path: reads_layout, forward_infer and to_plain come together (all NULL:
      * qt_exec_forward runs forward on plain tensors); can_fuse may be NULL (nothing fused).
      * Whether op head's kernel can also compute post[0..npost), each the only reader of the

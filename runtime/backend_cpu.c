@@ -125,7 +125,7 @@ static int bwd_quant(const struct qt_quant_desc *q, const float *const *in, cons
     if (!q->weight)
         quant_act_backward_cpu(dx, dalpha, dy, in[0], in[1], &q->qz, q->n, acc[0], acc[1]);
     else
-        quant_weight_backward_cpu(dx, dalpha, dy, in[0], in[1], q->nalpha, stats, stats + 1, &q->qz,
+        quant_weight_backward_cpu(dx, dalpha, dy, in[0], in[1], q->nalpha, q->standardize, stats, stats + 1, &q->qz,
                                   q->n, acc[0], acc[1]);
     return 0;
 }
@@ -434,6 +434,24 @@ static int cpu_channel_moments(struct qt_backend *b, double *s1, double *s2, con
     return 0;
 }
 
+static int cpu_range_max(struct qt_backend *b, float *m, const float *x, int64_t n, int is_signed,
+                         struct qt_error *e)
+{
+    (void)b;
+    (void)e;
+    quant_range_max_cpu(m, x, n, is_signed);
+    return 0;
+}
+
+static int cpu_alpha_percentile(struct qt_backend *b, float *alpha, float *x, int64_t n, double p,
+                                int is_signed, struct qt_error *e)
+{
+    (void)b;
+    (void)e;
+    *alpha = quant_alpha_percentile_cpu(x, n, p, is_signed);
+    return 0;
+}
+
 static int cpu_sync(struct qt_backend *b, struct qt_error *e)
 {
     (void)b;
@@ -475,6 +493,8 @@ struct qt_backend *qt_backend_cpu_new(int threads)
     b->subsample = cpu_subsample;
     b->alpha_search = cpu_alpha_search;
     b->channel_moments = cpu_channel_moments;
+    b->range_max = cpu_range_max;
+    b->alpha_percentile = cpu_alpha_percentile;
     b->can_fuse = cpu_can_fuse;
     b->reads_layout = cpu_reads_layout;
     b->forward_infer = cpu_forward_infer;

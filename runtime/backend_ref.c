@@ -317,7 +317,7 @@ static int ref_backward(struct qt_backend *b, const struct qt_op_desc *d, const 
         }
         if (qt_quant_check_alpha(q, hin[1], e)) return -1;
         if (q->weight)
-            quant_weight_backward_ref(dx, dalpha, dy, x, hin[1], q->nalpha, haux, haux + 1, &q->qz,
+            quant_weight_backward_ref(dx, dalpha, dy, x, hin[1], q->nalpha, q->standardize, haux, haux + 1, &q->qz,
                                       q->n, acc[0], acc[1]);
         else
             quant_act_backward_ref(dx, dalpha, dy, x, hin[1], &q->qz, q->n, acc[0], acc[1]);
@@ -392,6 +392,28 @@ static int ref_channel_moments(struct qt_backend *b, double *s1, double *s2, con
     return 0;
 }
 
+static int ref_range_max(struct qt_backend *b, float *m, const float *x, int64_t n, int is_signed,
+                         struct qt_error *e)
+{
+    (void)b;
+    if (!is_ref_ptr(m) || !is_ref_ptr(x))
+        return qt_err(e, "range max: a buffer is outside the ref backend's memory");
+    quant_range_max_ref(unmask(m), unmask(x), n, is_signed);
+    return 0;
+}
+
+static int ref_alpha_percentile(struct qt_backend *b, float *alpha, float *x, int64_t n, double p,
+                                int is_signed, struct qt_error *e)
+{
+    (void)b;
+    if (!is_ref_ptr(alpha) || !is_ref_ptr(x))
+        return qt_err(e, "alpha percentile: a buffer is outside the ref backend's memory");
+    const float a = quant_alpha_percentile_ref(unmask(x), n, p, is_signed);
+    if (a != a) return qt_err(e, "alpha percentile: out of memory for %lld values", (long long)n);
+    *(float *)unmask(alpha) = a;
+    return 0;
+}
+
 static int ref_sync(struct qt_backend *b, struct qt_error *e)
 {
     return 0;
@@ -430,6 +452,8 @@ struct qt_backend *qt_backend_ref_new(void)
     b->subsample = ref_subsample;
     b->alpha_search = ref_alpha_search;
     b->channel_moments = ref_channel_moments;
+    b->range_max = ref_range_max;
+    b->alpha_percentile = ref_alpha_percentile;
     /* No inference fast path: can_fuse, reads_layout, forward_infer and to_plain stay NULL. */
     b->sync = ref_sync;
     b->destroy = ref_destroy;

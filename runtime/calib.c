@@ -250,6 +250,11 @@ out:
     return rc;
 }
 
+const char *qt_calib_method_name(int method)
+{
+    return method == QT_CALIB_MINMAX ? "minmax" : method == QT_CALIB_PERCENTILE ? "percentile" : "mse";
+}
+
 int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
                         const struct qt_calib_config *c, int set_alphas, struct qt_calib_report *r,
                         struct qt_error *e)
@@ -294,38 +299,64 @@ int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct q
             goto out;
         }
     int rounds = set_alphas && nact ? (c->rounds > 0 ? c->rounds : 2) : 0;
+    const double pct = c->percentile > 0 ? c->percentile : 99.99;
+    qt_exec_set_mode(x, QT_EXEC_PLAIN);
+    qt_exec_keep_values(x, 1);
     for (int round = 0; round <= rounds; round++) {
-        for (int j = 0; j < nact; j++)
+        for (int j = 0; j < nact; j++) {
+            float *al = qt_exec_param(x, g->nodes[act[j]].in[1]);
+            if (!al) {
+                qt_err(e, "calibration: '%s' has no alpha on the backend", g->nodes[act[j]].name);
+                goto out;
+            }
             nsamp[j] = 0;
+            /* min/max: the largest value so far, accumulated in the sample buffer */
+            if (round < rounds && c->method == QT_CALIB_MINMAX &&
+                b->upload(b, samp[j], &(float){0.0f}, sizeof(float)))
+                goto out;
+        }
         for (int k = 0; k < f.nb; k++) {
-            /* Running statistics become the average over this round's batches. */
-            for (int j = 0; j < nbn; j++)
-                qt_node_set_float(&g->nodes[bn[j]], "momentum", (float)k / (float)(k + 1));
-            if (nbn) qt_exec_invalidate(x); /* the momentum attributes changed */
             feed_batch(&f, ds, c, k);
-            if (qt_exec_forward_train(x, f.in, e)) goto out;
-            if (round == rounds) continue;
+            if (round == rounds) {
+                /* Running statistics become the average over this round's batches. */
+                for (int j = 0; j < nbn; j++)
+                    qt_node_set_float(&g->nodes[bn[j]], "momentum", (float)k / (float)(k + 1));
+                if (nbn) qt_exec_invalidate(x); /* the momentum attributes changed */
+                if (qt_exec_forward_train(x, f.in, e)) goto out;
+                continue;
+            }
+            if (qt_exec_forward(x, f.in, e)) goto out;
             for (int j = 0; j < nact; j++) {
                 const struct qt_tensor *t = qt_exec_value(x, g->nodes[act[j]].in[0]);
                 if (!t) {
                     qt_err(e, "calibration: the input of '%s' was not kept", g->nodes[act[j]].name);
                     goto out;
                 }
-                /* A strided subsample, taken on the backend. */
                 const int64_t cnt = qt_shape_numel(&t->shape);
+                if (c->method == QT_CALIB_MINMAX) {
+                    if (b->range_max(b, samp[j], t->data, cnt, qz[j].is_signed, e))
+                        goto out;
+                    continue;
+                }
+                /* A strided subsample, taken on the backend. */
                 if (b->subsample(b, samp[j] + nsamp[j], per_batch, t->data, cnt, e)) goto out;
                 nsamp[j] += qt_subsample_count(per_batch, cnt);
             }
         }
         if (round == rounds) break;
         for (int j = 0; j < nact; j++) {
-            /* The search runs on the backend and writes the alpha there, where the next
-             * round reads it. */
+            /* The alpha is computed on the backend and written there, where the next round
+             * reads it. */
             float *al = qt_exec_param(x, g->nodes[act[j]].in[1]);
-            if (!al || b->alpha_search(b, al, samp[j], nsamp[j], &qz[j], e)) {
-                if (!al)
-                    qt_err(e, "calibration: '%s' has no alpha on the backend",
-                           g->nodes[act[j]].name);
+            if (c->method == QT_CALIB_MINMAX) {
+                float m = 0;
+                if (b->sync(b, e) || b->download(b, &m, samp[j], sizeof m)) goto out;
+                if (!(m > 0)) m = 1.0f;
+                if (b->upload(b, al, &m, sizeof m)) goto out;
+            } else if (c->method == QT_CALIB_PERCENTILE) {
+                if (b->alpha_percentile(b, al, samp[j], nsamp[j], pct, qz[j].is_signed, e))
+                    goto out;
+            } else if (b->alpha_search(b, al, samp[j], nsamp[j], &qz[j], e)) {
                 goto out;
             }
         }
@@ -349,5 +380,164 @@ out:
     if (x) qt_exec_free(x);
     feed_close(&f);
     r->seconds = now() - t0;
+    return rc;
+}
+
+/* ---- Bias correction ---- */
+
+/* Per-channel means of values v[0..n) of g (layouts [N, C, ...]) over the calibration batches,
+ * in evaluation mode; mean[j] (host, C values each) is allocated here. */
+static int value_means(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
+                       const struct qt_calib_config *c, const int *v, int n, double **mean,
+                       struct qt_error *e)
+{
+    struct feed f;
+    if (feed_open(&f, g, ds, c, e)) return -1;
+    struct qt_exec *x = qt_exec_new(g, b, e);
+    double **d1 = calloc(n, sizeof *d1), **d2 = calloc(n, sizeof *d2);
+    int64_t *cnt = calloc(n, sizeof *cnt), *ch = calloc(n, sizeof *ch);
+    int rc = -1;
+    if (!x || !d1 || !d2 || !cnt || !ch) {
+        if (x) qt_err(e, "out of memory");
+        goto out;
+    }
+    qt_exec_set_mode(x, QT_EXEC_PLAIN);
+    qt_exec_keep_values(x, 1);
+    for (int k = 0; k < f.nb; k++) {
+        feed_batch(&f, ds, c, k);
+        if (qt_exec_forward(x, f.in, e)) goto out;
+        for (int j = 0; j < n; j++) {
+            const struct qt_tensor *t = qt_exec_value(x, v[j]);
+            if (!t || t->shape.ndim < 2) {
+                qt_err(e, "value '%s' was not kept or has no channel axis", g->values[v[j]].name);
+                goto out;
+            }
+            const int64_t nb = t->shape.d[0], cc = t->shape.d[1];
+            const int64_t hw = (nb * cc) != 0 ? qt_shape_numel(&t->shape) / (nb * cc) : 0;
+            if (!d1[j]) {
+                ch[j] = cc;
+                d1[j] = b->alloc(b, sizeof(double) * cc);
+                d2[j] = b->alloc(b, sizeof(double) * cc);
+                mean[j] = calloc(cc, sizeof(double));
+                if (!d1[j] || !d2[j] || !mean[j] ||
+                    b->upload(b, d1[j], mean[j], sizeof(double) * cc) ||
+                    b->upload(b, d2[j], mean[j], sizeof(double) * cc)) {
+                    qt_err(e, "out of memory on the %s backend", b->name);
+                    goto out;
+                }
+            }
+            if (cc != ch[j]) {
+                qt_err(e, "value '%s' changed its channel count", g->values[v[j]].name);
+                goto out;
+            }
+            if (b->channel_moments(b, d1[j], d2[j], t->data, nb, cc, hw, e)) goto out;
+            cnt[j] += nb * hw;
+        }
+    }
+    if (b->sync(b, e)) goto out;
+    for (int j = 0; j < n; j++) {
+        if (b->download(b, mean[j], d1[j], sizeof(double) * ch[j])) goto out;
+        for (int64_t q = 0; q < ch[j]; q++) mean[j][q] /= (double)(cnt[j] ? cnt[j] : 1);
+    }
+    rc = 0;
+out:
+    for (int j = 0; d1 && d2 && j < n; j++) {
+        if (d1[j]) b->release(b, d1[j]);
+        if (d2[j]) b->release(b, d2[j]);
+    }
+    free(d1);
+    free(d2);
+    free(cnt);
+    free(ch);
+    if (x) qt_exec_free(x);
+    feed_close(&f);
+    return rc;
+}
+
+/* Where layer node li's mean output is corrected: the inference BatchNormalization that alone
+ * reads its output (its bias, input 2), or the layer's own bias (Conv input 2, Gemm C of one
+ * value per channel). *z is the value whose mean is matched: the BatchNorm's output, or the
+ * layer's. Returns the bias tensor to subtract the shift from, or NULL (no place for one: the
+ * layer is left as it is). */
+static struct qt_tensor *correction_target(struct qt_graph *g, int li, int *z)
+{
+    const struct qt_node *L = &g->nodes[li];
+    const int y = L->out[0];
+    const int64_t C = g->values[y].shape.ndim >= 2 ? g->values[y].shape.d[1] : -1;
+    if (C <= 0) return NULL;
+    const int bi = qt_graph_use_count(g, y) == 1 ? qt_graph_first_consumer(g, y) : -1;
+    if (bi >= 0 && g->nodes[bi].op == QT_OP_BATCHNORM && g->nodes[bi].nin >= 5 &&
+        g->nodes[bi].in[0] == y && !(g->values[y].flags & QT_V_OUTPUT)) {
+        struct qt_tensor *t = g->values[g->nodes[bi].in[2]].init;
+        *z = g->nodes[bi].out[0];
+        return t && t->dtype == QT_F32 && qt_shape_numel(&t->shape) == C ? t : NULL;
+    }
+    *z = y;
+    if (L->op == QT_OP_GEMM && qt_node_float(L, "beta", 1.0f) != 1.0f) return NULL;
+    if (L->nin > 2 && L->in[2] >= 0) {
+        struct qt_tensor *t = g->values[L->in[2]].init;
+        return t && t->dtype == QT_F32 && t->shape.ndim == 1 && t->shape.d[0] == C ? t : NULL;
+    }
+    return NULL;
+}
+
+int qt_calib_bias_correct(struct qt_graph *g, struct qt_graph *fp, struct qt_backend *b,
+                          const struct qt_dataset *ds, const struct qt_calib_config *c,
+                          int *corrected, struct qt_error *e)
+{
+    *corrected = 0;
+    int n = 0, *li = malloc(sizeof(int) * (g->nnodes + 1)), *vf = malloc(sizeof(int) * (g->nnodes + 1));
+    double **mf = calloc(g->nnodes + 1, sizeof *mf);
+    int rc = -1;
+    if (!li || !vf || !mf) {
+        qt_err(e, "out of memory");
+        goto out;
+    }
+    /* The quantized Conv and Gemm layers, and the value of the float model to match. */
+    for (int i = 0; i < g->nnodes; i++) {
+        const struct qt_node *L = &g->nodes[i];
+        if (L->dead || (L->op != QT_OP_CONV && L->op != QT_OP_GEMM) || L->nin < 2) continue;
+        const int p = g->values[L->in[1]].producer;
+        if (p < 0 || g->nodes[p].op != QT_OP_WEIGHTQUANT) continue;
+        const int fi = qt_graph_find_node(fp, L->name);
+        if (fi < 0) continue;
+        const int y = L->out[0];
+        const int bi = qt_graph_use_count(g, y) == 1 ? qt_graph_first_consumer(g, y) : -1;
+        int z = fp->nodes[fi].out[0];
+        if (bi >= 0 && g->nodes[bi].op == QT_OP_BATCHNORM) {
+            const int fb = qt_graph_find_node(fp, g->nodes[bi].name);
+            if (fb < 0) continue;
+            z = fp->nodes[fb].out[0];
+        }
+        li[n] = i;
+        vf[n++] = z;
+    }
+    if (n == 0) {
+        rc = 0;
+        goto out;
+    }
+    if (value_means(fp, b, ds, c, vf, n, mf, e)) goto out;
+    /* One layer at a time, in graph order: each pass sees the earlier corrections. */
+    for (int j = 0; j < n; j++) {
+        int z = -1;
+        struct qt_tensor *bias = correction_target(g, li[j], &z);
+        if (!bias) continue;
+        double *mq = NULL;
+        if (value_means(g, b, ds, c, &z, 1, &mq, e)) {
+            free(mq);
+            goto out;
+        }
+        const int64_t C = qt_shape_numel(&bias->shape);
+        float *bd = bias->data;
+        for (int64_t q = 0; q < C; q++) bd[q] = (float)((double)bd[q] - (mq[q] - mf[j][q]));
+        free(mq);
+        (*corrected)++;
+    }
+    rc = 0;
+out:
+    for (int j = 0; mf && j < n; j++) free(mf[j]);
+    free(mf);
+    free(li);
+    free(vf);
     return rc;
 }

@@ -17,7 +17,15 @@ struct qt_calib_config {
     const float *mean, *std;
     int64_t samples; /* values kept per activation quantizer and round (default 65536) */
     int rounds;      /* rounds of activation alpha estimation (default 2) */
+    int method;        /* activation alphas: enum qt_calib_method (default: the MSE search) */
+    double percentile; /* QT_CALIB_PERCENTILE: which one (default 99.99) */
 };
+
+/* How activation alphas come from the values that reach the quantizer: the alpha minimizing
+ * the quantization error (apot.h's search, on a subsample), the largest value (every value of
+ * every calibration batch), or a percentile of the subsample. */
+enum qt_calib_method { QT_CALIB_MSE = 0, QT_CALIB_MINMAX = 1, QT_CALIB_PERCENTILE = 2 };
+const char *qt_calib_method_name(int method);
 
 /* BatchNormalization nodes named in bn (count n, node indices) compute
  * scale * (x - mean) / sqrt(var + eps) + bias; this replaces mean and var by the per-channel
@@ -38,12 +46,24 @@ struct qt_calib_report {
 
 /* With the quantizers in place: sets every weight quantizer's alpha(s) to minimize the
  * quantization error of its (standardized) weights when set_alphas, then runs c->rounds
- * rounds over the calibration batches in training mode, each setting the activation alphas
- * to minimize the error on the values that reached them (when set_alphas), and a last round
- * that re-estimates every BatchNorm's running statistics as the average over the batches. */
+ * rounds over the calibration batches in evaluation mode (BatchNorm with its running
+ * statistics, no augmentation), each setting the activation alphas from the values that
+ * reached them by c->method (when set_alphas), and a last round in training mode that
+ * re-estimates every BatchNorm's running statistics as the average over the batches. */
 int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
                         const struct qt_calib_config *c, int set_alphas, struct qt_calib_report *r,
                         struct qt_error *e);
+
+/* Bias correction (empirical, per layer): for each Conv and Gemm of g whose weight goes
+ * through a WeightQuant and that fp (the float model before quantization) also has, by node
+ * name, in graph order: the per-channel mean of its output (of the BatchNormalization's when
+ * one alone reads it) over the calibration batches in evaluation mode is made equal to fp's by
+ * subtracting the difference from that BatchNorm's bias, or the layer's own bias (layers
+ * with neither are left alone). Each layer is measured with the earlier ones already corrected. *corrected counts
+ * the layers changed. */
+int qt_calib_bias_correct(struct qt_graph *g, struct qt_graph *fp, struct qt_backend *b,
+                          const struct qt_dataset *ds, const struct qt_calib_config *c,
+                          int *corrected, struct qt_error *e);
 
 /* A dataset of `n` training images that calibration does not use: the last n of the seeded
  * permutation whose first batches it takes (pixels copied; free with qt_dataset_free). Fails

@@ -20,6 +20,15 @@ struct qt_prepare_config {
     int eval_batch;
     int64_t test_limit; /* 0: the whole test split */
     int holdout;        /* training images held out to decide on BatchNorm re-estimation */
+    /* Standardized weights mapped back to their own scale and offset (sigma * alpha * q + mu)
+     * for calibration and the evaluation, so that the model's BatchNorm statistics still fit;
+     * with train set they return to APoT's standardized form for fine-tuning afterwards. */
+    int restore, train;
+    /* Bias correction as a third candidate beside the own and the re-estimated BatchNorm
+     * statistics (needs c->holdout): with the own statistics, each quantized layer's mean
+     * output per channel (calibration batches, evaluation mode, earlier layers already
+     * corrected) moved back to the float model's through the BatchNorm after it, or its bias. */
+    int bias_correct;
 };
 
 struct qt_prepare_report {
@@ -27,11 +36,15 @@ struct qt_prepare_report {
     struct qt_quant_summary quant;
     struct qt_calib_report calib;
     /* BatchNorm running statistics after calibration: 1 re-estimated with the quantizers in
-     * place (held-out top-1 bn_top1[1] against bn_top1[0] with the model's own), 0 kept
-     * (no better on the held-out images, or no quantizer at all), -1 re-estimated without a
-     * check (the training split cannot spare c->holdout images) */
-    int bn_reestimated;
-    double bn_top1[2];
+     * place (held-out top-1 bn_top1[1] against bn_top1[0] with the model's own and
+     * bn_top1[2] with the own and bias correction, -1 when not tried), 0 kept (no better on
+     * the held-out images, or no quantizer at all), -1 re-estimated without a check (the
+     * training split cannot spare c->holdout images). bn_choice: 0 own statistics, 1
+     * re-estimated, 2 own statistics and bias correction. */
+    int bn_reestimated, bn_choice;
+    double bn_top1[3];
+    int restored;  /* weight quantizers whose standardized weights were mapped back */
+    int bias_corrected; /* layers whose mean output shift was corrected */
     int evaluated; /* eval holds the accuracy after calibration */
     struct qt_eval_result eval;
 };

@@ -62,10 +62,12 @@ int qt_quantizer_info(const struct qt_graph *g, const struct qt_node *n, struct 
     qi->lv[qz.n - 1] = 0.0f; /* not -0 */
     int64_t per = cnt / qi->nalpha;
     for (int64_t i = 0; i < cnt; i++) {
-        /* wq / alpha is a level up to rounding: find it with the kernels' own projection. */
-        float q = wq[i] / ((const float *)al->data)[i / per];
-        int k = qt_apot_nearest_index(fabsf(q), qz.thr, qz.n);
-        qi->share[qz.n - 1 + (q < 0 ? -k : k)] += 1.0 / (double)cnt;
+        /* the level the kernels' projection picks for x (mu and sigma as the forward had them) */
+        const float x = qt_apot_weight_x(((const float *)w->data)[i], st[0], st[1],
+                                         ((const float *)al->data)[i / per]);
+        const float m = fabsf(x) > 1.0f ? 1.0f : fabsf(x);
+        const int k = qt_apot_nearest_index(m, qz.thr, qz.n);
+        qi->share[qz.n - 1 + (x < 0 && k ? -k : k)] += 1.0 / (double)cnt;
     }
     for (int k = 0; k < qi->nlv; k++) qi->used += qi->share[k] > 0;
     free(wq);

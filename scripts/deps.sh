@@ -81,4 +81,20 @@ fi
 
 "$VENV/bin/python" -c "import torch, torchvision, onnx, numpy, onnxruntime, pytest" \
     || die "$VENV/bin/python cannot import every test dependency"
+
+# `deps.sh quant`: also .venv-quant, PyPI's onnx and onnxruntime without Debian's packages,
+# for onnxruntime's quantization tools (they need a newer onnx than Debian's), which
+# bench/ptq_vs_ort.py compares against.
+if [ "${1:-}" = quant ]; then
+    QVENV="$REPO/.venv-quant"
+    QPIP=(onnx onnxruntime numpy pillow ml_dtypes)
+    [ -x "$QVENV/bin/python" ] || "$SYSPY" -m venv "$QVENV" || die "could not create $QVENV"
+    if ! "$QVENV/bin/python" -c "import onnx, onnxruntime.quantization, numpy, PIL" 2>/dev/null; then
+        echo "deps.sh: pip install ${QPIP[*]} into $QVENV"
+        "$QVENV/bin/pip" install -q --disable-pip-version-check "${QPIP[@]}" \
+            || die "pip install ${QPIP[*]} into $QVENV failed (PyPI reachable?)"
+    fi
+    "$QVENV/bin/python" -c "import onnx, onnxruntime.quantization, numpy, PIL" \
+        || die "$QVENV/bin/python cannot import onnx, onnxruntime.quantization, numpy and PIL"
+fi
 echo "deps.sh: done"

@@ -37,7 +37,17 @@ static void usage(void)
         "                       (default: alphas of unchanged quantizers are kept)\n"
         "  --folded H           Convs without BatchNorm (folded models): unfold (insert a\n"
         "                       BatchNorm, default) or direct (no standardization)\n"
-        "  --calib-batches N    calibration batches (default 8)\n"
+        "  --calib-batches N    calibration batches (default 8 of --batch images)\n"
+        "  --calib-images N     calibration images instead (rounded up to whole batches)\n"
+        "  --ptq LIST           post-training quantization choices, comma-separated:\n"
+        "                       calib=mse|minmax|percentile[:P]  activation alphas: least\n"
+        "                       quantization error (default), largest value, or the P-th\n"
+        "                       percentile (default 99.99) of the calibration values;\n"
+        "                       bias=on|off  correct each quantized layer's mean output shift\n"
+        "                       (through its BatchNorm or bias; default off);\n"
+        "                       restore=on|off  standardized weights mapped back to their\n"
+        "                       own scale and offset for calibration and evaluation (default\n"
+        "                       on; fine-tuning uses them standardized)\n"
         "  --holdout N          training images held out from calibration to decide whether\n"
         "                       re-estimated BatchNorm statistics are kept (default 2000;\n"
         "                       0: always re-estimate)\n"
@@ -45,6 +55,53 @@ static void usage(void)
         "                       (F: onnx, qdq or float; see qtune export) to OUT.export.onnx\n"
         "  --export-out PATH    where --export writes (default OUT.export.onnx)\n");
     recipe_usage(1);
+}
+
+struct ptq_opts {
+    int method;
+    double percentile;
+    int bias, restore;
+};
+
+/* Parses --ptq's comma-separated key=value list into o. */
+static int ptq_parse(const char *spec, struct ptq_opts *o)
+{
+    char buf[256];
+    if (strlen(spec) >= sizeof buf) return cli_fail("finetune: --ptq list too long");
+    strcpy(buf, spec);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        char *v = strchr(t, '=');
+        if (!v) return cli_fail("finetune: --ptq item '%s' is not key=value", t);
+        *v++ = 0;
+        int onoff = strcmp(v, "on") == 0 ? 1 : strcmp(v, "off") == 0 ? 0 : -1;
+        if (strcmp(t, "calib") == 0) {
+            if (strcmp(v, "mse") == 0)
+                o->method = QT_CALIB_MSE;
+            else if (strcmp(v, "minmax") == 0)
+                o->method = QT_CALIB_MINMAX;
+            else if (strncmp(v, "percentile", 10) == 0 && (v[10] == 0 || v[10] == ':')) {
+                o->method = QT_CALIB_PERCENTILE;
+                if (v[10] == ':') {
+                    char *end;
+                    o->percentile = strtod(v + 11, &end);
+                    if (*end || end == v + 11 || !(o->percentile > 0 && o->percentile <= 100))
+                        return cli_fail("finetune: --ptq calib=percentile:P needs 0 < P <= 100");
+                }
+            } else
+                return cli_fail("finetune: --ptq calib must be mse, minmax or percentile[:P], "
+                                "not '%s'", v);
+        } else if ((strcmp(t, "bias") == 0 || strcmp(t, "restore") == 0) && onoff >= 0) {
+            if (t[0] == 'b')
+                o->bias = onoff;
+            else
+                o->restore = onoff;
+        } else if (strcmp(t, "bias") == 0 || strcmp(t, "restore") == 0) {
+            return cli_fail("finetune: --ptq %s must be on or off, not '%s'", t, v);
+        } else {
+            return cli_fail("finetune: unknown --ptq item '%s' (calib, bias or restore)", t);
+        }
+    }
+    return 0;
 }
 
 static const char *scheme_of(const char *s, int *out)
@@ -65,7 +122,8 @@ int cmd_finetune(int argc, char **argv)
     r.epochs = 1;
     const char *path = NULL, *first_last = "8", *alpha_init = "paper", *folded = "unfold";
     const char *int8_range = "absmax", *export_fmt = NULL, *export_out = NULL;
-    long wbits = 4, abits = 4, calib_batches = 8, holdout = 2000;
+    long wbits = 4, abits = 4, calib_batches = 8, calib_images = 0, holdout = 2000;
+    struct ptq_opts po = {QT_CALIB_MSE, 99.99, 0, 1};
     int scheme = QT_QS_APOT, per_channel = 0, no_std = 0, reset = 0;
     double alpha_w = 3.0, alpha_a = 8.0;
     static struct qt_quant_override ov[MAX_OVERRIDES];
@@ -119,6 +177,11 @@ int cmd_finetune(int argc, char **argv)
         } else if (strcmp(a, "--calib-batches") == 0 && has) {
             if ((calib_batches = cli_parse_long(argv[++i])) <= 0)
                 return cli_fail("finetune: --calib-batches needs a positive integer");
+        } else if (strcmp(a, "--calib-images") == 0 && has) {
+            if ((calib_images = cli_parse_long(argv[++i])) <= 0)
+                return cli_fail("finetune: --calib-images needs a positive integer");
+        } else if (strcmp(a, "--ptq") == 0 && has) {
+            if (ptq_parse(argv[++i], &po)) return 1;
         } else if ((strcmp(a, "--alpha-w") == 0 || strcmp(a, "--alpha-a") == 0) && has) {
             double v = strtod(argv[++i], &end);
             if (*end || !*argv[i] || !(v > 0) || v > 1e6)
@@ -188,6 +251,7 @@ int cmd_finetune(int argc, char **argv)
     /* Post-training quantization takes its alphas from data. */
     int calib_alphas = strcmp(alpha_init, "calib") == 0 || r.epochs == 0;
 
+    if (calib_images) calib_batches = (calib_images + r.batch - 1) / r.batch;
     struct qt_graph *g = cli_load_model(path, 0);
     if (!g) return 1;
     struct recipe_data d;
@@ -202,10 +266,14 @@ int cmd_finetune(int argc, char **argv)
         strcmp(folded, "unfold") == 0,
         calib_alphas,
         r.resume != NULL,
-        {(int)calib_batches, (int)r.batch, r.seed, d.mean, d.std, 65536, 2},
+        {(int)calib_batches, (int)r.batch, r.seed, d.mean, d.std, 65536, 2, po.method,
+         po.percentile},
         (int)r.batch,
         r.test_limit,
-        (int)holdout};
+        (int)holdout,
+        po.restore,
+        r.epochs > 0,
+        po.bias};
     struct qt_prepare_report pr;
     struct cli_progress prog;
     cli_progress_init(&prog, "eval", "img", r.quiet);
@@ -225,8 +293,17 @@ int cmd_finetune(int argc, char **argv)
                 qs.layers, qs.weight, qs.act, qs.act_signed, qt_quant_scheme_name(scheme), wbits,
                 abits, qs.kept ? ", alphas kept from the input model" : "",
                 qs.reset ? ", alphas re-initialized" : "");
+        if (pr.restored)
+            fprintf(stderr,
+                    "standardized weights of %d layers mapped back to their own scale and offset "
+                    "(sigma * q + mu)%s\n",
+                    pr.restored, r.epochs > 0 ? "; fine-tuning then uses them standardized" : "");
         if (pr.evaluated) {
-            char bn[200];
+            char bn[300], bc[80] = "";
+            static const char *const choice[] = {"kept as they were", "re-estimated",
+                                                 "kept as they were, with bias correction"};
+            if (pr.bn_top1[2] >= 0)
+                snprintf(bc, sizeof bc, ", %.2f%% bias-corrected", pr.bn_top1[2]);
             if (qs.weight + qs.act == 0)
                 snprintf(bn, sizeof bn, "no quantizer: nothing calibrated");
             else if (pr.bn_reestimated < 0)
@@ -237,13 +314,26 @@ int cmd_finetune(int argc, char **argv)
             else
                 snprintf(bn, sizeof bn,
                          "running statistics of %d BatchNorms %s (held-out top-1 %.2f%% "
-                         "re-estimated, %.2f%% as they were)",
-                         pr.calib.bn, pr.bn_reestimated ? "re-estimated" : "kept as they were",
-                         pr.bn_top1[1], pr.bn_top1[0]);
+                         "re-estimated, %.2f%% as they were%s)",
+                         pr.calib.bn, choice[pr.bn_choice], pr.bn_top1[1], pr.bn_top1[0], bc);
+            char how[96];
+            if (po.method == QT_CALIB_PERCENTILE)
+                snprintf(how, sizeof how, "alphas from data (activations: %g-th percentile)",
+                         po.percentile);
+            else
+                snprintf(how, sizeof how, "alphas from data (activations: %s)",
+                         po.method == QT_CALIB_MINMAX ? "largest value" : "least squared error");
+            if (pr.bias_corrected)
+                fprintf(stderr, "bias correction: the mean output of %d layers moved back to "
+                                "the float model's\n", pr.bias_corrected);
+            else if (po.bias && pr.bn_top1[2] < 0)
+                fprintf(stderr, "bias correction: not tried (it is decided on the held-out "
+                                "images; see --holdout)\n");
             fprintf(stderr,
-                    "calibration (%.1f s): %s; %s\n"
+                    "calibration (%.1f s, %d images): %s; %s\n"
                     "%s: test top-1 %.2f%% top-5 %.2f%%\n",
-                    pr.calib.seconds, calib_alphas ? "alphas from data" : "paper alphas", bn,
+                    pr.calib.seconds, pc.calib.batches * pc.calib.batch,
+                    calib_alphas ? how : "paper alphas", bn,
                     calib_alphas ? "post-training quantization" : "before fine-tuning",
                     pr.eval.top1, pr.eval.top5);
         }
@@ -264,8 +354,17 @@ int cmd_finetune(int argc, char **argv)
         if (r.json)
             printf("{\"top1\": %.4f, \"top5\": %.4f, \"loss\": %.6f, \"ptq_top1\": %.4f, "
                    "\"epochs\": 0, "
-                   "\"seconds\": 0, \"images_per_s\": 0, \"quantizers\": %d}\n",
-                   ptq_top1, ptq_top5, ptq_loss, ptq_top1, qs.weight + qs.act);
+                   "\"seconds\": 0, \"images_per_s\": 0, \"quantizers\": %d, "
+                   "\"calib_images\": %d, \"calib_seconds\": %.3f, \"batchnorm\": \"%s\", "
+                   "\"holdout_top1\": [%.4f, %.4f, %.4f], \"restored\": %d}\n",
+                   ptq_top1, ptq_top5, ptq_loss, ptq_top1, qs.weight + qs.act,
+                   pc.calib.batches * pc.calib.batch, pr.calib.seconds,
+                   qs.weight + qs.act == 0 ? "none"
+                   : pr.bn_reestimated < 0 ? "reestimated-unchecked"
+                   : pr.bn_choice == 1     ? "reestimated"
+                   : pr.bn_choice == 2     ? "own+bias-correction"
+                                           : "own",
+                   pr.bn_top1[0], pr.bn_top1[1], pr.bn_top1[2], pr.restored);
         goto out_export;
     }
     struct recipe_extra ex;

@@ -218,6 +218,13 @@ QT_APOT_INLINE float qt_apot_nearest(float x, const float *levels, const float *
 
 /* ---- Weight quantizer (APOT.md section 2); also the signed activation quantizer ---- */
 
+/* Weight standardization (WeightQuant attribute standardize): none (mu = 0, sigma = 1),
+ * standardized per tensor (APoT's training form: the quantized weight alpha * q stays in units
+ * of sigma, the following BatchNorm absorbs the scale), or standardized and mapped back
+ * (sigma * alpha * q + mu: the weight's own scale and offset, so that the layer computes what
+ * the float layer computed up to the quantization error; post-training quantization). */
+enum qt_apot_standardize { QT_STD_NONE = 0, QT_STD_ON = 1, QT_STD_RESTORE = 2 };
+
 /* x = ((w - mu) / sigma) / alpha: the standardized weight in units of alpha. */
 QT_APOT_INLINE float qt_apot_weight_x(float w, float mu, float sigma, float alpha)
 {
@@ -232,10 +239,23 @@ QT_APOT_INLINE float qt_apot_signed_q(float x, const float *levels, const float 
     return copysignf(qt_apot_nearest(a, levels, thr, n), x);
 }
 
-/* dL/dW for upstream gradient g: straight-through g / sigma, not clipped outside [-1, 1]. */
-QT_APOT_INLINE float qt_apot_weight_dx(float g, float sigma)
+/* The quantizer's output for aq = alpha * q: aq, or sigma * aq + mu when mapped back. */
+QT_APOT_INLINE float qt_apot_weight_out(float aq, float mu, float sigma, int standardize)
 {
-    return g / sigma;
+    return standardize == QT_STD_RESTORE ? sigma * aq + mu : aq;
+}
+
+/* dL/dW for upstream gradient g: straight-through g / sigma, not clipped outside [-1, 1];
+ * mapped back, the factor sigma of the output cancels it: g. */
+QT_APOT_INLINE float qt_apot_weight_dx(float g, float sigma, int standardize)
+{
+    return standardize == QT_STD_RESTORE ? g : g / sigma;
+}
+
+/* The factor of dL/dalpha beyond the per-element sum (below): sigma when mapped back, else 1. */
+QT_APOT_INLINE double qt_apot_weight_dalpha_scale(float sigma, int standardize)
+{
+    return standardize == QT_STD_RESTORE ? (double)sigma : 1.0;
 }
 
 /* Per-element factor of dL/dalpha for signed quantizers, dalpha = sum(g * factor):

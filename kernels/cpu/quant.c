@@ -120,25 +120,25 @@ QT_CPU_CLONES void quant_weight_stats_cpu(float *mu, float *sigma, const float *
 #define QT_ALWAYS_INLINE __attribute__((always_inline)) static inline
 
 QT_ALWAYS_INLINE void weight_fwd_block(float *restrict wq, const float *restrict w, float mu,
-                                       float sigma, float alpha, const float *restrict lv,
+                                       float sigma, int st, float alpha, const float *restrict lv,
                                        const float *restrict th, int nl, int64_t lo, int64_t hi)
 {
 #pragma omp simd
     for (int64_t i = lo; i < hi; i++) {
         const float x = qt_apot_weight_x(w[i], mu, sigma, alpha);
-        wq[i] = alpha * qt_apot_signed_q(x, lv, th, nl);
+        wq[i] = qt_apot_weight_out(alpha * qt_apot_signed_q(x, lv, th, nl), mu, sigma, st);
     }
 }
 
 /* weight_fwd_block over each channel's part of [lo, hi) with that channel's alpha. */
 QT_ALWAYS_INLINE void weight_fwd_range(float *restrict wq, const float *restrict w, float mu,
-                                       float sigma, const float *restrict alpha, int64_t cs,
+                                       float sigma, int st, const float *restrict alpha, int64_t cs,
                                        const float *restrict lv, const float *restrict th, int nl,
                                        int64_t lo, int64_t hi)
 {
     for (int64_t s = lo; s < hi;) {
         const int64_t c = s / cs, e = (c + 1) * cs < hi ? (c + 1) * cs : hi;
-        weight_fwd_block(wq, w, mu, sigma, alpha[c], lv, th, nl, s, e);
+        weight_fwd_block(wq, w, mu, sigma, st, alpha[c], lv, th, nl, s, e);
         s = e;
     }
 }
@@ -161,7 +161,7 @@ QT_ALWAYS_INLINE void act_fwd_block(float *restrict aq, const float *restrict a,
 /* Returns the block's dalpha partial; also writes dw unless it is NULL. */
 QT_ALWAYS_INLINE double weight_bwd_block(float *restrict dw, const float *restrict g,
                                          const float *restrict w, float mu, float sigma,
-                                         float alpha, const float *restrict lv,
+                                         int st, float alpha, const float *restrict lv,
                                          const float *restrict th, int nl, int acc_w, int64_t lo,
                                          int64_t hi)
 {
@@ -175,11 +175,11 @@ QT_ALWAYS_INLINE double weight_bwd_block(float *restrict dw, const float *restri
     if (dw && acc_w) {
 #pragma omp simd
         for (int64_t i = lo; i < hi; i++)
-            dw[i] += qt_apot_weight_dx(g[i], sigma);
+            dw[i] += qt_apot_weight_dx(g[i], sigma, st);
     } else if (dw) {
 #pragma omp simd
         for (int64_t i = lo; i < hi; i++)
-            dw[i] = qt_apot_weight_dx(g[i], sigma);
+            dw[i] = qt_apot_weight_dx(g[i], sigma, st);
     }
     return s;
 }
@@ -297,13 +297,15 @@ QT_CPU_CLONES void quant_weight_forward_cpu(float *wq, float *save_mu, float *sa
     for (int64_t b = 0; b < sp.nb; b++) {
         int64_t lo, hi;
         chan_block(&sp, b, &lo, &hi);
-        DISPATCH(qz->n, lv, th, weight_fwd_range(wq, w, mu, sigma, alpha, cs, lvs, ths, nl, lo, hi))
+        DISPATCH(qz->n, lv, th,
+                 weight_fwd_range(wq, w, mu, sigma, standardize, alpha, cs, lvs, ths, nl, lo, hi))
     }
 }
 
 QT_CPU_CLONES void quant_weight_backward_cpu(float *dw, float *dalpha, const float *dwq,
                                              const float *w, const float *alpha, int64_t nalpha,
-                                             const float *save_mu, const float *save_sigma,
+                                             int standardize, const float *save_mu,
+                                             const float *save_sigma,
                                              const struct qt_apot_quantizer *qz, int64_t n,
                                              int acc_w, int acc_alpha)
 {
@@ -314,6 +316,7 @@ QT_CPU_CLONES void quant_weight_backward_cpu(float *dw, float *dalpha, const flo
         return;
     }
     const float mu = *save_mu, sigma = *save_sigma;
+    const double ds = qt_apot_weight_dalpha_scale(sigma, standardize);
     const float *lv = qz->levels, *th = qz->thr;
     const struct chan_split sp = chan_split(n, nalpha);
     const int64_t cs = sp.cs;
@@ -329,7 +332,9 @@ QT_CPU_CLONES void quant_weight_backward_cpu(float *dw, float *dalpha, const flo
             const float al = alpha[c];
             double p = 0.0;
             DISPATCH(qz->n, lv, th,
-                     p = weight_bwd_block(dw, dwq, w, mu, sigma, al, lvs, ths, nl, acc_w, s, e))
+                     p = weight_bwd_block(dw, dwq, w, mu, sigma, standardize, al, lvs, ths, nl,
+                                          acc_w, s, e))
+            p *= ds;
             if (!sp.per)
                 part[b] = p;
             else if (dalpha)
@@ -536,4 +541,52 @@ QT_CPU_CLONES void quant_int8_weight_backward_cpu(float *dw, const float *dwq, i
 #pragma omp parallel for simd schedule(static) if (n > 65536)
     for (int64_t i = 0; i < n; i++)
         dw[i] = acc ? dw[i] + dwq[i] : dwq[i];
+}
+
+/* The magnitude calibration looks at: x (unsigned) or |x| (signed); NaN and Inf count as 0. */
+static inline float calib_mag(float v, int is_signed)
+{
+    return isfinite(v) ? (is_signed ? fabsf(v) : v) : 0.0f;
+}
+
+void quant_range_max_cpu(float *m, const float *x, int64_t n, int is_signed)
+{
+    float r = *m;
+#pragma omp parallel for reduction(max : r) schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; i++) {
+        const float v = calib_mag(x[i], is_signed);
+        r = v > r ? v : r;
+    }
+    *m = r;
+}
+
+float quant_alpha_percentile_cpu(float *x, int64_t n, double p, int is_signed)
+{
+    if (n <= 0) return 1.0f;
+    for (int64_t i = 0; i < n; i++) x[i] = calib_mag(x[i], is_signed);
+    int64_t k = (int64_t)ceil(p / 100.0 * (double)n) - 1;
+    k = k < 0 ? 0 : k >= n ? n - 1 : k;
+    /* quickselect (Hoare partition around the middle element) for the k-th smallest */
+    int64_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        const float piv = x[lo + (hi - lo) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (x[i] < piv) i++;
+            while (x[j] > piv) j--;
+            if (i <= j) {
+                const float t = x[i];
+                x[i++] = x[j];
+                x[j--] = t;
+            }
+        }
+        if (k <= j)
+            hi = j;
+        else if (k >= i)
+            lo = i;
+        else
+            break;
+    }
+    const float a = x[k];
+    return a > 0.0f ? a : 1.0f;
 }

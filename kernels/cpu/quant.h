@@ -21,22 +21,24 @@ void quant_weight_stats_cpu(float *mu, float *sigma, const float *w, int64_t n);
  * nalpha: 1 (one alpha for the whole tensor) or the number of output channels C, the leading
  * dimension of the weight (per-channel alphas); n % nalpha == 0 is required, and element i
  * belongs to channel c = i / (n / nalpha). The standardization is per tensor either way:
- * standardize = 1 takes mu and sigma from quant_weight_stats_cpu over all n elements;
- * standardize = 0 uses mu = 0, sigma = 1 (x = w / alpha[c]). mu and sigma are written to
+ * standardize = QT_STD_ON (1) takes mu and sigma from quant_weight_stats_cpu over all n
+ * elements; QT_STD_RESTORE (2) as well, and maps the result back: wq = sigma * alpha[c] * q + mu;
+ * QT_STD_NONE (0) uses mu = 0, sigma = 1 (x = w / alpha[c]). mu and sigma are written to
  * save_mu and save_sigma (one float each, may be NULL) for the backward. qz comes from a
  * successful qt_apot_quantizer_init with is_signed = 1 (weights are always quantized signed). */
 void quant_weight_forward_cpu(float *wq, float *save_mu, float *save_sigma, const float *w,
                               const float *alpha, int64_t nalpha, int standardize,
                               const struct qt_apot_quantizer *qz, int64_t n);
 
-/* Weight quantizer backward for dwq = dL/dwq, with the forward's alpha, nalpha and saved mu
- * and sigma: dw = dwq / sigma (straight-through, not clipped; dw = dwq without
- * standardization, where sigma = 1), dalpha[c] = sum over channel c of
- * dwq * (|x| > 1 ? sign(x) : q - x); dalpha has nalpha entries. */
+/* Weight quantizer backward for dwq = dL/dwq, with the forward's alpha, nalpha, standardize
+ * and saved mu and sigma: dw = dwq / sigma (straight-through, not clipped; dw = dwq without
+ * standardization, where sigma = 1, and when mapped back), dalpha[c] = sum over channel c of
+ * dwq * (|x| > 1 ? sign(x) : q - x), times sigma when mapped back; dalpha has nalpha entries. */
 void quant_weight_backward_cpu(float *dw, float *dalpha, const float *dwq, const float *w,
-                               const float *alpha, int64_t nalpha, const float *save_mu,
-                               const float *save_sigma, const struct qt_apot_quantizer *qz,
-                               int64_t n, int acc_w, int acc_alpha);
+                               const float *alpha, int64_t nalpha, int standardize,
+                               const float *save_mu, const float *save_sigma,
+                               const struct qt_apot_quantizer *qz, int64_t n, int acc_w,
+                               int acc_alpha);
 
 /* Activation quantizer forward (alpha: one float for the tensor), x = a / alpha,
  * aq = alpha * q. Unsigned (qz->is_signed = 0): q = nearest(min(x, 1)), negatives give 0.
@@ -61,6 +63,14 @@ void quant_act_backward_cpu(float *da, float *dalpha, const float *daq, const fl
  * apot.h's per-element formulas; the lowest error wins, the smaller alpha on a tie.
  * Deterministic (thread-count independent), OpenMP-parallel over candidates. */
 float quant_alpha_mse_cpu(const float *x, int64_t n, const struct qt_apot_quantizer *qz);
+
+/* Activation ranges for calibration, over x (unsigned quantizers) or |x| (signed), NaN and Inf
+ * counted as 0. range_max: *m = max(*m, the largest of them) (accumulates over calls).
+ * alpha_percentile: the p-th percentile of them (nearest rank: the ceil(p / 100 * n)-th
+ * smallest, at least the smallest), or 1.0f when that is not positive or n = 0; x is
+ * overwritten (scratch). */
+void quant_range_max_cpu(float *m, const float *x, int64_t n, int is_signed);
+float quant_alpha_percentile_cpu(float *x, int64_t n, double p, int is_signed);
 
 /* Copies up to m samples of x (n elements) into out, evenly strided (every ceil(n/m)-th element
  * starting at 0); returns how many were written (0 when n or m is not positive). */

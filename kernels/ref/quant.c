@@ -1,6 +1,7 @@
 /* Reference fake quantizers (APOT.md sections 2-4), forward and backward: one element at a time
  * with the per-element formulas of kernels/common/apot.h, sums (statistics, dalpha) in double. */
 #include <math.h>
+#include <stdlib.h>
 
 #include "kernels/ref/ref.h"
 
@@ -31,20 +32,22 @@ void quant_weight_forward_ref(float *wq, float *save_mu, float *save_sigma, cons
     for (int64_t i = 0; i < n; i++) {
         const float al = alpha[i / cs];
         const float x = qt_apot_weight_x(w[i], mu, sigma, al);
-        wq[i] = al * qt_apot_signed_q(x, qz->levels, qz->thr, qz->n);
+        wq[i] = qt_apot_weight_out(al * qt_apot_signed_q(x, qz->levels, qz->thr, qz->n), mu, sigma,
+                                   standardize);
     }
 }
 
 void quant_weight_backward_ref(float *dw, float *dalpha, const float *dwq, const float *w,
-                               const float *alpha, int64_t nalpha, const float *save_mu,
-                               const float *save_sigma, const struct qt_apot_quantizer *qz,
-                               int64_t n, int acc_w, int acc_alpha)
+                               const float *alpha, int64_t nalpha, int standardize,
+                               const float *save_mu, const float *save_sigma,
+                               const struct qt_apot_quantizer *qz, int64_t n, int acc_w,
+                               int acc_alpha)
 {
     const int64_t cs = n > 0 ? n / nalpha : 0;
     const float mu = n > 0 ? *save_mu : 0.0f, sigma = n > 0 ? *save_sigma : 1.0f;
     if (dw)
         for (int64_t i = 0; i < n; i++) {
-            const float g = qt_apot_weight_dx(dwq[i], sigma);
+            const float g = qt_apot_weight_dx(dwq[i], sigma, standardize);
             dw[i] = acc_w ? dw[i] + g : g;
         }
     if (!dalpha) return;
@@ -55,6 +58,7 @@ void quant_weight_backward_ref(float *dw, float *dalpha, const float *dwq, const
             const float q = qt_apot_signed_q(x, qz->levels, qz->thr, qz->n);
             s += (double)dwq[i] * qt_apot_signed_dalpha(x, q);
         }
+        s *= qt_apot_weight_dalpha_scale(sigma, standardize);
         dalpha[c] = acc_alpha ? dalpha[c] + (float)s : (float)s;
     }
 }
@@ -174,4 +178,38 @@ float quant_alpha_search_ref(const float *x, int64_t n, const struct qt_apot_qua
         }
     }
     return best;
+}
+
+static float ref_mag(float v, int is_signed)
+{
+    return isfinite(v) ? (is_signed ? fabsf(v) : v) : 0.0f;
+}
+
+void quant_range_max_ref(float *m, const float *x, int64_t n, int is_signed)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const float v = ref_mag(x[i], is_signed);
+        if (v > *m) *m = v;
+    }
+}
+
+static int cmp_float(const void *a, const void *b)
+{
+    const float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+float quant_alpha_percentile_ref(const float *x, int64_t n, double p, int is_signed)
+{
+    if (n <= 0) return 1.0f;
+    float *s = malloc(sizeof(float) * (size_t)n);
+    if (!s) return NAN;
+    for (int64_t i = 0; i < n; i++) s[i] = ref_mag(x[i], is_signed);
+    qsort(s, (size_t)n, sizeof(float), cmp_float);
+    int64_t k = (int64_t)ceil(p / 100.0 * (double)n) - 1;
+    if (k < 0) k = 0;
+    if (k >= n) k = n - 1;
+    const float a = s[k];
+    free(s);
+    return a > 0.0f ? a : 1.0f;
 }

@@ -129,12 +129,13 @@ void quant_weight_stats_ref(float *mu, float *sigma, const float *w, int64_t n);
 void quant_weight_forward_ref(float *wq, float *save_mu, float *save_sigma, const float *w,
                               const float *alpha, int64_t nalpha, int standardize,
                               const struct qt_apot_quantizer *qz, int64_t n);
-/* dw = dwq / sigma (straight-through); dalpha[c] = sum over channel c of
- * dwq * signed_dalpha(x, q). */
+/* dw = dwq / sigma (straight-through; dwq when mapped back); dalpha[c] = sum over channel c of
+ * dwq * signed_dalpha(x, q) (times sigma when mapped back). */
 void quant_weight_backward_ref(float *dw, float *dalpha, const float *dwq, const float *w,
-                               const float *alpha, int64_t nalpha, const float *save_mu,
-                               const float *save_sigma, const struct qt_apot_quantizer *qz,
-                               int64_t n, int acc_w, int acc_alpha);
+                               const float *alpha, int64_t nalpha, int standardize,
+                               const float *save_mu, const float *save_sigma,
+                               const struct qt_apot_quantizer *qz, int64_t n, int acc_w,
+                               int acc_alpha);
 /* Activation quantizer (one alpha): x = a / alpha, aq = alpha * q with q = unsigned_q(x) or
  * signed_q(x) as qz->is_signed says. */
 void quant_act_forward_ref(float *aq, const float *a, const float *alpha,
@@ -169,6 +170,10 @@ void softmax_xent_ref(float *dlogits, double *stats, const float *logits, const 
  * search); per-channel sums s1[c] += sum x, s2[c] += sum x^2 over [n, c, hw]. */
 void quant_subsample_ref(float *out, int64_t m, const float *x, int64_t n);
 float quant_alpha_search_ref(const float *x, int64_t n, const struct qt_apot_quantizer *qz);
+/* Calibration ranges of x (unsigned) or |x| (signed), NaN/Inf as 0: *m = max(*m, largest);
+ * the nearest-rank p-th percentile (sorted copy), 1.0f when not positive (NaN: no memory). */
+void quant_range_max_ref(float *m, const float *x, int64_t n, int is_signed);
+float quant_alpha_percentile_ref(const float *x, int64_t n, double p, int is_signed);
 void channel_moments_ref(double *s1, double *s2, const float *x, int64_t n, int64_t c,
                          int64_t hw);
 

@@ -76,13 +76,14 @@ def same_values(got, want, what):
         what, bad.size, got.size, bad[0], got.flat[bad[0]], want.flat[bad[0]])
 
 
-def near_values(got, want, what, ulps=2):
+def near_values(got, want, what, ulps=2, offset=0.0):
     """Within `ulps` float32 spacings of want element by element (format qdq computes
-    code * (alpha / D) where qtune computes alpha * level, which differ by rounding)."""
+    code * (alpha / D) where qtune computes alpha * level, which differ by rounding); with
+    an offset added after the product (mapped-back weights), spacings of |want| + |offset|."""
     got, want = np.asarray(got), np.asarray(want)
     assert got.shape == want.shape, "%s: shape %s, expected %s" % (what, got.shape, want.shape)
     assert np.all(np.isfinite(got)), what + ": non-finite values"
-    tol = ulps * np.spacing(np.abs(want).astype(np.float32))
+    tol = ulps * np.spacing((np.abs(want) + abs(offset)).astype(np.float32))
     bad = np.flatnonzero(np.abs(got.astype(np.float64) - want) > tol)
     assert bad.size == 0, "%s: %d values beyond %d ulps, first at %d: %r vs %r" % (
         what, bad.size, ulps, bad[0], got.flat[bad[0]], want.flat[bad[0]])
@@ -164,8 +165,9 @@ def weight_values(rng, shape, scheme, bits, alpha, standardize):
     return w
 
 
+# standardize 2: standardized, then mapped back (sigma * alpha * q + mu)
 WEIGHT_CASES = [(s, b, st, pc) for s in ("apot", "uniform") for b in (2, 3, 4)
-                for st in (1, 0) for pc in (0, 1) if not (pc and s == "apot")]
+                for st in (1, 0, 2) for pc in (0, 1) if not (pc and s == "apot")]
 
 
 @pytest.mark.parametrize("scheme,bits,standardize,per_channel", WEIGHT_CASES)
@@ -181,8 +183,8 @@ def test_weight_quantizer_bit_exact(qtune, tmp_path, scheme, bits, standardize, 
                 dict(scheme=scheme, bits=bits, signed=1, standardize=standardize))
     x = np.ones(shape, np.float32)
     want = qtune_run(qtune, model, x, tmp_path)
-    torch_y, _, _ = ref.weight_quant(torch.tensor(w), torch.tensor(alpha), scheme, bits,
-                                     standardize=bool(standardize))
+    torch_y, mu, _ = ref.weight_quant(torch.tensor(w), torch.tensor(alpha), scheme, bits,
+                                      standardize=standardize)
     torch_y = torch_y.detach().numpy()
     if standardize:
         # mu and sigma are sums over the tensor: the reference may round them differently
@@ -193,10 +195,16 @@ def test_weight_quantizer_bit_exact(qtune, tmp_path, scheme, bits, standardize, 
         out = str(tmp_path / ("w.%s.onnx" % fmt))
         m = export(qtune, model, fmt, out)
         got = ort_run(out, {"x": x})
-        if fmt == "qdq":
-            near_values(got, want, "qdq export in onnxruntime vs qtune")
+        if fmt == "qdq" or (fmt == "onnx" and standardize == 2):
+            # mapped back: the export scales by alpha * sigma where qtune multiplies by alpha,
+            # then by sigma
+            near_values(got, want, "%s export in onnxruntime vs qtune" % fmt,
+                        offset=float(mu) if standardize == 2 else 0.0)
         else:
             same_values(got, want, "%s export in onnxruntime vs qtune" % fmt)
+        if standardize == 2 and fmt != "float":
+            # the map back is one Add of mu after the scaling
+            assert [n.op_type for n in m.graph.node].count("Add") == 1
         codes = [t for t in m.graph.initializer if t.name.endswith(".codes")]
         if fmt == "qdq":
             # one int8 code per weight, decoded by DequantizeLinear

@@ -119,11 +119,12 @@ def weight_stats(w):
     return w64.mean().float(), w64.std(unbiased=True).float()
 
 
-def weight_quant(w, alpha, scheme, bits, standardize=True):
+def weight_quant(w, alpha, scheme, bits, standardize=1):
     """APOT.md section 2. alpha has one element (the whole tensor) or w.shape[0] (one per
     output channel; alpha.grad then has one sum per channel). Returns (Wq, mu, sigma); dW =
     g / sigma comes from autograd through the standardization, the quantizer itself passes g
-    straight through. standardize=False: Wn = W (mu = 0, sigma = 1), so x = W / alpha."""
+    straight through. standardize=0: Wn = W (mu = 0, sigma = 1), so x = W / alpha;
+    standardize=2: standardized, then mapped back, Wq = sigma * Q + mu."""
     lv = levels(scheme, magnitude_bits(scheme, bits, True))
     if standardize:
         mu, sigma = weight_stats(w)
@@ -134,7 +135,10 @@ def weight_quant(w, alpha, scheme, bits, standardize=True):
     if alpha.numel() > 1:
         assert alpha.numel() == w.shape[0], "one alpha per output channel"
         alpha = alpha.reshape([-1] + [1] * (w.dim() - 1))
-    return _SignedQuant.apply(wn, alpha, lv, False), mu, sigma
+    q = _SignedQuant.apply(wn, alpha, lv, False)
+    if standardize == 2:
+        q = sigma * q + mu
+    return q, mu, sigma
 
 
 def act_quant(a, alpha, scheme, bits, signed):

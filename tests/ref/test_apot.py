@@ -156,7 +156,8 @@ def combinations():
     APoT activations 1..5 unsigned and 2..6 signed, uniform weights 2..9, uniform activations
     1..8 unsigned and 2..9 signed; 8-bit weights with both maxima. Weights with per-channel
     alphas ([4, 3, 3, 3] with 4 alphas: APoT 2..5 bits, uniform 2, 4, 8; [16, 8, 3, 3] with 16:
-    APoT 4, uniform 3); without standardization (one alpha and per channel)."""
+    APoT 4, uniform 3); without standardization (one alpha and per channel); standardized and
+    mapped back (standardize 2)."""
     out = []
     for scheme, wmax, umax in ((ref.APOT, 6, 5), (ref.UNIFORM, 9, 8)):
         for bits in range(2, wmax + 1):
@@ -174,6 +175,9 @@ def combinations():
     out.append(("wnc_apot3", "weight", ref.APOT, 3, 1, small, 4, 0))
     out.append(("wnc_uniform4", "weight", ref.UNIFORM, 4, 1, small, 4, 0))
     out.append(("wnc16_apot5", "weight", ref.APOT, 5, 1, big, 16, 0))
+    out.append(("wr_apot4", "weight", ref.APOT, 4, 1, big, 1, 2))
+    out.append(("wrc_uniform4", "weight", ref.UNIFORM, 4, 1, small, 4, 2))
+    out.append(("wr_uniform8", "weight", ref.UNIFORM, 8, 1, big, 1, 2))
     out.append(("int8_max", "int8", "max", 8, 1, None, 1, 1))
     out.append(("int8_absmax", "int8", "absmax", 8, 1, None, 1, 1))
     return out

@@ -323,7 +323,7 @@ QT_TEST(apot_weight_quantizer_by_hand)
      * dalpha = 1*(+1) + 2*(.8 - 5/6) + 3*(.4 - 5/12) + 6*(-.4 + 5/12) + 7*(-.8 + 5/6) + 8*(-1)
      *        = -7 + 13/60 */
     float dalpha = 0;
-    quant_weight_backward_cpu(dw, &dalpha, g, w, &alpha, 1, &mu, &sigma, &qz, 8, 0, 0);
+    quant_weight_backward_cpu(dw, &dalpha, g, w, &alpha, 1, 1, &mu, &sigma, &qz, 8, 0, 0);
     for (int i = 0; i < 8; i++)
         QT_CHECK(dw[i] == g[i] / 2.0f);
     QT_CHECK_NEAR(dalpha, -7.0 + 13.0 / 60.0, 1e-5);
@@ -331,14 +331,14 @@ QT_TEST(apot_weight_quantizer_by_hand)
     for (int i = 0; i < 8; i++)
         dw[i] = 0.5f;
     dalpha = 10.0f;
-    quant_weight_backward_cpu(dw, &dalpha, g, w, &alpha, 1, &mu, &sigma, &qz, 8, 1, 1);
+    quant_weight_backward_cpu(dw, &dalpha, g, w, &alpha, 1, 1, &mu, &sigma, &qz, 8, 1, 1);
     for (int i = 0; i < 8; i++)
         QT_CHECK(dw[i] == 0.5f + g[i] / 2.0f);
     QT_CHECK_NEAR(dalpha, 10.0 - 7.0 + 13.0 / 60.0, 1e-5);
     /* NULL outputs are skipped */
-    quant_weight_backward_cpu(NULL, &dalpha, g, w, &alpha, 1, &mu, &sigma, &qz, 8, 0, 0);
+    quant_weight_backward_cpu(NULL, &dalpha, g, w, &alpha, 1, 1, &mu, &sigma, &qz, 8, 0, 0);
     QT_CHECK_NEAR(dalpha, -7.0 + 13.0 / 60.0, 1e-5);
-    quant_weight_backward_cpu(dw, NULL, g, w, &alpha, 1, &mu, &sigma, &qz, 8, 0, 0);
+    quant_weight_backward_cpu(dw, NULL, g, w, &alpha, 1, 1, &mu, &sigma, &qz, 8, 0, 0);
     QT_CHECK(dw[0] == 0.5f);
 
     /* 2-bit weights: ternary {-1, 0, 1} with thresholds at +-0.5 */
@@ -514,12 +514,12 @@ QT_TEST(apot_kernels_match_formulas_and_thread_count)
                 }
                 omp_set_num_threads(1);
                 if (kind == 0)
-                    quant_weight_backward_cpu(d1, &da1, g, w, &alpha, 1, &mu, &sigma, &qz, n, 0, 0);
+                    quant_weight_backward_cpu(d1, &da1, g, w, &alpha, 1, 1, &mu, &sigma, &qz, n, 0, 0);
                 else
                     quant_act_backward_cpu(d1, &da1, g, w, &alpha, &qz, n, 0, 0);
                 omp_set_num_threads(3);
                 if (kind == 0)
-                    quant_weight_backward_cpu(d, &da3, g, w, &alpha, 1, &mu, &sigma, &qz, n, 0, 0);
+                    quant_weight_backward_cpu(d, &da3, g, w, &alpha, 1, 1, &mu, &sigma, &qz, n, 0, 0);
                 else
                     quant_act_backward_cpu(d, &da3, g, w, &alpha, &qz, n, 0, 0);
                 omp_set_num_threads(saved_threads);
@@ -531,7 +531,7 @@ QT_TEST(apot_kernels_match_formulas_and_thread_count)
                                        : qt_apot_unsigned_q(x, qz.levels, qz.thr, qz.n);
                     const float f =
                         sg ? qt_apot_signed_dalpha(x, q) : qt_apot_unsigned_dalpha(x, q);
-                    const float dx = kind == 0 ? qt_apot_weight_dx(g[i], sigma)
+                    const float dx = kind == 0 ? qt_apot_weight_dx(g[i], sigma, QT_STD_ON)
                                      : sg      ? qt_apot_signed_act_dx(g[i], x)
                                                : qt_apot_unsigned_dx(g[i], x);
                     sum += (double)(g[i] * f);
@@ -605,9 +605,9 @@ static int check_weight_channels(const float *w, const float *g, int64_t n, cons
     float da1[64], da3[64], dacc[64];
     const int saved_threads = omp_get_max_threads();
     omp_set_num_threads(1);
-    quant_weight_backward_cpu(d1, da1, g, w, alpha, nalpha, &mu, &sigma, qz, n, 0, 0);
+    quant_weight_backward_cpu(d1, da1, g, w, alpha, nalpha, 1, &mu, &sigma, qz, n, 0, 0);
     omp_set_num_threads(3);
-    quant_weight_backward_cpu(d, da3, g, w, alpha, nalpha, &mu, &sigma, qz, n, 0, 0);
+    quant_weight_backward_cpu(d, da3, g, w, alpha, nalpha, 1, &mu, &sigma, qz, n, 0, 0);
     omp_set_num_threads(saved_threads);
     const int64_t cs = n / nalpha;
     const int brute = n <= 20000;
@@ -640,7 +640,7 @@ static int check_weight_channels(const float *w, const float *g, int64_t n, cons
         dacc[c] = 0.25f * (float)c - 1.0f;
     for (int64_t i = 0; i < n; i++)
         d[i] = 0.5f;
-    quant_weight_backward_cpu(d, dacc, g, w, alpha, nalpha, &mu, &sigma, qz, n, 1, 1);
+    quant_weight_backward_cpu(d, dacc, g, w, alpha, nalpha, 1, &mu, &sigma, qz, n, 1, 1);
     for (int64_t c = 0; c < nalpha; c++)
         if (dacc[c] != (0.25f * (float)c - 1.0f) + da1[c])
             return qt_test_fail("%s: accumulated dalpha[%lld] = %.9g", what, (long long)c, dacc[c]);
@@ -690,14 +690,14 @@ QT_TEST(apot_weight_per_channel_matches_formulas)
             for (int64_t c = 0; c < nalpha; c++)
                 same[c] = 1.3f;
             quant_weight_forward_cpu(y, &mu, &sigma, w, same, nalpha, 1, &qz, n);
-            quant_weight_backward_cpu(d, da, g, w, same, nalpha, &mu, &sigma, &qz, n, 0, 0);
+            quant_weight_backward_cpu(d, da, g, w, same, nalpha, 1, &mu, &sigma, &qz, n, 0, 0);
             quant_weight_forward_cpu(d1, &mu, &sigma, w, same, 1, 1, &qz, n);
             double sum = 0;
             for (int64_t c = 0; c < nalpha; c++)
                 sum += da[c];
             for (int64_t i = 0; i < n && !rc; i++)
                 if (y[i] != d1[i]) rc = qt_test_fail("equal alphas: wq[%lld] differs", (long long)i);
-            quant_weight_backward_cpu(d1, &da_one, g, w, same, 1, &mu, &sigma, &qz, n, 0, 0);
+            quant_weight_backward_cpu(d1, &da_one, g, w, same, 1, 1, &mu, &sigma, &qz, n, 0, 0);
             for (int64_t i = 0; i < n && !rc; i++)
                 if (d[i] != d1[i]) rc = qt_test_fail("equal alphas: dw[%lld] differs", (long long)i);
             if (!rc && !(fabs(sum - da_one) <= 1e-5 * (fabs(da_one) + 1.0)))
@@ -742,7 +742,7 @@ QT_TEST(apot_weight_per_channel_dalpha_finite_differences)
                     used += !near;
                 }
                 QT_CHECK(used > N / 2);
-                quant_weight_backward_cpu(NULL, da, gz, w, alpha, C, &mu, &sigma, &qz, N, 0, 0);
+                quant_weight_backward_cpu(NULL, da, gz, w, alpha, C, 1, &mu, &sigma, &qz, N, 0, 0);
                 for (int c = 0; c < C; c++) {
                     /* the straight-through surrogate, in double */
                     const double a = alpha[c], h = a * rel;
@@ -816,7 +816,7 @@ QT_TEST(apot_weight_no_standardization_by_hand)
         QT_CHECK_NEAR(wq[i], e[i], 1e-7);
     /* dw = dwq; dalpha[0] = 1 + 2(-.5 + .6) + 3(.25 - .15) + 4(.5 - .45) = 1.7,
      * dalpha[1] = 5 + 6(.5 - .5) + 7(-.25 + .3) + 8(1 - .9) = 6.15 */
-    quant_weight_backward_cpu(dw, da, g, w, alpha, 2, &mu, &sigma, &qz, 8, 0, 0);
+    quant_weight_backward_cpu(dw, da, g, w, alpha, 2, 1, &mu, &sigma, &qz, 8, 0, 0);
     for (int i = 0; i < 8; i++)
         QT_CHECK(dw[i] == g[i]);
     QT_CHECK_NEAR(da[0], 1.7, 1e-5);
@@ -824,15 +824,15 @@ QT_TEST(apot_weight_no_standardization_by_hand)
     /* NULL outputs are skipped; one alpha for the whole tensor */
     quant_weight_forward_cpu(wq, NULL, NULL, w, alpha, 1, 0, &qz, 8);
     QT_CHECK(wq[4] == 0.5f * 2.0f && wq[0] == 2.0f);
-    quant_weight_backward_cpu(NULL, da, g, w, alpha, 1, &mu, &sigma, &qz, 8, 0, 0);
+    quant_weight_backward_cpu(NULL, da, g, w, alpha, 1, 1, &mu, &sigma, &qz, 8, 0, 0);
     /* x = w / 2: 1.5 -.6 .15 .45 .45 .125 -.075 .225 -> q = 1 -.5 .25 .5 .5 0 0 .25 (.125 is
      * the tie between 0 and .25: the lower level) */
     QT_CHECK_NEAR(da[0], 1.7 + 5 * .05 + 6 * -.125 + 7 * .075 + 8 * .025, 1e-5);
     /* an empty tensor: dalpha = 0 per channel (assign), unchanged (accumulate) */
     da[0] = da[1] = 3.0f;
-    quant_weight_backward_cpu(dw, da, g, w, alpha, 2, &mu, &sigma, &qz, 0, 0, 1);
+    quant_weight_backward_cpu(dw, da, g, w, alpha, 2, 1, &mu, &sigma, &qz, 0, 0, 1);
     QT_CHECK(da[0] == 3.0f && da[1] == 3.0f);
-    quant_weight_backward_cpu(dw, da, g, w, alpha, 2, &mu, &sigma, &qz, 0, 0, 0);
+    quant_weight_backward_cpu(dw, da, g, w, alpha, 2, 1, &mu, &sigma, &qz, 0, 0, 0);
     QT_CHECK(da[0] == 0.0f && da[1] == 0.0f);
     return 0;
 }
@@ -1054,7 +1054,8 @@ static int compare(const char *cname, const char *what, const float *got, const 
 enum { NPY_X, NPY_ALPHA, NPY_G, NPY_Y, NPY_DX, NPY_DALPHA, NPY_MU, NPY_SIGMA, NPY_M, NPY_N };
 
 /* One case of cases.txt: weight cases have nalpha alphas (1, or one per channel of the leading
- * dimension) and standardize (1: mu, sigma from the tensor; 0: mu = 0, sigma = 1). */
+ * dimension) and standardize (1: mu, sigma from the tensor; 0: mu = 0, sigma = 1; 2: from the
+ * tensor, mapped back). */
 static int run_reference_case(const char *dir, const char *name, const char *kind,
                               const char *scheme, int bits, int is_signed, int64_t nalpha,
                               int standardize)
@@ -1112,8 +1113,8 @@ static int run_reference_case(const char *dir, const char *name, const char *kin
         if (!rc && is_weight) {
             quant_weight_forward_cpu(y, &mu, &sigma, v[NPY_X], v[NPY_ALPHA], nalpha, standardize,
                                      &qz, n);
-            quant_weight_backward_cpu(dx, dalpha, v[NPY_G], v[NPY_X], v[NPY_ALPHA], nalpha, &mu,
-                                      &sigma, &qz, n, 0, 0);
+            quant_weight_backward_cpu(dx, dalpha, v[NPY_G], v[NPY_X], v[NPY_ALPHA], nalpha,
+                                      standardize, &mu, &sigma, &qz, n, 0, 0);
             if (!(fabs(mu - v[NPY_MU][0]) <= 1e-6 * fabs(v[NPY_MU][0])) ||
                 !(fabs(sigma - v[NPY_SIGMA][0]) <= 1e-6 * fabs(v[NPY_SIGMA][0])))
                 rc = qt_test_fail("%s: mu, sigma = %.9g, %.9g; reference %.9g, %.9g", name, mu,

@@ -1688,3 +1688,64 @@ QT_TEST(backends_calibration)
     backends_close(&s);
     return fail;
 }
+
+/* Activation ranges for calibration on every backend, against values known by construction:
+ * 1..1000, -1..-500, NaN, Inf and -Inf (counted as 0) in a scrambled order. Sorted as they
+ * are (unsigned): -500..-1, three zeros, 1..1000; as magnitudes (signed): three zeros, the
+ * pairs 1,1 .. 500,500, then 501..1000. Nearest rank k = ceil(p / 100 * 1503) - 1. */
+QT_TEST(backends_calib_ranges)
+{
+    struct backends s;
+    if (backends_open(&s)) return 1;
+    enum { N = 1503 };
+    static float x[N];
+    for (int i = 0; i < 1000; i++) x[i] = (float)(i + 1);
+    for (int i = 0; i < 500; i++) x[1000 + i] = -(float)(i + 1);
+    x[1500] = NAN;
+    x[1501] = INFINITY;
+    x[1502] = -INFINITY;
+    for (int i = N - 1; i > 0; i--) { /* a fixed scramble: j from an LCG */
+        const int j = (int)(((unsigned)i * 2654435761u) % (unsigned)(i + 1));
+        const float t = x[i];
+        x[i] = x[j];
+        x[j] = t;
+    }
+    const struct {
+        double p;
+        int sg;
+        float want;
+    } cases[] = {{50, 0, 249},   {99.9, 0, 999}, {100, 0, 1000}, {0.01, 0, 1.0f /* -500: none */},
+                 {50, 1, 375},   {99.9, 1, 999}, {100, 1, 1000}, {0.01, 1, 1.0f /* 0: none */},
+                 {33.3, 0, 1.0f /* k = 500: the first zero */}};
+    int fail = 0;
+    for (int bi = -1; bi < s.n && !fail; bi++) {
+        struct qt_backend *b = bi < 0 ? s.ref : s.b[bi];
+        struct qt_error e = {{0}};
+        for (int sg = 0; sg < 2 && !fail; sg++) {
+            /* the largest, accumulated over two calls from a start of 0 */
+            float *dx = dev_buf(b, N, x), *dm = dev_buf(b, 1, &(float){0.0f}), m = -1;
+            if (!dx || !dm || b->range_max(b, dm, dx, 700, sg, &e) ||
+                b->range_max(b, dm, dx + 700, N - 700, sg, &e) || b->sync(b, &e) ||
+                b->download(b, &m, dm, sizeof m))
+                fail = qt_test_fail("range max on %s: %s", b->name, e.msg);
+            else if (m != 1000.0f)
+                fail = qt_test_fail("range max on %s (signed %d): %g, expected 1000", b->name, sg,
+                                    m);
+            if (dx) b->release(b, dx);
+            if (dm) b->release(b, dm);
+        }
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0] && !fail; c++) {
+            float *dx = dev_buf(b, N, x), *da = dev_buf(b, 1, NULL), a = -1;
+            if (!dx || !da || b->alpha_percentile(b, da, dx, N, cases[c].p, cases[c].sg, &e) ||
+                b->sync(b, &e) || b->download(b, &a, da, sizeof a))
+                fail = qt_test_fail("percentile on %s: %s", b->name, e.msg);
+            else if (a != cases[c].want)
+                fail = qt_test_fail("percentile %g (signed %d) on %s: %g, expected %g",
+                                    cases[c].p, cases[c].sg, b->name, a, cases[c].want);
+            if (dx) b->release(b, dx);
+            if (da) b->release(b, da);
+        }
+    }
+    backends_close(&s);
+    return fail;
+}
