@@ -3,9 +3,10 @@ quantization (quantize_static, QDQ, int8 weights, uint8 activations, MinMax cali
 calibrated on the same training images, both evaluated on the whole test split.
 
 onnxruntime runs per tensor and per channel. qtune runs W8A8 uniform (per tensor and per
-channel), W4A8 and W4A4 uniform per channel and W4A4 APoT, each with every activation
-calibration method (--ptq calib=mse|minmax|percentile) and bias correction on and off, and
-W8A8 with the map-back of standardized weights off (--ptq restore=off) to show what it does.
+channel), W4A8 and W4A4 uniform per channel and W4A4 APoT, with the activation calibration
+methods (--ptq calib=mse|minmax|percentile), bias correction (bias=on: a third BatchNorm
+candidate on the held-out images) and AdaRound (adaround=on) where they matter, and W8A8 with
+the map-back of standardized weights off (restore=off) to show what it does.
 The FP32 top-1 comes from onnxruntime on the input model.
 
 The calibration images: qtune takes the first --calib-images of a seeded permutation of the
@@ -129,7 +130,7 @@ def ort_quantize(model, out, calib, per_channel):
     import onnx
     name = onnx.load(model).graph.input[0].name
     pre = out + ".pre.onnx"
-    quant_pre_process(model, pre)
+    quant_pre_process(model, pre, skip_symbolic_shape=True)
     quantize_static(pre, out, Reader(name), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     per_channel=per_channel)
@@ -148,15 +149,22 @@ def qtune_ptq(model, data, tmp, calib_images, args):
     return r
 
 
-CONFIGS = [  # (label, finetune options)
-    ("W8A8 uniform per-tensor", ["--bits", "8", "--scheme", "uniform"]),
-    ("W8A8 uniform per-channel", ["--bits", "8", "--scheme", "uniform", "--per-channel"]),
+CONFIGS = [  # (label, finetune options, --ptq variants)
+    ("W8A8 uniform per-tensor", ["--bits", "8", "--scheme", "uniform"],
+     ["calib=mse", "calib=minmax", "calib=percentile", "calib=minmax,bias=on",
+      "calib=minmax,restore=off"]),
+    ("W8A8 uniform per-channel", ["--bits", "8", "--scheme", "uniform", "--per-channel"],
+     ["calib=mse", "calib=minmax", "calib=percentile", "calib=minmax,bias=on",
+      "calib=minmax,restore=off"]),
     ("W4A8 uniform per-channel", ["--wbits", "4", "--abits", "8", "--scheme", "uniform",
-                                  "--per-channel"]),
-    ("W4A4 uniform per-channel", ["--bits", "4", "--scheme", "uniform", "--per-channel"]),
-    ("W4A4 APoT", ["--bits", "4", "--scheme", "apot"]),
+                                  "--per-channel"],
+     ["calib=mse", "calib=minmax", "calib=minmax,bias=on", "calib=mse,adaround=on",
+      "calib=minmax,adaround=on"]),
+    ("W4A4 uniform per-channel", ["--bits", "4", "--scheme", "uniform", "--per-channel"],
+     ["calib=mse", "calib=minmax", "calib=mse,bias=on", "calib=mse,adaround=on"]),
+    ("W4A4 APoT", ["--bits", "4", "--scheme", "apot"],
+     ["calib=mse", "calib=minmax", "calib=mse,bias=on", "calib=mse,adaround=on"]),
 ]
-METHODS = ["calib=mse", "calib=minmax", "calib=percentile"]
 
 
 def main():
@@ -200,10 +208,7 @@ def main():
             log("qtune (top-1, difference to FP32; BatchNorm choice on the held-out images; "
                 "seconds):")
             rows = CONFIGS[:2] if (a.quick and mi > 0) else CONFIGS
-            for label, opts in rows:
-                variants = [(meth + ",bias=" + b) for meth in METHODS for b in ("off", "on")]
-                if label.startswith("W8A8"):
-                    variants.append("calib=mse,restore=off")
+            for label, opts, variants in rows:
                 for v in variants:
                     r = qtune_ptq(model, a.data, tmp, a.calib_images, opts + ["--ptq", v])
                     log("  %-26s %-34s %6.2f  (%+.2f)  %-20s %4.0f s" % (

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "../graph/schema.h"
+#include "../passes/passes.h"
 #include "exec.h"
 #include "loops.h"
 #include "quantizer.h"
@@ -540,4 +541,340 @@ out:
     free(li);
     free(vf);
     return rc;
+}
+
+/* ---- AdaRound ---- */
+
+/* Every value v of g over the calibration batches, in evaluation mode, copied to the host:
+ * *out [batches * batch, ...] (malloc'd), its shape in *shape. */
+static int collect_value(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
+                         const struct qt_calib_config *c, int v, float **out,
+                         struct qt_shape *shape, struct qt_error *e)
+{
+    struct feed f;
+    *out = NULL;
+    if (feed_open(&f, g, ds, c, e)) return -1;
+    struct qt_exec *x = qt_exec_new(g, b, e);
+    int rc = -1;
+    if (!x) goto out;
+    qt_exec_set_mode(x, QT_EXEC_PLAIN);
+    qt_exec_keep_values(x, 1);
+    int64_t per = 0;
+    for (int k = 0; k < f.nb; k++) {
+        feed_batch(&f, ds, c, k);
+        if (qt_exec_forward(x, f.in, e)) goto out;
+        const struct qt_tensor *t = qt_exec_value(x, v);
+        if (!t) {
+            qt_err(e, "value '%s' was not kept", g->values[v].name);
+            goto out;
+        }
+        if (k == 0) {
+            *shape = t->shape;
+            per = qt_shape_numel(&t->shape);
+            shape->d[0] *= f.nb;
+            if (!(*out = malloc(sizeof(float) * (size_t)per * f.nb))) {
+                qt_err(e, "out of memory for %lld calibration values of '%s'",
+                       (long long)per * f.nb, g->values[v].name);
+                goto out;
+            }
+        }
+        if (qt_shape_numel(&t->shape) != per) {
+            qt_err(e, "value '%s' changed its shape", g->values[v].name);
+            goto out;
+        }
+        if (qt_exec_read(x, t->data, *out + (size_t)k * per, per, e)) goto out;
+    }
+    rc = 0;
+out:
+    if (rc) {
+        free(*out);
+        *out = NULL;
+    }
+    if (x) qt_exec_free(x);
+    feed_close(&f);
+    return rc;
+}
+
+/* A graph of layer node li of g alone: input "x" of the layer input's shape with batch
+ * `batch`, the weight "w" as a parameter, its bias copied, output "y". */
+static struct qt_graph *layer_graph(const struct qt_graph *g, int li, int64_t batch,
+                                    struct qt_error *e)
+{
+    const struct qt_node *L = &g->nodes[li];
+    struct qt_graph *s = qt_graph_new();
+    if (!s) {
+        qt_err(e, "out of memory");
+        return NULL;
+    }
+    struct qt_shape xs = g->values[L->in[0]].shape;
+    xs.d[0] = batch;
+    int in[3], out;
+    in[0] = qt_graph_add_value(s, "x", QT_F32, &xs);
+    s->values[in[0]].flags |= QT_V_INPUT;
+    s->inputs = malloc(sizeof(int));
+    s->inputs[0] = in[0];
+    s->ninputs = 1;
+    const struct qt_tensor *w = g->values[g->nodes[g->values[L->in[1]].producer].in[0]].init;
+    in[1] = qt_graph_add_value(s, "w", QT_F32, &w->shape);
+    s->values[in[1]].init = qt_tensor_clone(w);
+    s->values[in[1]].flags |= QT_V_PARAM;
+    int nin = 2;
+    if (L->nin > 2 && L->in[2] >= 0 && g->values[L->in[2]].init) {
+        const struct qt_tensor *bt = g->values[L->in[2]].init;
+        in[2] = qt_graph_add_value(s, "b", bt->dtype, &bt->shape);
+        s->values[in[2]].init = qt_tensor_clone(bt);
+        nin = 3;
+    }
+    out = qt_graph_add_value(s, "y", QT_UNDEF, NULL);
+    s->values[out].flags |= QT_V_OUTPUT;
+    s->outputs = malloc(sizeof(int));
+    s->outputs[0] = out;
+    s->noutputs = 1;
+    const int ni = qt_graph_add_node(s, L->op, L->name, in, nin, &out, 1);
+    struct qt_node *n = &s->nodes[ni];
+    for (int k = 0; k < L->nattrs; k++) {
+        const struct qt_attr *a = &L->attrs[k];
+        if (a->type == QT_ATTR_INT)
+            qt_node_set_int(n, a->name, a->i);
+        else if (a->type == QT_ATTR_FLOAT)
+            qt_node_set_float(n, a->name, a->f);
+        else if (a->type == QT_ATTR_INTS)
+            qt_node_set_ints(n, a->name, a->ints, a->n);
+        else if (a->type == QT_ATTR_STRING)
+            qt_node_set_string(n, a->name, a->s);
+    }
+    s->opset = g->opset;
+    if (qt_pass_canonicalize(s, e)) {
+        qt_graph_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+/* The rectified sigmoid of AdaRound, h(v) = clamp(sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1). */
+#define AR_ZETA 1.1
+#define AR_GAMMA (-0.1)
+
+static double ar_h(double v)
+{
+    const double h = 1.0 / (1.0 + exp(-v)) * (AR_ZETA - AR_GAMMA) + AR_GAMMA;
+    return h < 0 ? 0 : h > 1 ? 1 : h;
+}
+
+/* Mean and unbiased standard deviation of the weights as the quantizer standardizes them
+ * (sigma 1 when 0), summed in double on the host; a kernel may round them one unit in the last
+ * place differently, which the margin the weights are moved by (a tenth of a level gap) makes
+ * irrelevant. */
+static void weight_stats_host(float *mu, float *sigma, const float *w, int64_t n)
+{
+    double s = 0, ss = 0;
+    for (int64_t i = 0; i < n; i++) s += w[i];
+    const double m = n > 0 ? s / (double)n : 0.0;
+    for (int64_t i = 0; i < n; i++) ss += ((double)w[i] - m) * ((double)w[i] - m);
+    const float sd = (float)sqrt(n > 1 ? ss / (double)(n - 1) : 0.0);
+    *mu = (float)m;
+    *sigma = sd > 0.0f ? sd : 1.0f;
+}
+
+/* Signed level grid of qz in ascending order (2n - 1 values). */
+static int signed_grid(float *gv, const struct qt_apot_quantizer *qz)
+{
+    const int n = qz->n;
+    for (int k = 0; k < n; k++) {
+        gv[n - 1 + k] = qz->levels[k];
+        gv[n - 1 - k] = -qz->levels[k];
+    }
+    gv[n - 1] = 0.0f;
+    return 2 * n - 1;
+}
+
+/* Rounds weight quantizer node qn (reading layer li) by AdaRound on inputs X and float
+ * targets Y (host, cnt rows), then moves the weights so that the quantizer's own rounding
+ * gives the chosen levels. */
+static int adaround_layer(struct qt_graph *g, struct qt_backend *b, int li, int qn,
+                          const float *X, const struct qt_shape *xs, const float *Y,
+                          const struct qt_shape *ys, const struct qt_adaround_config *ac,
+                          int *flipped, struct qt_error *e)
+{
+    struct qt_quant_attrs a;
+    struct qt_apot_quantizer qz;
+    if (qt_quantizer_from_node(&a, &qz, &g->nodes[qn], e)) return -1;
+    struct qt_tensor *wt = g->values[g->nodes[qn].in[0]].init;
+    struct qt_tensor *at = g->values[g->nodes[qn].in[1]].init;
+    const int64_t n = qt_shape_numel(&wt->shape), nal = qt_shape_numel(&at->shape);
+    const int64_t per = n / nal, rows = xs->d[0];
+    const int64_t bs = ac->batch < rows ? ac->batch : rows;
+    const int64_t xper = qt_shape_numel(xs) / rows, yper = qt_shape_numel(ys) / rows;
+    float *w = wt->data, *alpha = at->data, gv[2 * QT_APOT_MAX_LEVELS];
+    const int ng = signed_grid(gv, &qz);
+    float mu = 0.0f, sigma = 1.0f;
+    if (a.standardize) weight_stats_host(&mu, &sigma, w, n);
+    const float ss = a.standardize == QT_STD_ON ? 1.0f : sigma, off = a.standardize == QT_STD_ON ? 0.0f : mu;
+    struct qt_graph *s = layer_graph(g, li, bs, e);
+    if (!s) return -1;
+    int *lo = malloc(sizeof(int) * n);
+    double *v = malloc(sizeof(double) * n), *m1 = calloc(n, sizeof(double)),
+           *m2 = calloc(n, sizeof(double));
+    float *wq = malloc(sizeof(float) * n), *dw = malloc(sizeof(float) * n);
+    struct qt_shape bxs = *xs, bys = *ys;
+    bxs.d[0] = bys.d[0] = bs;
+    struct qt_tensor *xb = qt_tensor_new(QT_F32, &bxs), *dy = qt_tensor_new(QT_F32, &bys);
+    float *yb = malloc(sizeof(float) * (size_t)(bs * yper));
+    struct qt_exec *x = NULL;
+    int rc = -1;
+    if (!lo || !v || !m1 || !m2 || !wq || !dw || !xb || !dy || !yb) {
+        qt_err(e, "out of memory");
+        goto out;
+    }
+    /* Floor level and the soft variable v with h(v) = the fractional part. */
+    for (int64_t i = 0; i < n; i++) {
+        float xi = qt_apot_weight_x(w[i], mu, sigma, alpha[i / per]);
+        xi = xi > 1.0f ? 1.0f : xi < -1.0f ? -1.0f : xi;
+        int j = 0;
+        while (j < ng - 2 && gv[j + 1] <= xi) j++;
+        lo[i] = j;
+        double fr = (xi - gv[j]) / (gv[j + 1] - gv[j]);
+        fr = fr < 0.01 ? 0.01 : fr > 0.99 ? 0.99 : fr;
+        v[i] = -log((AR_ZETA - AR_GAMMA) / (fr - AR_GAMMA) - 1.0);
+    }
+    const struct qt_tensor *ins[1] = {xb};
+    if (!(x = qt_exec_new(s, b, e))) goto out;
+    const int wv = qt_graph_find_value(s, "w");
+    float *dwp = qt_exec_param(x, wv);
+    uint64_t seed = 0x61646172ull ^ (uint64_t)li;
+    const int iters = ac->iters, warm = iters / 5;
+    const double lr = ac->lr, lambda = ac->lambda;
+    for (int it = 0; it < iters; it++) {
+        /* soft weights, uploaded into the layer graph's parameter */
+        for (int64_t i = 0; i < n; i++) {
+            const double h = ar_h(v[i]);
+            const float lv = (float)(gv[lo[i]] + h * (gv[lo[i] + 1] - gv[lo[i]]));
+            wq[i] = ss * (alpha[i / per] * lv) + off;
+        }
+        if (b->upload(b, dwp, wq, sizeof(float) * n)) goto out;
+        /* a random batch of the cached rows */
+        for (int64_t r = 0; r < bs; r++) {
+            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+            const int64_t k = (int64_t)((seed >> 33) % (uint64_t)rows);
+            memcpy((float *)xb->data + r * xper, X + k * xper, sizeof(float) * xper);
+            memcpy(yb + r * yper, Y + k * yper, sizeof(float) * yper);
+        }
+        if (qt_exec_forward_train(x, ins, e)) goto out;
+        const struct qt_tensor *yo = qt_exec_output(x, 0);
+        if (qt_exec_read(x, yo->data, dy->data, bs * yper, e)) goto out;
+        float *d = dy->data;
+        const float sc = 2.0f / (float)(bs * yper);
+        for (int64_t i = 0; i < bs * yper; i++) d[i] = sc * (d[i] - yb[i]);
+        if (qt_exec_backward(x, dy, e)) goto out;
+        const float *gw = qt_exec_grad(x, wv);
+        if (!gw || qt_exec_read(x, gw, dw, n, e)) {
+            if (!gw) qt_err(e, "no weight gradient");
+            goto out;
+        }
+        /* regularizer sum(1 - |2h - 1|^beta), beta from 20 down to 2 after a warm-up */
+        const double beta = it < warm ? 0 : 20.0 - 18.0 * (it - warm) / (double)(iters - warm);
+        for (int64_t i = 0; i < n; i++) {
+            const double sg = 1.0 / (1.0 + exp(-v[i]));
+            const double hr = sg * (AR_ZETA - AR_GAMMA) + AR_GAMMA;
+            if (hr <= 0 || hr >= 1) continue; /* clamped: no gradient */
+            const double dh_dv = sg * (1 - sg) * (AR_ZETA - AR_GAMMA);
+            double gh = (double)dw[i] * ss * alpha[i / per] * (gv[lo[i] + 1] - gv[lo[i]]);
+            if (beta > 0) {
+                const double t = 2 * hr - 1, at2 = fabs(t);
+                gh += lambda * -beta * pow(at2, beta - 1) * (t > 0 ? 2 : -2);
+            }
+            const double gvv = gh * dh_dv;
+            /* Adam */
+            m1[i] = 0.9 * m1[i] + 0.1 * gvv;
+            m2[i] = 0.999 * m2[i] + 0.001 * gvv * gvv;
+            const double c1 = 1 - pow(0.9, it + 1), c2 = 1 - pow(0.999, it + 1);
+            v[i] -= lr * (m1[i] / c1) / (sqrt(m2[i] / c2) + 1e-8);
+        }
+    }
+    /* The chosen levels; weights moved just past the threshold into them where the nearest
+     * rounding differs, until the quantizer's own rounding (with the statistics of the moved
+     * weights, alphas rescaled to keep sigma * alpha) gives every chosen level. */
+    int *tgt = (int *)wq; /* reuse: same size */
+    for (int64_t i = 0; i < n; i++) tgt[i] = lo[i] + (ar_h(v[i]) >= 0.5);
+    *flipped = 0;
+    const float s0 = sigma;
+    float *a0 = (float *)dw; /* reuse: the alphas as calibrated */
+    memcpy(a0, alpha, sizeof(float) * nal);
+    for (int pass = 0; pass < 20; pass++) {
+        if (a.standardize) weight_stats_host(&mu, &sigma, w, n);
+        if (pass > 0 && a.standardize)
+            for (int64_t c = 0; c < nal; c++) alpha[c] = a0[c] * (s0 / sigma);
+        int64_t bad = 0;
+        for (int64_t i = 0; i < n; i++) {
+            const float al = alpha[i / per];
+            const float q = qt_apot_signed_q(qt_apot_weight_x(w[i], mu, sigma, al), qz.levels,
+                                             qz.thr, qz.n);
+            if (q == gv[tgt[i]]) continue;
+            bad++;
+            if (pass == 0) (*flipped)++;
+            const int j = lo[i];
+            const double mid = 0.5 * ((double)gv[j] + gv[j + 1]);
+            const double xt = mid + 0.2 * ((double)gv[tgt[i]] - mid);
+            w[i] = (float)((double)mu + (double)sigma * al * xt);
+        }
+        if (!bad) {
+            rc = 0;
+            goto out;
+        }
+        if (!a.standardize) {
+            /* without standardization nothing moves but the weights themselves */
+            continue;
+        }
+    }
+    qt_err(e, "AdaRound of '%s': the rounding did not settle", g->nodes[li].name);
+out:
+    free(lo);
+    free(v);
+    free(m1);
+    free(m2);
+    free(wq);
+    free(dw);
+    free(yb);
+    qt_tensor_free(xb);
+    qt_tensor_free(dy);
+    if (x) qt_exec_free(x);
+    qt_graph_free(s);
+    return rc;
+}
+
+int qt_calib_adaround(struct qt_graph *g, struct qt_graph *fp, struct qt_backend *b,
+                      const struct qt_dataset *ds, const struct qt_calib_config *c,
+                      const struct qt_adaround_config *ac, struct qt_adaround_report *r,
+                      struct qt_error *e)
+{
+    memset(r, 0, sizeof *r);
+    double t0 = now();
+    for (int i = 0; i < g->nnodes; i++) {
+        const struct qt_node *L = &g->nodes[i];
+        if (L->dead || (L->op != QT_OP_CONV && L->op != QT_OP_GEMM) || L->nin < 2) continue;
+        const int qn = g->values[L->in[1]].producer;
+        if (qn < 0 || g->nodes[qn].op != QT_OP_WEIGHTQUANT) continue;
+        struct qt_quant_attrs a;
+        if (qt_quant_attrs_get(&g->nodes[qn], &a, e)) return -1;
+        if (a.scheme >= QT_QS_MAX || !g->values[g->nodes[qn].in[0]].init) continue;
+        if (a.standardize == QT_STD_ON)
+            return qt_err(e, "AdaRound needs standardized weights mapped back (layer '%s')",
+                          L->name);
+        const int fi = qt_graph_find_node(fp, L->name);
+        if (fi < 0) continue;
+        float *X = NULL, *Y = NULL;
+        struct qt_shape xs, ys;
+        int flipped = 0;
+        int rc = collect_value(g, b, ds, c, L->in[0], &X, &xs, e);
+        if (!rc) rc = collect_value(fp, b, ds, c, fp->nodes[fi].out[0], &Y, &ys, e);
+        if (!rc) rc = adaround_layer(g, b, i, qn, X, &xs, Y, &ys, ac, &flipped, e);
+        free(X);
+        free(Y);
+        if (rc) return -1;
+        r->layers++;
+        r->flipped += flipped;
+        r->weights += qt_shape_numel(&g->values[g->nodes[qn].in[0]].init->shape);
+    }
+    r->seconds = now() - t0;
+    return 0;
 }

@@ -65,6 +65,29 @@ int qt_calib_bias_correct(struct qt_graph *g, struct qt_graph *fp, struct qt_bac
                           const struct qt_dataset *ds, const struct qt_calib_config *c,
                           int *corrected, struct qt_error *e);
 
+/* AdaRound (learned rounding, layer by layer): for each Conv and Gemm with an APoT or uniform
+ * WeightQuant of mapped-back standardized weights (or none), in graph order, the choice
+ * between the two levels around each weight is learned on the calibration batches: inputs
+ * from g as quantized so far (evaluation mode), targets the layer's outputs in fp (the float
+ * model), loss the mean squared output difference plus lambda * sum(1 - |2h - 1|^beta) over
+ * the soft choices h (rectified sigmoid; beta from 20 to 2 after 20% of the steps), Adam on
+ * random batches of `batch` cached images for `iters` steps. The weights are then moved just
+ * past the rounding threshold where the choice is not the nearest level (alphas rescaled by
+ * the change of the weights' standard deviation), so that the quantizer itself gives it. */
+struct qt_adaround_config {
+    int iters, batch;
+    double lr, lambda;
+};
+struct qt_adaround_report {
+    int layers;
+    int64_t weights, flipped; /* weights rounded away from their nearest level */
+    double seconds;
+};
+int qt_calib_adaround(struct qt_graph *g, struct qt_graph *fp, struct qt_backend *b,
+                      const struct qt_dataset *ds, const struct qt_calib_config *c,
+                      const struct qt_adaround_config *ac, struct qt_adaround_report *r,
+                      struct qt_error *e);
+
 /* A dataset of `n` training images that calibration does not use: the last n of the seeded
  * permutation whose first batches it takes (pixels copied; free with qt_dataset_free). Fails
  * when the split is too small to hold both. */

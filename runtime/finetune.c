@@ -104,6 +104,18 @@ static int calibrate(struct qt_graph *g, struct qt_graph *fp, struct qt_backend 
     }
     int rc = qt_calib_quantizers(g, b, train, &c->calib, c->calib_alphas, &r->calib, e);
     if (rc) qt_err_prefix(e, "calibration: ");
+    if (!rc && fp && c->adaround) {
+        /* learned rounding on the model with its own statistics (when they are a candidate),
+         * then the re-estimated candidate again with the new weights */
+        if (st[0]) load_state(g, st[0]);
+        rc = qt_calib_adaround(g, fp, b, train, &c->calib, &c->ar, &r->ar, e);
+        if (rc) qt_err_prefix(e, "AdaRound: ");
+        struct qt_calib_report cr;
+        if (!rc) {
+            rc = qt_calib_quantizers(g, b, train, &c->calib, 0, &cr, e);
+            if (rc) qt_err_prefix(e, "calibration: ");
+        }
+    }
     r->bn_reestimated = -1;
     r->bn_choice = 1;
     r->bn_top1[2] = -1;
@@ -114,7 +126,7 @@ static int calibrate(struct qt_graph *g, struct qt_graph *fp, struct qt_backend 
             load_state(g, st[0]);
             rc = holdout_top1(g, b, &hold, c, &r->bn_top1[0], e);
         }
-        if (!rc && fp) {
+        if (!rc && fp && c->bias_correct) {
             rc = qt_calib_bias_correct(g, fp, b, train, &c->calib, &r->bias_corrected, e);
             if (rc) qt_err_prefix(e, "bias correction: ");
             if (!rc) rc = holdout_top1(g, b, &hold, c, &r->bn_top1[2], e);
@@ -152,7 +164,7 @@ int qt_finetune_prepare(struct qt_graph *g, struct qt_backend *b, const struct q
         if (rc) return -1;
     }
     struct qt_graph *fp = NULL;
-    if (c->bias_correct && !c->resume && !(fp = graph_copy(g, e))) return -1;
+    if ((c->bias_correct || c->adaround) && !c->resume && !(fp = graph_copy(g, e))) return -1;
     if (qt_pass_quantize(g, c->quant, &r->quant, e)) {
         qt_graph_free(fp);
         return -1;

@@ -29,6 +29,8 @@ struct qt_prepare_config {
      * output per channel (calibration batches, evaluation mode, earlier layers already
      * corrected) moved back to the float model's through the BatchNorm after it, or its bias. */
     int bias_correct;
+    int adaround; /* AdaRound of the weights after calibration (ar: its settings) */
+    struct qt_adaround_config ar;
 };
 
 struct qt_prepare_report {
@@ -45,6 +47,7 @@ struct qt_prepare_report {
     double bn_top1[3];
     int restored;  /* weight quantizers whose standardized weights were mapped back */
     int bias_corrected; /* layers whose mean output shift was corrected */
+    struct qt_adaround_report ar;
     int evaluated; /* eval holds the accuracy after calibration */
     struct qt_eval_result eval;
 };

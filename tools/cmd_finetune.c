@@ -45,6 +45,9 @@ static void usage(void)
         "                       percentile (default 99.99) of the calibration values;\n"
         "                       bias=on|off  correct each quantized layer's mean output shift\n"
         "                       (through its BatchNorm or bias; default off);\n"
+        "                       adaround=on|off  learned rounding of the weights, layer by\n"
+        "                       layer on the calibration images (default off; needs\n"
+        "                       restore=on); adaround-iters=N  its steps per layer (200)\n"
         "                       restore=on|off  standardized weights mapped back to their\n"
         "                       own scale and offset for calibration and evaluation (default\n"
         "                       on; fine-tuning uses them standardized)\n"
@@ -60,7 +63,8 @@ static void usage(void)
 struct ptq_opts {
     int method;
     double percentile;
-    int bias, restore;
+    int bias, restore, adaround;
+    struct qt_adaround_config ar;
 };
 
 /* Parses --ptq's comma-separated key=value list into o. */
@@ -90,15 +94,24 @@ static int ptq_parse(const char *spec, struct ptq_opts *o)
             } else
                 return cli_fail("finetune: --ptq calib must be mse, minmax or percentile[:P], "
                                 "not '%s'", v);
-        } else if ((strcmp(t, "bias") == 0 || strcmp(t, "restore") == 0) && onoff >= 0) {
+        } else if ((!strcmp(t, "bias") || !strcmp(t, "restore") || !strcmp(t, "adaround")) &&
+                   onoff >= 0) {
             if (t[0] == 'b')
                 o->bias = onoff;
-            else
+            else if (t[0] == 'r')
                 o->restore = onoff;
-        } else if (strcmp(t, "bias") == 0 || strcmp(t, "restore") == 0) {
+            else
+                o->adaround = onoff;
+        } else if (!strcmp(t, "bias") || !strcmp(t, "restore") || !strcmp(t, "adaround")) {
             return cli_fail("finetune: --ptq %s must be on or off, not '%s'", t, v);
+        } else if (!strcmp(t, "adaround-iters")) {
+            long k = cli_parse_long(v);
+            if (k <= 0 || k > 1000000)
+                return cli_fail("finetune: --ptq adaround-iters needs a positive integer");
+            o->ar.iters = (int)k;
         } else {
-            return cli_fail("finetune: unknown --ptq item '%s' (calib, bias or restore)", t);
+            return cli_fail("finetune: unknown --ptq item '%s' (calib, bias, restore, adaround, "
+                            "adaround-iters)", t);
         }
     }
     return 0;
@@ -123,7 +136,7 @@ int cmd_finetune(int argc, char **argv)
     const char *path = NULL, *first_last = "8", *alpha_init = "paper", *folded = "unfold";
     const char *int8_range = "absmax", *export_fmt = NULL, *export_out = NULL;
     long wbits = 4, abits = 4, calib_batches = 8, calib_images = 0, holdout = 2000;
-    struct ptq_opts po = {QT_CALIB_MSE, 99.99, 0, 1};
+    struct ptq_opts po = {QT_CALIB_MSE, 99.99, 0, 1, 0, {200, 32, 1e-2, 0.01}};
     int scheme = QT_QS_APOT, per_channel = 0, no_std = 0, reset = 0;
     double alpha_w = 3.0, alpha_a = 8.0;
     static struct qt_quant_override ov[MAX_OVERRIDES];
@@ -273,7 +286,9 @@ int cmd_finetune(int argc, char **argv)
         (int)holdout,
         po.restore,
         r.epochs > 0,
-        po.bias};
+        po.bias,
+        po.adaround,
+        po.ar};
     struct qt_prepare_report pr;
     struct cli_progress prog;
     cli_progress_init(&prog, "eval", "img", r.quiet);
@@ -323,6 +338,10 @@ int cmd_finetune(int argc, char **argv)
             else
                 snprintf(how, sizeof how, "alphas from data (activations: %s)",
                          po.method == QT_CALIB_MINMAX ? "largest value" : "least squared error");
+            if (pr.ar.layers)
+                fprintf(stderr, "AdaRound (%.1f s): %d layers, %lld of %lld weights rounded away "
+                                "from their nearest level\n", pr.ar.seconds, pr.ar.layers,
+                        (long long)pr.ar.flipped, (long long)pr.ar.weights);
             if (pr.bias_corrected)
                 fprintf(stderr, "bias correction: the mean output of %d layers moved back to "
                                 "the float model's\n", pr.bias_corrected);
