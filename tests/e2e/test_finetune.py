@@ -134,6 +134,42 @@ def test_ptq_batchnorm_decision_is_reported(qtune, fp_model, tmp_path):
     assert "re-estimated (unchecked: --holdout 0)" in r.stderr, r.stderr
 
 
+def test_ptq_choices_are_measured_and_reported(qtune, fp_model, tmp_path):
+    """Each activation calibration method runs; bias correction is a third candidate whose
+    held-out figure is reported beside the own and re-estimated statistics; AdaRound reports
+    what it rounded; the standardized weights are mapped back for the evaluation."""
+    fp, _, _ = fp_model
+    args = [a for a in COMMON if a != "--quiet"]
+    seen = {}
+    for ptq in ("calib=mse", "calib=minmax,bias=on", "calib=percentile:99.9",
+                "adaround=on,adaround-iters=20"):
+        r = qtune("finetune", fp, "--bits", "4", "--epochs", "0", "--calib-images", "256",
+                  "--holdout", "500", "--ptq", ptq, "--json", "-o", str(tmp_path / "q.onnx"),
+                  *args).check_ok()
+        res = last_json(r)
+        seen[ptq] = res
+        assert res["calib_images"] == 256 and res["restored"] == 20, res
+        assert res["batchnorm"] in ("own", "reestimated", "own+bias-correction"), res
+        line = [l for l in r.stderr.splitlines() if l.startswith("calibration")][0]
+        method = {"mse": "least squared error", "minmax": "largest value",
+                  "percentile:99.9": "99.9-th percentile"}.get(ptq.split(",")[0][6:], "least")
+        assert method in line, line
+        if "bias=on" in ptq:
+            assert res["holdout_top1"][2] >= 0 and "% bias-corrected" in line, line
+        else:
+            assert res["holdout_top1"][2] == -1, res
+        if "adaround" in ptq:
+            assert re.search(r"AdaRound \([0-9.]+ s\): 20 layers, [1-9][0-9]* of [0-9]+ weights "
+                             r"rounded away", r.stderr), r.stderr
+        # the reported top-1 is the saved model's
+        e = qtune("eval", str(tmp_path / "q.onnx"), "--data", FMNIST, "--limit", "1000",
+                  "--json", "--quiet").check_ok()
+        assert abs(last_json(e)["top1"] - res["top1"]) < 1e-6, ptq
+    # min/max ranges are wider than the least-error ones: different models
+    assert seen["calib=mse"]["top1"] != seen["calib=minmax,bias=on"]["top1"] or \
+        seen["calib=mse"]["loss"] != seen["calib=minmax,bias=on"]["loss"]
+
+
 def test_inspect_lists_quantizers(qtune, fp_model, tmp_path):
     fp, _, _ = fp_model
     out = str(tmp_path / "q.onnx")
@@ -267,6 +303,14 @@ def test_folded_model_is_unfolded_exactly(qtune, ref_out, tmp_path):
     (["--alpha-init", "guess"], "--alpha-init"),
     (["--folded", "maybe"], "--folded"),
     (["--alpha-w", "-1"], "--alpha-w"),
+    (["--ptq", "calib=entropy"], "--ptq calib"),
+    (["--ptq", "calib=percentile:0"], "percentile"),
+    (["--ptq", "bias=yes"], "--ptq bias"),
+    (["--ptq", "rounding=on"], "unknown --ptq item"),
+    (["--ptq", "adaround"], "key=value"),
+    (["--ptq", "adaround-iters=0"], "adaround-iters"),
+    (["--ptq", "adaround=on,restore=off"], "AdaRound needs"),
+    (["--calib-images", "0"], "--calib-images"),
 ])
 def test_bad_settings(qtune, fp_model, tmp_path, args, needle):
     fp, _, _ = fp_model
