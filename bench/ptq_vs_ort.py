@@ -151,19 +151,24 @@ def qtune_ptq(model, data, tmp, calib_images, args):
 
 CONFIGS = [  # (label, finetune options, --ptq variants)
     ("W8A8 uniform per-tensor", ["--bits", "8", "--scheme", "uniform"],
-     ["calib=mse", "calib=minmax", "calib=percentile", "calib=minmax,bias=on",
-      "calib=minmax,restore=off"]),
+     ["calib=mse,weights=mse", "calib=minmax,weights=mse", "calib=percentile,weights=mse",
+      "calib=minmax,weights=minmax", "calib=minmax,weights=mse,bias=on",
+      "calib=minmax,weights=mse,restore=off"]),
     ("W8A8 uniform per-channel", ["--bits", "8", "--scheme", "uniform", "--per-channel"],
-     ["calib=mse", "calib=minmax", "calib=percentile", "calib=minmax,bias=on",
-      "calib=minmax,restore=off"]),
+     ["calib=mse,weights=minmax", "calib=minmax,weights=minmax",
+      "calib=percentile,weights=minmax", "calib=minmax,weights=mse",
+      "calib=minmax,weights=minmax,bias=on", "calib=minmax,weights=minmax,restore=off"]),
     ("W4A8 uniform per-channel", ["--wbits", "4", "--abits", "8", "--scheme", "uniform",
                                   "--per-channel"],
-     ["calib=mse", "calib=minmax", "calib=minmax,bias=on", "calib=mse,adaround=on",
-      "calib=minmax,adaround=on"]),
+     ["calib=mse,weights=minmax", "calib=minmax,weights=minmax", "calib=minmax,weights=mse",
+      "calib=minmax,weights=minmax,bias=on", "calib=minmax,weights=minmax,adaround=on",
+      "calib=minmax,weights=mse,adaround=on"]),
     ("W4A4 uniform per-channel", ["--bits", "4", "--scheme", "uniform", "--per-channel"],
-     ["calib=mse", "calib=minmax", "calib=mse,bias=on", "calib=mse,adaround=on"]),
+     ["calib=mse,weights=minmax", "calib=minmax,weights=minmax", "calib=minmax,weights=mse",
+      "calib=minmax,weights=minmax,bias=on", "calib=minmax,weights=minmax,adaround=on"]),
     ("W4A4 APoT", ["--bits", "4", "--scheme", "apot"],
-     ["calib=mse", "calib=minmax", "calib=mse,bias=on", "calib=mse,adaround=on"]),
+     ["calib=mse,weights=mse", "calib=minmax,weights=mse", "calib=minmax,weights=minmax",
+      "calib=minmax,weights=mse,bias=on", "calib=minmax,weights=mse,adaround=on"]),
 ]
 
 

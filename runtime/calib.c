@@ -197,12 +197,12 @@ out:
     return rc;
 }
 
-/* Alpha(s) of weight quantizer node nd from its weights (standardized as the node does). */
 /* Alpha(s) of weight quantizer node nd from its weights, standardized as the node does, on
- * backend b: the weights' moments and the alpha searches run there; the host reads back two
- * sums and one alpha per channel. */
+ * backend b: the least-error search (QT_CALIB_MSE) or the largest magnitude (QT_CALIB_MINMAX)
+ * per alpha; the weights' moments and the searches run there; the host reads back two sums
+ * and one alpha per channel. */
 static int weight_alpha(struct qt_graph *g, struct qt_backend *b, const struct qt_node *nd,
-                        struct qt_error *e)
+                        int wmethod, struct qt_error *e)
 {
     struct qt_quant_attrs a;
     struct qt_apot_quantizer qz;
@@ -238,10 +238,19 @@ static int weight_alpha(struct qt_graph *g, struct qt_backend *b, const struct q
     for (int64_t i = 0; i < n; i++)
         buf[i] = (src[i] - mu) / sigma;
     if (b->upload(b, dw, buf, sizeof(float) * n)) goto out;
-    for (int64_t ch = 0; ch < nal; ch++)
-        if (b->alpha_search(b, da, dw + ch * per, per, &qz, e) || b->sync(b, e) ||
-            b->download(b, (float *)al->data + ch, da, sizeof(float)))
+    for (int64_t ch = 0; ch < nal; ch++) {
+        if (wmethod == QT_CALIB_MINMAX) {
+            float m = 0.0f;
+            if (b->upload(b, da, &m, sizeof m) ||
+                b->range_max(b, da, dw + ch * per, per, 1, e) || b->sync(b, e) ||
+                b->download(b, &m, da, sizeof m))
+                goto out;
+            ((float *)al->data)[ch] = m > 0 ? m : 1.0f;
+        } else if (b->alpha_search(b, da, dw + ch * per, per, &qz, e) || b->sync(b, e) ||
+                   b->download(b, (float *)al->data + ch, da, sizeof(float))) {
             goto out;
+        }
+    }
     rc = 0;
 out:
     if (dw) b->release(b, dw);
@@ -275,7 +284,7 @@ int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct q
     for (int i = 0; i < g->nnodes; i++) {
         struct qt_node *nd = &g->nodes[i];
         if (nd->op == QT_OP_WEIGHTQUANT && set_alphas && nd->nin > 1 && nd->in[1] >= 0) {
-            if (weight_alpha(g, b, nd, e)) goto out;
+            if (weight_alpha(g, b, nd, c->weight_method, e)) goto out;
             r->weight_alphas++;
         } else if (nd->op == QT_OP_ACTQUANT) {
             struct qt_quant_attrs a;
@@ -301,6 +310,14 @@ int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct q
         }
     int rounds = set_alphas && nact ? (c->rounds > 0 ? c->rounds : 2) : 0;
     const double pct = c->percentile > 0 ? c->percentile : 99.99;
+    /* Evaluation mode, unless standardized weights are not mapped back: their BatchNorms'
+     * running statistics belong to other units, and only batch statistics give activations
+     * like the model's. */
+    int train_mode = 0;
+    for (int i = 0; i < g->nnodes; i++)
+        if (!g->nodes[i].dead && g->nodes[i].op == QT_OP_WEIGHTQUANT &&
+            qt_node_int(&g->nodes[i], "standardize", 0) == QT_STD_ON)
+            train_mode = 1;
     qt_exec_set_mode(x, QT_EXEC_PLAIN);
     qt_exec_keep_values(x, 1);
     for (int round = 0; round <= rounds; round++) {
@@ -326,7 +343,7 @@ int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct q
                 if (qt_exec_forward_train(x, f.in, e)) goto out;
                 continue;
             }
-            if (qt_exec_forward(x, f.in, e)) goto out;
+            if ((train_mode ? qt_exec_forward_train : qt_exec_forward)(x, f.in, e)) goto out;
             for (int j = 0; j < nact; j++) {
                 const struct qt_tensor *t = qt_exec_value(x, g->nodes[act[j]].in[0]);
                 if (!t) {

@@ -17,8 +17,9 @@ struct qt_calib_config {
     const float *mean, *std;
     int64_t samples; /* values kept per activation quantizer and round (default 65536) */
     int rounds;      /* rounds of activation alpha estimation (default 2) */
-    int method;        /* activation alphas: enum qt_calib_method (default: the MSE search) */
+    int method;        /* activation alphas: enum qt_calib_method (0: the MSE search) */
     double percentile; /* QT_CALIB_PERCENTILE: which one (default 99.99) */
+    int weight_method; /* weight alphas: QT_CALIB_MSE (0) or QT_CALIB_MINMAX (largest |w|) */
 };
 
 /* How activation alphas come from the values that reach the quantizer: the alpha minimizing
@@ -47,7 +48,9 @@ struct qt_calib_report {
 /* With the quantizers in place: sets every weight quantizer's alpha(s) to minimize the
  * quantization error of its (standardized) weights when set_alphas, then runs c->rounds
  * rounds over the calibration batches in evaluation mode (BatchNorm with its running
- * statistics, no augmentation), each setting the activation alphas from the values that
+ * statistics, no augmentation; training mode when a WeightQuant standardizes without mapping
+ * back, as its BatchNorm's statistics then belong to other units), each setting the
+ * activation alphas from the values that
  * reached them by c->method (when set_alphas), and a last round in training mode that
  * re-estimates every BatchNorm's running statistics as the average over the batches. */
 int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,

@@ -40,9 +40,12 @@ static void usage(void)
         "  --calib-batches N    calibration batches (default 8 of --batch images)\n"
         "  --calib-images N     calibration images instead (rounded up to whole batches)\n"
         "  --ptq LIST           post-training quantization choices, comma-separated:\n"
-        "                       calib=mse|minmax|percentile[:P]  activation alphas: least\n"
-        "                       quantization error (default), largest value, or the P-th\n"
-        "                       percentile (default 99.99) of the calibration values;\n"
+        "                       calib=minmax|mse|percentile[:P]  activation alphas: the\n"
+        "                       largest value (default), least quantization error, or the\n"
+        "                       P-th percentile (default 99.99) of the calibration values;\n"
+        "                       weights=mse|minmax  weight alphas: least quantization\n"
+        "                       error or the largest magnitude (default: minmax with\n"
+        "                       --per-channel, else mse);\n"
         "                       bias=on|off  correct each quantized layer's mean output shift\n"
         "                       (through its BatchNorm or bias; default off);\n"
         "                       adaround=on|off  learned rounding of the weights, layer by\n"
@@ -61,7 +64,7 @@ static void usage(void)
 }
 
 struct ptq_opts {
-    int method;
+    int method, wmethod;
     double percentile;
     int bias, restore, adaround;
     struct qt_adaround_config ar;
@@ -94,6 +97,10 @@ static int ptq_parse(const char *spec, struct ptq_opts *o)
             } else
                 return cli_fail("finetune: --ptq calib must be mse, minmax or percentile[:P], "
                                 "not '%s'", v);
+        } else if (!strcmp(t, "weights")) {
+            if (strcmp(v, "mse") && strcmp(v, "minmax"))
+                return cli_fail("finetune: --ptq weights must be mse or minmax, not '%s'", v);
+            o->wmethod = strcmp(v, "mse") ? QT_CALIB_MINMAX : QT_CALIB_MSE;
         } else if ((!strcmp(t, "bias") || !strcmp(t, "restore") || !strcmp(t, "adaround")) &&
                    onoff >= 0) {
             if (t[0] == 'b')
@@ -110,8 +117,8 @@ static int ptq_parse(const char *spec, struct ptq_opts *o)
                 return cli_fail("finetune: --ptq adaround-iters needs a positive integer");
             o->ar.iters = (int)k;
         } else {
-            return cli_fail("finetune: unknown --ptq item '%s' (calib, bias, restore, adaround, "
-                            "adaround-iters)", t);
+            return cli_fail("finetune: unknown --ptq item '%s' (calib, weights, bias, restore, "
+                            "adaround, adaround-iters)", t);
         }
     }
     return 0;
@@ -136,7 +143,7 @@ int cmd_finetune(int argc, char **argv)
     const char *path = NULL, *first_last = "8", *alpha_init = "paper", *folded = "unfold";
     const char *int8_range = "absmax", *export_fmt = NULL, *export_out = NULL;
     long wbits = 4, abits = 4, calib_batches = 8, calib_images = 0, holdout = 2000;
-    struct ptq_opts po = {QT_CALIB_MSE, 99.99, 0, 1, 0, {200, 32, 1e-2, 0.01}};
+    struct ptq_opts po = {QT_CALIB_MINMAX, -1, 99.99, 0, 1, 0, {200, 32, 1e-2, 0.01}};
     int scheme = QT_QS_APOT, per_channel = 0, no_std = 0, reset = 0;
     double alpha_w = 3.0, alpha_a = 8.0;
     static struct qt_quant_override ov[MAX_OVERRIDES];
@@ -265,6 +272,9 @@ int cmd_finetune(int argc, char **argv)
     int calib_alphas = strcmp(alpha_init, "calib") == 0 || r.epochs == 0;
 
     if (calib_images) calib_batches = (calib_images + r.batch - 1) / r.batch;
+    /* measured (bench/results/ptq_vs_ort.txt): one alpha per channel fits its channel's
+     * range best unclipped; one per tensor gains from the least-error clipping */
+    if (po.wmethod < 0) po.wmethod = per_channel ? QT_CALIB_MINMAX : QT_CALIB_MSE;
     struct qt_graph *g = cli_load_model(path, 0);
     if (!g) return 1;
     struct recipe_data d;
@@ -280,7 +290,7 @@ int cmd_finetune(int argc, char **argv)
         calib_alphas,
         r.resume != NULL,
         {(int)calib_batches, (int)r.batch, r.seed, d.mean, d.std, 65536, 2, po.method,
-         po.percentile},
+         po.percentile, po.wmethod},
         (int)r.batch,
         r.test_limit,
         (int)holdout,

@@ -152,7 +152,8 @@ def test_ptq_choices_are_measured_and_reported(qtune, fp_model, tmp_path):
         assert res["batchnorm"] in ("own", "reestimated", "own+bias-correction"), res
         line = [l for l in r.stderr.splitlines() if l.startswith("calibration")][0]
         method = {"mse": "least squared error", "minmax": "largest value",
-                  "percentile:99.9": "99.9-th percentile"}.get(ptq.split(",")[0][6:], "least")
+                  "percentile:99.9": "99.9-th percentile"}.get(ptq.split(",")[0][6:],
+                                                               "largest value")
         assert method in line, line
         if "bias=on" in ptq:
             assert res["holdout_top1"][2] >= 0 and "% bias-corrected" in line, line
@@ -304,6 +305,7 @@ def test_folded_model_is_unfolded_exactly(qtune, ref_out, tmp_path):
     (["--folded", "maybe"], "--folded"),
     (["--alpha-w", "-1"], "--alpha-w"),
     (["--ptq", "calib=entropy"], "--ptq calib"),
+    (["--ptq", "weights=percentile"], "--ptq weights"),
     (["--ptq", "calib=percentile:0"], "percentile"),
     (["--ptq", "bias=yes"], "--ptq bias"),
     (["--ptq", "rounding=on"], "unknown --ptq item"),
