@@ -562,6 +562,10 @@ out:
 
 /* ---- AdaRound ---- */
 
+/* Bytes of layer inputs and float outputs AdaRound keeps per layer at most (whole batches;
+ * at least one). */
+#define QT_ADAROUND_CACHE (512.0 * 1024 * 1024)
+
 /* Every value v of g over the calibration batches, in evaluation mode, copied to the host:
  * *out [batches * batch, ...] (malloc'd), its shape in *shape. */
 static int collect_value(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
@@ -882,8 +886,23 @@ int qt_calib_adaround(struct qt_graph *g, struct qt_graph *fp, struct qt_backend
         float *X = NULL, *Y = NULL;
         struct qt_shape xs, ys;
         int flipped = 0;
-        int rc = collect_value(g, b, ds, c, L->in[0], &X, &xs, e);
-        if (!rc) rc = collect_value(fp, b, ds, c, fp->nodes[fi].out[0], &Y, &ys, e);
+        /* the cached inputs and targets stay within QT_ADAROUND_CACHE bytes: fewer
+         * calibration batches for layers with large activations */
+        struct qt_calib_config cc = *c;
+        const struct qt_shape *s1 = &g->values[L->in[0]].shape, *s2 = &g->values[L->out[0]].shape;
+        double img = 0;
+        if (s1->ndim >= 1 && s2->ndim >= 1) {
+            double p1 = 1, p2 = 1;
+            for (int k = 1; k < s1->ndim; k++) p1 *= s1->d[k] > 0 ? (double)s1->d[k] : 1;
+            for (int k = 1; k < s2->ndim; k++) p2 *= s2->d[k] > 0 ? (double)s2->d[k] : 1;
+            img = 4.0 * (p1 + p2);
+        }
+        if (img > 0 && cc.batch > 0 && img * cc.batch * cc.batches > QT_ADAROUND_CACHE) {
+            cc.batches = (int)(QT_ADAROUND_CACHE / (img * cc.batch));
+            if (cc.batches < 1) cc.batches = 1;
+        }
+        int rc = collect_value(g, b, ds, &cc, L->in[0], &X, &xs, e);
+        if (!rc) rc = collect_value(fp, b, ds, &cc, fp->nodes[fi].out[0], &Y, &ys, e);
         if (!rc) rc = adaround_layer(g, b, i, qn, X, &xs, Y, &ys, ac, &flipped, e);
         free(X);
         free(Y);

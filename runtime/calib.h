@@ -74,7 +74,9 @@ int qt_calib_bias_correct(struct qt_graph *g, struct qt_graph *fp, struct qt_bac
  * from g as quantized so far (evaluation mode), targets the layer's outputs in fp (the float
  * model), loss the mean squared output difference plus lambda * sum(1 - |2h - 1|^beta) over
  * the soft choices h (rectified sigmoid; beta from 20 to 2 after 20% of the steps), Adam on
- * random batches of `batch` cached images for `iters` steps. The weights are then moved just
+ * random batches of `batch` cached images for `iters` steps (the cache of a layer's inputs and
+ * targets holds at most 512 MiB: fewer calibration batches where a layer's activations are
+ * large). The weights are then moved just
  * past the rounding threshold where the choice is not the nearest level (alphas rescaled by
  * the change of the weights' standard deviation), so that the quantizer itself gives it. */
 struct qt_adaround_config {

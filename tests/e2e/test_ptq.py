@@ -68,13 +68,12 @@ def test_w4a8_adaround_within_one_and_a_half_points(qtune, tmp_path, test_split)
     x, y = test_split
     fp32 = ort_top1(model, x, y)
     out = str(tmp_path / "ar.onnx")
-    res, _ = ptq(qtune, model, data, out, "--wbits", "4", "--abits", "8", "--scheme", "uniform",
-                 "--per-channel", "--ptq", "calib=minmax,adaround=on,adaround-iters=100")
+    args = ["--wbits", "4", "--abits", "8", "--scheme", "uniform", "--per-channel"]
+    res, _ = ptq(qtune, model, data, out, *args, "--ptq",
+                 "weights=mse,adaround=on,adaround-iters=100")
     assert res["top1"] >= fp32 - 1.5, (res, fp32)
-    # without it the same settings lose more
-    plain, _ = ptq(qtune, model, data, str(tmp_path / "q.onnx"), "--wbits", "4", "--abits", "8",
-                   "--scheme",
-                   "uniform", "--per-channel", "--ptq", "calib=minmax")
+    # without it the same settings lose more (least-error weight alphas: 78.72% measured)
+    plain, _ = ptq(qtune, model, data, str(tmp_path / "q.onnx"), *args, "--ptq", "weights=mse")
     assert plain["top1"] < res["top1"], (plain, res)
     # the rounding is carried by the weights: the saved model gives the reported top-1
     e = qtune("eval", out, "--data", data, "--json", "--quiet")
