@@ -41,8 +41,9 @@ static void usage(void)
         "  --calib-images N     calibration images instead (rounded up to whole batches)\n"
         "  --ptq LIST           post-training quantization choices, comma-separated:\n"
         "                       calib=minmax|mse|percentile[:P]  activation alphas: the\n"
-        "                       largest value (default), least quantization error, or the\n"
-        "                       P-th percentile (default 99.99) of the calibration values;\n"
+        "                       largest value, least quantization error, or the P-th\n"
+        "                       percentile (99.99) of the calibration values (default:\n"
+        "                       minmax with --epochs 0, else mse);\n"
         "                       weights=mse|minmax  weight alphas: least quantization\n"
         "                       error or the largest magnitude (default: minmax with\n"
         "                       --per-channel, else mse);\n"
@@ -143,7 +144,7 @@ int cmd_finetune(int argc, char **argv)
     const char *path = NULL, *first_last = "8", *alpha_init = "paper", *folded = "unfold";
     const char *int8_range = "absmax", *export_fmt = NULL, *export_out = NULL;
     long wbits = 4, abits = 4, calib_batches = 8, calib_images = 0, holdout = 2000;
-    struct ptq_opts po = {QT_CALIB_MINMAX, -1, 99.99, 0, 1, 0, {200, 32, 1e-2, 0.01}};
+    struct ptq_opts po = {-1, -1, 99.99, 0, 1, 0, {200, 32, 1e-2, 0.01}};
     int scheme = QT_QS_APOT, per_channel = 0, no_std = 0, reset = 0;
     double alpha_w = 3.0, alpha_a = 8.0;
     static struct qt_quant_override ov[MAX_OVERRIDES];
@@ -275,6 +276,9 @@ int cmd_finetune(int argc, char **argv)
     /* measured (bench/results/ptq_vs_ort.txt): one alpha per channel fits its channel's
      * range best unclipped; one per tensor gains from the least-error clipping */
     if (po.wmethod < 0) po.wmethod = per_channel ? QT_CALIB_MINMAX : QT_CALIB_MSE;
+    /* activations: the largest value for post-training quantization; fine-tuning started
+     * better from the least-error alphas (bench/results/ptq_finetune.txt) */
+    if (po.method < 0) po.method = r.epochs == 0 ? QT_CALIB_MINMAX : QT_CALIB_MSE;
     struct qt_graph *g = cli_load_model(path, 0);
     if (!g) return 1;
     struct recipe_data d;
