@@ -48,7 +48,8 @@ static void usage(void)
         "                       error or the largest magnitude (default: minmax with\n"
         "                       --per-channel, else mse);\n"
         "                       bias=on|off  correct each quantized layer's mean output shift\n"
-        "                       (through its BatchNorm or bias; default off);\n"
+        "                       (through its BatchNorm or bias), kept when it wins on the\n"
+        "                       held-out images (default: on with --epochs 0, else off);\n"
         "                       adaround=on|off  learned rounding of the weights, layer by\n"
         "                       layer on the calibration images (default off; needs\n"
         "                       restore=on); adaround-iters=N  its steps per layer (200)\n"
@@ -144,7 +145,7 @@ int cmd_finetune(int argc, char **argv)
     const char *path = NULL, *first_last = "8", *alpha_init = "paper", *folded = "unfold";
     const char *int8_range = "absmax", *export_fmt = NULL, *export_out = NULL;
     long wbits = 4, abits = 4, calib_batches = 8, calib_images = 0, holdout = 2000;
-    struct ptq_opts po = {-1, -1, 99.99, 0, 1, 0, {200, 32, 1e-2, 0.01}};
+    struct ptq_opts po = {-1, -1, 99.99, -1, 1, 0, {200, 32, 1e-2, 0.01}};
     int scheme = QT_QS_APOT, per_channel = 0, no_std = 0, reset = 0;
     double alpha_w = 3.0, alpha_a = 8.0;
     static struct qt_quant_override ov[MAX_OVERRIDES];
@@ -279,6 +280,9 @@ int cmd_finetune(int argc, char **argv)
     /* activations: the largest value for post-training quantization; fine-tuning started
      * better from the least-error alphas (bench/results/ptq_finetune.txt) */
     if (po.method < 0) po.method = r.epochs == 0 ? QT_CALIB_MINMAX : QT_CALIB_MSE;
+    /* bias correction: a held-out candidate that never lost in those measurements; the
+     * fine-tuning runs there started without it */
+    if (po.bias < 0) po.bias = r.epochs == 0;
     struct qt_graph *g = cli_load_model(path, 0);
     if (!g) return 1;
     struct recipe_data d;

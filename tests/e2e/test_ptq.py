@@ -57,10 +57,12 @@ def test_w8a8_keeps_the_fp32_accuracy(qtune, tmp_path, test_split, which):
                  "uniform")
     assert res["quantizers"] == 42 and res["calib_images"] == 512, res
     assert res["top1"] >= fp32 - 0.3, (res, fp32)
-    # the mapped-back weights keep the model's own BatchNorm statistics correct: they win on
-    # the held-out images
-    assert res["restored"] == 20 and res["batchnorm"] == "own", res
-    assert res["holdout_top1"][0] > res["holdout_top1"][1], res
+    assert res["restored"] == 20, res
+    if which == "bn":
+        # the mapped-back weights keep the model's own BatchNorm statistics correct: they win
+        # on the held-out images (the folded file's were made from calibration data anyway)
+        assert res["batchnorm"] in ("own", "own+bias-correction"), res
+        assert res["holdout_top1"][0] > res["holdout_top1"][1], res
 
 
 def test_w4a8_adaround_within_one_and_a_half_points(qtune, tmp_path, test_split):
