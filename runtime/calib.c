@@ -106,94 +106,142 @@ static void feed_close(struct feed *f)
     qt_tensor_free(f->x);
 }
 
-/* Per-channel sums of x ([N, C, ...]) into s1, s2 (double). */
-int qt_calib_bn_from_data(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
-                          const struct qt_calib_config *c, const int *bn, int n, struct qt_error *e)
+/* Per-channel mean of values v[0..n) of g (layouts [N, C, ...]) over the calibration batches,
+ * in evaluation mode, and the unbiased variance when var is not NULL: mean[j] (and var[j]),
+ * host arrays of the value's channel count ch[j] (ch may be NULL), allocated here. The sums
+ * run on the backend; the host reads them back once at the end. */
+static int channel_stats(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
+                         const struct qt_calib_config *c, const int *v, int n, double **mean,
+                         double **var, int64_t *ch, struct qt_error *e)
 {
-    if (n == 0) return 0;
     struct feed f;
     if (feed_open(&f, g, ds, c, e)) return -1;
     struct qt_exec *x = qt_exec_new(g, b, e);
+    double **d1 = calloc(n, sizeof *d1), **d2 = calloc(n, sizeof *d2), **s2 = calloc(n, sizeof *s2);
+    int64_t *cnt = calloc(n, sizeof *cnt), *cc = calloc(n, sizeof *cc);
     int rc = -1;
-    /* Per-channel sums on the backend (d1, d2), read back once at the end (s1, s2). */
-    double **s1 = calloc(n, sizeof *s1), **s2 = calloc(n, sizeof *s2);
-    double **d1 = calloc(n, sizeof *d1), **d2 = calloc(n, sizeof *d2);
-    int64_t *cnt = calloc(n, sizeof *cnt);
-    if (!x || !s1 || !s2 || !d1 || !d2 || !cnt) goto out;
+    if (!x || !d1 || !d2 || !s2 || !cnt || !cc) {
+        if (x) qt_err(e, "out of memory");
+        goto out;
+    }
     qt_exec_set_mode(x, QT_EXEC_PLAIN);
     qt_exec_keep_values(x, 1);
-    for (int j = 0; j < n; j++) {
-        const struct qt_node *nd = &g->nodes[bn[j]];
-        int64_t ch = qt_shape_numel(&g->values[nd->in[1]].init->shape);
-        s1[j] = calloc(ch, sizeof(double));
-        s2[j] = calloc(ch, sizeof(double));
-        d1[j] = b->alloc(b, sizeof(double) * ch);
-        d2[j] = b->alloc(b, sizeof(double) * ch);
-        if (!s1[j] || !s2[j] || !d1[j] || !d2[j] ||
-            b->upload(b, d1[j], s1[j], sizeof(double) * ch) ||
-            b->upload(b, d2[j], s2[j], sizeof(double) * ch)) {
-            qt_err(e, "calibration: out of memory on the %s backend", b->name);
-            goto out;
-        }
-    }
     for (int k = 0; k < f.nb; k++) {
         feed_batch(&f, ds, c, k);
         if (qt_exec_forward(x, f.in, e)) goto out;
         for (int j = 0; j < n; j++) {
-            const struct qt_node *nd = &g->nodes[bn[j]];
-            const struct qt_tensor *t = qt_exec_value(x, nd->in[0]);
-            if (!t) {
-                qt_err(e, "calibration: the input of '%s' was not kept", nd->name);
+            const struct qt_tensor *t = qt_exec_value(x, v[j]);
+            if (!t || t->shape.ndim < 2) {
+                qt_err(e, "value '%s' was not kept or has no channel axis", g->values[v[j]].name);
                 goto out;
             }
-            const int64_t nb = t->shape.d[0], ch = t->shape.d[1];
-            const int64_t hw = (nb * ch) != 0 ? qt_shape_numel(&t->shape) / (nb * ch) : 0;
-            if (b->channel_moments(b, d1[j], d2[j], t->data, nb, ch, hw, e)) goto out;
+            const int64_t nb = t->shape.d[0], nc = t->shape.d[1];
+            const int64_t hw = (nb * nc) != 0 ? qt_shape_numel(&t->shape) / (nb * nc) : 0;
+            if (!d1[j]) {
+                cc[j] = nc;
+                d1[j] = b->alloc(b, sizeof(double) * nc);
+                d2[j] = b->alloc(b, sizeof(double) * nc);
+                mean[j] = calloc(nc, sizeof(double));
+                s2[j] = calloc(nc, sizeof(double));
+                if (!d1[j] || !d2[j] || !mean[j] || !s2[j] ||
+                    b->upload(b, d1[j], mean[j], sizeof(double) * nc) ||
+                    b->upload(b, d2[j], s2[j], sizeof(double) * nc)) {
+                    qt_err(e, "out of memory on the %s backend", b->name);
+                    goto out;
+                }
+            }
+            if (nc != cc[j]) {
+                qt_err(e, "value '%s' changed its channel count", g->values[v[j]].name);
+                goto out;
+            }
+            if (b->channel_moments(b, d1[j], d2[j], t->data, nb, nc, hw, e)) goto out;
             cnt[j] += nb * hw;
         }
     }
     if (b->sync(b, e)) goto out;
     for (int j = 0; j < n; j++) {
-        const int64_t ch = qt_shape_numel(&g->values[g->nodes[bn[j]].in[1]].init->shape);
-        if (b->download(b, s1[j], d1[j], sizeof(double) * ch) ||
-            b->download(b, s2[j], d2[j], sizeof(double) * ch)) {
-            qt_err(e, "calibration: cannot read the statistics back from the %s backend", b->name);
+        if (b->download(b, mean[j], d1[j], sizeof(double) * cc[j]) ||
+            b->download(b, s2[j], d2[j], sizeof(double) * cc[j])) {
+            qt_err(e, "cannot read the statistics back from the %s backend", b->name);
             goto out;
         }
+        const double m = (double)(cnt[j] ? cnt[j] : 1);
+        for (int64_t q = 0; q < cc[j]; q++) {
+            const double s1 = mean[j][q];
+            mean[j][q] = s1 / m;
+            double vr = cnt[j] > 1 ? (s2[j][q] - mean[j][q] * s1) / (double)(cnt[j] - 1) : 0.0;
+            s2[j][q] = vr < 0 ? 0 : vr;
+        }
+        if (var) {
+            var[j] = s2[j];
+            s2[j] = NULL;
+        }
+        if (ch) ch[j] = cc[j];
+    }
+    rc = 0;
+out:
+    for (int j = 0; d1 && d2 && s2 && j < n; j++) {
+        if (d1[j]) b->release(b, d1[j]);
+        if (d2[j]) b->release(b, d2[j]);
+        free(s2[j]);
+    }
+    free(d1);
+    free(d2);
+    free(s2);
+    free(cnt);
+    free(cc);
+    if (x) qt_exec_free(x);
+    feed_close(&f);
+    return rc;
+}
+
+int qt_calib_bn_from_data(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
+                          const struct qt_calib_config *c, const int *bn, int n, struct qt_error *e)
+{
+    if (n == 0) return 0;
+    int *v = calloc(n, sizeof(int));
+    double **mean = calloc(n, sizeof *mean), **var = calloc(n, sizeof *var);
+    int64_t *ch = calloc(n, sizeof *ch);
+    int rc = -1;
+    if (!v || !mean || !var || !ch) {
+        qt_err(e, "calibration: out of memory");
+        goto out;
+    }
+    for (int j = 0; j < n; j++) v[j] = g->nodes[bn[j]].in[0];
+    if (channel_stats(g, b, ds, c, v, n, mean, var, ch, e)) {
+        qt_err_prefix(e, "calibration: ");
+        goto out;
     }
     for (int j = 0; j < n; j++) {
         struct qt_node *nd = &g->nodes[bn[j]];
         float *scale = g->values[nd->in[1]].init->data, *bias = g->values[nd->in[2]].init->data;
-        float *mean = g->values[nd->in[3]].init->data, *var = g->values[nd->in[4]].init->data;
+        float *bm = g->values[nd->in[3]].init->data, *bv = g->values[nd->in[4]].init->data;
         double eps = qt_node_float(nd, "epsilon", 1e-5f);
-        int64_t ch = qt_shape_numel(&g->values[nd->in[1]].init->shape);
-        for (int64_t q = 0; q < ch; q++) {
-            double m = s1[j][q] / (double)cnt[j];
-            double v = cnt[j] > 1 ? (s2[j][q] - m * s1[j][q]) / (double)(cnt[j] - 1) : 0.0;
-            if (v < 0) v = 0;
-            double old = sqrt((double)var[q] + eps);
-            double s = scale[q];
-            scale[q] = (float)(s * sqrt(v + eps) / old);
-            bias[q] = (float)(bias[q] + s * (m - mean[q]) / old);
-            mean[q] = (float)m;
-            var[q] = (float)v;
+        if (qt_shape_numel(&g->values[nd->in[1]].init->shape) != ch[j]) {
+            qt_err(e, "calibration: '%s' has a parameter count other than its input's channels",
+                   nd->name);
+            goto out;
+        }
+        for (int64_t q = 0; q < ch[j]; q++) {
+            const double m = mean[j][q], vr = var[j][q];
+            double old = sqrt((double)bv[q] + eps);
+            double sc = scale[q];
+            scale[q] = (float)(sc * sqrt(vr + eps) / old);
+            bias[q] = (float)(bias[q] + sc * (m - bm[q]) / old);
+            bm[q] = (float)m;
+            bv[q] = (float)vr;
         }
     }
     rc = 0;
 out:
-    for (int j = 0; s1 && s2 && d1 && d2 && j < n; j++) {
-        free(s1[j]);
-        free(s2[j]);
-        if (d1[j]) b->release(b, d1[j]);
-        if (d2[j]) b->release(b, d2[j]);
+    for (int j = 0; mean && var && j < n; j++) {
+        free(mean[j]);
+        free(var[j]);
     }
-    free(s1);
-    free(s2);
-    free(d1);
-    free(d2);
-    free(cnt);
-    if (x) qt_exec_free(x);
-    feed_close(&f);
+    free(mean);
+    free(var);
+    free(ch);
+    free(v);
     return rc;
 }
 
@@ -403,75 +451,6 @@ out:
 
 /* ---- Bias correction ---- */
 
-/* Per-channel means of values v[0..n) of g (layouts [N, C, ...]) over the calibration batches,
- * in evaluation mode; mean[j] (host, C values each) is allocated here. */
-static int value_means(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
-                       const struct qt_calib_config *c, const int *v, int n, double **mean,
-                       struct qt_error *e)
-{
-    struct feed f;
-    if (feed_open(&f, g, ds, c, e)) return -1;
-    struct qt_exec *x = qt_exec_new(g, b, e);
-    double **d1 = calloc(n, sizeof *d1), **d2 = calloc(n, sizeof *d2);
-    int64_t *cnt = calloc(n, sizeof *cnt), *ch = calloc(n, sizeof *ch);
-    int rc = -1;
-    if (!x || !d1 || !d2 || !cnt || !ch) {
-        if (x) qt_err(e, "out of memory");
-        goto out;
-    }
-    qt_exec_set_mode(x, QT_EXEC_PLAIN);
-    qt_exec_keep_values(x, 1);
-    for (int k = 0; k < f.nb; k++) {
-        feed_batch(&f, ds, c, k);
-        if (qt_exec_forward(x, f.in, e)) goto out;
-        for (int j = 0; j < n; j++) {
-            const struct qt_tensor *t = qt_exec_value(x, v[j]);
-            if (!t || t->shape.ndim < 2) {
-                qt_err(e, "value '%s' was not kept or has no channel axis", g->values[v[j]].name);
-                goto out;
-            }
-            const int64_t nb = t->shape.d[0], cc = t->shape.d[1];
-            const int64_t hw = (nb * cc) != 0 ? qt_shape_numel(&t->shape) / (nb * cc) : 0;
-            if (!d1[j]) {
-                ch[j] = cc;
-                d1[j] = b->alloc(b, sizeof(double) * cc);
-                d2[j] = b->alloc(b, sizeof(double) * cc);
-                mean[j] = calloc(cc, sizeof(double));
-                if (!d1[j] || !d2[j] || !mean[j] ||
-                    b->upload(b, d1[j], mean[j], sizeof(double) * cc) ||
-                    b->upload(b, d2[j], mean[j], sizeof(double) * cc)) {
-                    qt_err(e, "out of memory on the %s backend", b->name);
-                    goto out;
-                }
-            }
-            if (cc != ch[j]) {
-                qt_err(e, "value '%s' changed its channel count", g->values[v[j]].name);
-                goto out;
-            }
-            if (b->channel_moments(b, d1[j], d2[j], t->data, nb, cc, hw, e)) goto out;
-            cnt[j] += nb * hw;
-        }
-    }
-    if (b->sync(b, e)) goto out;
-    for (int j = 0; j < n; j++) {
-        if (b->download(b, mean[j], d1[j], sizeof(double) * ch[j])) goto out;
-        for (int64_t q = 0; q < ch[j]; q++) mean[j][q] /= (double)(cnt[j] ? cnt[j] : 1);
-    }
-    rc = 0;
-out:
-    for (int j = 0; d1 && d2 && j < n; j++) {
-        if (d1[j]) b->release(b, d1[j]);
-        if (d2[j]) b->release(b, d2[j]);
-    }
-    free(d1);
-    free(d2);
-    free(cnt);
-    free(ch);
-    if (x) qt_exec_free(x);
-    feed_close(&f);
-    return rc;
-}
-
 /* Where layer node li's mean output is corrected: the inference BatchNormalization that alone
  * reads its output (its bias, input 2), or the layer's own bias (Conv input 2, Gemm C of one
  * value per channel). *z is the value whose mean is matched: the BatchNorm's output, or the
@@ -534,14 +513,14 @@ int qt_calib_bias_correct(struct qt_graph *g, struct qt_graph *fp, struct qt_bac
         rc = 0;
         goto out;
     }
-    if (value_means(fp, b, ds, c, vf, n, mf, e)) goto out;
+    if (channel_stats(fp, b, ds, c, vf, n, mf, NULL, NULL, e)) goto out;
     /* One layer at a time, in graph order: each pass sees the earlier corrections. */
     for (int j = 0; j < n; j++) {
         int z = -1;
         struct qt_tensor *bias = correction_target(g, li[j], &z);
         if (!bias) continue;
         double *mq = NULL;
-        if (value_means(g, b, ds, c, &z, 1, &mq, e)) {
+        if (channel_stats(g, b, ds, c, &z, 1, &mq, NULL, NULL, e)) {
             free(mq);
             goto out;
         }

@@ -141,7 +141,7 @@ def test_ptq_choices_are_measured_and_reported(qtune, fp_model, tmp_path):
     fp, _, _ = fp_model
     args = [a for a in COMMON if a != "--quiet"]
     seen = {}
-    for ptq in ("calib=mse", "calib=minmax,bias=on", "calib=percentile:99.9",
+    for ptq in ("calib=mse,bias=off", "calib=minmax,bias=on", "calib=percentile:99.9,bias=off",
                 "adaround=on,adaround-iters=20"):
         r = qtune("finetune", fp, "--bits", "4", "--epochs", "0", "--calib-images", "256",
                   "--holdout", "500", "--ptq", ptq, "--json", "-o", str(tmp_path / "q.onnx"),
@@ -155,7 +155,7 @@ def test_ptq_choices_are_measured_and_reported(qtune, fp_model, tmp_path):
                   "percentile:99.9": "99.9-th percentile"}.get(ptq.split(",")[0][6:],
                                                                "largest value")
         assert method in line, line
-        if "bias=on" in ptq:
+        if "bias=off" not in ptq:  # on by default with --epochs 0
             assert res["holdout_top1"][2] >= 0 and "% bias-corrected" in line, line
         else:
             assert res["holdout_top1"][2] == -1, res
@@ -167,8 +167,8 @@ def test_ptq_choices_are_measured_and_reported(qtune, fp_model, tmp_path):
                   "--json", "--quiet").check_ok()
         assert abs(last_json(e)["top1"] - res["top1"]) < 1e-6, ptq
     # min/max ranges are wider than the least-error ones: different models
-    assert seen["calib=mse"]["top1"] != seen["calib=minmax,bias=on"]["top1"] or \
-        seen["calib=mse"]["loss"] != seen["calib=minmax,bias=on"]["loss"]
+    a, b = seen["calib=mse,bias=off"], seen["calib=minmax,bias=on"]
+    assert a["top1"] != b["top1"] or a["loss"] != b["loss"]
 
 
 def test_inspect_lists_quantizers(qtune, fp_model, tmp_path):
