@@ -127,8 +127,9 @@ def test_ptq_batchnorm_decision_is_reported(qtune, fp_model, tmp_path):
     r = qtune("finetune", fp, "--bits", "8", "--scheme", "uniform", "--no-standardize",
               "--epochs", "0", "-o", str(tmp_path / "a.onnx"), *args).check_ok()
     line = [l for l in r.stderr.splitlines() if l.startswith("calibration")][0]
-    assert re.search(r"BatchNorms (re-estimated|kept as they were) \(held-out top-1 "
-                     r"[0-9.]+% re-estimated, [0-9.]+% as they were\)", line), line
+    assert re.search(r"BatchNorms (re-estimated|kept as they were(, with bias correction)?) "
+                     r"\(held-out top-1 [0-9.]+% re-estimated, [0-9.]+% as they were"
+                     r"(, [0-9.]+% bias-corrected)?\)", line), line
     r = qtune("finetune", fp, "--bits", "4", "--epochs", "0", "--holdout", "0",
               "-o", str(tmp_path / "b.onnx"), *args).check_ok()
     assert "re-estimated (unchecked: --holdout 0)" in r.stderr, r.stderr
