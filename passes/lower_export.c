@@ -144,15 +144,6 @@ static int cast(struct qt_graph *g, const char *name, int x, enum qt_dtype to)
 /* ---- Level sets ---- */
 
 /* The 2n - 1 signed levels of qz in ascending order (index n - 1 is 0). */
-static void signed_levels(float *slv, const struct qt_apot_quantizer *qz)
-{
-    for (int k = 0; k < qz->n; k++) {
-        slv[qz->n - 1 + k] = qz->levels[k];
-        slv[qz->n - 1 - k] = -qz->levels[k];
-    }
-    slv[qz->n - 1] = 0.0f;
-}
-
 /* The 8-bit integer grid of a level set (format qdq): the smallest D <= dmax such that every
  * level is exactly the float nearest j / D for an integer j (written to j[k]), or -1. Uniform
  * levels k / (2^B - 1) have D = 2^B - 1; APoT levels are sums of powers of two divided by
@@ -374,7 +365,7 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
     float mu = 0.0f, sigma = 1.0f, slv[2 * QT_APOT_MAX_LEVELS];
     quant_weight_forward_cpu(wq, &mu, &sigma, w->data, alpha, nal, a->standardize, qz, cnt);
     const int restore = a->standardize == QT_STD_RESTORE;
-    signed_levels(slv, qz);
+    qt_apot_signed_levels(slv, qz);
     const int n = qz->n, per = (int)(cnt / nal);
     const float *wd = w->data;
     for (int64_t i = 0; i < cnt; i++) {

@@ -676,18 +676,6 @@ static void weight_stats_host(float *mu, float *sigma, const float *w, int64_t n
     *sigma = sd > 0.0f ? sd : 1.0f;
 }
 
-/* Signed level grid of qz in ascending order (2n - 1 values). */
-static int signed_grid(float *gv, const struct qt_apot_quantizer *qz)
-{
-    const int n = qz->n;
-    for (int k = 0; k < n; k++) {
-        gv[n - 1 + k] = qz->levels[k];
-        gv[n - 1 - k] = -qz->levels[k];
-    }
-    gv[n - 1] = 0.0f;
-    return 2 * n - 1;
-}
-
 /* Rounds weight quantizer node qn (reading layer li) by AdaRound on inputs X and float
  * targets Y (host, cnt rows), then moves the weights so that the quantizer's own rounding
  * gives the chosen levels. */
@@ -706,7 +694,7 @@ static int adaround_layer(struct qt_graph *g, struct qt_backend *b, int li, int 
     const int64_t bs = ac->batch < rows ? ac->batch : rows;
     const int64_t xper = qt_shape_numel(xs) / rows, yper = qt_shape_numel(ys) / rows;
     float *w = wt->data, *alpha = at->data, gv[2 * QT_APOT_MAX_LEVELS];
-    const int ng = signed_grid(gv, &qz);
+    const int ng = qt_apot_signed_levels(gv, &qz);
     float mu = 0.0f, sigma = 1.0f;
     if (a.standardize) weight_stats_host(&mu, &sigma, w, n);
     const float ss = a.standardize == QT_STD_ON ? 1.0f : sigma, off = a.standardize == QT_STD_ON ? 0.0f : mu;

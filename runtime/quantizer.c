@@ -54,12 +54,7 @@ int qt_quantizer_info(const struct qt_graph *g, const struct qt_node *n, struct 
         return 0;
     }
     quant_weight_forward_cpu(wq, st, st + 1, w->data, al->data, qi->nalpha, qi->a.standardize, &qz, cnt);
-    qi->nlv = 2 * qz.n - 1;
-    for (int k = 0; k < qz.n; k++) {
-        qi->lv[qz.n - 1 + k] = qz.levels[k];
-        qi->lv[qz.n - 1 - k] = -qz.levels[k];
-    }
-    qi->lv[qz.n - 1] = 0.0f; /* not -0 */
+    qi->nlv = qt_apot_signed_levels(qi->lv, &qz);
     int64_t per = cnt / qi->nalpha;
     for (int64_t i = 0; i < cnt; i++) {
         /* the level the kernels' projection picks for x (mu and sigma as the forward had them) */

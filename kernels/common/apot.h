@@ -351,4 +351,18 @@ QT_HD static inline int qt_apot_quantizer_init(struct qt_apot_quantizer *qz, int
     return 0;
 }
 
+/* The signed level grid of qz in ascending order, out[0 .. 2n - 1): -levels[n-1] .. -levels[1],
+ * 0 (never -0), levels[1] .. levels[n-1]; index n - 1 + k is level k, n - 1 - k its negative.
+ * Returns 2n - 1. */
+QT_HD static inline int qt_apot_signed_levels(float *out, const struct qt_apot_quantizer *qz)
+{
+    const int n = qz->n;
+    for (int k = 0; k < n; k++) {
+        out[n - 1 + k] = qz->levels[k];
+        out[n - 1 - k] = -qz->levels[k];
+    }
+    out[n - 1] = 0.0f;
+    return 2 * n - 1;
+}
+
 #endif
