@@ -16,6 +16,16 @@ int qt_quant_check_alpha(const struct qt_quant_desc *q, const float *alpha, stru
     return 0;
 }
 
+int qt_sgd_psgd_check(const struct qt_sgd_param *p, int index, struct qt_error *e)
+{
+    if (p->n < 1 || p->psgd_levels < 1 || !isfinite(p->psgd_lambda) || p->psgd_lambda < 0)
+        return qt_err(e,
+                      "PSGD parameter %d: %lld values, %d grid steps, lambda %g (expected at "
+                      "least one value and one step, lambda finite and not negative)",
+                      index, (long long)p->n, p->psgd_levels, p->psgd_lambda);
+    return 0;
+}
+
 const char *qt_backend_devices(void)
 {
     return "auto|cpu|ref";

@@ -117,6 +117,10 @@ struct qt_backend {
  * positive and finite; returns 0, or -1 with the message every backend gives. */
 int qt_quant_check_alpha(const struct qt_quant_desc *q, const float *alpha, struct qt_error *e);
 
+/* For every backend's sgd_step: a PSGD parameter needs values and at least one grid step
+ * per side; returns 0, or -1 with the message every backend gives. */
+int qt_sgd_psgd_check(const struct qt_sgd_param *p, int index, struct qt_error *e);
+
 /* The one factory: "cpu", "ref", or "auto" (the fastest backend built and usable here).
  * threads <= 0 keeps OpenMP's default. NULL with a message naming the device on failure. */
 struct qt_backend *qt_backend_new(const char *device, int threads, struct qt_error *e);

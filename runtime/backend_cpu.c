@@ -405,11 +405,19 @@ static int cpu_sgd_step(struct qt_backend *b, const struct qt_sgd_desc *d,
                         const struct qt_sgd_param *p, int np, struct qt_error *e)
 {
     (void)b;
-    (void)e;
-    for (int i = 0; i < np; i++)
-        if (p[i].grad)
-            sgd_update_cpu(p[i].p, p[i].buf, p[i].grad, p[i].n, p[i].lr, d->momentum, p[i].wd,
-                           d->nesterov, p[i].first);
+    for (int i = 0; i < np; i++) {
+        if (!p[i].grad) continue;
+        struct qt_psgd_grid grid;
+        if (p[i].psgd_range) {
+            if (qt_sgd_psgd_check(&p[i], i, e)) return -1;
+            grid.delta = psgd_range_cpu(p[i].psgd_range, p[i].p, p[i].n, p[i].psgd_first,
+                                        p[i].psgd_levels);
+            grid.L = (float)p[i].psgd_levels;
+            grid.lambda = p[i].psgd_lambda;
+        }
+        sgd_update_cpu(p[i].p, p[i].buf, p[i].grad, p[i].n, p[i].lr, d->momentum, p[i].wd,
+                       d->nesterov, p[i].first, p[i].psgd_range ? &grid : NULL);
+    }
     return 0;
 }
 

@@ -359,8 +359,19 @@ static int ref_sgd_step(struct qt_backend *b, const struct qt_sgd_desc *d,
         if (!is_ref_ptr(p[i].p) || !is_ref_ptr(p[i].grad) ||
             (d->momentum != 0.0f && !is_ref_ptr(p[i].buf)))
             return qt_err(e, "parameter %d of the SGD step is outside the ref backend's memory", i);
+        struct qt_psgd_grid grid;
+        if (p[i].psgd_range) {
+            if (!is_ref_ptr(p[i].psgd_range))
+                return qt_err(e, "the PSGD range of parameter %d is outside the ref backend's memory", i);
+            if (qt_sgd_psgd_check(&p[i], i, e)) return -1;
+            grid.delta = psgd_range_ref(unmask(p[i].psgd_range), unmask(p[i].p), p[i].n,
+                                        p[i].psgd_first, p[i].psgd_levels);
+            grid.L = (float)p[i].psgd_levels;
+            grid.lambda = p[i].psgd_lambda;
+        }
         sgd_update_ref(unmask(p[i].p), unmask(p[i].buf), unmask(p[i].grad), p[i].n, p[i].lr,
-                       d->momentum, p[i].wd, d->nesterov, p[i].first);
+                       d->momentum, p[i].wd, d->nesterov, p[i].first,
+                       p[i].psgd_range ? &grid : NULL);
     }
     return 0;
 }

@@ -365,4 +365,49 @@ QT_HD static inline int qt_apot_signed_levels(float *out, const struct qt_apot_q
     return 2 * n - 1;
 }
 
+/* ---- PSGD: position-based scaled gradients (BSQ_PSGD.md section 2) ----
+ * A float weight tensor is trained towards the symmetric uniform grid of 2 L + 1 levels,
+ * L = 2^(b-1) - 1 (the grid of the uniform signed b-bit weight quantizer with alpha = max |w|):
+ * each gradient element is multiplied by lambda * |w - Q(w)|, Q(w) = delta * round(clip(w /
+ * delta, -L, L)), delta = m / L, so weights near a level move slowly and weights between levels
+ * fast. m follows the tensor's range through an exponential average kept per tensor. */
+
+/* Steps of the grid on each side of 0 for b bits: 2^(b-1) - 1 (0 when b < 2). */
+QT_HD static inline int qt_psgd_levels(int bits)
+{
+    return bits >= 2 && bits <= 16 ? (1 << (bits - 1)) - 1 : 0;
+}
+
+/* Range state r = (lo, hi) after a step whose weights span [wmin, wmax]: the first step sets
+ * lo = min(0, wmin), hi = max(0, wmax); later ones average, lo = 0.1 lo_now + 0.9 lo (hi alike).
+ * Returns delta = max(-lo, hi) / L, the grid step. */
+QT_HD static inline float qt_psgd_range_step(float r[2], float wmin, float wmax, int first, int L)
+{
+    const float lo = wmin < 0.0f ? wmin : 0.0f, hi = wmax > 0.0f ? wmax : 0.0f;
+    if (first) {
+        r[0] = lo;
+        r[1] = hi;
+    } else {
+        r[0] = 0.1f * lo + 0.9f * r[0];
+        r[1] = 0.1f * hi + 0.9f * r[1];
+    }
+    const float m = -r[0] > r[1] ? -r[0] : r[1];
+    return m / (float)L;
+}
+
+/* What scales one tensor's gradients in a step: its grid step, steps per side and lambda. */
+struct qt_psgd_grid {
+    float delta, L, lambda;
+};
+
+/* lambda * |w - Q(w)| for grid step delta and L steps each side; round is half-to-even
+ * (nearbyintf in the default rounding mode). A grid of step 0 (an all-zero tensor) gives 0. */
+QT_APOT_INLINE float qt_psgd_factor(float w, float delta, float L, float lambda)
+{
+    if (!(delta > 0.0f)) return 0.0f;
+    float t = w / delta;
+    t = t < -L ? -L : t > L ? L : t;
+    return lambda * fabsf(w - delta * nearbyintf(t));
+}
+
 #endif

@@ -140,7 +140,7 @@ struct qt_op_desc {
 enum { QT_XENT_LOSS, QT_XENT_TOP1, QT_XENT_TOP5, QT_XENT_NONFINITE, QT_XENT_STATS };
 
 /* One SGD step over several parameters (PyTorch's rule, dampening 0):
- *   g = grad + wd * p;  buf = first ? g : momentum * buf + g;  p -= lr * (nesterov ? g +
+ *   g = grad (* the PSGD factor) + wd * p;  buf = first ? g : momentum * buf + g;  p -= lr * (nesterov ? g +
  *   momentum * buf : buf); with momentum 0, buf is unused (may be NULL). Parameters whose
  *   grad is NULL are left alone. */
 struct qt_sgd_param {
@@ -149,6 +149,13 @@ struct qt_sgd_param {
     int64_t n;
     float lr, wd;
     int first; /* buf is uninitialized: this step starts it */
+    /* PSGD (apot.h's qt_psgd_*): with psgd_range (backend memory, 2 floats: the range state)
+     * non-NULL, the range first follows p (qt_psgd_range_step; psgd_first: the first step),
+     * then every gradient element is multiplied by qt_psgd_factor(p, delta, psgd_levels,
+     * psgd_lambda) before weight decay and momentum are applied. */
+    float *psgd_range;
+    int psgd_first, psgd_levels;
+    float psgd_lambda;
 };
 struct qt_sgd_desc {
     float momentum;

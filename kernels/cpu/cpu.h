@@ -137,7 +137,11 @@ void gemm_backward_cpu(float *da, float *db, float *dc, const float *dy, const f
  * scale (NaN on rows with a non-finite logit). */
 void softmax_xent_cpu(float *dlogits, double *stats, const float *logits, const int32_t *labels,
                       int64_t n, int64_t k, float smoothing, float scale);
+/* One SGD step (desc.h's rule); with ps non-NULL each gradient element is first multiplied by
+ * qt_psgd_factor(p, ps). psgd_range_cpu: PSGD's range step over p[0..n) (qt_psgd_range_step
+ * with the tensor's min and max), returns the grid step. */
 void sgd_update_cpu(float *p, float *buf, const float *grad, int64_t n, float lr, float momentum,
-                    float wd, int nesterov, int first);
+                    float wd, int nesterov, int first, const struct qt_psgd_grid *ps);
+float psgd_range_cpu(float *range, const float *p, int64_t n, int first, int L);
 
 #endif

@@ -177,7 +177,10 @@ float quant_alpha_percentile_ref(const float *x, int64_t n, double p, int is_sig
 void channel_moments_ref(double *s1, double *s2, const float *x, int64_t n, int64_t c,
                          int64_t hw);
 
+/* One SGD step; with ps non-NULL the gradient is scaled by PSGD's factor first. The range
+ * step of PSGD over p (its min and max), returning the grid step. */
 void sgd_update_ref(float *p, float *buf, const float *grad, int64_t n, float lr, float momentum,
-                    float wd, int nesterov, int first);
+                    float wd, int nesterov, int first, const struct qt_psgd_grid *ps);
+float psgd_range_ref(float *range, const float *p, int64_t n, int first, int L);
 
 #endif

@@ -1441,22 +1441,28 @@ QT_TEST(backends_sgd)
         }
     }
     int fail = 0;
-    const struct qt_sgd_desc descs[] = {{0.f, 0}, {0.9f, 0}, {0.9f, 1}};
-    for (int di = 0; di < 3; di++) {
-        float *want_p[NP] = {0}, *want_b[NP] = {0};
+    /* Rule 3 adds PSGD's scaling to parameters 1 (4 bits) and 3 (2 bits). */
+    const struct qt_sgd_desc descs[] = {{0.f, 0}, {0.9f, 0}, {0.9f, 1}, {0.9f, 0}};
+    const int psgd_levels[NP] = {0, 7, 0, 1};
+    for (int di = 0; di < 4; di++) {
+        float *want_p[NP] = {0}, *want_b[NP] = {0}, *want_r[NP] = {0};
         for (int bi = -1; bi < s.n; bi++) {
             struct qt_backend *b = bi < 0 ? s.ref : s.b[bi];
             struct qt_sgd_param prm[NP];
             float *gd[2][NP];
             for (int i = 0; i < NP; i++) {
                 prm[i] = (struct qt_sgd_param){
-                    dev_buf(b, sizes[i], p0[i]),
-                    descs[di].momentum != 0.f ? dev_buf(b, sizes[i], NULL) : NULL,
-                    NULL,
-                    sizes[i],
-                    lrs[i],
-                    wds[i],
-                    1};
+                    .p = dev_buf(b, sizes[i], p0[i]),
+                    .buf = descs[di].momentum != 0.f ? dev_buf(b, sizes[i], NULL) : NULL,
+                    .n = sizes[i],
+                    .lr = lrs[i],
+                    .wd = wds[i],
+                    .first = 1};
+                if (di == 3 && psgd_levels[i]) {
+                    prm[i].psgd_range = dev_buf(b, 2, NULL);
+                    prm[i].psgd_levels = psgd_levels[i];
+                    prm[i].psgd_lambda = 150.0f;
+                }
                 for (int st = 0; st < 2; st++)
                     gd[st][i] = dev_buf(b, sizes[i], g0[st][i]);
             }
@@ -1466,7 +1472,7 @@ QT_TEST(backends_sgd)
             for (int st = 0; st < 2 && !fail; st++) {
                 for (int i = 0; i < NP; i++) {
                     prm[i].grad = st == 1 && i == 2 ? NULL : gd[st][i];
-                    prm[i].first = st == 0;
+                    prm[i].first = prm[i].psgd_first = st == 0;
                 }
                 if (b->sgd_step(b, &descs[di], prm, NP, &e))
                     fail = qt_test_fail("sgd on %s: %s", b->name, e.msg);
@@ -1474,21 +1480,26 @@ QT_TEST(backends_sgd)
             for (int i = 0; i < NP && !fail; i++) {
                 float *gp = download(b, prm[i].p, sizes[i]);
                 float *gb = prm[i].buf ? download(b, prm[i].buf, sizes[i]) : NULL;
+                float *gr = prm[i].psgd_range ? download(b, prm[i].psgd_range, 2) : NULL;
                 if (bi < 0) {
                     want_p[i] = gp;
                     want_b[i] = gb;
+                    want_r[i] = gr;
                     continue;
                 }
                 if (!(rel_err(gp, want_p[i], sizes[i]) <= TOL_EXACT) ||
-                    (gb && !(rel_err(gb, want_b[i], sizes[i]) <= TOL_EXACT)))
-                    fail = qt_test_fail("sgd momentum %g nesterov %d: %s parameter %d differs",
-                                        descs[di].momentum, descs[di].nesterov, b->name, i);
+                    (gb && !(rel_err(gb, want_b[i], sizes[i]) <= TOL_EXACT)) ||
+                    (gr && !(rel_err(gr, want_r[i], 2) <= TOL_EXACT)))
+                    fail = qt_test_fail("sgd momentum %g nesterov %d psgd %d: %s parameter %d differs",
+                                        descs[di].momentum, descs[di].nesterov, di == 3, b->name, i);
                 free(gp);
                 free(gb);
+                free(gr);
             }
             for (int i = 0; i < NP; i++) {
                 b->release(b, prm[i].p);
                 if (prm[i].buf) b->release(b, prm[i].buf);
+                if (prm[i].psgd_range) b->release(b, prm[i].psgd_range);
                 for (int st = 0; st < 2; st++)
                     b->release(b, gd[st][i]);
             }
@@ -1496,6 +1507,7 @@ QT_TEST(backends_sgd)
         for (int i = 0; i < NP; i++) {
             free(want_p[i]);
             free(want_b[i]);
+            free(want_r[i]);
         }
     }
     for (int i = 0; i < NP; i++) {
@@ -1503,8 +1515,78 @@ QT_TEST(backends_sgd)
         free(g0[0][i]);
         free(g0[1][i]);
     }
-    printf("    sgd: 3 rules x %d parameters x 2 steps x %d backend(s) (%s) against ref\n", NP, s.n,
+    printf("    sgd: 3 rules and PSGD x %d parameters x 2 steps x %d backend(s) (%s) against ref\n", NP, s.n,
            s.names);
+    backends_close(&s);
+    return fail;
+}
+
+/* PSGD's cases worked by hand (BSQ_PSGD.md 3.7 and 3.8), on every backend: with gradient 1,
+ * lr 1 and neither momentum nor weight decay, one step moves each weight by its factor. */
+QT_TEST(backends_psgd_hand_cases)
+{
+    struct backends s;
+    if (backends_open(&s)) return 1;
+    const float w[4] = {0.7f, -0.33f, 0.13f, 0.02f}, ones[4] = {1, 1, 1, 1};
+    /* b = 4: delta = 0.7 / 7 = 0.1, Q = [0.7, -0.3, 0.1, 0]; b = 2: delta = 0.7, Q = [0.7, 0, 0, 0]. */
+    const float want4[4] = {0.0f, 4.5f, 4.5f, 3.0f}, want2[4] = {0.0f, 49.5f, 19.5f, 3.0f};
+    int fail = 0;
+    for (int bi = -1; bi < s.n && !fail; bi++) {
+        struct qt_backend *b = bi < 0 ? s.ref : s.b[bi];
+        struct qt_error e = {{0}};
+        for (int bits = 2; bits <= 4 && !fail; bits += 2) {
+            float *g = dev_buf(b, 4, ones);
+            struct qt_sgd_param prm = {.p = dev_buf(b, 4, w), .grad = g, .n = 4,
+                                       .lr = 1.0f, .first = 1, .psgd_range = dev_buf(b, 2, NULL),
+                                       .psgd_first = 1, .psgd_levels = qt_psgd_levels(bits),
+                                       .psgd_lambda = 150.0f};
+            const struct qt_sgd_desc d = {0.0f, 0};
+            if (b->sgd_step(b, &d, &prm, 1, &e)) fail = qt_test_fail("psgd on %s: %s", b->name, e.msg);
+            float *got = fail ? NULL : download(b, prm.p, 4);
+            for (int i = 0; i < 4 && got && !fail; i++) {
+                const float factor = w[i] - got[i], want = bits == 4 ? want4[i] : want2[i];
+                if (!(fabsf(factor - want) <= 2e-5f * (1.0f + want)))
+                    fail = qt_test_fail("psgd %d bits on %s: weight %d moved by %.7g, factor %g "
+                                        "expected", bits, b->name, i, factor, want);
+            }
+            free(got);
+            b->release(b, prm.p);
+            b->release(b, g);
+            b->release(b, prm.psgd_range);
+        }
+        /* 3.8: largest weights 1 and then 2 give m = 0.1 * 2 + 0.9 * 1 = 1.1. */
+        const float one = 1.0f, two = 2.0f, zero = 0.0f;
+        float *g0 = dev_buf(b, 1, &zero);
+        struct qt_sgd_param prm = {.p = dev_buf(b, 1, &one), .grad = g0, .n = 1,
+                                   .lr = 1.0f, .psgd_range = dev_buf(b, 2, NULL), .psgd_first = 1,
+                                   .psgd_levels = 7, .psgd_lambda = 150.0f};
+        const struct qt_sgd_desc d = {0.0f, 0};
+        if (!fail && b->sgd_step(b, &d, &prm, 1, &e)) fail = qt_test_fail("psgd: %s", e.msg);
+        prm.psgd_first = 0;
+        if (!fail && (b->upload(b, prm.p, &two, sizeof two) || b->sgd_step(b, &d, &prm, 1, &e)))
+            fail = qt_test_fail("psgd second step on %s: %s", b->name, e.msg);
+        float *r = fail ? NULL : download(b, prm.psgd_range, 2);
+        if (!fail && !(r && r[0] == 0.0f && fabsf(r[1] - 1.1f) <= 1e-6f))
+            fail = qt_test_fail("psgd range on %s: (%g, %g), expected (0, 1.1)", b->name,
+                                r ? r[0] : NAN, r ? r[1] : NAN);
+        free(r);
+        b->release(b, prm.p);
+        b->release(b, g0);
+        b->release(b, prm.psgd_range);
+        /* Bad settings are refused, not computed. */
+        float *p1 = dev_buf(b, 1, &one), *g1 = dev_buf(b, 1, &one), *r1 = dev_buf(b, 2, NULL);
+        struct qt_sgd_param bad = {.p = p1, .grad = g1, .n = 1, .lr = 1.0f, .psgd_range = r1,
+                                   .psgd_first = 1, .psgd_levels = 0, .psgd_lambda = 150.0f};
+        if (!fail && b->sgd_step(b, &d, &bad, 1, &e) == 0)
+            fail = qt_test_fail("psgd on %s accepted a grid of 0 steps", b->name);
+        else if (!fail && !strstr(e.msg, "grid steps"))
+            fail = qt_test_fail("psgd on %s: unclear message '%s'", b->name, e.msg);
+        b->release(b, p1);
+        b->release(b, g1);
+        b->release(b, r1);
+    }
+    printf("    psgd: factors at 4 and 2 bits, range average, refusal x %d backend(s) (ref%s%s)\n",
+           s.n + 1, s.n ? "," : "", s.names);
     backends_close(&s);
     return fail;
 }
