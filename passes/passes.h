@@ -74,6 +74,13 @@ struct qt_quant_summary {
 int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
                      struct qt_quant_summary *sum, struct qt_error *e);
 
+/* The weight bits the quantize pass would give under c, per graph value: bits[v] (room for
+ * g->nvalues) is the bit width of the layer whose weight initializer is v (8 for the 8-bit
+ * first/last weights), 0 for every other value. Fails as the pass would (overrides that
+ * match nothing, settings out of range). */
+int qt_quant_weight_bits(const struct qt_graph *g, const struct qt_quant_config *c, int *bits,
+                         struct qt_error *e);
+
 /* Restores an ActQuant node wherever the graph holds an activation quantizer in the standard
  * operators `qtune export` writes (raise_quant.c); *count (may be NULL) gets how many. The
  * canonicalize pass runs it. */

@@ -264,30 +264,43 @@ static int insert(struct qt_graph *g, int li, int k, enum qt_op op, const struct
     return qi;
 }
 
-int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
-                     struct qt_quant_summary *sum, struct qt_error *e)
+/* What the pass does to one layer, decided before the graph changes (node indices move
+ * afterwards). */
+struct plan {
+    int node;
+    char *name;
+    struct qt_quant_spec s;
+    int int8_w;                 /* 8-bit first/last weights */
+    int has_w, has_a;           /* quantizers to insert */
+    struct qt_quant_attrs w, a; /* their settings */
+};
+
+static void plans_free(struct plan *pl, int np)
 {
-    struct old_quant *olds = NULL;
-    int nold = 0, rc = -1, np = 0;
-    memset(sum, 0, sizeof *sum);
-    if (c->scheme != QT_QS_APOT && c->scheme != QT_QS_UNIFORM)
-        return qt_err(e, "quantize: scheme must be apot or uniform");
+    for (int j = 0; j < np; j++)
+        free(pl[j].name);
+    free(pl);
+}
+
+/* Decides and checks everything on the graph as it is (earlier quantizers are seen through),
+ * so that a failure leaves it unchanged: *out (malloc'd) gets *np plans; *first_last the
+ * layers found first or last. */
+static int plan_layers(const struct qt_graph *g, const struct qt_quant_config *c,
+                       struct plan **out, int *np_out, int *first_last_count, struct qt_error *e)
+{
+    int nn = g->nnodes, np = 0, rc = -1;
+    *out = NULL;
+    *np_out = 0;
+    char *first = calloc(nn + 1, 1), *last = calloc(nn + 1, 1);
+    struct plan *pl = calloc(nn + 1, sizeof *pl);
+    if (!first || !last || !pl) {
+        qt_err(e, "quantize: out of memory");
+        goto done;
+    }
+    first_last(g, first, last);
     for (int k = 0; k < c->noverrides; k++)
         c->overrides[k].matched = 0;
-    /* Everything is decided and checked on the graph as it is (earlier quantizers are seen
-     * through), so that a failure leaves it unchanged. */
-    int nn = g->nnodes;
-    char *first = calloc(nn + 1, 1), *last = calloc(nn + 1, 1);
-    first_last(g, first, last);
-    /* Decide everything before changing the graph (node indices move afterwards). */
-    struct plan {
-        int node;
-        char *name;
-        struct qt_quant_spec s;
-        int int8_w;                 /* 8-bit first/last weights */
-        int has_w, has_a;           /* quantizers to insert */
-        struct qt_quant_attrs w, a; /* their settings */
-    } *pl = calloc(nn + 1, sizeof *pl);
+    *first_last_count = 0;
     for (int i = 0; i < nn; i++) {
         const struct qt_node *n = &g->nodes[i];
         if (!is_layer(g, n)) continue;
@@ -316,7 +329,7 @@ int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
         if (p->int8_w)
             p->w = (struct qt_quant_attrs){c->int8_absmax ? QT_QS_ABSMAX : QT_QS_MAX, 8, 1, 0};
         p->a = (struct qt_quant_attrs){p->s.scheme, p->s.abits, !non_negative(g, n->in[0], 0), 0};
-        sum->first_last += first[i] || last[i];
+        *first_last_count += first[i] || last[i];
     }
     for (int k = 0; k < c->noverrides; k++)
         if (!c->overrides[k].matched) {
@@ -347,6 +360,48 @@ int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
             goto done;
         }
     }
+    rc = 0;
+done:
+    free(first);
+    free(last);
+    if (rc) {
+        plans_free(pl, np);
+        return -1;
+    }
+    *out = pl;
+    *np_out = np;
+    return 0;
+}
+
+int qt_quant_weight_bits(const struct qt_graph *g, const struct qt_quant_config *c, int *bits,
+                         struct qt_error *e)
+{
+    struct plan *pl;
+    int np, fl;
+    if (plan_layers(g, c, &pl, &np, &fl, e)) return -1;
+    for (int v = 0; v < g->nvalues; v++)
+        bits[v] = 0;
+    for (int j = 0; j < np; j++) {
+        int w = g->nodes[pl[j].node].in[1];
+        const struct qt_value *wv = &g->values[w];
+        if (!wv->init && wv->producer >= 0 && g->nodes[wv->producer].op == QT_OP_WEIGHTQUANT)
+            w = g->nodes[wv->producer].in[0];
+        if (pl[j].has_w) bits[w] = pl[j].w.bits;
+    }
+    plans_free(pl, np);
+    return 0;
+}
+
+int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
+                     struct qt_quant_summary *sum, struct qt_error *e)
+{
+    struct old_quant *olds = NULL;
+    int nold = 0, rc = -1, np = 0;
+    memset(sum, 0, sizeof *sum);
+    if (c->scheme != QT_QS_APOT && c->scheme != QT_QS_UNIFORM)
+        return qt_err(e, "quantize: scheme must be apot or uniform");
+    struct plan *pl = NULL;
+    if (plan_layers(g, c, &pl, &np, &sum->first_last, e)) goto done;
     /* Return the graph to float, then insert. */
     if (strip(g, &olds, &nold, e)) goto done;
     for (int j = 0; j < np; j++) {
@@ -409,11 +464,7 @@ int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
     if (qt_graph_compact(g, e)) goto done;
     rc = 0;
 done:
-    free(first);
-    free(last);
-    for (int j = 0; j < np; j++)
-        free(pl[j].name);
-    free(pl);
+    plans_free(pl, np);
     for (int i = 0; i < nold; i++) {
         free(olds[i].layer);
         qt_tensor_free(olds[i].alpha);

@@ -87,19 +87,23 @@ static int holdout_top1(struct qt_graph *g, struct qt_backend *b, const struct q
     return 0;
 }
 
-/* Calibration, then the choice on held-out training images between the model's own
- * BatchNorm statistics, statistics re-estimated with the quantizers in place, and (with
- * fp) the own statistics with bias correction; ties go to the fewest changes. */
+/* Calibration, then the choice on held-out training images between the candidates c->bn
+ * allows: the model's own BatchNorm statistics, statistics re-estimated with the quantizers
+ * in place, and (with fp) the own statistics with bias correction; ties go to the fewest
+ * changes. A single candidate is taken without the check. */
 static int calibrate(struct qt_graph *g, struct qt_graph *fp, struct qt_backend *b,
                      const struct qt_dataset *train, const struct qt_prepare_config *c,
                      struct qt_prepare_report *r, struct qt_error *e)
 {
+    const int allow[3] = {c->bn != QT_BN_DATA, c->bn != QT_BN_OWN,
+                          c->bn != QT_BN_DATA && fp && c->bias_correct};
     struct qt_dataset hold;
     struct qt_error he;
-    const int checked = c->holdout > 0 && qt_calib_holdout(&hold, train, &c->calib, c->holdout, &he) == 0;
+    const int checked = allow[0] + allow[1] + allow[2] > 1 && c->holdout > 0 &&
+                        qt_calib_holdout(&hold, train, &c->calib, c->holdout, &he) == 0;
     struct qt_tensor **st[3] = {NULL, NULL, NULL}; /* own, re-estimated, bias-corrected */
-    if (checked && !(st[0] = save_state(g))) {
-        qt_dataset_free(&hold);
+    if (allow[0] && (checked || !allow[1]) && !(st[0] = save_state(g))) {
+        if (checked) qt_dataset_free(&hold);
         return qt_err(e, "out of memory saving the BatchNorm statistics");
     }
     int rc = qt_calib_quantizers(g, b, train, &c->calib, c->calib_alphas, &r->calib, e);
@@ -118,15 +122,17 @@ static int calibrate(struct qt_graph *g, struct qt_graph *fp, struct qt_backend 
     }
     r->bn_reestimated = -1;
     r->bn_choice = 1;
-    r->bn_top1[2] = -1;
+    r->bn_top1[0] = r->bn_top1[1] = r->bn_top1[2] = -1;
     if (!rc && checked) {
-        rc = holdout_top1(g, b, &hold, c, &r->bn_top1[1], e);
-        if (!rc && !(st[1] = save_state(g))) rc = qt_err(e, "out of memory");
+        if (allow[1]) {
+            rc = holdout_top1(g, b, &hold, c, &r->bn_top1[1], e);
+            if (!rc && !(st[1] = save_state(g))) rc = qt_err(e, "out of memory");
+        }
         if (!rc) {
             load_state(g, st[0]);
             rc = holdout_top1(g, b, &hold, c, &r->bn_top1[0], e);
         }
-        if (!rc && fp && c->bias_correct) {
+        if (!rc && allow[2]) {
             rc = qt_calib_bias_correct(g, fp, b, train, &c->calib, &r->bias_corrected, e);
             if (rc) qt_err_prefix(e, "bias correction: ");
             if (!rc) rc = holdout_top1(g, b, &hold, c, &r->bn_top1[2], e);
@@ -141,6 +147,18 @@ static int calibrate(struct qt_graph *g, struct qt_graph *fp, struct qt_backend 
             r->bn_reestimated = best == 1;
             if (best != 2) r->bias_corrected = 0;
         }
+    } else if (!rc && !allow[1]) {
+        /* the own statistics, bias-corrected when that is the only other candidate */
+        load_state(g, st[0]);
+        r->bn_choice = 0;
+        r->bn_reestimated = 0;
+        if (allow[2]) {
+            rc = qt_calib_bias_correct(g, fp, b, train, &c->calib, &r->bias_corrected, e);
+            if (rc) qt_err_prefix(e, "bias correction: ");
+            r->bn_choice = 2;
+        }
+    } else if (!rc && !allow[0]) {
+        r->bn_reestimated = 1; /* the only candidate */
     }
     for (int k = 0; k < 3; k++) free_state(g, st[k]);
     if (checked) qt_dataset_free(&hold);

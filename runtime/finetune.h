@@ -29,6 +29,10 @@ struct qt_prepare_config {
      * output per channel (calibration batches, evaluation mode, earlier layers already
      * corrected) moved back to the float model's through the BatchNorm after it, or its bias. */
     int bias_correct;
+    /* BatchNorm statistics after calibration: chosen on the held-out images (QT_BN_AUTO),
+     * or the candidates restricted to the own statistics (with bias correction when asked
+     * for) or to the re-estimated ones. */
+    enum { QT_BN_AUTO, QT_BN_OWN, QT_BN_DATA } bn;
     int adaround; /* AdaRound of the weights after calibration (ar: its settings) */
     struct qt_adaround_config ar;
 };
@@ -41,8 +45,9 @@ struct qt_prepare_report {
      * place (held-out top-1 bn_top1[1] against bn_top1[0] with the model's own and
      * bn_top1[2] with the own and bias correction, -1 when not tried), 0 kept (no better on
      * the held-out images, or no quantizer at all), -1 re-estimated without a check (the
-     * training split cannot spare c->holdout images). bn_choice: 0 own statistics, 1
-     * re-estimated, 2 own statistics and bias correction. */
+     * training split cannot spare c->holdout images, or --holdout 0). bn_choice: 0 own
+     * statistics, 1 re-estimated, 2 own statistics and bias correction. With c->bn not
+     * QT_BN_AUTO the held-out check runs only between own and bias-corrected statistics. */
     int bn_reestimated, bn_choice;
     double bn_top1[3];
     int restored;  /* weight quantizers whose standardized weights were mapped back */

@@ -29,6 +29,9 @@ struct run {
     struct qt_params ps;
     float **mom; /* per parameter: momentum buffer (backend memory) */
     float **mom_host; /* per parameter: momentum restored from a checkpoint, until uploaded */
+    float **range;      /* per parameter scaled by PSGD: its range state (backend memory) */
+    float (*range_host)[2]; /* per parameter: the range state restored from a checkpoint */
+    char *range_set;      /* per parameter: the range state holds a value (restored) */
     int epoch;   /* epochs completed */
     int64_t step;
     int batch_pos; /* batches done in the current epoch */
@@ -56,12 +59,24 @@ static int save_checkpoint(struct run *r, struct qt_error *e)
     if (qt_exec_sync_state(r->x, e)) return -1;
     float **mom = calloc(r->ps.n + 1, sizeof *mom);
     if (!mom) return qt_err(e, "out of memory writing a checkpoint");
+    float (*range)[3] = calloc(r->ps.n + 1, sizeof *range);
+    if (!range) {
+        free(mom);
+        return qt_err(e, "out of memory writing a checkpoint");
+    }
     for (int i = 0; i < r->ps.n; i++) {
+        if (r->range[i] && r->range_set[i] && qt_exec_read(r->x, r->range[i], range[i], 2, e)) {
+            free(mom);
+            free(range);
+            return qt_err(e, "cannot read the PSGD range of '%s' from the %s backend",
+                          g->values[r->ps.p[i].value].name, r->b->name);
+        }
         if (!r->mom[i]) continue;
         mom[i] = malloc(sizeof(float) * r->ps.p[i].numel);
         if (!mom[i] || qt_exec_read(r->x, r->mom[i], mom[i], r->ps.p[i].numel, e)) {
             for (int j = 0; j <= i; j++) free(mom[j]);
             free(mom);
+            free(range);
             return qt_err(e, "cannot read the momentum of '%s' from the %s backend",
                           g->values[r->ps.p[i].value].name, r->b->name);
         }
@@ -94,6 +109,16 @@ static int save_checkpoint(struct run *r, struct qt_error *e)
         qt_ckpt_add(&c, name, v->init->data, r->ps.p[i].numel);
         snprintf(name, sizeof name, "momentum:%s", v->name);
         if (mom[i]) qt_ckpt_add(&c, name, mom[i], r->ps.p[i].numel);
+        /* PSGD's range (lo, hi) and grid steps; absent before the first step. */
+        snprintf(name, sizeof name, "psgd:%s", v->name);
+        if (r->range[i] && r->range_set[i]) {
+            range[i][2] = (float)qt_psgd_levels(r->cfg->psgd_bits[r->ps.p[i].value]);
+            qt_ckpt_add(&c, name, range[i], 3);
+        }
+    }
+    if (r->cfg->psgd_bits) {
+        snprintf(buf, sizeof buf, "%.9g", r->cfg->psgd_lambda);
+        qt_ckpt_set(&c, "psgd_lambda", buf);
     }
     int sv[4096];
     int ns = state_values(g, sv, 4096);
@@ -106,6 +131,7 @@ static int save_checkpoint(struct run *r, struct qt_error *e)
     qt_ckpt_free(&c);
     for (int i = 0; i < r->ps.n; i++) free(mom[i]);
     free(mom);
+    free(range);
     return rc;
 }
 
@@ -176,6 +202,33 @@ static int load_checkpoint(struct run *r, const char *path, struct qt_error *e)
         const struct qt_value *v = &g->values[sv[i]];
         if (restore_tensor(&c, "state", v, v->init->data, qt_shape_numel(&v->init->shape), path, e)) goto out;
     }
+    /* PSGD: the run and the checkpoint must agree on it, tensor by tensor. */
+    const int ck_psgd = qt_ckpt_get(&c, "psgd_lambda", buf, sizeof buf) == 0;
+    if (ck_psgd != !!r->cfg->psgd_bits ||
+        (ck_psgd && strtof(buf, NULL) != r->cfg->psgd_lambda)) {
+        if (ck_psgd)
+            qt_err(e, "checkpoint '%s' was written by a run with --psgd --lambda-s %s; resume "
+                      "with the same options", path, buf);
+        else
+            qt_err(e, "checkpoint '%s' was written without --psgd; resume without it", path);
+        goto out;
+    }
+    for (int i = 0; ck_psgd && i < r->ps.n; i++) {
+        const struct qt_value *v = &g->values[r->ps.p[i].value];
+        char name[300];
+        snprintf(name, sizeof name, "psgd:%s", v->name);
+        const struct qt_ckpt_tensor *t = qt_ckpt_find(&c, name);
+        const int L = r->range[i] ? qt_psgd_levels(r->cfg->psgd_bits[r->ps.p[i].value]) : 0;
+        if (!t) continue; /* no step yet */
+        if (!L || t->numel != 3 || t->data[2] != (float)L) {
+            qt_err(e, "checkpoint '%s' scaled '%s' towards another grid than this run's; resume "
+                      "with the same --wbits, --first-last and --layer options", path, v->name);
+            goto out;
+        }
+        r->range_host[i][0] = t->data[0];
+        r->range_host[i][1] = t->data[1];
+        r->range_set[i] = 1;
+    }
     rc = 0;
     goto out;
 bad:
@@ -228,6 +281,9 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
     if (qt_params_find(g, &r.ps, e)) return -1;
     r.mom = calloc(r.ps.n + 1, sizeof *r.mom);
     r.mom_host = calloc(r.ps.n + 1, sizeof *r.mom_host);
+    r.range = calloc(r.ps.n + 1, sizeof *r.range);
+    r.range_host = calloc(r.ps.n + 1, sizeof *r.range_host);
+    r.range_set = calloc(r.ps.n + 1, 1);
     qt_rng_seed(&r.epoch_rng, cfg->seed);
     int rc = 0;
     struct qt_exec *x = NULL;
@@ -238,6 +294,26 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
     double *step_loss = NULL; /* per step of the current epoch */
     int n = (int)(cfg->train_limit > 0 && cfg->train_limit < train->n ? cfg->train_limit : train->n);
     struct epoch_plan plan = {malloc(sizeof(int) * (n + 1)), malloc(n + 1), malloc(n + 1), malloc(n + 1)};
+    if (!r.mom || !r.mom_host || !r.range || !r.range_host || !r.range_set || !plan.perm ||
+        !plan.oy || !plan.ox || !plan.flip) {
+        rc = qt_err(e, "out of memory for the training state");
+        goto out;
+    }
+    /* PSGD's range state, one per scaled parameter, lives in backend memory. */
+    for (int i = 0; cfg->psgd_bits && i < r.ps.n; i++) {
+        const int bits = cfg->psgd_bits[r.ps.p[i].value];
+        if (!bits) continue;
+        if (!qt_psgd_levels(bits) || !(cfg->psgd_lambda >= 0) || !isfinite(cfg->psgd_lambda)) {
+            rc = qt_err(e, "PSGD needs 2 to 16 bits and a finite lambda >= 0 ('%s': %d bits, "
+                           "lambda %g)",
+                        g->values[r.ps.p[i].value].name, bits, cfg->psgd_lambda);
+            goto out;
+        }
+        if (!(r.range[i] = b->alloc(b, sizeof(float) * 2))) {
+            rc = qt_err(e, "out of memory for the PSGD state");
+            goto out;
+        }
+    }
     if (cfg->resume && load_checkpoint(&r, cfg->resume, e)) {
         rc = -1;
         goto out;
@@ -251,7 +327,14 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
         goto out;
     }
     r.x = x;
-    /* Momentum restored from a checkpoint goes to backend memory. */
+    /* PSGD ranges and momentum restored from a checkpoint go to backend memory. */
+    for (int i = 0; i < r.ps.n; i++)
+        if (r.range[i] && r.range_set[i] &&
+            b->upload(b, r.range[i], r.range_host[i], sizeof r.range_host[i])) {
+            rc = qt_err(e, "cannot place the PSGD range of '%s' on the %s backend",
+                        g->values[r.ps.p[i].value].name, b->name);
+            goto out;
+        }
     for (int i = 0; i < r.ps.n; i++) {
         if (!r.mom_host[i]) continue;
         const size_t bytes = sizeof(float) * r.ps.p[i].numel;
@@ -346,6 +429,13 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
                     sp->first = 1;
                 }
                 sp->buf = r.mom[i];
+                sp->psgd_range = r.range[i];
+                if (r.range[i]) {
+                    sp->psgd_levels = qt_psgd_levels(cfg->psgd_bits[p->value]);
+                    sp->psgd_lambda = cfg->psgd_lambda;
+                    sp->psgd_first = !r.range_set[i];
+                    if (sp->grad) r.range_set[i] = 1;
+                }
             }
             const struct qt_sgd_desc sd = {cfg->sgd.momentum, cfg->sgd.nesterov};
             if (b->sgd_step(b, &sd, sgd, r.ps.n, e)) {
@@ -427,11 +517,15 @@ done:
     res->seconds = now() - t_start;
 out:
     for (int i = 0; i < r.ps.n; i++) {
-        if (r.mom[i]) b->release(b, r.mom[i]);
-        free(r.mom_host[i]);
+        if (r.mom && r.mom[i]) b->release(b, r.mom[i]);
+        if (r.mom_host) free(r.mom_host[i]);
+        if (r.range && r.range[i]) b->release(b, r.range[i]);
     }
     free(r.mom);
     free(r.mom_host);
+    free(r.range);
+    free(r.range_host);
+    free(r.range_set);
     qt_params_free(&r.ps);
     free(plan.perm);
     free(plan.oy);

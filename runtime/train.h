@@ -25,6 +25,12 @@ struct qt_train_config {
     const char *checkpoint;   /* written after every epoch and on interruption (NULL: none) */
     const char *resume;       /* checkpoint to continue from (NULL: start fresh) */
     volatile sig_atomic_t *stop; /* set asynchronously to stop after the current batch */
+    /* PSGD (BSQ_PSGD.md 2; apot.h's qt_psgd_*): psgd_bits[v], per graph value (NULL: off), is
+     * the bit width of the grid that parameter v's gradients are scaled towards (0: not
+     * scaled); psgd_lambda their strength. The grid ranges are training state: checkpoints
+     * keep them. */
+    const int *psgd_bits;
+    float psgd_lambda;
 };
 
 struct qt_epoch_stats {

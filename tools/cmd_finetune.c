@@ -19,7 +19,8 @@ static void usage(void)
 {
     printf(
         "usage: qtune finetune MODEL.onnx --data DATA --wbits W --abits A -o OUT.onnx [options]\n"
-        "  --wbits W, --abits A weight and activation bits (default 4 and 4); --bits B sets both\n"
+        "  --wbits W, --abits A weight and activation bits (default 4 and 4); --bits B sets both;\n"
+        "                       --abits 0 keeps activations float\n"
         "  --scheme S           apot (default) or uniform\n"
         "  --epochs E           fine-tuning epochs (default 1); 0: post-training quantization\n"
         "  --first-last M       first conv and last layer: 8 (8-bit weights, float inputs;\n"
@@ -50,6 +51,10 @@ static void usage(void)
         "                       bias=on|off  correct each quantized layer's mean output shift\n"
         "                       (through its BatchNorm or bias), kept when it wins on the\n"
         "                       held-out images (default: on with --epochs 0, else off);\n"
+        "                       bn=auto|own|data  BatchNorm running statistics: chosen on\n"
+        "                       the held-out images (default), the model's own (with bias\n"
+        "                       correction when on, still checked), or re-estimated with the\n"
+        "                       quantizers in place;\n"
         "                       adaround=on|off  learned rounding of the weights, layer by\n"
         "                       layer on the calibration images (default off; needs\n"
         "                       restore=on); adaround-iters=N  its steps per layer (200)\n"
@@ -70,6 +75,7 @@ struct ptq_opts {
     double percentile;
     int bias, restore, adaround;
     struct qt_adaround_config ar;
+    int bn; /* QT_BN_AUTO, QT_BN_OWN or QT_BN_DATA */
 };
 
 /* Parses --ptq's comma-separated key=value list into o. */
@@ -113,14 +119,23 @@ static int ptq_parse(const char *spec, struct ptq_opts *o)
                 o->adaround = onoff;
         } else if (!strcmp(t, "bias") || !strcmp(t, "restore") || !strcmp(t, "adaround")) {
             return cli_fail("finetune: --ptq %s must be on or off, not '%s'", t, v);
+        } else if (!strcmp(t, "bn")) {
+            if (!strcmp(v, "auto"))
+                o->bn = QT_BN_AUTO;
+            else if (!strcmp(v, "own"))
+                o->bn = QT_BN_OWN;
+            else if (!strcmp(v, "data"))
+                o->bn = QT_BN_DATA;
+            else
+                return cli_fail("finetune: --ptq bn must be auto, own or data, not '%s'", v);
         } else if (!strcmp(t, "adaround-iters")) {
             long k = cli_parse_long(v);
             if (k <= 0 || k > 1000000)
                 return cli_fail("finetune: --ptq adaround-iters needs a positive integer");
             o->ar.iters = (int)k;
         } else {
-            return cli_fail("finetune: unknown --ptq item '%s' (calib, weights, bias, restore, "
-                            "adaround, adaround-iters)", t);
+            return cli_fail("finetune: unknown --ptq item '%s' (calib, weights, bias, bn, "
+                            "restore, adaround, adaround-iters)", t);
         }
     }
     return 0;
@@ -145,7 +160,7 @@ int cmd_finetune(int argc, char **argv)
     const char *path = NULL, *first_last = "8", *alpha_init = "paper", *folded = "unfold";
     const char *int8_range = "absmax", *export_fmt = NULL, *export_out = NULL;
     long wbits = 4, abits = 4, calib_batches = 8, calib_images = 0, holdout = 2000;
-    struct ptq_opts po = {-1, -1, 99.99, -1, 1, 0, {200, 32, 1e-2, 0.01}};
+    struct ptq_opts po = {-1, -1, 99.99, -1, 1, 0, {200, 32, 1e-2, 0.01}, QT_BN_AUTO};
     int scheme = QT_QS_APOT, per_channel = 0, no_std = 0, reset = 0;
     double alpha_w = 3.0, alpha_a = 8.0;
     static struct qt_quant_override ov[MAX_OVERRIDES];
@@ -187,8 +202,9 @@ int cmd_finetune(int argc, char **argv)
                     strcmp(a, "--bits") == 0) &&
                    has) {
             long v = strtol(argv[++i], &end, 10);
-            if (*end || !*argv[i] || v < 1 || v > 8)
-                return cli_fail("finetune: %s needs a bit width from 1 to 8", a);
+            const long lo = a[2] == 'a' ? 0 : 1; /* --abits 0: activations stay float */
+            if (*end || !*argv[i] || v < lo || v > 8)
+                return cli_fail("finetune: %s needs a bit width from %ld to 8", a, lo);
             if (a[2] != 'a') wbits = v;
             if (a[2] != 'w') abits = v;
         } else if (strcmp(a, "--holdout") == 0 && has) {
@@ -305,6 +321,7 @@ int cmd_finetune(int argc, char **argv)
         po.restore,
         r.epochs > 0,
         po.bias,
+        po.bn,
         po.adaround,
         po.ar};
     struct qt_prepare_report pr;
@@ -315,6 +332,8 @@ int cmd_finetune(int argc, char **argv)
         goto out;
     }
     const struct qt_quant_summary qs = pr.quant;
+    char wa[48]; /* "W4A4", or "W4A32" when activations stay float */
+    snprintf(wa, sizeof wa, "W%ldA%ld", wbits, abits ? abits : 32);
     if (!r.quiet) {
         if (pr.unfolded)
             fprintf(stderr,
@@ -322,9 +341,9 @@ int cmd_finetune(int argc, char **argv)
                     pr.unfolded, pc.calib.batches);
         fprintf(stderr,
                 "quantized %d layers: %d weight and %d activation quantizers (%d signed), "
-                "%s W%ldA%ld%s%s\n",
-                qs.layers, qs.weight, qs.act, qs.act_signed, qt_quant_scheme_name(scheme), wbits,
-                abits, qs.kept ? ", alphas kept from the input model" : "",
+                "%s %s%s%s\n",
+                qs.layers, qs.weight, qs.act, qs.act_signed, qt_quant_scheme_name(scheme), wa,
+                qs.kept ? ", alphas kept from the input model" : "",
                 qs.reset ? ", alphas re-initialized" : "");
         if (pr.restored)
             fprintf(stderr,
@@ -339,6 +358,14 @@ int cmd_finetune(int argc, char **argv)
                 snprintf(bc, sizeof bc, ", %.2f%% bias-corrected", pr.bn_top1[2]);
             if (qs.weight + qs.act == 0)
                 snprintf(bn, sizeof bn, "no quantizer: nothing calibrated");
+            else if (pr.bn_top1[0] < 0 && pr.bn_top1[1] < 0 && pr.bn_reestimated >= 0)
+                snprintf(bn, sizeof bn, "running statistics of %d BatchNorms %s (--ptq bn=%s)",
+                         pr.calib.bn, choice[pr.bn_choice], po.bn == QT_BN_OWN ? "own" : "data");
+            else if (pr.bn_top1[1] < 0 && pr.bn_reestimated >= 0)
+                snprintf(bn, sizeof bn,
+                         "running statistics of %d BatchNorms %s (--ptq bn=own; held-out "
+                         "top-1 %.2f%% as they were%s)",
+                         pr.calib.bn, choice[pr.bn_choice], pr.bn_top1[0], bc);
             else if (pr.bn_reestimated < 0)
                 snprintf(bn, sizeof bn,
                          "running statistics of %d BatchNorms re-estimated (unchecked: %s)",
@@ -363,7 +390,10 @@ int cmd_finetune(int argc, char **argv)
             if (pr.bias_corrected)
                 fprintf(stderr, "bias correction: the mean output of %d layers moved back to "
                                 "the float model's\n", pr.bias_corrected);
-            else if (po.bias && pr.bn_top1[2] < 0)
+            else if (po.bias && po.bn == QT_BN_DATA)
+                fprintf(stderr, "bias correction: not applied (it corrects the own statistics, "
+                                "and --ptq bn=data re-estimates them)\n");
+            else if (po.bias && pr.bn_top1[2] < 0 && pr.bn_choice != 2)
                 fprintf(stderr, "bias correction: not tried (it is decided on the held-out "
                                 "images; see --holdout)\n");
             fprintf(stderr,
@@ -383,10 +413,10 @@ int cmd_finetune(int argc, char **argv)
             rc = cli_fail("%s", e.msg);
             goto out;
         }
-        printf("post-training quantization of %s (%s W%ldA%ld): test top-1 %.2f%% top-5 %.2f%% "
+        printf("post-training quantization of %s (%s %s): test top-1 %.2f%% top-5 %.2f%% "
                "loss %.4f\n"
                "wrote %s\n",
-               path, qt_quant_scheme_name(scheme), wbits, abits, ptq_top1, ptq_top5, ptq_loss,
+               path, qt_quant_scheme_name(scheme), wa, ptq_top1, ptq_top5, ptq_loss,
                r.out);
         if (r.json)
             printf("{\"top1\": %.4f, \"top5\": %.4f, \"loss\": %.6f, \"ptq_top1\": %.4f, "

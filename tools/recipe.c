@@ -411,6 +411,8 @@ int recipe_run(const struct recipe *r, struct qt_graph *g, const char *model, st
     cfg.checkpoint = r->ckpt ? r->ckpt : ckpt_buf;
     cfg.resume = r->resume;
     cfg.stop = &stop_requested;
+    cfg.psgd_bits = r->psgd_bits;
+    cfg.psgd_lambda = r->psgd_lambda;
     /* From here on an interruption is a request to stop cleanly. */
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);

@@ -15,6 +15,8 @@ struct recipe {
     double alpha_lr_w, alpha_lr_a, alpha_wd; /* quantizer alphas (finetune) */
     unsigned long long seed;
     int nesterov, no_wd_bn, flip, json, quiet;
+    const int *psgd_bits; /* PSGD: grid bits per graph value (NULL: off); qt_train_config */
+    float psgd_lambda;
 };
 
 /* FP32 training defaults (train), or APOT.md's quantized recipe (finetune). */

@@ -25,6 +25,7 @@ BATCH = 2
 REL = 1e-4
 KINK = 3e-6
 STEP3 = dict(lr=0.05, momentum=0.9, weight_decay=5e-4)
+PSGD_BITS, PSGD_LAMBDA = 4, 150.0
 
 
 def make_cifar(rng, n_train, n_test):
@@ -44,8 +45,44 @@ def write_cifar(folder, data):
         rec.tofile(os.path.join(folder, name))
 
 
+class Psgd:
+    """PSGD's gradient scaling as BSQ_PSGD.md section 2 specifies it, written for PyTorch: per
+    weight tensor (conv and fc weights; every one at the same bits here), a range averaged
+    over the steps, delta = max(-lo, hi) / L, grad *= lambda * |w - Q(w)|."""
+
+    def __init__(self, model, bits, lam):
+        self.weights = [p for p in model.parameters() if p.dim() > 1]
+        self.L = 2 ** (bits - 1) - 1
+        self.lam = lam
+        self.ranges = {}
+
+    @torch.no_grad()
+    def scale(self):
+        for p in self.weights:
+            lo, hi = torch.clamp(p.min(), max=0), torch.clamp(p.max(), min=0)
+            if id(p) in self.ranges:
+                r = self.ranges[id(p)]
+                lo, hi = 0.1 * lo + 0.9 * r[0], 0.1 * hi + 0.9 * r[1]
+            self.ranges[id(p)] = (lo, hi)
+            delta = torch.maximum(-lo, hi) / self.L
+            q = delta * torch.round(torch.clamp(p / delta, -self.L, self.L))
+            p.grad.mul_(self.lam * (p - q).abs())
+
+
+def torch_steps(m, x, y, steps, psgd=None):
+    opt = torch.optim.SGD(m.parameters(), **STEP3)
+    for _ in range(steps):
+        m.train()
+        opt.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        if psgd:
+            psgd.scale()
+        opt.step()
+
+
 def closest_kink(inits, pixels, labels):
-    """Smallest |ReLU input| over a forward of the batch and 3 SGD steps in PyTorch."""
+    """Smallest |ReLU input| over a forward of the batch and 3 SGD steps in PyTorch, plain and
+    with PSGD's scaling."""
     closest = [float("inf")]
     relu = F.relu
 
@@ -53,16 +90,12 @@ def closest_kink(inits, pixels, labels):
         closest[0] = min(closest[0], float(x.detach().abs().min()))
         return relu(x, *a, **k)
 
-    m = torch_model(inits)
-    opt = torch.optim.SGD(m.parameters(), **STEP3)
     x, y = normalized(pixels), torch.from_numpy(labels.astype(np.int64))
     F.relu = watching
     try:
-        for _ in range(3):
-            m.train()
-            opt.zero_grad()
-            F.cross_entropy(m(x), y).backward()
-            opt.step()
+        for psgd in (False, True):
+            m = torch_model(inits)
+            torch_steps(m, x, y, 3, Psgd(m, PSGD_BITS, PSGD_LAMBDA) if psgd else None)
     finally:
         F.relu = relu
     return closest[0]
@@ -159,23 +192,49 @@ def test_three_sgd_steps(qtune, setup):
 
     torch.set_num_threads(2)
     m = torch_model(initializers(model))
-    opt = torch.optim.SGD(m.parameters(), **STEP3)
     pixels, labels = data["data_batch_1.bin"]
-    x, y = normalized(pixels), torch.from_numpy(labels.astype(np.int64))
-    for _ in range(3):
-        m.train()
-        opt.zero_grad()
-        F.cross_entropy(m(x), y).backward()
-        opt.step()
+    torch_steps(m, normalized(pixels), torch.from_numpy(labels.astype(np.int64)), 3)
     for name, t in m.state_dict().items():
         if name.endswith("num_batches_tracked"):
             continue
         rel_close(got[name], t.numpy(), "after 3 steps: " + name)
 
 
-def test_resume_is_bit_exact(qtune, setup, tmp_path):
+def test_three_psgd_steps(qtune, setup):
+    """PSGD: 3 steps with momentum and weight decay match the PyTorch implementation of the
+    specification, and the scaling changed the trajectory (the plain run differs)."""
+    d, model, data = setup
+    out, plain = str(d / "psgd3.onnx"), str(d / "step3.onnx")
+    r = train(qtune, model, d, out, "--epochs", "3", "--lr", str(STEP3["lr"]), "--momentum",
+              str(STEP3["momentum"]), "--wd", str(STEP3["weight_decay"]), "--psgd", "--wbits",
+              str(PSGD_BITS), "--lambda-s", str(PSGD_LAMBDA), "--json")
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["psgd"] == {"wbits": 4, "tensors": 22, "min_bits": 4, "max_bits": 4}, summary
+    got = initializers(out)
+
+    torch.set_num_threads(2)
+    m = torch_model(initializers(model))
+    pixels, labels = data["data_batch_1.bin"]
+    torch_steps(m, normalized(pixels), torch.from_numpy(labels.astype(np.int64)), 3,
+                Psgd(m, PSGD_BITS, PSGD_LAMBDA))
+    for name, t in m.state_dict().items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        rel_close(got[name], t.numpy(), "after 3 PSGD steps: " + name)
+    if not os.path.exists(plain):
+        train(qtune, model, d, plain, "--epochs", "3", "--lr", str(STEP3["lr"]), "--momentum",
+              str(STEP3["momentum"]), "--wd", str(STEP3["weight_decay"]))
+    base = initializers(plain)
+    moved = [k for k in got if got[k].ndim > 1 and not np.allclose(got[k], base[k], rtol=1e-3, atol=0)]
+    assert len(moved) == 22, "PSGD changed only %d of 22 weight tensors" % len(moved)
+
+
+@pytest.mark.parametrize("psgd", [[], ["--psgd", "--wbits", "3"]], ids=["sgd", "psgd"])
+def test_resume_is_bit_exact(qtune, setup, tmp_path, psgd):
+    """Also with PSGD, whose grid ranges are training state (3 bits: the first and last
+    layers' grids are 8-bit, the others 3-bit)."""
     d, model, _ = setup
-    common = ["--lr", "0.05", "--momentum", "0.9", "--wd", "5e-4"]
+    common = ["--lr", "0.05", "--momentum", "0.9", "--wd", "5e-4"] + psgd
     # A dataset of two batches with augmentation on, so shuffling and crops matter.
     def run(out, *extra):
         args = ["train", model, "--data", str(d / "cifar"), "--batch", "1", "--train-limit", "2",
@@ -197,3 +256,24 @@ def test_resume_is_bit_exact(qtune, setup, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert np.array_equal(a[k], b[k]), "resumed run differs in " + k
+
+
+def test_resume_needs_the_same_psgd_options(qtune, setup, tmp_path):
+    d, model, _ = setup
+    base = ["train", model, "--data", str(d / "cifar"), "--batch", "1", "--train-limit", "2",
+            "--test-limit", "2", "--threads", "2", "--quiet", "--schedule", "const",
+            "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD))]
+    first = str(tmp_path / "first.onnx")
+    r = qtune(*base, "--epochs", "1", "--psgd", "-o", first)
+    assert r.returncode == 0, r.describe()
+    for extra, words in [([], "with --psgd --lambda-s 150"), (["--psgd", "--lambda-s", "10"], "with --psgd --lambda-s 150"),
+                         (["--psgd", "--wbits", "3"], "another grid")]:
+        r = qtune(*base, "--epochs", "2", "--resume", first + ".ckpt", "-o",
+                  str(tmp_path / "again.onnx"), *extra)
+        assert r.returncode != 0 and words in r.stderr, (extra, r.describe())
+    plain = str(tmp_path / "plain.onnx")
+    r = qtune(*base, "--epochs", "1", "-o", plain)
+    assert r.returncode == 0, r.describe()
+    r = qtune(*base, "--epochs", "2", "--resume", plain + ".ckpt", "--psgd", "-o",
+              str(tmp_path / "again.onnx"))
+    assert r.returncode != 0 and "without --psgd" in r.stderr, r.describe()

@@ -1,10 +1,13 @@
 /* A training step is a fixed sequence of backend calls with one host read: the loss and the
  * counts. Checked on the ref backend, which counts every download of its memory, through the
- * training loop itself (qt_train's per-step callback sees the count between two steps). */
+ * training loop itself (qt_train's per-step callback sees the count between two steps), with
+ * plain SGD and with PSGD (whose grid ranges stay in backend memory). */
 #include <stdlib.h>
 #include <string.h>
 
 #include "../../graph/builder.h"
+#include "../../graph/schema.h"
+#include "../../passes/passes.h"
 #include "../../runtime/train.h"
 #include "harness.h"
 
@@ -56,22 +59,34 @@ QT_TEST(train_step_reads_once_from_the_backend)
     cfg.flip = 1;
     cfg.mean = mean;
     cfg.std = std;
-    struct qt_backend *b = qt_backend_new("ref", 0, &e);
-    if (!b) {
-        qt_graph_free(g);
-        return qt_test_fail("%s", e.msg);
+    int *bits = calloc(g->nvalues + 1, sizeof *bits);
+    struct qt_quant_config qc = {.wbits = 4, .scheme = QT_QS_UNIFORM, .first_last = QT_FL_SAME};
+    int fail = !bits || qt_quant_weight_bits(g, &qc, bits, &e) ? qt_test_fail("psgd grid bits") : 0;
+    for (int psgd = 0; psgd < 2 && !fail; psgd++) {
+        cfg.psgd_bits = psgd ? bits : NULL;
+        cfg.psgd_lambda = 150.0f;
+        struct qt_backend *b = qt_backend_new("ref", 0, &e);
+        if (!b) {
+            fail = qt_test_fail("%s", e.msg);
+            break;
+        }
+        struct step_reads s = {b, {0}, 0};
+        struct qt_train_callbacks cb = {.ctx = &s, .batch = on_step};
+        struct qt_train_result res;
+        int rc = qt_train(g, b, &ds, &ds, &cfg, &cb, &res, &e);
+        b->destroy(b);
+        if (rc) {
+            fail = qt_test_fail("%s", e.msg);
+            break;
+        }
+        if (!(s.n == 6 && res.steps == 6)) fail = qt_test_fail("%d steps, 6 expected", s.n);
+        for (int i = 1; i < s.n && !fail; i++)
+            if (s.last[i] - s.last[i - 1] != 1)
+                fail = qt_test_fail("%s step %d read the backend's memory %lld times (expected once)",
+                                    psgd ? "PSGD" : "SGD", i + 1,
+                                    (long long)(s.last[i] - s.last[i - 1]));
     }
-    struct step_reads s = {b, {0}, 0};
-    struct qt_train_callbacks cb = {.ctx = &s, .batch = on_step};
-    struct qt_train_result res;
-    int rc = qt_train(g, b, &ds, &ds, &cfg, &cb, &res, &e);
-    b->destroy(b);
+    free(bits);
     qt_graph_free(g);
-    if (rc) return qt_test_fail("%s", e.msg);
-    QT_CHECK(s.n == 6 && res.steps == 6);
-    for (int i = 1; i < s.n; i++)
-        if (s.last[i] - s.last[i - 1] != 1)
-            return qt_test_fail("step %d read the backend's memory %lld times (expected once)",
-                                i + 1, (long long)(s.last[i] - s.last[i - 1]));
-    return 0;
+    return fail;
 }
