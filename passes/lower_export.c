@@ -77,6 +77,25 @@ struct lower {
     struct qt_error *e;
 };
 
+
+int64_t qt_export_code_bytes(int nlv, int64_t cnt, int *per_byte, int *padded)
+{
+    /* codes per byte: the most whose base-L number (L = nlv levels) fits a byte and that
+     * divides the count evenly */
+    int pb = 1;
+    for (int p = 1, pw = nlv; pw <= 256; p++, pw *= nlv) pb = p;
+    /* a count the most codes per byte does not divide: pad the last byte and Slice the padding
+     * off after decoding, unless a smaller number of codes per byte that divides the count
+     * costs less than the two extra nodes (about 100 bytes) */
+    int pd = pb;
+    while (cnt % pd) pd--;
+    const int pad = cnt % pb != 0 && (cnt + pb - 1) / pb + 100 < cnt / pd;
+    if (!pad) pb = pd;
+    if (per_byte) *per_byte = pb;
+    if (padded) *padded = pad;
+    return (cnt + pb - 1) / pb;
+}
+
 static int add_const(struct qt_graph *g, const char *base, struct qt_tensor *t)
 {
     int v = qt_graph_add_value_unique(g, base, t->dtype, &t->shape);
@@ -428,21 +447,12 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
         qt_graph_replace_uses(g, out, vw);
         return 0;
     }
-    /* codes per byte: the most whose base-L number (L = 2n - 1 levels) fits a byte and that
-     * divides the count evenly; byte = sum of code_s * L^s */
+    /* byte = sum of code_s * L^s over the pb codes it holds */
     const int nlv = 2 * n - 1;
-    int pb = 1;
-    for (int p = 1, pw = nlv; pw <= 256; p++, pw *= nlv) pb = p;
-    /* a count the most codes per byte does not divide: pad the last byte and Slice the padding
-     * off after decoding, unless a smaller number of codes per byte that divides the count
-     * costs less than the two extra nodes (about 100 bytes) */
-    int pd = pb;
-    while (cnt % pd) pd--;
-    const int pad = cnt % pb != 0 && (cnt + pb - 1) / pb + 100 < cnt / pd;
-    if (!pad) pb = pd;
+    int pb, pad;
+    const int64_t nbytes = qt_export_code_bytes(nlv, cnt, &pb, &pad);
     int rows = 1;
     for (int k = 0; k < pb; k++) rows *= nlv;
-    const int64_t nbytes = (cnt + pb - 1) / pb;
     struct qt_tensor *bytes = tensor1(QT_U8, 1, &nbytes);
     uint8_t *bd = bytes->data;
     for (int64_t j = 0; j < nbytes; j++) {

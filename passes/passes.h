@@ -81,6 +81,13 @@ int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
 int qt_quant_weight_bits(const struct qt_graph *g, const struct qt_quant_config *c, int *bits,
                          struct qt_error *e);
 
+/* Bytes in which the export (format onnx) stores the level codes of a weight tensor of cnt
+ * values on a grid of nlv signed levels (2^b - 1 for b bits): as many codes per byte as
+ * base-nlv numbers fit a byte (five 2-bit, two 3- or 4-bit, one from 5 bits), fewer where that
+ * divides cnt and saves the padding's nodes. *per_byte and *padded (may be NULL) get the
+ * layout. */
+int64_t qt_export_code_bytes(int nlv, int64_t cnt, int *per_byte, int *padded);
+
 /* Restores an ActQuant node wherever the graph holds an activation quantizer in the standard
  * operators `qtune export` writes (raise_quant.c); *count (may be NULL) gets how many. The
  * canonicalize pass runs it. */
