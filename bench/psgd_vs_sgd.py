@@ -15,7 +15,7 @@ The gap is the trained FP32 model's top-1 minus its rounded top-1; "closed" is t
 plain SGD's gap that PSGD's rounded model makes up: (round(PSGD) - round(SGD)) / gap(SGD).
 
 usage: .venv/bin/python bench/psgd_vs_sgd.py [--model M] [--data D] [--epochs 3]
-       [--wbits 4] [--lambda-s 150] [--lr 0.01] [--out FILE]
+       [--wbits 4] [--lambda-s 150] [--lr 0.01] [--qtune BIN] [--out FILE]
 Defaults: the shared ResNet-20 (BatchNorm file) and CIFAR-10 JPEG data (../shared or QT_SHARED).
 """
 import argparse
@@ -58,6 +58,7 @@ def main():
     ap.add_argument("--lambda-s", default="150")
     ap.add_argument("--lr", default="0.01")
     ap.add_argument("--wd", default="1e-4")
+    ap.add_argument("--qtune", default=QTUNE, help="the qtune binary (default build/qtune)")
     ap.add_argument("--out")
     a = ap.parse_args()
     log = benchlib.Log(a.out)
@@ -65,7 +66,8 @@ def main():
                          "rounding" % a.wbits)
     commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
-    log("qtune:    %s (build/qtune)" % commit)
+    log("qtune:    %s (%s)" % (commit, os.path.relpath(a.qtune, REPO) if a.qtune.startswith(REPO)
+                                 else a.qtune))
     common = ["--data", a.data, "--preset", a.preset, "--json", "--quiet"]
     train = ["--epochs", str(a.epochs), "--lr", a.lr, "--wd", a.wd, "--schedule", "cosine",
              "--seed", "0"]
@@ -79,17 +81,17 @@ def main():
         for name, extra in [("SGD", []), ("PSGD", ["--psgd", "--wbits", str(a.wbits),
                                                    "--lambda-s", a.lambda_s])]:
             out = os.path.join(tmp, name + ".onnx")
-            j = run(log, [QTUNE, "train", a.model, "-o", out] + common + train + extra)
+            j = run(log, [a.qtune, "train", a.model, "-o", out] + common + train + extra)
             log("  %s: %d epochs, %.0f s, FP32 test top-1 %.2f%%" % (name, j["epochs"],
                                                                      j["seconds"], j["top1"]))
             models[name] = (out, j["top1"])
         for name, (path, fp) in models.items():
             if fp is None:
-                fp = run(log, [QTUNE, "eval", path, "--data", a.data, "--preset", a.preset,
+                fp = run(log, [a.qtune, "eval", path, "--data", a.data, "--preset", a.preset,
                                "--json"])["top1"]
             rows[name] = {"fp32": fp}
             for rname, rargs in rounding.items():
-                j = run(log, [QTUNE, "finetune", path, "-o", os.path.join(tmp, "q.onnx")] +
+                j = run(log, [a.qtune, "finetune", path, "-o", os.path.join(tmp, "q.onnx")] +
                         common + ptq + rargs)
                 rows[name][rname] = j["top1"]
     log()
