@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../kernels/cpu/quant.h"
+#include "../passes/passes.h"
 
 int qt_quantizer_from_node(struct qt_quant_attrs *a, struct qt_apot_quantizer *qz,
                            const struct qt_node *n, struct qt_error *e)
@@ -69,3 +70,49 @@ int qt_quantizer_info(const struct qt_graph *g, const struct qt_node *n, struct 
     return 0;
 }
 
+
+int qt_weight_memory(const struct qt_graph *g, struct qt_weight_memory *m, struct qt_error *e)
+{
+    memset(m, 0, sizeof *m);
+    if (!(m->layer = calloc(g->nnodes + 1, sizeof *m->layer)))
+        return qt_err(e, "out of memory measuring the weight memory");
+    for (int i = 0; i < g->nnodes; i++) {
+        const struct qt_node *n = &g->nodes[i];
+        if (n->dead || (n->op != QT_OP_CONV && n->op != QT_OP_GEMM && n->op != QT_OP_MATMUL) ||
+            n->nin < 2 || n->in[1] < 0)
+            continue;
+        const struct qt_value *w = &g->values[n->in[1]];
+        const struct qt_node *q = NULL;
+        if (!w->init && w->producer >= 0 && g->nodes[w->producer].op == QT_OP_WEIGHTQUANT) {
+            q = &g->nodes[w->producer];
+            w = &g->values[q->in[0]];
+        }
+        if (!w->init || w->init->dtype != QT_F32) continue;
+        struct qt_weight_layer *l = &m->layer[m->n++];
+        l->node = i;
+        l->count = qt_shape_numel(&w->init->shape);
+        l->bits = 32;
+        l->bytes = 4 * l->count;
+        if (q) {
+            struct qt_quant_attrs a;
+            struct qt_apot_quantizer qz;
+            if (qt_quantizer_from_node(&a, &qz, q, e)) {
+                qt_weight_memory_free(m);
+                return -1;
+            }
+            l->bits = a.bits;
+            l->bytes = qz.n ? qt_export_code_bytes(2 * qz.n - 1, l->count, NULL, NULL) : l->count;
+        }
+        m->count += l->count;
+        m->bit_count += l->count * l->bits;
+        m->bytes += l->bytes;
+        m->fp32_bytes += 4 * l->count;
+    }
+    return 0;
+}
+
+void qt_weight_memory_free(struct qt_weight_memory *m)
+{
+    free(m->layer);
+    memset(m, 0, sizeof *m);
+}

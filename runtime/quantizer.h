@@ -30,4 +30,23 @@ struct qt_quant_info {
 int qt_quantizer_info(const struct qt_graph *g, const struct qt_node *n, struct qt_quant_info *qi,
                       struct qt_error *e);
 
+/* The weight memory of a model: each Conv/Gemm/MatMul weight initializer at the bits of its
+ * weight quantizer (32 without one), in the bytes the export (format onnx) stores it in:
+ * level codes packed as qt_export_code_bytes says, 8-bit weights one byte each, float weights
+ * four. Biases, BatchNorm parameters and scales are not counted. */
+struct qt_weight_layer {
+    int node;      /* the layer node */
+    int64_t count; /* weights */
+    int bits;      /* 32: float */
+    int64_t bytes;
+};
+struct qt_weight_memory {
+    struct qt_weight_layer *layer;
+    int n;
+    int64_t count, bit_count; /* weights; the sum of count * bits */
+    int64_t bytes, fp32_bytes;
+};
+int qt_weight_memory(const struct qt_graph *g, struct qt_weight_memory *m, struct qt_error *e);
+void qt_weight_memory_free(struct qt_weight_memory *m);
+
 #endif

@@ -2,6 +2,7 @@
  * (passes/quantize), calibrates them on a few training batches, reports the accuracy before
  * fine-tuning (post-training quantization when the alphas come from calibration), then trains
  * with the recipe of `qtune train` plus learning rates of the alphas' own. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,10 +11,12 @@
 #include "../onnx/onnx.h"
 #include "../passes/passes.h"
 #include "../runtime/finetune.h"
+#include "../runtime/mixed.h"
 #include "cli.h"
 #include "recipe.h"
 
 #define MAX_OVERRIDES 64
+#define QT_MIXED_MAX_LAYERS 4096
 
 static void usage(void)
 {
@@ -152,6 +155,109 @@ static const char *scheme_of(const char *s, int *out)
     return s;
 }
 
+/* "250000", "250kB", "0.25MB", "256KiB", "1MiB", "100B" -> bytes (SI k and M are powers of
+ * ten); -1 when malformed. */
+static int64_t parse_size(const char *s)
+{
+    char *end;
+    const double v = strtod(s, &end);
+    static const struct {
+        const char *unit;
+        double scale;
+    } units[] = {{"", 1}, {"B", 1}, {"kB", 1e3}, {"KB", 1e3}, {"MB", 1e6}, {"KiB", 1024},
+                 {"MiB", 1048576}};
+    if (end == s || !(v > 0) || v > 1e15) return -1;
+    for (size_t k = 0; k < sizeof units / sizeof units[0]; k++)
+        if (strcmp(end, units[k].unit) == 0) return (int64_t)floor(v * units[k].scale);
+    return -1;
+}
+
+/* A pattern matching exactly the name (glob characters escaped); -1 when too long. */
+static int exact_pattern(char *out, size_t cap, const char *name)
+{
+    size_t j = 0;
+    for (const char *p = name; *p; p++) {
+        if (strchr("*?[]\\", *p)) {
+            if (j + 1 >= cap) return -1;
+            out[j++] = '\\';
+        }
+        if (j + 1 >= cap) return -1;
+        out[j++] = *p;
+    }
+    out[j] = 0;
+    return 0;
+}
+
+/* The sensitivity allocation under the budget: prints it and appends one --layer override per
+ * allocated layer to ov (room for cap); its JSON object goes to json. */
+static int mixed_allocate(struct qt_graph *g, struct qt_backend *b, const struct recipe_data *d,
+                          struct qt_mixed_config *mc, struct qt_quant_override *ov, int *nov,
+                          int cap, int quiet, char *json, size_t json_cap)
+{
+    for (int i = 0; i < g->nnodes; i++)
+        if (!g->nodes[i].dead &&
+            (g->nodes[i].op == QT_OP_WEIGHTQUANT || g->nodes[i].op == QT_OP_ACTQUANT))
+            return cli_fail("finetune: --size-budget and --avg-bits start from a float model; "
+                            "'%s' has quantizers", g->nodes[i].name);
+    struct qt_mixed_report mr;
+    struct qt_error e;
+    if (!quiet)
+        fprintf(stderr, "mixed precision: measuring each layer's loss at %d-%d bits on %d "
+                        "held-out training images\n",
+                mc->choices[0], mc->choices[mc->nchoices - 1], mc->images);
+    int rc = qt_mixed_sensitivity(g, b, &d->train, mc, &mr, &e);
+    if (rc) {
+        qt_mixed_report_free(&mr);
+        return cli_fail("finetune: mixed precision: %s", e.msg);
+    }
+    size_t jl = (size_t)snprintf(json, json_cap,
+                                 "\"mixed\": {\"method\": \"sensitivity\", \"budget_bytes\": %lld, "
+                                 "\"budget_avg_bits\": %.4f, \"bytes\": %lld, \"avg_bits\": %.4f, "
+                                 "\"float_loss\": %.6f, \"seconds\": %.2f, \"layers\": [",
+                                 (long long)mc->budget_bytes, mc->avg_bits, (long long)mr.bytes,
+                                 (double)mr.bit_count / (double)mr.count, mr.float_loss, mr.seconds);
+    if (!quiet)
+        fprintf(stderr, "%-28s %9s %5s  loss at each choice (float: %.4f)\n", "layer", "weights",
+                "bits", mr.float_loss);
+    for (int i = 0; i < mr.n && !rc; i++) {
+        const struct qt_mixed_layer *l = &mr.layer[i];
+        const char *name = g->nodes[l->node].name;
+        const int bits = l->fixed_bits > 0 ? l->fixed_bits : mc->choices[l->choice];
+        if (jl < json_cap)
+            jl += (size_t)snprintf(json + jl, json_cap - jl,
+                                   "%s{\"layer\": \"%s\", \"bits\": %d, \"allocated\": %s}",
+                                   i ? ", " : "", name, bits, l->fixed_bits > 0 ? "false" : "true");
+        if (!quiet) {
+            fprintf(stderr, "%-28.28s %9lld %5d ", name, (long long)l->count, bits);
+            for (int k = 0; l->fixed_bits <= 0 && k < mc->nchoices; k++)
+                fprintf(stderr, " %d:%.4f", mc->choices[k], l->loss[k]);
+            fprintf(stderr, "%s\n", l->fixed_bits > 0 ? "  (kept)" : "");
+        }
+        if (l->fixed_bits > 0) continue;
+        if (*nov == cap) {
+            rc = cli_fail("finetune: too many layers for mixed precision (%d)", cap);
+            break;
+        }
+        struct qt_quant_override *o = &ov[(*nov)++];
+        memset(o, 0, sizeof *o);
+        if (exact_pattern(o->pattern, sizeof o->pattern, name)) {
+            rc = cli_fail("finetune: layer name '%s' too long for mixed precision", name);
+            break;
+        }
+        o->spec = (struct qt_quant_spec){bits, -1, -1};
+    }
+    if (jl < json_cap) snprintf(json + jl, json_cap - jl, "]}");
+    if (jl >= json_cap) json[0] = 0; /* too long for the summary line: left out */
+    if (!rc && !quiet)
+        fprintf(stderr, "mixed precision (%.1f s): weights %lld bytes, %.3f bits on average "
+                        "(budget: %s%lld bytes%s)\n",
+                mr.seconds, (long long)mr.bytes, (double)mr.bit_count / (double)mr.count,
+                mc->budget_bytes ? "" : "no limit on ", (long long)mc->budget_bytes,
+                mc->avg_bits > 0 ? ", average bits limited" : "");
+    qt_mixed_report_free(&mr);
+    return rc;
+}
+
 int cmd_finetune(int argc, char **argv)
 {
     struct recipe r;
@@ -163,8 +269,13 @@ int cmd_finetune(int argc, char **argv)
     struct ptq_opts po = {-1, -1, 99.99, -1, 1, 0, {200, 32, 1e-2, 0.01}, QT_BN_AUTO};
     int scheme = QT_QS_APOT, per_channel = 0, no_std = 0, reset = 0;
     double alpha_w = 3.0, alpha_a = 8.0;
-    static struct qt_quant_override ov[MAX_OVERRIDES];
+    static struct qt_quant_override ov[MAX_OVERRIDES + QT_MIXED_MAX_LAYERS];
     int nov = 0;
+    int64_t budget = 0;
+    double avg_bits = 0;
+    const char *mixed_bits = NULL;
+    long mixed_images = 512;
+    int mixed_lo = 0;
     struct qt_error e;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -218,6 +329,19 @@ int cmd_finetune(int argc, char **argv)
         } else if (strcmp(a, "--calib-images") == 0 && has) {
             if ((calib_images = cli_parse_long(argv[++i])) <= 0)
                 return cli_fail("finetune: --calib-images needs a positive integer");
+        } else if (strcmp(a, "--size-budget") == 0 && has) {
+            if ((budget = parse_size(argv[++i])) <= 0)
+                return cli_fail("finetune: --size-budget needs a size such as 200000, 200kB, "
+                                "0.2MB or 256KiB, not '%s'", argv[i]);
+        } else if (strcmp(a, "--avg-bits") == 0 && has) {
+            avg_bits = strtod(argv[++i], &end);
+            if (*end || !*argv[i] || !(avg_bits >= 1) || avg_bits > 32)
+                return cli_fail("finetune: --avg-bits needs a number from 1 to 32");
+        } else if (strcmp(a, "--mixed-bits") == 0 && has) {
+            mixed_bits = argv[++i];
+        } else if (strcmp(a, "--mixed-images") == 0 && has) {
+            if ((mixed_images = cli_parse_long(argv[++i])) <= 0 || mixed_images > 1000000)
+                return cli_fail("finetune: --mixed-images needs a positive number of images");
         } else if (strcmp(a, "--ptq") == 0 && has) {
             if (ptq_parse(argv[++i], &po)) return 1;
         } else if ((strcmp(a, "--alpha-w") == 0 || strcmp(a, "--alpha-a") == 0) && has) {
@@ -308,6 +432,48 @@ int cmd_finetune(int argc, char **argv)
         rc = cli_fail("finetune: %s", e.msg);
         goto out;
     }
+    char mixed_json[sizeof(((struct recipe_extra *)0)->json) - 200] = "";
+    if (budget || avg_bits > 0) {
+        struct qt_mixed_config mc;
+        memset(&mc, 0, sizeof mc);
+        mc.quant = &qc;
+        mc.budget_bytes = budget;
+        mc.avg_bits = avg_bits;
+        mc.images = (int)mixed_images;
+        mc.calib = (struct qt_calib_config){(int)calib_batches, (int)r.batch, r.seed, d.mean, d.std,
+                                            65536, 2, 0, 0, 0};
+        if (mixed_bits) {
+            float f[QT_MIXED_MAX_CHOICES + 1];
+            int n = cli_parse_floats(mixed_bits, f, QT_MIXED_MAX_CHOICES + 1);
+            if (n < 1 || n > QT_MIXED_MAX_CHOICES) {
+                rc = cli_fail("finetune: --mixed-bits needs 1 to %d bit widths, ascending",
+                              QT_MIXED_MAX_CHOICES);
+                goto out;
+            }
+            for (int k = 0; k < n; k++) {
+                mc.choices[k] = (int)f[k];
+                if (f[k] != (float)mc.choices[k] || (k && mc.choices[k] <= mc.choices[k - 1])) {
+                    rc = cli_fail("finetune: --mixed-bits needs whole bit widths, ascending");
+                    goto out;
+                }
+            }
+            mc.nchoices = n;
+        } else {
+            for (int k = 2; k <= wbits && mc.nchoices < QT_MIXED_MAX_CHOICES; k++)
+                mc.choices[mc.nchoices++] = k;
+        }
+        if (mc.nchoices < 1) {
+            rc = cli_fail("finetune: mixed precision needs --wbits of at least 2");
+            goto out;
+        }
+        /* the layers at --wbits are the ones allocated: the largest choice */
+        qc.wbits = mc.choices[mc.nchoices - 1];
+        mixed_lo = mc.choices[0];
+        rc = mixed_allocate(g, b, &d, &mc, ov, &nov, MAX_OVERRIDES + QT_MIXED_MAX_LAYERS, r.quiet,
+                            mixed_json, sizeof mixed_json);
+        if (rc) goto out;
+        qc.noverrides = nov;
+    }
     struct qt_prepare_config pc = {
         &qc,
         strcmp(folded, "unfold") == 0,
@@ -333,7 +499,10 @@ int cmd_finetune(int argc, char **argv)
     }
     const struct qt_quant_summary qs = pr.quant;
     char wa[48]; /* "W4A4", or "W4A32" when activations stay float */
-    snprintf(wa, sizeof wa, "W%ldA%ld", wbits, abits ? abits : 32);
+    if (budget || avg_bits > 0)
+        snprintf(wa, sizeof wa, "mixed W%d-%dA%ld", mixed_lo, qc.wbits, abits ? abits : 32);
+    else
+        snprintf(wa, sizeof wa, "W%ldA%ld", wbits, abits ? abits : 32);
     if (!r.quiet) {
         if (pr.unfolded)
             fprintf(stderr,
@@ -423,7 +592,7 @@ int cmd_finetune(int argc, char **argv)
                    "\"epochs\": 0, "
                    "\"seconds\": 0, \"images_per_s\": 0, \"quantizers\": %d, "
                    "\"calib_images\": %d, \"calib_seconds\": %.3f, \"batchnorm\": \"%s\", "
-                   "\"holdout_top1\": [%.4f, %.4f, %.4f], \"restored\": %d}\n",
+                   "\"holdout_top1\": [%.4f, %.4f, %.4f], \"restored\": %d%s%s}\n",
                    ptq_top1, ptq_top5, ptq_loss, ptq_top1, qs.weight + qs.act,
                    pc.calib.batches * pc.calib.batch, pr.calib.seconds,
                    qs.weight + qs.act == 0 ? "none"
@@ -431,7 +600,8 @@ int cmd_finetune(int argc, char **argv)
                    : pr.bn_choice == 1     ? "reestimated"
                    : pr.bn_choice == 2     ? "own+bias-correction"
                                            : "own",
-                   pr.bn_top1[0], pr.bn_top1[1], pr.bn_top1[2], pr.restored);
+                   pr.bn_top1[0], pr.bn_top1[1], pr.bn_top1[2], pr.restored,
+                   mixed_json[0] ? ", " : "", mixed_json);
         goto out_export;
     }
     struct recipe_extra ex;
@@ -443,6 +613,10 @@ int cmd_finetune(int argc, char **argv)
                  calib_alphas ? "post-training quantization" : "before fine-tuning", ptq_top1);
     } else {
         snprintf(ex.json, sizeof ex.json, "\"quantizers\": %d", qs.weight + qs.act);
+    }
+    if (mixed_json[0]) {
+        const size_t jl = strlen(ex.json);
+        snprintf(ex.json + jl, sizeof ex.json - jl, ", %s", mixed_json);
     }
     rc = recipe_run(&r, g, path, &d, b, &ex);
 out_export:

@@ -1,5 +1,6 @@
-/* qtune inspect: the model's layers with output shapes, parameter counts and MACs, and its
- * quantizers (scheme, bits, signedness, alpha; for weights the share on each level). */
+/* qtune inspect: the model's layers with output shapes, parameter counts and MACs, its
+ * quantizers (scheme, bits, signedness, alpha; for weights the share on each level) and its
+ * weight memory (each layer's bits and bytes). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +59,36 @@ static int print_quantizers(const struct qt_graph *g, int json, struct qt_error 
         count++;
     }
     return count;
+}
+
+/* The weight memory: per layer (text table or JSON object) and in total. */
+static int print_weight_memory(const struct qt_graph *g, int json, struct qt_error *e)
+{
+    struct qt_weight_memory m;
+    if (qt_weight_memory(g, &m, e)) return -1;
+    const double avg = m.count ? (double)m.bit_count / (double)m.count : 0.0;
+    const double ratio = m.bytes ? (double)m.fp32_bytes / (double)m.bytes : 0.0;
+    if (json) {
+        printf("\"weight_memory\": {\"layers\": [");
+        for (int i = 0; i < m.n; i++)
+            printf("%s{\"layer\": \"%s\", \"weights\": %lld, \"bits\": %d, \"bytes\": %lld}",
+                   i ? ", " : "", g->nodes[m.layer[i].node].name, (long long)m.layer[i].count,
+                   m.layer[i].bits, (long long)m.layer[i].bytes);
+        printf("], \"weights\": %lld, \"average_bits\": %.4f, \"bytes\": %lld, "
+               "\"fp32_bytes\": %lld, \"compression\": %.4f}",
+               (long long)m.count, avg, (long long)m.bytes, (long long)m.fp32_bytes, ratio);
+    } else if (m.n) {
+        printf("\nweight memory (bytes as qtune export --format onnx stores the weights)\n"
+               "%-28s %10s %5s %10s\n", "layer", "weights", "bits", "bytes");
+        for (int i = 0; i < m.n; i++)
+            printf("%-28.28s %10lld %5d %10lld\n", g->nodes[m.layer[i].node].name,
+                   (long long)m.layer[i].count, m.layer[i].bits, (long long)m.layer[i].bytes);
+        printf("%d layers, %lld weights, %.2f bits on average: %lld bytes (float32: %lld, "
+               "%.2fx smaller)\n",
+               m.n, (long long)m.count, avg, (long long)m.bytes, (long long)m.fp32_bytes, ratio);
+    }
+    qt_weight_memory_free(&m);
+    return 0;
 }
 
 /* Multiply-accumulates per sample of one node (0 for ops that do not multiply). */
@@ -148,10 +179,20 @@ int cmd_inspect(int argc, char **argv)
             qt_graph_free(g);
             return cli_fail("'%s': %s", path, e.msg);
         }
-        printf("], \"nodes\": %d, \"params\": %lld, \"state\": %lld, \"macs\": %lld}\n", g->nnodes,
+        printf("], ");
+        if (print_weight_memory(g, 1, &e)) {
+            printf("}\n");
+            qt_graph_free(g);
+            return cli_fail("'%s': %s", path, e.msg);
+        }
+        printf(", \"nodes\": %d, \"params\": %lld, \"state\": %lld, \"macs\": %lld}\n", g->nnodes,
                (long long)params, (long long)state, (long long)macs);
     } else {
         if ((nq = print_quantizers(g, 0, &e)) < 0) {
+            qt_graph_free(g);
+            return cli_fail("'%s': %s", path, e.msg);
+        }
+        if (print_weight_memory(g, 0, &e)) {
             qt_graph_free(g);
             return cli_fail("'%s': %s", path, e.msg);
         }

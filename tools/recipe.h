@@ -40,7 +40,7 @@ void recipe_data_free(struct recipe_data *d);
 
 /* Extra lines of the final JSON object (without braces), e.g. "\"ptq_top1\": 80.1". */
 struct recipe_extra {
-    char json[1024];
+    char json[16384];
     char text[1024];
 };
 

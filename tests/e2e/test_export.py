@@ -316,6 +316,16 @@ def test_resnet20_exports_run_in_onnxruntime(qtune, ptq_models, tmp_path_factory
         assert sum("input %s%d unsigned" % (scheme, bits) in v for v in layers.values()) == 20
         assert sum("weight %s%d signed" % (scheme, bits) in v for v in layers.values()) == 20
         assert sum("weight int8" in v for v in layers.values()) == 2
+        if fmt == "onnx":
+            # inspect's weight memory is what the export stores: the code bytes, per model
+            wm = json.loads(qtune("inspect", model, "--json").check_ok().stdout)["weight_memory"]
+            codes = [t for t in m.graph.initializer if t.name.endswith(".codes")]
+            stored = sum(numpy_helper.to_array(t).nbytes for t in codes)
+            assert len(codes) == len(wm["layers"]) == 22 and stored == wm["bytes"], (stored, wm)
+            assert sorted(l["bits"] for l in wm["layers"]) == [bits] * 20 + [8, 8], wm
+            assert wm["fp32_bytes"] == 4 * wm["weights"] == 4 * sum(
+                numpy_helper.to_array(t).size for t in onnx.load(fp32).graph.initializer
+                if t.name.endswith(".weight") and len(t.dims) > 1)
         got = ort_run(out, {m.graph.input[0].name: cifar512})
         same_argmax, close, median = agreement(got, want)
         # Measured: argmax 99.4-100%, within 1e-3: 92-99.8%, median 1.2e-7 to 1.6e-7. What
