@@ -868,6 +868,30 @@ static int infer_quant(struct qt_infer_ctx *c, struct qt_error *e)
     return same_as_input(c, e);
 }
 
+/* BitQuant: bit planes p, n of shape [N, weight dims...] (1 <= N <= 8) and a scale s (one
+ * value) give the weight of the weight dims (kernels/common/bsq.h). */
+static int infer_bitquant(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    for (int k = 0; k < 3; k++)
+        if (require_float(c, k, e)) return -1;
+    const struct qt_shape *p = &c->in[0], *n = &c->in[1];
+    if (p->ndim < 2 || p->d[0] < 1 || p->d[0] > 8)
+        return qt_err(e, NODE_FMT ": bit planes need a shape [N, ...] with 1 <= N <= 8",
+                      NODE_ARGS(c));
+    if (n->ndim != p->ndim)
+        return qt_err(e, NODE_FMT ": the two bit-plane inputs differ in shape", NODE_ARGS(c));
+    for (int i = 0; i < p->ndim; i++)
+        if (n->d[i] != p->d[i])
+            return qt_err(e, NODE_FMT ": the two bit-plane inputs differ in shape", NODE_ARGS(c));
+    if (qt_shape_numel(&c->in[2]) != 1)
+        return qt_err(e, NODE_FMT ": the scale must be one value", NODE_ARGS(c));
+    c->out[0].ndim = p->ndim - 1;
+    for (int i = 1; i < p->ndim; i++)
+        c->out[0].d[i - 1] = p->d[i];
+    c->out_dtype[0] = QT_F32;
+    return 0;
+}
+
 int qt_slice_plan(const struct qt_node *n, const struct qt_shape *x, const struct qt_tensor **vals,
                   int64_t *start, int64_t *step, struct qt_shape *out, struct qt_error *e)
 {
@@ -1022,6 +1046,7 @@ static const struct qt_op_schema schemas[] = {
     {QT_OP_DEQUANTIZELINEAR, "DequantizeLinear", 2, 3, 1, 1, 0, infer_qdq, NULL},
     {QT_OP_WEIGHTQUANT, "WeightQuant", 1, 2, 1, 1, 0, infer_quant, QT_DOMAIN},
     {QT_OP_ACTQUANT, "ActQuant", 1, 2, 1, 1, 0, infer_quant, QT_DOMAIN},
+    {QT_OP_BITQUANT, "BitQuant", 3, 3, 1, 1, 0, infer_bitquant, QT_DOMAIN},
 };
 
 const struct qt_op_schema *qt_schema_get(enum qt_op op)

@@ -190,6 +190,9 @@ static int cpu_forward(struct qt_backend *b, const struct qt_op_desc *d, const f
     case QT_K_COPY:
         if (y != x) memcpy(y, x, sizeof(float) * d->numel);
         return 0;
+    case QT_K_BITQUANT:
+        bitquant_forward_cpu(y, x, in[1], in[2], d->u.bq.N, d->u.bq.n);
+        return 0;
     default:
         return qt_err(e, "the CPU backend has no %s op", qt_opk_name(d->kind));
     }
@@ -377,6 +380,10 @@ static int cpu_backward(struct qt_backend *b, const struct qt_op_desc *d, const 
     case QT_K_WEIGHTQUANT:
     case QT_K_ACTQUANT:
         return bwd_quant(&d->u.q, in, dy, dx, d->nin > 1 ? din[1] : NULL, acc, aux, e);
+    case QT_K_BITQUANT:
+        bitquant_backward_cpu(dx, din[1], din[2], dy, x, in[1], in[2], d->u.bq.N, d->u.bq.n,
+                              acc[0], acc[1], acc[2]);
+        return 0;
     case QT_K_COPY:
         if (!dx) return 0;
         if (acc[0])
@@ -416,7 +423,8 @@ static int cpu_sgd_step(struct qt_backend *b, const struct qt_sgd_desc *d,
             grid.lambda = p[i].psgd_lambda;
         }
         sgd_update_cpu(p[i].p, p[i].buf, p[i].grad, p[i].n, p[i].lr, d->momentum, p[i].wd,
-                       d->nesterov, p[i].first, p[i].psgd_range ? &grid : NULL);
+                       d->nesterov, p[i].first, p[i].psgd_range ? &grid : NULL,
+                       p[i].clamp ? (const float[2]){p[i].clamp_lo, p[i].clamp_hi} : NULL);
     }
     return 0;
 }

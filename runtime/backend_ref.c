@@ -198,6 +198,9 @@ static int forward_host(const struct qt_op_desc *d, float *const *in, float *con
     case QT_K_COPY:
         if (y != x) copy_forward_ref(y, x, d->numel);
         return 0;
+    case QT_K_BITQUANT:
+        bitquant_forward_ref(y, x, in[1], in[2], d->u.bq.N, d->u.bq.n);
+        return 0;
     default:
         return qt_err(e, "the ref backend has no %s op", qt_opk_name(d->kind));
     }
@@ -326,6 +329,10 @@ static int ref_backward(struct qt_backend *b, const struct qt_op_desc *d, const 
     case QT_K_COPY:
         if (dx) copy_backward_ref(dx, dy, d->numel, acc[0]);
         return 0;
+    case QT_K_BITQUANT:
+        bitquant_backward_ref(dx, hdin[1], hdin[2], dy, x, hin[1], hin[2], d->u.bq.N, d->u.bq.n,
+                              acc[0], acc[1], acc[2]);
+        return 0;
     default:
         return qt_err(e, "training through a %s op is not supported on the ref backend",
                       qt_opk_name(d->kind));
@@ -371,7 +378,8 @@ static int ref_sgd_step(struct qt_backend *b, const struct qt_sgd_desc *d,
         }
         sgd_update_ref(unmask(p[i].p), unmask(p[i].buf), unmask(p[i].grad), p[i].n, p[i].lr,
                        d->momentum, p[i].wd, d->nesterov, p[i].first,
-                       p[i].psgd_range ? &grid : NULL);
+                       p[i].psgd_range ? &grid : NULL,
+                       p[i].clamp ? (const float[2]){p[i].clamp_lo, p[i].clamp_hi} : NULL);
     }
     return 0;
 }

@@ -321,6 +321,12 @@ int qt_lower_node(struct qt_op_desc *d, const struct qt_graph *g, const struct q
     case QT_OP_ACTQUANT:
         d->kind = n->op == QT_OP_WEIGHTQUANT ? QT_K_WEIGHTQUANT : QT_K_ACTQUANT;
         return lower_quant(&d->u.q, n, in, e) ? -1 : QT_LOWER_BACKEND;
+    case QT_OP_BITQUANT:
+        d->kind = QT_K_BITQUANT;
+        d->u.bq.N = (int)in[0]->shape.d[0];
+        d->u.bq.n = qt_shape_numel(&out[0]->shape);
+        d->numel = d->u.bq.n;
+        return QT_LOWER_BACKEND;
     case QT_OP_ABS:
     case QT_OP_NEG:
     case QT_OP_GREATER:

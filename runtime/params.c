@@ -6,7 +6,8 @@
 
 const char *qt_role_name(enum qt_param_role r)
 {
-    static const char *names[] = {"weight", "bias", "batchnorm", "alpha_w", "alpha_a"};
+    static const char *names[] = {"weight", "bias", "batchnorm", "alpha_w", "alpha_a", "bits",
+                                  "bit_scale"};
     return (unsigned)r < QT_ROLE_COUNT ? names[r] : "?";
 }
 
@@ -71,6 +72,11 @@ int qt_params_find(struct qt_graph *g, struct qt_params *ps, struct qt_error *e)
             break;
         case QT_OP_ACTQUANT:
             rc = add_param(g, ps, n->in[1], QT_ROLE_ALPHA_A, n->name, e);
+            break;
+        case QT_OP_BITQUANT:
+            rc = add_param(g, ps, n->in[0], QT_ROLE_BITS, n->name, e);
+            if (!rc) rc = add_param(g, ps, n->in[1], QT_ROLE_BITS, n->name, e);
+            if (!rc) rc = add_param(g, ps, n->in[2], QT_ROLE_BIT_SCALE, n->name, e);
             break;
         case QT_OP_BATCHNORM:
             rc = add_param(g, ps, n->in[1], QT_ROLE_BN, n->name, e);

@@ -12,6 +12,8 @@ enum qt_param_role {
     QT_ROLE_BN,     /* BatchNormalization scale and bias */
     QT_ROLE_ALPHA_W, /* clipping thresholds of weight quantizers */
     QT_ROLE_ALPHA_A, /* clipping thresholds of activation quantizers */
+    QT_ROLE_BITS,    /* BSQ bit planes (BitQuant inputs 0 and 1) */
+    QT_ROLE_BIT_SCALE, /* BSQ scales (BitQuant input 2) */
     QT_ROLE_COUNT
 };
 

@@ -28,6 +28,7 @@ enum qt_opk {
     QT_K_WEIGHTQUANT, /* in: w, [alpha]            out: wq */
     QT_K_ACTQUANT,    /* in: a, alpha              out: aq */
     QT_K_COPY,        /* in: x                     out: y = x (Reshape, Flatten, Squeeze, ...) */
+    QT_K_BITQUANT,    /* in: p, n, s (bit planes)  out: w (kernels/common/bsq.h) */
     QT_K_COUNT
 };
 
@@ -116,6 +117,12 @@ struct qt_quant_desc {
     struct qt_apot_quantizer qz;
 };
 
+/* BSQ's bit planes [N, n] and scale to n weights. */
+struct qt_bitq_desc {
+    int N;
+    int64_t n;
+};
+
 struct qt_op_desc {
     enum qt_opk kind;
     int nin, nout; /* inputs and outputs the executor passes (absent optional ones NULL) */
@@ -129,6 +136,7 @@ struct qt_op_desc {
         struct qt_axis_desc ax; /* SOFTMAX, GAP (outer = n*c, mid = hw, inner = 1) */
         struct qt_reduce_desc red;
         struct qt_quant_desc q;
+        struct qt_bitq_desc bq;
         float clip[2]; /* lo, hi */
     } u;
     int has_bias;          /* CONV */
@@ -156,6 +164,10 @@ struct qt_sgd_param {
     float *psgd_range;
     int psgd_first, psgd_levels;
     float psgd_lambda;
+    /* After the update, p is clamped to [clamp_lo, clamp_hi] when clamp is set (BSQ's bit
+     * planes stay in [0, 2]). */
+    int clamp;
+    float clamp_lo, clamp_hi;
 };
 struct qt_sgd_desc {
     float momentum;
@@ -176,7 +188,7 @@ static inline const char *qt_opk_name(enum qt_opk k)
     static const char *const names[QT_K_COUNT] = {
         "none",        "conv",         "maxpool",   "avgpool", "global-avgpool", "batchnorm",
         "relu",        "clip",         "binary",    "gemm",    "matmul",         "softmax",
-        "reduce-mean", "weight-quant", "act-quant", "copy"};
+        "reduce-mean", "weight-quant", "act-quant", "copy",           "bit-quant"};
     return (unsigned)k < QT_K_COUNT ? names[k] : "?";
 }
 

@@ -138,10 +138,19 @@ void gemm_backward_cpu(float *da, float *db, float *dc, const float *dy, const f
 void softmax_xent_cpu(float *dlogits, double *stats, const float *logits, const int32_t *labels,
                       int64_t n, int64_t k, float smoothing, float scale);
 /* One SGD step (desc.h's rule); with ps non-NULL each gradient element is first multiplied by
- * qt_psgd_factor(p, ps). psgd_range_cpu: PSGD's range step over p[0..n) (qt_psgd_range_step
+ * qt_psgd_factor(p, ps); with clamp non-NULL p ends clamped to [clamp[0], clamp[1]]. psgd_range_cpu: PSGD's range step over p[0..n) (qt_psgd_range_step
  * with the tensor's min and max), returns the grid step. */
 void sgd_update_cpu(float *p, float *buf, const float *grad, int64_t n, float lr, float momentum,
-                    float wd, int nesterov, int first, const struct qt_psgd_grid *ps);
+                    float wd, int nesterov, int first, const struct qt_psgd_grid *ps,
+                    const float *clamp);
 float psgd_range_cpu(float *range, const float *p, int64_t n, int first, int L);
+
+/* BSQ bit planes (bsq.c): w = s * unit(sum of planes) and its straight-through gradients;
+ * p, n are [N, cnt], s one float; dp, dn, ds (may be NULL) assigned or accumulated (acc_*). */
+void bitquant_forward_cpu(float *w, const float *p, const float *n, const float *s, int N,
+                          int64_t cnt);
+void bitquant_backward_cpu(float *dp, float *dn, float *ds, const float *dw, const float *p,
+                           const float *n, const float *s, int N, int64_t cnt, int acc_p,
+                           int acc_n, int acc_s);
 
 #endif

@@ -3,7 +3,8 @@
 #include "kernels/ref/ref.h"
 
 void sgd_update_ref(float *p, float *buf, const float *grad, int64_t n, float lr, float momentum,
-                    float wd, int nesterov, int first, const struct qt_psgd_grid *ps)
+                    float wd, int nesterov, int first, const struct qt_psgd_grid *ps,
+                    const float *clamp)
 {
     for (int64_t i = 0; i < n; i++) {
         float g = grad[i];
@@ -14,6 +15,7 @@ void sgd_update_ref(float *p, float *buf, const float *grad, int64_t n, float lr
             g = nesterov ? g + momentum * buf[i] : buf[i];
         }
         p[i] -= lr * g;
+        if (clamp) p[i] = p[i] < clamp[0] ? clamp[0] : p[i] > clamp[1] ? clamp[1] : p[i];
     }
 }
 

@@ -180,7 +180,16 @@ void channel_moments_ref(double *s1, double *s2, const float *x, int64_t n, int6
 /* One SGD step; with ps non-NULL the gradient is scaled by PSGD's factor first. The range
  * step of PSGD over p (its min and max), returning the grid step. */
 void sgd_update_ref(float *p, float *buf, const float *grad, int64_t n, float lr, float momentum,
-                    float wd, int nesterov, int first, const struct qt_psgd_grid *ps);
+                    float wd, int nesterov, int first, const struct qt_psgd_grid *ps,
+                    const float *clamp);
 float psgd_range_ref(float *range, const float *p, int64_t n, int first, int L);
+
+/* BSQ bit planes (bsq.c): w = s * unit(sum of planes) and its straight-through gradients;
+ * p, n are [N, cnt], s one float; dp, dn, ds (may be NULL) assigned or accumulated (acc_*). */
+void bitquant_forward_ref(float *w, const float *p, const float *n, const float *s, int N,
+                          int64_t cnt);
+void bitquant_backward_ref(float *dp, float *dn, float *ds, const float *dw, const float *p,
+                           const float *n, const float *s, int N, int64_t cnt, int acc_p,
+                           int acc_n, int acc_s);
 
 #endif

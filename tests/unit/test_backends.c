@@ -90,6 +90,7 @@ enum gen {
     G_CLIPLO,  /* the description's lower clip bound (a constant input) */
     G_CLIPHI,
     G_COARSE, /* multiples of 0.25 in [-1, 1]: ties, exact zeros, values on clip bounds */
+    G_PLANE,  /* [0, 2): BSQ's continuous bit planes */
 };
 
 struct tcase {
@@ -462,6 +463,23 @@ static int quant_case(struct cases *cs, int weight, int int8, int scheme, int bi
     return 0;
 }
 
+/* BSQ bit planes [N, n] and a scale to n weights. */
+static void bitq_case(struct cases *cs, int N, int64_t n)
+{
+    struct tcase *t = add_case(cs, QT_K_BITQUANT, TOL_EXACT, TOL_MEAN, "bit-quant N%d n%lld", N,
+                               (long long)n);
+    t->d.u.bq.N = N;
+    t->d.u.bq.n = n;
+    t->d.nin = 3;
+    t->d.numel = n;
+    t->in_n[0] = t->in_n[1] = (int64_t)N * n;
+    t->in_n[2] = 1;
+    t->out_n[0] = n;
+    t->gen[0] = t->gen[1] = G_PLANE;
+    t->gen[2] = G_ALPHA;
+    t->grad[0] = t->grad[1] = t->grad[2] = 1;
+}
+
 /* ---- inputs ---- */
 
 static void fill(float *p, int64_t n, enum gen g, const struct qt_op_desc *d, struct rng *r)
@@ -491,6 +509,9 @@ static void fill(float *p, int64_t n, enum gen g, const struct qt_op_desc *d, st
             break;
         case G_COARSE:
             p[i] = (float)((int)(rng_u32(r) % 9) - 4) * 0.25f;
+            break;
+        case G_PLANE:
+            p[i] = rng_range(r, 0.f, 2.f);
             break;
         }
     }
@@ -1267,6 +1288,10 @@ QT_TEST(backends_quantizers)
     fail |= quant_case(cs, 1, 1, 0, 0, 0, 0, 3 * 3 * 7 * 7, 0);  /* int8, max */
     fail |= quant_case(cs, 1, 2, 0, 0, 0, 0, 10 * 64, 0);        /* int8, max |w| */
     fail |= quant_case(cs, 1, 1, 0, 0, 0, 0, 1, 0);
+    bitq_case(cs, 8, 3 * 16 * 3 * 3); /* BSQ's 8-bit start */
+    bitq_case(cs, 3, 37);
+    bitq_case(cs, 1, 1);
+    bitq_case(cs, 5, 70001); /* several CPU threads */
     if (fail) {
         free(cs);
         return 1;

@@ -165,3 +165,67 @@ QT_TEST(bsq_round_half_even)
     QT_CHECK_NEAR(qt_bsq_unit(20.0f, 4), 1.0, 1e-7); /* clamped at k */
     return 0;
 }
+
+/* The straight-through gradients of the CPU kernel against finite differences: of the
+ * forward itself for the scale (W is linear in s), and of the surrogate that BSQ's
+ * straight-through estimator differentiates, s * v / k (clamp and rounding as the identity),
+ * for the planes; dL/dW = g fixed, L = sum g W. */
+#include "../../kernels/cpu/cpu.h"
+
+QT_TEST(bsq_gradients_finite_differences)
+{
+    enum { N = 4, CNT = 6 };
+    float p[N * CNT], n[N * CNT], g[CNT], w[CNT], dp[N * CNT], dn[N * CNT], ds = 0;
+    unsigned seed = 7;
+    for (int i = 0; i < N * CNT; i++) {
+        p[i] = 0.1f + 1.7f * (float)(rand_r(&seed) % 1000) / 1000.0f;
+        n[i] = 0.1f + 1.7f * (float)(rand_r(&seed) % 1000) / 1000.0f;
+    }
+    for (int j = 0; j < CNT; j++)
+        g[j] = (float)(rand_r(&seed) % 2000) / 1000.0f - 1.0f;
+    const float s = 0.37f;
+    bitquant_forward_cpu(w, p, n, &s, N, CNT);
+    bitquant_backward_cpu(dp, dn, &ds, g, p, n, &s, N, CNT, 0, 0, 0);
+    /* scale: (L(s + h) - L(s - h)) / 2h of the real forward */
+    const double h = 1e-3;
+    float wp[CNT], wm[CNT];
+    const float sp = (float)(s + h), sm = (float)(s - h);
+    bitquant_forward_cpu(wp, p, n, &sp, N, CNT);
+    bitquant_forward_cpu(wm, p, n, &sm, N, CNT);
+    double fd = 0;
+    for (int j = 0; j < CNT; j++)
+        fd += (double)g[j] * ((double)wp[j] - wm[j]) / ((double)sp - sm);
+    QT_CHECK_NEAR(ds, fd, 1e-4 * (1 + fabs(fd)));
+    /* planes: the surrogate s * v / k, in double */
+    const double k = (1 << N) - 1;
+    for (int b = 0; b < N; b++)
+        for (int j = 0; j < CNT; j++) {
+            double up = 0, dn_ = 0;
+            for (int sign = -1; sign <= 1; sign += 2) {
+                double L = 0, Ln = 0;
+                for (int jj = 0; jj < CNT; jj++) {
+                    double v = 0, vn = 0;
+                    for (int bb = 0; bb < N; bb++) {
+                        const double pp = p[bb * CNT + jj] + (bb == b && jj == j ? sign * h : 0);
+                        const double nn = n[bb * CNT + jj] + (bb == b && jj == j ? sign * h : 0);
+                        v += (pp - n[bb * CNT + jj]) * (1 << (N - 1 - bb));
+                        vn += (p[bb * CNT + jj] - nn) * (1 << (N - 1 - bb));
+                    }
+                    L += g[jj] * s * v / k;
+                    Ln += g[jj] * s * vn / k;
+                }
+                up += sign * L / (2 * h);
+                dn_ += sign * Ln / (2 * h);
+            }
+            QT_CHECK_NEAR(dp[b * CNT + j], up, 1e-5);
+            QT_CHECK_NEAR(dn[b * CNT + j], dn_, 1e-5);
+        }
+    /* accumulation adds to what is there */
+    float dp2[N * CNT];
+    for (int i = 0; i < N * CNT; i++)
+        dp2[i] = 1.0f;
+    bitquant_backward_cpu(dp2, NULL, NULL, g, p, n, &s, N, CNT, 1, 0, 0);
+    for (int i = 0; i < N * CNT; i++)
+        QT_CHECK_NEAR(dp2[i], 1.0 + dp[i], 1e-6);
+    return 0;
+}

@@ -355,7 +355,7 @@ QT_TEST(grad_sgd_matches_pytorch_rule)
         const float grads[3] = {0.3f, -0.2f, 0.5f};
         for (int s = 0; s < 3; s++) {
             g[0] = grads[s];
-            sgd_update_cpu(p, buf, g, 1, 0.1f, 0.9f, 5e-4f, nesterov, s == 0, NULL);
+            sgd_update_cpu(p, buf, g, 1, 0.1f, 0.9f, 5e-4f, nesterov, s == 0, NULL, NULL);
             double gg = grads[s] + 5e-4 * rp;
             rb = s == 0 ? gg : 0.9 * rb + gg;
             rp -= 0.1 * (nesterov ? gg + 0.9 * rb : rb);
