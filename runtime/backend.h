@@ -94,6 +94,10 @@ struct qt_backend {
                      struct qt_error *e);
     int (*alpha_percentile)(struct qt_backend *b, float *alpha, float *x, int64_t n, double p,
                             int is_signed, struct qt_error *e);
+    /* BSQ's regularizer on one layer's bit planes p, n ([N, cnt], backend memory): adds the
+     * gradient of coef * sum_b sqrt(1e-8 + sum_j (p_bj^2 + n_bj^2)) to dp and dn. */
+    int (*bit_lasso)(struct qt_backend *b, float *dp, float *dn, const float *p, const float *n,
+                     int N, int64_t cnt, float coef, struct qt_error *e);
     /* Inference fast path: reads_layout, forward_infer and to_plain come together (all NULL:
      * qt_exec_forward runs forward on plain tensors); can_fuse may be NULL (nothing fused).
      * Whether op head's kernel can also compute post[0..npost), each the only reader of the

@@ -429,6 +429,15 @@ static int cpu_sgd_step(struct qt_backend *b, const struct qt_sgd_desc *d,
     return 0;
 }
 
+static int cpu_bit_lasso(struct qt_backend *b, float *dp, float *dn, const float *p,
+                         const float *n, int N, int64_t cnt, float coef, struct qt_error *e)
+{
+    (void)b;
+    (void)e;
+    bitquant_lasso_cpu(dp, dn, p, n, N, cnt, coef);
+    return 0;
+}
+
 static int cpu_subsample(struct qt_backend *b, float *out, int64_t m, const float *x, int64_t n,
                          struct qt_error *e)
 {
@@ -506,6 +515,7 @@ struct qt_backend *qt_backend_cpu_new(int threads)
     b->backward = cpu_backward;
     b->xent = cpu_xent;
     b->sgd_step = cpu_sgd_step;
+    b->bit_lasso = cpu_bit_lasso;
     b->subsample = cpu_subsample;
     b->alpha_search = cpu_alpha_search;
     b->channel_moments = cpu_channel_moments;

@@ -384,6 +384,15 @@ static int ref_sgd_step(struct qt_backend *b, const struct qt_sgd_desc *d,
     return 0;
 }
 
+static int ref_bit_lasso(struct qt_backend *b, float *dp, float *dn, const float *p,
+                         const float *n, int N, int64_t cnt, float coef, struct qt_error *e)
+{
+    if (!is_ref_ptr(dp) || !is_ref_ptr(dn) || !is_ref_ptr(p) || !is_ref_ptr(n))
+        return qt_err(e, "bit_lasso: a buffer is outside the ref backend's memory");
+    bitquant_lasso_ref(unmask(dp), unmask(dn), unmask(p), unmask(n), N, cnt, coef);
+    return 0;
+}
+
 static int ref_subsample(struct qt_backend *b, float *out, int64_t m, const float *x, int64_t n,
                          struct qt_error *e)
 {
@@ -468,6 +477,7 @@ struct qt_backend *qt_backend_ref_new(void)
     b->backward = ref_backward;
     b->xent = ref_xent;
     b->sgd_step = ref_sgd_step;
+    b->bit_lasso = ref_bit_lasso;
     b->subsample = ref_subsample;
     b->alpha_search = ref_alpha_search;
     b->channel_moments = ref_channel_moments;

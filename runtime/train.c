@@ -407,8 +407,25 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
                 rc = -1;
                 goto out;
             }
+            /* BSQ's regularizer joins the gradients of the bit planes. */
+            for (int i = 0; cfg->bit_lasso > 0 && i < g->nnodes; i++) {
+                const struct qt_node *nd = &g->nodes[i];
+                if (nd->dead || nd->op != QT_OP_BITQUANT) continue;
+                const struct qt_value *pv = &g->values[nd->in[0]];
+                const int N = (int)pv->shape.d[0];
+                const int64_t cnt = qt_shape_numel(&pv->shape) / N;
+                /* the executor's gradient buffers, complete after the backward pass */
+                float *dp = (float *)qt_exec_grad(x, nd->in[0]);
+                float *dn = (float *)qt_exec_grad(x, nd->in[1]);
+                if (dp && dn &&
+                    b->bit_lasso(b, dp, dn, qt_exec_param(x, nd->in[0]), qt_exec_param(x, nd->in[1]),
+                                 N, cnt, cfg->bit_lasso * (float)cnt * (float)N, e)) {
+                    rc = qt_err_prefix(e, "regularizer at step %" PRId64 ": ", r.step + 1);
+                    goto out;
+                }
+            }
             /* One optimizer step over every parameter. */
-            float lr = qt_schedule_lr(&cfg->sched, r.step);
+            float lr = qt_schedule_lr(&cfg->sched, cfg->step_offset + r.step);
             for (int i = 0; i < r.ps.n; i++) {
                 const struct qt_param *p = &r.ps.p[i];
                 const struct qt_group *grp = &cfg->sgd.group[p->role];
@@ -429,6 +446,9 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
                     sp->first = 1;
                 }
                 sp->buf = r.mom[i];
+                sp->clamp = p->role == QT_ROLE_BITS;
+                sp->clamp_lo = 0.0f;
+                sp->clamp_hi = 2.0f;
                 sp->psgd_range = r.range[i];
                 if (r.range[i]) {
                     sp->psgd_levels = qt_psgd_levels(cfg->psgd_bits[p->value]);
@@ -476,9 +496,9 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
         r.epoch++;
         r.batch_pos = 0;
         r.epoch_rng = rng;
-        st.epoch = r.epoch;
-        st.epochs = cfg->epochs;
-        st.lr = qt_schedule_lr(&cfg->sched, r.step > 0 ? r.step - 1 : 0);
+        st.epoch = cfg->epoch_offset + r.epoch;
+        st.epochs = cfg->epochs_total > 0 ? cfg->epochs_total : cfg->epochs;
+        st.lr = qt_schedule_lr(&cfg->sched, cfg->step_offset + (r.step > 0 ? r.step - 1 : 0));
         st.train_loss = seen ? loss_sum / seen : 0;
         st.train_top1 = seen ? 100.0 * hits / seen : 0;
         st.seconds = train_seconds;

@@ -31,6 +31,14 @@ struct qt_train_config {
      * keep them. */
     const int *psgd_bits;
     float psgd_lambda;
+    /* BSQ (BSQ_PSGD.md 1.4): the regularizer's weight alpha / TP; every BitQuant layer adds
+     * bit_lasso * count * N * sum_b ||plane b|| to the loss (0: off). Bit planes are clamped to
+     * [0, 2] after every step either way. */
+    float bit_lasso;
+    /* The schedule's step at this run's first step, for runs that continue one schedule, and
+     * the epoch numbers the callbacks report (epoch_offset + 1 .. epochs_total; 0: 1 .. epochs). */
+    int64_t step_offset;
+    int epoch_offset, epochs_total;
 };
 
 struct qt_epoch_stats {

@@ -67,6 +67,21 @@ static void usage(void)
         "  --holdout N          training images held out from calibration to decide whether\n"
         "                       re-estimated BatchNorm statistics are kept (default 2000;\n"
         "                       0: always re-estimate)\n"
+        "  --size-budget SIZE   mixed precision: the weights (as exported) fit SIZE bytes\n"
+        "                       (200000, 200kB, 0.2MB, 256KiB)\n"
+        "  --avg-bits A         mixed precision: at most A bits per weight on average\n"
+        "  --mixed M            how a budget is met: sensitivity (default: each layer's loss\n"
+        "                       at each bit width measured on held-out training images, bits\n"
+        "                       lowered greedily) or bsq (bit planes trained with a group-Lasso\n"
+        "                       regularizer; precision falls out of training; see below)\n"
+        "  --mixed-bits LIST    sensitivity: the bit widths to choose from (default 2..--wbits)\n"
+        "  --mixed-images N     sensitivity: held-out images the losses are measured on (512)\n"
+        "  --decay X            bsq: the regularizer's strength alpha (default 0.01)\n"
+        "  --bsq-epochs E       bsq: epochs of bit-plane training (default 4), before --epochs\n"
+        "                       of fine-tuning with the precision fixed\n"
+        "  --bsq-interval K     bsq: re-quantize and drop empty bit planes every K epochs (2)\n"
+        "  --bsq-threshold T    bsq: also drop planes with at most T%% of the weights set (0)\n"
+        "  --bsq-lr X           bsq: learning rate of the bit-plane epochs (default 0.1)\n"
         "  --export F           also write OUT with its quantizers lowered to standard ONNX\n"
         "                       (F: onnx, qdq or float; see qtune export) to OUT.export.onnx\n"
         "  --export-out PATH    where --export writes (default OUT.export.onnx)\n");
@@ -275,6 +290,8 @@ int cmd_finetune(int argc, char **argv)
     double avg_bits = 0;
     const char *mixed_bits = NULL;
     long mixed_images = 512;
+    const char *mixed = NULL;
+    struct bsq_options bo = {4, 2, 0.01, 0.0, 0.1, 0, 0};
     int mixed_lo = 0;
     struct qt_error e;
     for (int i = 1; i < argc; i++) {
@@ -337,6 +354,28 @@ int cmd_finetune(int argc, char **argv)
             avg_bits = strtod(argv[++i], &end);
             if (*end || !*argv[i] || !(avg_bits >= 1) || avg_bits > 32)
                 return cli_fail("finetune: --avg-bits needs a number from 1 to 32");
+        } else if (strcmp(a, "--mixed") == 0 && has) {
+            mixed = argv[++i];
+            if (strcmp(mixed, "sensitivity") && strcmp(mixed, "bsq"))
+                return cli_fail("finetune: --mixed must be sensitivity or bsq, not '%s'", mixed);
+        } else if ((strcmp(a, "--decay") == 0 || strcmp(a, "--bsq-threshold") == 0 ||
+                    strcmp(a, "--bsq-lr") == 0) && has) {
+            const double v = strtod(argv[++i], &end);
+            if (*end || !*argv[i] || !(v >= 0) || v > 1e6)
+                return cli_fail("finetune: %s needs a number >= 0", a);
+            if (a[2] == 'd')
+                bo.decay = v;
+            else if (a[6] == 't')
+                bo.threshold = v;
+            else
+                bo.lr = v;
+        } else if ((strcmp(a, "--bsq-epochs") == 0 || strcmp(a, "--bsq-interval") == 0) && has) {
+            const long v = cli_parse_long(argv[++i]);
+            if (v <= 0 || v > 100000) return cli_fail("finetune: %s needs a positive integer", a);
+            if (a[6] == 'e')
+                bo.epochs = (int)v;
+            else
+                bo.interval = (int)v;
         } else if (strcmp(a, "--mixed-bits") == 0 && has) {
             mixed_bits = argv[++i];
         } else if (strcmp(a, "--mixed-images") == 0 && has) {
@@ -369,6 +408,8 @@ int cmd_finetune(int argc, char **argv)
                         "--abits A -o OUT.onnx");
     int rc = recipe_check(&r);
     if (rc) return rc;
+    if (mixed && !strcmp(mixed, "sensitivity") && !budget && !(avg_bits > 0))
+        return cli_fail("finetune: --mixed sensitivity needs --size-budget or --avg-bits");
     enum qt_export_format efmt;
     if (export_out && !export_fmt) return cli_fail("finetune: --export-out needs --export FORMAT");
     if (export_fmt && qt_export_format_parse(export_fmt, &efmt))
@@ -433,7 +474,16 @@ int cmd_finetune(int argc, char **argv)
         goto out;
     }
     char mixed_json[sizeof(((struct recipe_extra *)0)->json) - 200] = "";
-    if (budget || avg_bits > 0) {
+    const int bsq = mixed && !strcmp(mixed, "bsq");
+    if (bsq) {
+        /* weights become bit planes: no weight quantizers now, every layer's weight trained
+         * (the first and last layers' inputs stay float); activations calibrated */
+        qc.wbits = 0;
+        qc.first_last = QT_FL_FLOAT;
+        calib_alphas = 1;
+        bo.budget_bytes = budget;
+        bo.avg_bits = avg_bits;
+    } else if (budget || avg_bits > 0) {
         struct qt_mixed_config mc;
         memset(&mc, 0, sizeof mc);
         mc.quant = &qc;
@@ -491,19 +541,27 @@ int cmd_finetune(int argc, char **argv)
         po.adaround,
         po.ar};
     struct qt_prepare_report pr;
+    memset(&pr, 0, sizeof pr);
     struct cli_progress prog;
     cli_progress_init(&prog, "eval", "img", r.quiet);
-    if (qt_finetune_prepare(g, b, &d.train, &d.test, &pc, cli_progress_update, &prog, &pr, &e)) {
+    /* a bit-plane model saved by --mixed bsq continues as it is */
+    int bsq_resumed = 0;
+    for (int i = 0; bsq && i < g->nnodes; i++)
+        bsq_resumed |= !g->nodes[i].dead && g->nodes[i].op == QT_OP_BITQUANT;
+    if (!bsq_resumed &&
+        qt_finetune_prepare(g, b, &d.train, &d.test, &pc, cli_progress_update, &prog, &pr, &e)) {
         rc = cli_fail("'%s': %s", path, e.msg);
         goto out;
     }
-    const struct qt_quant_summary qs = pr.quant;
+    struct qt_quant_summary qs = pr.quant;
     char wa[48]; /* "W4A4", or "W4A32" when activations stay float */
-    if (budget || avg_bits > 0)
+    if (bsq)
+        snprintf(wa, sizeof wa, "BSQ A%ld", abits ? abits : 32);
+    else if (budget || avg_bits > 0)
         snprintf(wa, sizeof wa, "mixed W%d-%dA%ld", mixed_lo, qc.wbits, abits ? abits : 32);
     else
         snprintf(wa, sizeof wa, "W%ldA%ld", wbits, abits ? abits : 32);
-    if (!r.quiet) {
+    if (!r.quiet && !bsq_resumed) {
         if (pr.unfolded)
             fprintf(stderr,
                     "unfolding: a BatchNorm after each of %d Convs, statistics from %d batches\n",
@@ -570,8 +628,21 @@ int cmd_finetune(int argc, char **argv)
                     "%s: test top-1 %.2f%% top-5 %.2f%%\n",
                     pr.calib.seconds, pc.calib.batches * pc.calib.batch,
                     calib_alphas ? how : "paper alphas", bn,
-                    calib_alphas ? "post-training quantization" : "before fine-tuning",
+                    bsq          ? "activations quantized, weights float"
+                    : calib_alphas ? "post-training quantization"
+                                   : "before fine-tuning",
                     pr.eval.top1, pr.eval.top5);
+        }
+    }
+    if (bsq) {
+        struct qt_eval_result after;
+        if ((rc = recipe_bsq(&r, g, &d, b, &bo, &after, mixed_json, sizeof mixed_json))) goto out;
+        pr.evaluated = 1;
+        pr.eval = after;
+        qs.weight = qs.act = 0;
+        for (int i = 0; i < g->nnodes; i++) {
+            qs.weight += !g->nodes[i].dead && g->nodes[i].op == QT_OP_WEIGHTQUANT;
+            qs.act += !g->nodes[i].dead && g->nodes[i].op == QT_OP_ACTQUANT;
         }
     }
     const double ptq_top1 = pr.evaluated ? pr.eval.top1 : -1;
@@ -608,9 +679,12 @@ int cmd_finetune(int argc, char **argv)
     ex.json[0] = ex.text[0] = 0;
     if (ptq_top1 >= 0) {
         snprintf(ex.json, sizeof ex.json, "\"%s\": %.4f, \"quantizers\": %d",
-                 calib_alphas ? "ptq_top1" : "start_top1", ptq_top1, qs.weight + qs.act);
+                 calib_alphas && !bsq ? "ptq_top1" : "start_top1", ptq_top1, qs.weight + qs.act);
         snprintf(ex.text, sizeof ex.text, "%s: test top-1 %.2f%%\n",
-                 calib_alphas ? "post-training quantization" : "before fine-tuning", ptq_top1);
+                 bsq            ? "after the bit-plane epochs"
+                 : calib_alphas ? "post-training quantization"
+                                : "before fine-tuning",
+                 ptq_top1);
     } else {
         snprintf(ex.json, sizeof ex.json, "\"quantizers\": %d", qs.weight + qs.act);
     }

@@ -11,7 +11,10 @@
 #include <string.h>
 
 #include "../util/fileio.h"
+#include "../graph/schema.h"
 #include "../onnx/onnx.h"
+#include "../runtime/bsq.h"
+#include "../runtime/quantizer.h"
 #include "cli.h"
 
 /* Set by SIGINT/SIGTERM; the loop stops after the current batch and writes a checkpoint. */
@@ -357,13 +360,10 @@ void recipe_record_top1(struct qt_graph *g, const struct qt_eval_result *r)
     qt_graph_set_meta(g, "qtune.top1_images", buf);
 }
 
-int recipe_run(const struct recipe *r, struct qt_graph *g, const char *model, struct recipe_data *d,
-               struct qt_backend *b, const struct recipe_extra *extra)
+/* The training configuration of the recipe r over `epochs` epochs at base learning rate lr. */
+static void train_config(const struct recipe *r, const struct recipe_data *d, double lr,
+                         long epochs, struct qt_train_config *cfg)
 {
-    struct qt_error e;
-    char ckpt_buf[4200], best_buf[4200], log_buf[4200];
-    FILE *log = NULL;
-    int rc = 0;
     enum qt_sched_kind kind = strcmp(r->schedule, "cosine") == 0 ? QT_SCHED_COSINE
                               : strcmp(r->schedule, "step") == 0 ? QT_SCHED_MULTISTEP
                                                                  : QT_SCHED_CONST;
@@ -371,37 +371,47 @@ int recipe_run(const struct recipe *r, struct qt_graph *g, const char *model, st
     int nms = r->milestones ? cli_parse_floats(r->milestones, ms, QT_SCHED_MAX_MILESTONES) : 0;
     int64_t n = r->train_limit > 0 && r->train_limit < d->train.n ? r->train_limit : d->train.n;
     int64_t per_epoch = (n + r->batch - 1) / r->batch;
-    struct qt_train_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.epochs = (int)r->epochs;
-    cfg.batch = (int)r->batch;
-    cfg.sgd.momentum = (float)r->momentum;
-    cfg.sgd.nesterov = r->nesterov;
+    memset(cfg, 0, sizeof *cfg);
+    cfg->epochs = (int)epochs;
+    cfg->batch = (int)r->batch;
+    cfg->sgd.momentum = (float)r->momentum;
+    cfg->sgd.nesterov = r->nesterov;
     for (int k = 0; k < QT_ROLE_COUNT; k++) {
-        cfg.sgd.group[k].lr_scale = 1.0f;
-        cfg.sgd.group[k].wd = (r->no_wd_bn && k != QT_ROLE_WEIGHT) ? 0.0f : (float)r->wd;
+        cfg->sgd.group[k].lr_scale = 1.0f;
+        cfg->sgd.group[k].wd = (r->no_wd_bn && k != QT_ROLE_WEIGHT) ? 0.0f : (float)r->wd;
     }
     /* Alphas have learning rates of their own that follow the same schedule. */
-    float base = r->lr > 0 ? (float)r->lr : 1.0f;
-    cfg.sgd.group[QT_ROLE_ALPHA_W].lr_scale = r->lr > 0 ? (float)r->alpha_lr_w / base : 0.0f;
-    cfg.sgd.group[QT_ROLE_ALPHA_A].lr_scale = r->lr > 0 ? (float)r->alpha_lr_a / base : 0.0f;
-    cfg.sgd.group[QT_ROLE_ALPHA_W].wd = cfg.sgd.group[QT_ROLE_ALPHA_A].wd = (float)r->alpha_wd;
-    cfg.sched.kind = kind;
-    cfg.sched.base_lr = (float)r->lr;
-    cfg.sched.total_steps = per_epoch * r->epochs;
-    cfg.sched.warmup_steps = (int64_t)llround(r->warmup * per_epoch);
-    cfg.sched.gamma = (float)r->gamma;
-    cfg.sched.nmilestones = nms;
+    float base = lr > 0 ? (float)lr : 1.0f;
+    cfg->sgd.group[QT_ROLE_ALPHA_W].lr_scale = lr > 0 ? (float)r->alpha_lr_w / base : 0.0f;
+    cfg->sgd.group[QT_ROLE_ALPHA_A].lr_scale = lr > 0 ? (float)r->alpha_lr_a / base : 0.0f;
+    cfg->sgd.group[QT_ROLE_ALPHA_W].wd = cfg->sgd.group[QT_ROLE_ALPHA_A].wd = (float)r->alpha_wd;
+    cfg->sched.kind = kind;
+    cfg->sched.base_lr = (float)lr;
+    cfg->sched.total_steps = per_epoch * epochs;
+    cfg->sched.warmup_steps = (int64_t)llround(r->warmup * per_epoch);
+    cfg->sched.gamma = (float)r->gamma;
+    cfg->sched.nmilestones = nms;
     for (int i = 0; i < nms; i++)
-        cfg.sched.milestones[i] = (int64_t)llround(ms[i] * per_epoch);
-    cfg.label_smoothing = (float)r->smoothing;
-    cfg.crop_pad = (int)r->crop_pad;
-    cfg.flip = r->flip;
-    cfg.seed = r->seed;
-    cfg.mean = d->mean;
-    cfg.std = d->std;
-    cfg.train_limit = r->train_limit;
-    cfg.test_limit = r->test_limit;
+        cfg->sched.milestones[i] = (int64_t)llround(ms[i] * per_epoch);
+    cfg->label_smoothing = (float)r->smoothing;
+    cfg->crop_pad = (int)r->crop_pad;
+    cfg->flip = r->flip;
+    cfg->seed = r->seed;
+    cfg->mean = d->mean;
+    cfg->std = d->std;
+    cfg->train_limit = r->train_limit;
+    cfg->test_limit = r->test_limit;
+}
+
+int recipe_run(const struct recipe *r, struct qt_graph *g, const char *model, struct recipe_data *d,
+               struct qt_backend *b, const struct recipe_extra *extra)
+{
+    struct qt_error e;
+    char ckpt_buf[4200], best_buf[4200], log_buf[4200];
+    FILE *log = NULL;
+    int rc = 0;
+    struct qt_train_config cfg;
+    train_config(r, d, r->lr, r->epochs, &cfg);
     snprintf(ckpt_buf, sizeof ckpt_buf, "%s.ckpt", r->out);
     snprintf(best_buf, sizeof best_buf, "%s", r->out);
     char *dot = strrchr(best_buf, '.');
@@ -460,4 +470,194 @@ int recipe_run(const struct recipe *r, struct qt_graph *g, const char *model, st
 out:
     fclose(ui.log);
     return rc;
+}
+
+/* ---- --mixed bsq ---- */
+
+struct bsq_ui {
+    struct cli_progress prog;
+    FILE *log;
+    const char *log_path, *bsq_path;
+    struct qt_graph *g;
+    int quiet;
+    double decay;
+    char label[64];
+};
+
+static void bsq_on_batch(void *ctx, int epoch, int64_t done, int64_t total, double loss,
+                         double top1, double seconds)
+{
+    struct bsq_ui *ui = ctx;
+    snprintf(ui->label, sizeof ui->label, "bsq epoch %d loss %.4f acc %.1f%%", epoch, loss, top1);
+    ui->prog.label = ui->label;
+    cli_progress_update(&ui->prog, done, total, seconds);
+}
+
+/* Saves the bit-plane model after every epoch, with the epochs it has done. */
+static int bsq_save(struct bsq_ui *ui, int epoch)
+{
+    char buf[32];
+    struct qt_error e;
+    snprintf(buf, sizeof buf, "%d", epoch);
+    qt_graph_set_meta(ui->g, "qtune.bsq.epoch", buf);
+    if (qt_onnx_save(ui->g, ui->bsq_path, &e)) return cli_fail("%s", e.msg);
+    return 0;
+}
+
+static int bsq_on_epoch(void *ctx, const struct qt_epoch_stats *s)
+{
+    struct bsq_ui *ui = ctx;
+    struct qt_bsq_model m;
+    struct qt_bsq_state st;
+    struct qt_error e;
+    if (qt_bsq_state_of(ui->g, &m, &st, ui->decay, &e)) {
+        cli_fail("%s", e.msg);
+        return -1;
+    }
+    if (!ui->quiet)
+        fprintf(stderr,
+                "bsq epoch %d/%d: train loss %.4f top-1 %.2f%% | test top-1 %.2f%% | %.3f bits "
+                "(%.2fx), %lld bytes, regularizer %.4f | lr %.5g\n",
+                s->epoch, s->epochs, s->train_loss, s->train_top1, s->test.top1, st.avg_bits,
+                st.compression, (long long)st.bytes, st.regularizer, s->lr);
+    int rc = 0;
+    if (ui->log) {
+        fprintf(ui->log,
+                "{\"epoch\": %d, \"train_loss\": %.6f, \"train_top1\": %.4f, \"test_loss\": %.6f, "
+                "\"top1\": %.4f, \"lr\": %.6g, \"avg_bits\": %.4f, \"compression\": %.4f, "
+                "\"bytes\": %lld, \"regularizer\": %.6f, \"planes\": [",
+                s->epoch, s->train_loss, s->train_top1, s->test.loss, s->test.top1, s->lr,
+                st.avg_bits, st.compression, (long long)st.bytes, st.regularizer);
+        for (int i = 0; i < st.n; i++)
+            fprintf(ui->log, "%s%d", i ? ", " : "", st.l[i].N);
+        fprintf(ui->log, "]}\n");
+        if (fflush(ui->log) != 0 || ferror(ui->log))
+            rc = cli_fail("cannot write the log '%s': %s", ui->log_path, strerror(errno));
+    }
+    qt_bsq_model_free(&m);
+    if (!rc) rc = bsq_save(ui, s->epoch);
+    ui->prog.last_print = -1;
+    return rc ? -1 : 0;
+}
+
+static int bsq_on_requant(void *ctx, const struct qt_bsq_state *st)
+{
+    struct bsq_ui *ui = ctx;
+    if (ui->quiet) return 0;
+    fprintf(stderr, "bsq: re-quantized at epoch %d: planes per layer", st->epoch);
+    for (int i = 0; i < st->n; i++)
+        fprintf(stderr, " %d", st->l[i].N);
+    fprintf(stderr, "; %.3f bits on average (%.2fx), %lld bytes; regularizer %s\n", st->avg_bits,
+            st->compression, (long long)st->bytes,
+            st->regularized ? "on" : "off (the budget holds)");
+    return 0;
+}
+
+int recipe_bsq(const struct recipe *r, struct qt_graph *g, struct recipe_data *d,
+               struct qt_backend *b, const struct bsq_options *o, struct qt_eval_result *after,
+               char *json, size_t cap)
+{
+    struct qt_error e;
+    struct qt_bsq_config c;
+    memset(&c, 0, sizeof c);
+    train_config(r, d, o->lr, o->epochs, &c.train);
+    c.train.stop = &stop_requested;
+    c.interval = o->interval;
+    c.decay = o->decay;
+    c.threshold = o->threshold;
+    c.budget_bytes = o->budget_bytes;
+    c.avg_bits = o->avg_bits;
+    int planes = 0;
+    for (int i = 0; i < g->nnodes; i++)
+        planes += !g->nodes[i].dead && g->nodes[i].op == QT_OP_BITQUANT;
+    if (planes) {
+        /* a saved bit-plane model: continue after the epochs it records */
+        const char *ep = qt_graph_meta(g, "qtune.bsq.epoch");
+        c.first_epoch = ep ? atoi(ep) : 0;
+        if (c.first_epoch < 0 || c.first_epoch > o->epochs)
+            return cli_fail("finetune: the bit-plane model records epoch %d of --bsq-epochs %d",
+                            c.first_epoch, o->epochs);
+    } else {
+        int *sel = calloc(g->nvalues + 1, sizeof *sel);
+        if (!sel) return cli_fail("finetune: out of memory");
+        for (int i = 0; i < g->nnodes; i++) {
+            const struct qt_node *n = &g->nodes[i];
+            if (n->dead || (n->op != QT_OP_CONV && n->op != QT_OP_GEMM && n->op != QT_OP_MATMUL) ||
+                n->nin < 2 || n->in[1] < 0)
+                continue;
+            const struct qt_value *w = &g->values[n->in[1]];
+            sel[n->in[1]] = w->init && w->init->dtype == QT_F32;
+        }
+        int rc = qt_bsq_convert(g, sel, QT_BSQ_PLANES, &planes, &e);
+        free(sel);
+        if (rc) return cli_fail("finetune: %s", e.msg);
+        if (!planes) return cli_fail("finetune: --mixed bsq: the model has no Conv, Gemm or "
+                                     "MatMul weight to train as bit planes");
+    }
+    char stem[4100], bsq_path[4200], log_path[4200];
+    snprintf(stem, sizeof stem, "%s", r->out);
+    char *dot = strrchr(stem, '.');
+    if (dot && strcmp(dot, ".onnx") == 0) *dot = 0;
+    snprintf(bsq_path, sizeof bsq_path, "%s.bsq.onnx", stem);
+    snprintf(log_path, sizeof log_path, "%s.bsq.log.jsonl", stem);
+    struct bsq_ui ui;
+    memset(&ui, 0, sizeof ui);
+    cli_progress_init(&ui.prog, "bsq", "img", r->quiet);
+    ui.g = g;
+    ui.quiet = r->quiet;
+    ui.decay = o->decay;
+    ui.bsq_path = bsq_path;
+    ui.log_path = log_path;
+    if (!(ui.log = fopen(log_path, c.first_epoch ? "a" : "w")))
+        return cli_fail("finetune: cannot write the log '%s': %s", log_path, strerror(errno));
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    if (!r->quiet)
+        fprintf(stderr, "bsq: %d layers as bit planes, %d epochs (re-quantized every %d), alpha "
+                        "%g, from epoch %d\n",
+                planes, o->epochs, o->interval, o->decay, c.first_epoch);
+    struct qt_train_callbacks cb = {&ui, bsq_on_batch, bsq_on_epoch, NULL};
+    int interrupted = 0, rc = 0;
+    if (qt_bsq_train(g, b, &d->train, &d->test, &c, &cb, bsq_on_requant, &ui, &interrupted, &e))
+        rc = cli_fail("finetune: %s", e.msg);
+    fclose(ui.log);
+    if (rc) return rc;
+    if (interrupted) {
+        const char *ep = qt_graph_meta(g, "qtune.bsq.epoch");
+        if (!ep && bsq_save(&ui, c.first_epoch)) return 1;
+        fprintf(stderr, "qtune: interrupted; the bit-plane model is '%s' (continue by giving it "
+                        "as the model, with the same options)\n", bsq_path);
+        return 130;
+    }
+    if (c.first_epoch >= o->epochs && !r->quiet)
+        fprintf(stderr, "bsq: the bit-plane model has done its %d epochs\n", o->epochs);
+    /* the planes to ordinary quantizers, then the accuracy and the weight memory */
+    if (qt_bsq_to_quantizers(g, &e)) return cli_fail("finetune: %s", e.msg);
+    struct qt_weight_memory wm;
+    if (qt_weight_memory(g, &wm, &e)) return cli_fail("finetune: %s", e.msg);
+    const double avg = wm.count ? (double)wm.bit_count / (double)wm.count : 0;
+    size_t jl = (size_t)snprintf(json, cap,
+                                 "\"bsq\": {\"epochs\": %d, \"interval\": %d, \"decay\": %g, "
+                                 "\"threshold\": %g, \"bytes\": %lld, \"avg_bits\": %.4f, "
+                                 "\"bits\": [",
+                                 o->epochs, o->interval, o->decay, o->threshold,
+                                 (long long)wm.bytes, avg);
+    for (int i = 0; i < wm.n && jl < cap; i++)
+        jl += (size_t)snprintf(json + jl, cap - jl, "%s%d", i ? ", " : "", wm.layer[i].bits);
+    const int64_t bytes = wm.bytes;
+    qt_weight_memory_free(&wm);
+    if ((o->budget_bytes && bytes > o->budget_bytes) || (o->avg_bits > 0 && avg > o->avg_bits + 1e-9))
+        return cli_fail("finetune: the bit planes ended at %lld bytes, %.3f bits on average, "
+                        "over the budget; raise --decay or --bsq-epochs (the bit-plane model is "
+                        "'%s')", (long long)bytes, avg, bsq_path);
+    struct cli_progress prog;
+    cli_progress_init(&prog, "eval", "img", r->quiet);
+    if (qt_evaluate(g, b, &d->test, d->mean, d->std, (int)r->batch, r->test_limit,
+                    cli_progress_update, &prog, after, &e))
+        return cli_fail("finetune: %s", e.msg);
+    if (jl < cap) snprintf(json + jl, cap - jl, "], \"top1\": %.4f}", after->top1);
+    if (!r->quiet)
+        fprintf(stderr, "bsq: %lld bytes of weights, %.3f bits on average; test top-1 %.2f%% "
+                        "before fine-tuning\n", (long long)bytes, avg, after->top1);
+    return 0;
 }

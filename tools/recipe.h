@@ -53,4 +53,21 @@ void recipe_record_top1(struct qt_graph *g, const struct qt_eval_result *r);
 int recipe_run(const struct recipe *r, struct qt_graph *g, const char *model, struct recipe_data *d,
                struct qt_backend *b, const struct recipe_extra *extra);
 
+/* qtune finetune --mixed bsq: the bit-plane phase (runtime/bsq.h) on g, a model prepared
+ * with float weights (its Conv/Gemm/MatMul weights become 8 bit planes) or a bit-plane model
+ * saved by an earlier run (continued from its recorded epoch). Writes OUT.bsq.onnx (after
+ * every epoch; give it as the model to continue an interrupted run) and OUT.bsq.log.jsonl,
+ * then turns the planes into uniform quantizers and evaluates: *after gets the test result,
+ * json (cap bytes) a "bsq" summary object. budget_bytes / avg_bits stop the regularizer once
+ * met and must hold at the end. Returns the exit status (130: interrupted). */
+struct bsq_options {
+    int epochs, interval;
+    double decay, threshold, lr;
+    int64_t budget_bytes;
+    double avg_bits;
+};
+int recipe_bsq(const struct recipe *r, struct qt_graph *g, struct recipe_data *d,
+               struct qt_backend *b, const struct bsq_options *o, struct qt_eval_result *after,
+               char *json, size_t cap);
+
 #endif

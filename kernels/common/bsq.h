@@ -18,8 +18,10 @@
 #endif
 #endif
 
-/* Most bit planes a layer may have (the 8-bit start; precision only shrinks or returns to 8). */
+/* Most bit planes a layer may have (BSQ's 8-bit start of sign and magnitude planes), and the
+ * planes qtune trains: 7, a sign and 7 magnitude bits, the 255 levels of an 8-bit signed grid. */
 #define QT_BSQ_MAX_BITS 8
+#define QT_BSQ_PLANES 7
 
 /* k = 2^N - 1, the largest integer N planes hold. */
 QT_HD static inline float qt_bsq_k(int N)

@@ -1,4 +1,6 @@
 /* BSQ's bit planes to weights on the CPU, forward and backward (kernels/common/bsq.h). */
+#include <math.h>
+
 #include "kernels/common/bsq.h"
 
 #include "kernels/cpu/cpu.h"
@@ -42,5 +44,25 @@ QT_CPU_CLONES void bitquant_backward_cpu(float *dp, float *dn, float *ds, const 
         for (int64_t j = 0; j < cnt; j++)
             sum += (double)dw[j] * qt_bsq_unit(plane_sum(p, n, N, cnt, j), N);
         ds[0] = (acc_s ? ds[0] : 0.0f) + (float)sum;
+    }
+}
+
+/* BSQ's group-Lasso regularizer coef * sum_b sqrt(1e-8 + sum_j (p_bj^2 + n_bj^2)) over the
+ * planes of one layer: its gradient, coef * x / sqrt(...), is added to dp and dn. */
+void bitquant_lasso_cpu(float *dp, float *dn, const float *p, const float *n, int N, int64_t cnt,
+                        float coef)
+{
+    for (int b = 0; b < N; b++) {
+        const float *pp = p + b * cnt, *nn = n + b * cnt;
+        double sq = 0;
+#pragma omp parallel for reduction(+ : sq) schedule(static) if (cnt > 65536)
+        for (int64_t j = 0; j < cnt; j++)
+            sq += (double)pp[j] * pp[j] + (double)nn[j] * nn[j];
+        const float f = (float)(coef / sqrt(1e-8 + sq));
+#pragma omp parallel for simd schedule(static) if (cnt > 65536)
+        for (int64_t j = 0; j < cnt; j++) {
+            dp[b * cnt + j] += f * pp[j];
+            dn[b * cnt + j] += f * nn[j];
+        }
     }
 }

@@ -152,5 +152,8 @@ void bitquant_forward_cpu(float *w, const float *p, const float *n, const float 
 void bitquant_backward_cpu(float *dp, float *dn, float *ds, const float *dw, const float *p,
                            const float *n, const float *s, int N, int64_t cnt, int acc_p,
                            int acc_n, int acc_s);
+/* Adds the gradient of coef * sum_b sqrt(1e-8 + sum_j (p_bj^2 + n_bj^2)) to dp and dn. */
+void bitquant_lasso_cpu(float *dp, float *dn, const float *p, const float *n, int N, int64_t cnt,
+                        float coef);
 
 #endif

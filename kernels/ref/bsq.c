@@ -1,4 +1,6 @@
 /* Reference BSQ bit planes: one weight at a time, the formulas of kernels/common/bsq.h. */
+#include <math.h>
+
 #include "kernels/common/bsq.h"
 
 #include "kernels/ref/ref.h"
@@ -36,5 +38,22 @@ void bitquant_backward_ref(float *dp, float *dn, float *ds, const float *dw, con
         for (int64_t j = 0; j < cnt; j++)
             sum += (double)dw[j] * qt_bsq_unit(plane_sum(p, n, N, cnt, j), N);
         ds[0] = (acc_s ? ds[0] : 0.0f) + (float)sum;
+    }
+}
+
+/* The group-Lasso term's gradient: each plane's group norm over both signs (in double), then
+ * coef * x / norm added to the plane's gradients. */
+void bitquant_lasso_ref(float *dp, float *dn, const float *p, const float *n, int N, int64_t cnt,
+                        float coef)
+{
+    for (int b = 0; b < N; b++) {
+        double sq = 0;
+        for (int64_t j = 0; j < cnt; j++)
+            sq += (double)p[b * cnt + j] * p[b * cnt + j] + (double)n[b * cnt + j] * n[b * cnt + j];
+        const float f = (float)(coef / sqrt(1e-8 + sq));
+        for (int64_t j = 0; j < cnt; j++) {
+            dp[b * cnt + j] += f * p[b * cnt + j];
+            dn[b * cnt + j] += f * n[b * cnt + j];
+        }
     }
 }

@@ -78,7 +78,7 @@ QT_TEST(bsq_requant_continuous_bits)
     float w;
     qt_bsq_weights(&l, &w);
     QT_CHECK_NEAR(w, 5.0 / 7.0, 1e-6);
-    QT_CHECK(qt_bsq_requant(&l) == 0);
+    QT_CHECK(qt_bsq_requant(&l, QT_BSQ_MAX_BITS) == 0);
     const char *p[1] = {"101"}, *n[1] = {"000"};
     int fail = check_digits(&l, p, n);
     qt_bsq_weights(&l, &w);
@@ -98,7 +98,7 @@ QT_TEST(bsq_precision_growth)
     float w;
     qt_bsq_weights(&l, &w);
     QT_CHECK_NEAR(w, 1.0, 1e-7);
-    QT_CHECK(qt_bsq_requant(&l) == 0);
+    QT_CHECK(qt_bsq_requant(&l, QT_BSQ_MAX_BITS) == 0);
     QT_CHECK(l.N == 4);
     QT_CHECK_NEAR(l.s, 15.0 / 7.0, 1e-6);
     const char *p[1] = {"1010"}, *n[1] = {"0000"};
