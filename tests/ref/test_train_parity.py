@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
+from torch.nn.utils import stateless
 
 import models
 from conftest import assert_close
@@ -26,6 +27,7 @@ REL = 1e-4
 KINK = 3e-6
 STEP3 = dict(lr=0.05, momentum=0.9, weight_decay=5e-4)
 PSGD_BITS, PSGD_LAMBDA = 4, 150.0
+BSQ_PLANES, BSQ_ALPHA, BSQ_STEP = 7, 2.0, dict(lr=0.05, momentum=0.9, weight_decay=1e-4)
 
 
 def make_cifar(rng, n_train, n_test):
@@ -69,6 +71,62 @@ class Psgd:
             p.grad.mul_(self.lam * (p - q).abs())
 
 
+class Bsq:
+    """BSQ's bit planes as BSQ_PSGD.md section 1 specifies them, written for PyTorch: every conv
+    and fc weight becomes PLANES planes p, n (from s = max |w|, q = round(|w| k / s)) and a
+    scale s; W = s sign(c) round(min(|c|, 1) k) / k, c = sum_b (p_b - n_b) 2^(N-1-b) / k, with
+    the clamp and the rounding straight through; the loss adds alpha * R / TP; after each step
+    the planes are clamped to [0, 2]."""
+
+    def __init__(self, model, planes, alpha):
+        self.model, self.N, self.alpha = model, planes, alpha
+        self.k = float(2 ** planes - 1)
+        self.layers = {}
+        for name, prm in model.named_parameters():
+            if prm.dim() < 2:
+                continue
+            w = prm.detach()
+            s = w.abs().max()
+            q = torch.round(w.abs() * self.k / s).to(torch.int64)
+            bits = torch.stack([(q >> (planes - 1 - b)) & 1 for b in range(planes)]).float()
+            pos = (w > 0).float()
+            self.layers[name] = (
+                (bits * pos).requires_grad_(), (bits * (1 - pos)).requires_grad_(),
+                s.reshape(1).clone().requires_grad_())
+        self.tp = sum(p.shape[1:].numel() for p, _, _ in self.layers.values())
+
+    def params(self):
+        rest = [p for n, p in self.model.named_parameters() if n not in self.layers]
+        return [t for l in self.layers.values() for t in l] + rest
+
+    def weights(self):
+        out = {}
+        scale = torch.tensor([2.0 ** (self.N - 1 - b) for b in range(self.N)])
+        for name, (p, n, s) in self.layers.items():
+            c = ((p - n) * scale.view(-1, *[1] * (p.dim() - 1))).sum(0) / self.k
+            unit = torch.sign(c) * torch.round(torch.clamp(c.abs(), max=1) * self.k) / self.k
+            out[name] = s * (c + (unit - c).detach())
+        return out
+
+    def regularizer(self):
+        r = 0
+        for p, n, _ in self.layers.values():
+            count = p.shape[1:].numel()
+            norms = torch.sqrt(1e-8 + (p * p + n * n).flatten(1).sum(1))
+            r = r + count * self.N * norms.sum()
+        return self.alpha * r / self.tp
+
+    def loss(self, x, y):
+        logits = stateless.functional_call(self.model, self.weights(), (x,))
+        return F.cross_entropy(logits, y) + self.regularizer()
+
+    @torch.no_grad()
+    def clamp(self):
+        for p, n, _ in self.layers.values():
+            p.clamp_(0, 2)
+            n.clamp_(0, 2)
+
+
 def torch_steps(m, x, y, steps, psgd=None):
     opt = torch.optim.SGD(m.parameters(), **STEP3)
     for _ in range(steps):
@@ -96,9 +154,22 @@ def closest_kink(inits, pixels, labels):
         for psgd in (False, True):
             m = torch_model(inits)
             torch_steps(m, x, y, 3, Psgd(m, PSGD_BITS, PSGD_LAMBDA) if psgd else None)
+        bsq_steps(torch_model(inits), x, y, 3)
     finally:
         F.relu = relu
     return closest[0]
+
+
+def bsq_steps(m, x, y, steps):
+    bsq = Bsq(m, BSQ_PLANES, BSQ_ALPHA)
+    opt = torch.optim.SGD(bsq.params(), **BSQ_STEP)
+    for _ in range(steps):
+        m.train()
+        opt.zero_grad()
+        bsq.loss(x, y).backward()
+        opt.step()
+        bsq.clamp()
+    return bsq
 
 
 def initializers(path):
@@ -277,3 +348,39 @@ def test_resume_needs_the_same_psgd_options(qtune, setup, tmp_path):
     r = qtune(*base, "--epochs", "2", "--resume", plain + ".ckpt", "--psgd", "-o",
               str(tmp_path / "again.onnx"))
     assert r.returncode != 0 and "without --psgd" in r.stderr, r.describe()
+
+
+def test_three_bsq_steps(qtune, setup):
+    """BSQ: 3 steps of the bit planes (with the regularizer, momentum, weight decay and the
+    clamp) match the PyTorch implementation of the specification: planes, scales, BatchNorm."""
+    d, model, data = setup
+    out = str(d / "bsq.onnx")
+    r = qtune("finetune", model, "--data", str(d / "cifar"), "--batch", BATCH, "--train-limit",
+              BATCH, "--test-limit", BATCH, "--no-augment", "--schedule", "const", "--threads",
+              "2", "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD)),
+              "--quiet", "--mixed", "bsq", "--abits", "0", "--bsq-epochs", "3",
+              "--bsq-interval", "3", "--bsq-lr", str(BSQ_STEP["lr"]), "--decay", str(BSQ_ALPHA),
+              "--momentum", str(BSQ_STEP["momentum"]), "--wd", str(BSQ_STEP["weight_decay"]),
+              "--epochs", "0", "--json", "-o", out)
+    assert r.returncode == 0, r.describe()
+    got = initializers(str(d / "bsq.bsq.onnx"))
+    torch.set_num_threads(2)
+    m = torch_model(initializers(model))
+    pixels, labels = data["data_batch_1.bin"]
+    bsq = bsq_steps(m, normalized(pixels), torch.from_numpy(labels.astype(np.int64)), 3)
+    checked = 0
+    for name, (p, n, s) in bsq.layers.items():
+        for suffix, t in (("p", p), ("n", n), ("s", s)):
+            key = "%s.bsq_%s" % (name, suffix)
+            assert got[key].shape == tuple(t.shape), (key, got[key].shape, t.shape)
+            rel_close(got[key], t.detach().numpy(), "after 3 BSQ steps: " + key)
+            checked += 1
+    assert checked == 3 * 22
+    for name, t in m.state_dict().items():
+        if name in bsq.layers or name.endswith("num_batches_tracked"):
+            continue
+        rel_close(got[name], t.numpy(), "after 3 BSQ steps: " + name)
+    # the planes moved off their bits, within [0, 2]
+    moved = sum(int(np.any((got[k] % 1) != 0)) for k in got if k.endswith(".bsq_p"))
+    assert moved == 22 and all(got[k].min() >= 0 and got[k].max() <= 2 for k in got if
+                               k.endswith((".bsq_p", ".bsq_n")))
