@@ -481,6 +481,7 @@ struct bsq_ui {
     struct qt_graph *g;
     int quiet;
     double decay;
+    int stopped_at; /* epoch from which the regularizer was off (the budget held), or -1 */
     char label[64];
 };
 
@@ -543,6 +544,7 @@ static int bsq_on_epoch(void *ctx, const struct qt_epoch_stats *s)
 static int bsq_on_requant(void *ctx, const struct qt_bsq_state *st)
 {
     struct bsq_ui *ui = ctx;
+    if (!st->regularized && ui->stopped_at < 0) ui->stopped_at = st->epoch;
     if (ui->quiet) return 0;
     fprintf(stderr, "bsq: re-quantized at epoch %d: planes per layer", st->epoch);
     for (int i = 0; i < st->n; i++)
@@ -606,6 +608,7 @@ int recipe_bsq(const struct recipe *r, struct qt_graph *g, struct recipe_data *d
     ui.g = g;
     ui.quiet = r->quiet;
     ui.decay = o->decay;
+    ui.stopped_at = -1;
     ui.bsq_path = bsq_path;
     ui.log_path = log_path;
     if (!(ui.log = fopen(log_path, c.first_epoch ? "a" : "w")))
@@ -638,10 +641,11 @@ int recipe_bsq(const struct recipe *r, struct qt_graph *g, struct recipe_data *d
     const double avg = wm.count ? (double)wm.bit_count / (double)wm.count : 0;
     size_t jl = (size_t)snprintf(json, cap,
                                  "\"bsq\": {\"epochs\": %d, \"interval\": %d, \"decay\": %g, "
-                                 "\"threshold\": %g, \"bytes\": %lld, \"avg_bits\": %.4f, "
-                                 "\"bits\": [",
-                                 o->epochs, o->interval, o->decay, o->threshold,
-                                 (long long)wm.bytes, avg);
+                                 "\"threshold\": %g, \"first_epoch\": %d, "
+                                 "\"regularizer_off_at\": %d, \"bytes\": %lld, "
+                                 "\"avg_bits\": %.4f, \"bits\": [",
+                                 o->epochs, o->interval, o->decay, o->threshold, c.first_epoch,
+                                 ui.stopped_at, (long long)wm.bytes, avg);
     for (int i = 0; i < wm.n && jl < cap; i++)
         jl += (size_t)snprintf(json + jl, cap - jl, "%s%d", i ? ", " : "", wm.layer[i].bits);
     const int64_t bytes = wm.bytes;

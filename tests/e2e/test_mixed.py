@@ -115,3 +115,70 @@ def test_bad_budgets_refused(qtune, fp, tmp_path, args, words):
     r = qtune("finetune", fp, "--epochs", "0", "--mixed-images", "64", "-o", out, *args, *COMMON)
     assert r.returncode != 0 and words in r.stderr, r.describe()
     assert not os.path.exists(out)
+
+
+BSQ = ["--mixed", "bsq", "--train-limit", "1024", "--bsq-interval", "1"]
+
+
+def test_bsq_lowers_precision_and_exports(qtune, fp, tmp_path):
+    """A strong regularizer empties bit planes within two short epochs; the result is an
+    ordinary quantized model (uniform quantizers of per-layer bits) that inspect, eval and
+    export take; the per-epoch log records the planes."""
+    out = str(tmp_path / "bsq.onnx")
+    r = qtune("finetune", fp, "--decay", "20", "--bsq-epochs", "2", "--epochs", "0", "--json",
+              "-o", out, *BSQ, *COMMON)
+    r.check_ok()
+    res = last_json(r)["bsq"]
+    bits = res["bits"]
+    assert len(bits) == 22 and max(bits) <= 8 and min(bits) < 8, res
+    wm = weight_memory(qtune, out)
+    assert [l["bits"] for l in wm["layers"]] == bits and wm["bytes"] == res["bytes"]
+    with open(str(tmp_path / "bsq.bsq.log.jsonl")) as f:
+        log = [json.loads(line) for line in f]
+    assert [e["epoch"] for e in log] == [1, 2] and all(len(e["planes"]) == 22 for e in log)
+    assert log[-1]["avg_bits"] <= log[0]["avg_bits"]
+    q = [n for n in onnx.load(out).graph.node if n.domain == "ai.qtune"]
+    assert sum(n.op_type == "WeightQuant" for n in q) == 22
+    assert not any(n.op_type == "BitQuant" for n in q)
+    exported = str(tmp_path / "bsq.export.onnx")
+    qtune("export", out, "--format", "onnx", "-o", exported).check_ok()
+    assert code_bytes(exported) == wm["bytes"]
+    # qtune's accuracy of the saved model is the one reported
+    ev = json.loads(qtune("eval", out, "--data", FMNIST, "--preset", "fashion-mnist", "--limit",
+                          "500", "--json").check_ok().stdout.strip().splitlines()[-1])
+    assert abs(ev["top1"] - res["top1"]) < 1e-6, (ev, res)
+
+
+def test_bsq_continues_a_saved_bit_plane_model(qtune, fp, tmp_path):
+    """A run of 1 epoch, continued from its OUT.bsq.onnx to 2, ends where a 2-epoch run does
+    up to the data order of the continued epoch: same planes count per layer recorded, the
+    log holds both epochs."""
+    first = str(tmp_path / "a.onnx")
+    qtune("finetune", fp, "--decay", "20", "--bsq-epochs", "1", "--epochs", "0", "-o", first,
+          *BSQ, *COMMON).check_ok()
+    saved = str(tmp_path / "a.bsq.onnx")
+    meta = {p.key: p.value for p in onnx.load(saved).metadata_props}
+    assert meta["qtune.bsq.epoch"] == "1"
+    again = str(tmp_path / "b.onnx")
+    r = qtune("finetune", saved, "--decay", "20", "--bsq-epochs", "2", "--epochs", "0",
+              "--json", "-o", again, *BSQ, *COMMON)
+    r.check_ok()
+    assert last_json(r)["bsq"]["first_epoch"] == 1
+    with open(str(tmp_path / "b.bsq.log.jsonl")) as f:
+        assert [json.loads(line)["epoch"] for line in f] == [2]
+
+
+def test_bsq_budget(qtune, fp, tmp_path):
+    """The regularizer stops once the budget holds; a budget the planes never reach is an
+    error that names the size reached, and no model is written."""
+    out = str(tmp_path / "fit.onnx")
+    r = qtune("finetune", fp, "--decay", "20", "--bsq-epochs", "2", "--avg-bits", "7.9",
+              "--epochs", "0", "--json", "-o", out, *BSQ, *COMMON)
+    r.check_ok()
+    res = last_json(r)["bsq"]
+    assert res["avg_bits"] <= 7.9 and res["regularizer_off_at"] in (1, 2), res
+    out = str(tmp_path / "miss.onnx")
+    r = qtune("finetune", fp, "--decay", "0", "--bsq-epochs", "1", "--avg-bits", "3",
+              "--epochs", "0", "-o", out, *BSQ, *COMMON)
+    assert r.returncode != 0 and "over the budget" in r.stderr, r.describe()
+    assert not os.path.exists(out)
