@@ -1616,6 +1616,67 @@ QT_TEST(backends_psgd_hand_cases)
     return fail;
 }
 
+/* BSQ's regularizer gradient on every backend: a case worked by hand (BSQ_PSGD.md 3.5's
+ * layer A: planes [1, 0] and [0, 1], each of norm 1: the gradient is coef * x) and random
+ * planes against ref. */
+QT_TEST(backends_bit_lasso)
+{
+    struct backends s;
+    if (backends_open(&s)) return 1;
+    int fail = 0;
+    const float p[4] = {1, 0, 0, 1}, n[4] = {0, 0, 0, 0}, zero[4] = {0};
+    enum { N = 3, CNT = 1001 };
+    float *rp = malloc(sizeof(float) * N * CNT), *rn = malloc(sizeof(float) * N * CNT);
+    struct rng r = {117};
+    fill(rp, N * CNT, G_PLANE, NULL, &r);
+    fill(rn, N * CNT, G_PLANE, NULL, &r);
+    float *want[2] = {NULL, NULL};
+    for (int bi = -1; bi < s.n && !fail; bi++) {
+        struct qt_backend *b = bi < 0 ? s.ref : s.b[bi];
+        struct qt_error e = {{0}};
+        float *dp = dev_buf(b, 4, zero), *dn = dev_buf(b, 4, zero), *pp = dev_buf(b, 4, p),
+              *nn = dev_buf(b, 4, n);
+        if (b->bit_lasso(b, dp, dn, pp, nn, 2, 2, 0.5f, &e))
+            fail = qt_test_fail("bit_lasso on %s: %s", b->name, e.msg);
+        float *g = fail ? NULL : download(b, dp, 4);
+        for (int i = 0; i < 4 && g && !fail; i++)
+            if (!(fabsf(g[i] - 0.5f * p[i]) <= 1e-6f))
+                fail = qt_test_fail("bit_lasso on %s: gradient %d is %g, expected %g", b->name, i,
+                                    g[i], 0.5f * p[i]);
+        free(g);
+        b->release(b, dp);
+        b->release(b, dn);
+        b->release(b, pp);
+        b->release(b, nn);
+        /* random planes, accumulated onto gradients already there */
+        float *gp = dev_buf(b, N * CNT, rn), *gn = dev_buf(b, N * CNT, rp),
+              *vp = dev_buf(b, N * CNT, rp), *vn = dev_buf(b, N * CNT, rn);
+        if (!fail && b->bit_lasso(b, gp, gn, vp, vn, N, CNT, 0.25f, &e))
+            fail = qt_test_fail("bit_lasso on %s: %s", b->name, e.msg);
+        float *got[2] = {fail ? NULL : download(b, gp, N * CNT), fail ? NULL : download(b, gn, N * CNT)};
+        for (int k = 0; k < 2 && !fail; k++) {
+            if (bi < 0) {
+                want[k] = got[k];
+                got[k] = NULL;
+            } else if (!(rel_err(got[k], want[k], N * CNT) <= TOL_MEAN))
+                fail = qt_test_fail("bit_lasso on %s differs from ref", b->name);
+        }
+        free(got[0]);
+        free(got[1]);
+        b->release(b, gp);
+        b->release(b, gn);
+        b->release(b, vp);
+        b->release(b, vn);
+    }
+    free(want[0]);
+    free(want[1]);
+    free(rp);
+    free(rn);
+    printf("    bit_lasso: a hand-worked case and random planes x %d backend(s)\n", s.n + 1);
+    backends_close(&s);
+    return fail;
+}
+
 /* ---- the ref backend's memory rules ---- */
 
 /* Whether reading p in a child process crashes it (SIGSEGV/SIGBUS, or a sanitizer's exit). */
