@@ -1,14 +1,18 @@
-"""Mixed precision against uniform precision at the same weight memory: the sensitivity
-allocation (`finetune --avg-bits A`, per-layer bits from 2..4 chosen on held-out training
-images) against every layer at 4, 3 and 2 bits, each fine-tuned with the same recipe and
-budget (--epochs, the default quantized recipe, APoT weights and --abits activations, first
-and last layers 8-bit), on the whole test split. Writes the table and an SVG plot of top-1
-against weight memory (the bytes the export stores and the average bits).
+"""Mixed precision against uniform precision at the same weight memory, the same number of
+training epochs (--epochs in all), APoT weights and --abits activations (first and last
+layers' inputs float), on the whole test split:
+- uniform: every layer at 4, 3 and 2 bits (first and last layer weights 8-bit), fine-tuned;
+- sensitivity: per-layer bits from 2..4 chosen on held-out training images under
+  --size-budget, fine-tuned;
+- BSQ: bit planes trained with the regularizer at each --decay for --bsq-epochs, the
+  precision found fixed, then fine-tuned for the epochs left.
+Each mixed run is compared with the best uniform run whose weights take no more bytes.
+Writes the table and an SVG plot of top-1 against weight memory (the bytes the export
+stores).
 
-The mixed runs take the average bits of a uniform run (its size) and points between.
-
-usage: .venv/bin/python bench/mixed_vs_uniform.py [--model M] [--data D] [--epochs 1]
-       [--abits 4] [--avg-bits 2.5,3] [--qtune BIN] [--out FILE] [--svg FILE]
+usage: .venv/bin/python bench/mixed_vs_uniform.py [--model M] [--data D] [--epochs 2]
+       [--abits 4] [--budgets 100kB] [--decays 0.5,2,6] [--bsq-epochs 1] [--qtune BIN]
+       [--out FILE] [--svg FILE]
 Defaults: the shared ResNet-20 (BatchNorm file) and CIFAR-10 JPEG data (../shared or QT_SHARED).
 """
 import argparse
@@ -72,6 +76,9 @@ def svg_plot(path, rows, title):
         x, y = px(r["bytes"] / 1e3), py(r["top1"])
         if r["kind"] == "uniform":
             out.append('<circle cx="%.1f" cy="%.1f" r="5" fill="#1f77b4"/>' % (x, y))
+        elif r["kind"] == "bsq":
+            out.append('<polygon points="%.1f,%.1f %.1f,%.1f %.1f,%.1f" fill="#2ca02c"/>'
+                       % (x, y - 6, x - 6, y + 5, x + 6, y + 5))
         else:
             out.append('<rect x="%.1f" y="%.1f" width="10" height="10" fill="#d62728"/>'
                        % (x - 5, y - 5))
@@ -79,7 +86,9 @@ def svg_plot(path, rows, title):
     out.append('<circle cx="%d" cy="%d" r="5" fill="#1f77b4"/><text x="%d" y="%d">uniform</text>'
                % (W - 150, T + 10, W - 140, T + 14))
     out.append('<rect x="%d" y="%d" width="10" height="10" fill="#d62728"/><text x="%d" y="%d">'
-               'mixed (sensitivity)</text>' % (W - 155, T + 25, W - 140, T + 34))
+               'sensitivity</text>' % (W - 155, T + 25, W - 140, T + 34))
+    out.append('<polygon points="%d,%d %d,%d %d,%d" fill="#2ca02c"/><text x="%d" y="%d">BSQ'
+               '</text>' % (W - 150, T + 39, W - 156, T + 50, W - 144, T + 50, W - 140, T + 50))
     out.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
@@ -90,25 +99,33 @@ def main():
     ap.add_argument("--model", default=shared("models", "resnet20_cifar10_fp32_bn.onnx"))
     ap.add_argument("--data", default=shared("data", "cifar10-jpeg.tar.gz"))
     ap.add_argument("--preset", default="cifar10")
-    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--abits", default="4")
-    ap.add_argument("--avg-bits", default="2.5,3")
+    ap.add_argument("--budgets", default="100kB")
+    ap.add_argument("--decays", default="0.5,2,6")
+    ap.add_argument("--bsq-epochs", type=int, default=1)
     ap.add_argument("--qtune", default=os.path.join(REPO, "build", "qtune"))
     ap.add_argument("--out")
     ap.add_argument("--svg")
     a = ap.parse_args()
     log = benchlib.Log(a.out)
-    benchlib.header(log, "mixed precision (sensitivity allocation) against uniform precision, "
-                         "same weight memory, fine-tuned %d epoch(s)" % a.epochs)
+    benchlib.header(log, "mixed precision (sensitivity allocation, BSQ) against uniform "
+                         "precision, %d training epochs each" % a.epochs)
     commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     log("qtune:    %s (%s)" % (commit, os.path.relpath(a.qtune, REPO) if a.qtune.startswith(REPO)
                                  else a.qtune))
     common = ["--data", a.data, "--preset", a.preset, "--json", "--quiet", "--abits", a.abits,
-              "--epochs", str(a.epochs), "--seed", "0"]
-    runs = [("uniform W%d" % b, "uniform", ["--wbits", str(b)]) for b in (4, 3, 2)]
-    runs += [("mixed %s bits" % v, "mixed", ["--wbits", "4", "--avg-bits", v])
-             for v in a.avg_bits.split(",")]
+              "--seed", "0"]
+    ep = ["--epochs", str(a.epochs)]
+    runs = [("uniform W%d" % b, "uniform", ["--wbits", str(b)] + ep) for b in (4, 3, 2)]
+    runs += [("sensitivity %s" % v, "mixed", ["--wbits", "4", "--size-budget", v] + ep)
+             for v in a.budgets.split(",") if v]
+    runs += [("BSQ alpha %s" % v, "bsq", ["--mixed", "bsq", "--decay", v, "--bsq-epochs",
+                                          str(a.bsq_epochs), "--bsq-interval",
+                                          str(a.bsq_epochs), "--epochs",
+                                          str(a.epochs - a.bsq_epochs)])
+             for v in a.decays.split(",") if v]
     rows = []
     with tempfile.TemporaryDirectory() as tmp, benchlib.bench_lock(log):
         for name, kind, args in runs:
@@ -121,23 +138,29 @@ def main():
                    "seconds": j["seconds"]}
             if kind == "mixed":
                 row["bits"] = [l["bits"] for l in j["mixed"]["layers"]]
+            if kind == "bsq":
+                row["bits"] = j["bsq"]["bits"]
+                row["start"] = j["bsq"]["top1"]
             rows.append(row)
             log("  %s: top-1 %.2f%% (before fine-tuning %.2f%%), %d bytes, %.3f bits%s" % (
                 name, row["top1"], row["start"], row["bytes"], row["avg_bits"],
                 ", bits " + " ".join(map(str, row["bits"])) if "bits" in row else ""))
     log()
-    log("APoT W?A%s, CIFAR-10 test split (10,000 images), %d epoch(s) of fine-tuning:" % (
-        a.abits, a.epochs))
+    log("APoT weights, A%s, CIFAR-10 test split (10,000 images), %d training epochs each "
+        "(BSQ: %d of them bit-plane epochs):" % (a.abits, a.epochs, a.bsq_epochs))
     log("%-18s %9s %9s %12s %9s" % ("run", "avg bits", "kB", "before ft", "top-1"))
     for r in rows:
         log("%-18s %9.3f %9.1f %12.2f %9.2f" % (r["name"], r["avg_bits"], r["bytes"] / 1e3,
                                                r["start"], r["top1"]))
-    for m in (r for r in rows if r["kind"] == "mixed"):
-        fit = [u for u in rows if u["kind"] == "uniform" and u["avg_bits"] <= m["avg_bits"] + 1e-9]
+    for m in (r for r in rows if r["kind"] != "uniform"):
+        fit = [u for u in rows if u["kind"] == "uniform" and u["bytes"] <= m["bytes"]]
         best = max(fit, key=lambda u: u["top1"]) if fit else None
         if best:
-            log("%s against the best uniform run of no more bits (%s): %+.2f points" % (
-                m["name"], best["name"], m["top1"] - best["top1"]))
+            log("%s (%.1f kB) against the best uniform run of no more bytes (%s, %.1f kB): "
+                "%+.2f points" % (m["name"], m["bytes"] / 1e3, best["name"], best["bytes"] / 1e3,
+                                  m["top1"] - best["top1"]))
+        else:
+            log("%s (%.1f kB): smaller than every uniform run" % (m["name"], m["bytes"] / 1e3))
     log.close()
     if a.svg:
         svg_plot(a.svg, rows, "ResNet-20, CIFAR-10: top-1 against weight memory (A%s)" % a.abits)
