@@ -182,3 +182,26 @@ def test_bsq_budget(qtune, fp, tmp_path):
               "--epochs", "0", "-o", out, *BSQ, *COMMON)
     assert r.returncode != 0 and "over the budget" in r.stderr, r.describe()
     assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--wbits", "4"], "belong to --psgd"),
+    (["--psgd", "--lambda-s", "-1"], "--lambda-s needs"),
+    (["--psgd", "--wbits", "1"], "--wbits needs"),
+    (["--psgd", "--first-last", "9"], "--first-last must be"),
+    (["--psgd", "--layer", "nomatch*=w3"], "matches no"),
+])
+def test_psgd_bad_options_refused(qtune, fp, tmp_path, args, words):
+    out = str(tmp_path / "p.onnx")
+    r = qtune("train", fp, "--epochs", "1", "--train-limit", "256", "-o", out, "--data", FMNIST,
+              "--preset", "fashion-mnist", "--quiet", *args)
+    assert r.returncode != 0 and words in r.stderr, r.describe()
+    assert not os.path.exists(out)
+
+
+def test_psgd_refuses_a_quantized_model(qtune, fp, tmp_path):
+    q = str(tmp_path / "q.onnx")
+    qtune("finetune", fp, "--epochs", "0", "-o", q, *COMMON).check_ok()
+    r = qtune("train", q, "--epochs", "1", "--psgd", "-o", str(tmp_path / "p.onnx"), "--data",
+              FMNIST, "--preset", "fashion-mnist", "--quiet")
+    assert r.returncode != 0 and "float model" in r.stderr, r.describe()
