@@ -64,9 +64,10 @@ static int psgd_plan(struct qt_graph *g, long wbits, const char *first_last,
     for (int v = 0; v < g->nvalues; v++) {
         if (!bits[v]) continue;
         if (bits[v] < 2) {
+            const int b = bits[v];
             free(bits);
             return cli_fail("train: --psgd needs at least 2 bits ('%s' has %d)", g->values[v].name,
-                            bits[v]);
+                            b);
         }
         n++;
         lo = bits[v] < lo ? bits[v] : lo;
