@@ -3,6 +3,7 @@
  * exactly the same updates as an uninterrupted one. */
 #include "train.h"
 
+#include <float.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -446,9 +447,12 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
                     sp->first = 1;
                 }
                 sp->buf = r.mom[i];
-                sp->clamp = p->role == QT_ROLE_BITS;
-                sp->clamp_lo = 0.0f;
-                sp->clamp_hi = 2.0f;
+                /* BSQ's bit planes stay in [0, 2]; clipping thresholds stay positive (a step
+                 * that would take one to 0 or below leaves it at QT_ALPHA_FLOOR instead) */
+                const int alpha = p->role == QT_ROLE_ALPHA_W || p->role == QT_ROLE_ALPHA_A;
+                sp->clamp = p->role == QT_ROLE_BITS || alpha;
+                sp->clamp_lo = alpha ? QT_ALPHA_FLOOR : 0.0f;
+                sp->clamp_hi = alpha ? FLT_MAX : 2.0f;
                 sp->psgd_range = r.range[i];
                 if (r.range[i]) {
                     sp->psgd_levels = qt_psgd_levels(cfg->psgd_bits[p->value]);

@@ -10,6 +10,10 @@
 #include "loops.h"
 #include "params.h"
 
+/* The smallest clipping threshold training leaves a quantizer with: an SGD step that would
+ * take an alpha to or below 0 (low bit widths with large alpha learning rates) sets it here. */
+#define QT_ALPHA_FLOOR 1e-3f
+
 struct qt_train_config {
     int epochs;
     int batch;

@@ -1598,6 +1598,19 @@ QT_TEST(backends_psgd_hand_cases)
         b->release(b, prm.p);
         b->release(b, g0);
         b->release(b, prm.psgd_range);
+        /* The clamp after the step (bit planes in [0, 2], alphas above their floor). */
+        const float cp[3] = {0.5f, 1.9f, 1.0f}, cg[3] = {1.0f, -1.0f, 0.25f};
+        float *pc = dev_buf(b, 3, cp), *gc = dev_buf(b, 3, cg);
+        struct qt_sgd_param cl = {.p = pc, .grad = gc, .n = 3, .lr = 1.0f, .first = 1, .clamp = 1,
+                                  .clamp_lo = 0.0f, .clamp_hi = 2.0f};
+        if (!fail && b->sgd_step(b, &d, &cl, 1, &e)) fail = qt_test_fail("clamp: %s", e.msg);
+        float *gotc = fail ? NULL : download(b, pc, 3);
+        if (!fail && !(gotc && gotc[0] == 0.0f && gotc[1] == 2.0f && gotc[2] == 0.75f))
+            fail = qt_test_fail("sgd clamp on %s: %g %g %g, expected 0 2 0.75", b->name,
+                                gotc ? gotc[0] : NAN, gotc ? gotc[1] : NAN, gotc ? gotc[2] : NAN);
+        free(gotc);
+        b->release(b, pc);
+        b->release(b, gc);
         /* Bad settings are refused, not computed. */
         float *p1 = dev_buf(b, 1, &one), *g1 = dev_buf(b, 1, &one), *r1 = dev_buf(b, 2, NULL);
         struct qt_sgd_param bad = {.p = p1, .grad = g1, .n = 1, .lr = 1.0f, .psgd_range = r1,
@@ -1610,7 +1623,7 @@ QT_TEST(backends_psgd_hand_cases)
         b->release(b, g1);
         b->release(b, r1);
     }
-    printf("    psgd: factors at 4 and 2 bits, range average, refusal x %d backend(s) (ref%s%s)\n",
+    printf("    psgd: factors at 4 and 2 bits, range average, clamp, refusal x %d backend(s) (ref%s%s)\n",
            s.n + 1, s.n ? "," : "", s.names);
     backends_close(&s);
     return fail;
