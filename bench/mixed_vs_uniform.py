@@ -11,8 +11,8 @@ Writes the table and an SVG plot of top-1 against weight memory (the bytes the e
 stores).
 
 usage: .venv/bin/python bench/mixed_vs_uniform.py [--model M] [--data D] [--epochs 2]
-       [--abits 4] [--budgets 100kB] [--decays 0.5,2,6] [--bsq-epochs 1] [--qtune BIN]
-       [--out FILE] [--svg FILE]
+       [--abits 4] [--uniform 4,3,2] [--budgets 100kB,avg:3] [--mixed-bits 2,3,4,8]
+       [--decays 0.5,2,6] [--bsq-epochs 1] [--qtune BIN] [--out FILE] [--svg FILE]
 Defaults: the shared ResNet-20 (BatchNorm file) and CIFAR-10 JPEG data (../shared or QT_SHARED).
 """
 import argparse
@@ -101,7 +101,10 @@ def main():
     ap.add_argument("--preset", default="cifar10")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--abits", default="4")
-    ap.add_argument("--budgets", default="100kB")
+    ap.add_argument("--budgets", default="100kB",
+                    help="sensitivity runs: --size-budget values, or avg:A for --avg-bits A")
+    ap.add_argument("--mixed-bits", default="", help="sensitivity: the widths to choose from")
+    ap.add_argument("--uniform", default="4,3,2")
     ap.add_argument("--decays", default="0.5,2,6")
     ap.add_argument("--bsq-epochs", type=int, default=1)
     ap.add_argument("--qtune", default=os.path.join(REPO, "build", "qtune"))
@@ -118,8 +121,11 @@ def main():
     common = ["--data", a.data, "--preset", a.preset, "--json", "--quiet", "--abits", a.abits,
               "--seed", "0"]
     ep = ["--epochs", str(a.epochs)]
-    runs = [("uniform W%d" % b, "uniform", ["--wbits", str(b)] + ep) for b in (4, 3, 2)]
-    runs += [("sensitivity %s" % v, "mixed", ["--wbits", "4", "--size-budget", v] + ep)
+    runs = [("uniform W%s" % b, "uniform", ["--wbits", b] + ep) for b in a.uniform.split(",") if b]
+    mb = ["--mixed-bits", a.mixed_bits] if a.mixed_bits else []
+    runs += [("sensitivity %s" % v, "mixed",
+              ["--wbits", "4"] + (["--avg-bits", v[4:]] if v.startswith("avg:") else
+                                  ["--size-budget", v]) + mb + ep)
              for v in a.budgets.split(",") if v]
     runs += [("BSQ alpha %s" % v, "bsq", ["--mixed", "bsq", "--decay", v, "--bsq-epochs",
                                           str(a.bsq_epochs), "--bsq-interval",

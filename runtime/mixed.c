@@ -181,10 +181,20 @@ int qt_mixed_sensitivity(struct qt_graph *g, struct qt_backend *b, const struct 
                           qt_quant_scheme_name(c->quant->scheme),
                           rc ? qt_apot_error_string(rc) : "out of ascending order");
     }
-    int *bits = calloc(g->nvalues + 1, sizeof *bits);
-    if (!bits) return qt_err(e, "out of memory");
-    if (qt_quant_weight_bits(g, c->quant, bits, e)) {
+    /* The layers that follow --wbits are the allocated ones: those whose bits change when
+     * --wbits does (the 8-bit first and last layers, float layers and --layer settings keep
+     * theirs). */
+    int *bits = calloc(g->nvalues + 1, sizeof *bits), *other = calloc(g->nvalues + 1, sizeof *other);
+    struct qt_quant_config alt = *c->quant;
+    alt.wbits = c->choices[0] != c->quant->wbits ? c->choices[0] : c->choices[c->nchoices - 1];
+    if (!bits || !other) {
         free(bits);
+        free(other);
+        return qt_err(e, "out of memory");
+    }
+    if (qt_quant_weight_bits(g, c->quant, bits, e) || qt_quant_weight_bits(g, &alt, other, e)) {
+        free(bits);
+        free(other);
         return -1;
     }
     if (!(r->layer = calloc(g->nnodes + 1, sizeof *r->layer))) {
@@ -204,10 +214,11 @@ int qt_mixed_sensitivity(struct qt_graph *g, struct qt_backend *b, const struct 
         l->node = i;
         l->count = qt_shape_numel(&w->init->shape);
         const int wb = bits[n->in[1]];
-        l->fixed_bits = wb == 0 ? 32 : wb == c->quant->wbits ? 0 : wb;
+        l->fixed_bits = wb == 0 ? 32 : wb != other[n->in[1]] ? 0 : wb;
         allocatable += l->fixed_bits == 0;
     }
     free(bits);
+    free(other);
     if (!allocatable) {
         return qt_err(e, "mixed precision: no layer at --wbits %d to allocate (a float model "
                          "with Conv, Gemm or MatMul weights is needed)", c->quant->wbits);
