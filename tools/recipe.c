@@ -14,7 +14,6 @@
 #include "../graph/schema.h"
 #include "../onnx/onnx.h"
 #include "../runtime/bsq.h"
-#include "../runtime/calib.h"
 #include "../runtime/quantizer.h"
 #include "cli.h"
 
@@ -635,14 +634,10 @@ int recipe_bsq(const struct recipe *r, struct qt_graph *g, struct recipe_data *d
     }
     if (c.first_epoch >= o->epochs && !r->quiet)
         fprintf(stderr, "bsq: the bit-plane model has done its %d epochs\n", o->epochs);
-    /* the planes to ordinary quantizers (re-quantized: the weights move to their bits), the
-     * BatchNorm statistics re-estimated for those weights, then the accuracy and the weight
-     * memory */
+    /* the planes to ordinary quantizers, then the accuracy and the weight memory (the
+     * BatchNorm statistics stay those training gathered: re-estimating them on 8 batches for
+     * the re-quantized weights measured worse, bench/results/mixed_vs_uniform.txt) */
     if (qt_bsq_to_quantizers(g, &e)) return cli_fail("finetune: %s", e.msg);
-    struct qt_calib_config cc = {8, (int)r->batch, r->seed, d->mean, d->std, 65536, 2, 0, 0, 0};
-    struct qt_calib_report cr;
-    if (qt_calib_quantizers(g, b, &d->train, &cc, 0, &cr, &e))
-        return cli_fail("finetune: BatchNorm statistics after the bit planes: %s", e.msg);
     struct qt_weight_memory wm;
     if (qt_weight_memory(g, &wm, &e)) return cli_fail("finetune: %s", e.msg);
     const double avg = wm.count ? (double)wm.bit_count / (double)wm.count : 0;

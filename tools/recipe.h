@@ -57,8 +57,7 @@ int recipe_run(const struct recipe *r, struct qt_graph *g, const char *model, st
  * with float weights (its Conv/Gemm/MatMul weights become 8 bit planes) or a bit-plane model
  * saved by an earlier run (continued from its recorded epoch). Writes OUT.bsq.onnx (after
  * every epoch; give it as the model to continue an interrupted run) and OUT.bsq.log.jsonl,
- * then turns the planes into uniform quantizers, re-estimates the BatchNorm statistics for
- * the weights they give (8 batches of training images) and evaluates: *after gets the test result,
+ * then turns the planes into uniform quantizers and evaluates: *after gets the test result,
  * json (cap bytes) a "bsq" summary object. budget_bytes / avg_bits stop the regularizer once
  * met and must hold at the end. Returns the exit status (130: interrupted). */
 struct bsq_options {
