@@ -636,8 +636,8 @@ int recipe_bsq(const struct recipe *r, struct qt_graph *g, struct recipe_data *d
         fprintf(stderr, "bsq: the bit-plane model has done its %d epochs\n", o->epochs);
     /* the planes to ordinary quantizers, then the accuracy and the weight memory (the
      * BatchNorm statistics stay those training gathered: re-estimating them on 8 batches for
-     * the re-quantized weights measured worse: bench/results/mixed_vs_uniform_bsq_bn_
-     * reestimated.txt against bench/results/mixed_vs_uniform.txt) */
+     * the re-quantized weights did not help BSQ after one epoch at alpha 2 and 6 and lowered
+     * alpha 0.5; bench/results/mixed_vs_uniform_bsq_bn_reestimated.txt is the run with it) */
     if (qt_bsq_to_quantizers(g, &e)) return cli_fail("finetune: %s", e.msg);
     struct qt_weight_memory wm;
     if (qt_weight_memory(g, &wm, &e)) return cli_fail("finetune: %s", e.msg);
