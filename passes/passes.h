@@ -74,6 +74,11 @@ struct qt_quant_summary {
 int qt_pass_quantize(struct qt_graph *g, const struct qt_quant_config *c,
                      struct qt_quant_summary *sum, struct qt_error *e);
 
+/* The layer weight of node n: for a Conv, Gemm or MatMul whose weight input is a float32
+ * initializer (or, with through_quant, the output of a WeightQuant over one), that
+ * initializer's value index; -1 for every other node. */
+int qt_layer_weight(const struct qt_graph *g, const struct qt_node *n, int through_quant);
+
 /* The weight bits the quantize pass would give under c, per graph value: bits[v] (room for
  * g->nvalues) is the bit width of the layer whose weight initializer is v (8 for the 8-bit
  * first/last weights), 0 for every other value. Fails as the pass would (overrides that

@@ -13,14 +13,21 @@
 #include "passes.h"
 
 /* A Conv/Gemm/MatMul whose weight is an initializer, directly or through a WeightQuant. */
+int qt_layer_weight(const struct qt_graph *g, const struct qt_node *n, int through_quant)
+{
+    if (n->dead || (n->op != QT_OP_CONV && n->op != QT_OP_GEMM && n->op != QT_OP_MATMUL)) return -1;
+    if (n->nin < 2 || n->in[1] < 0) return -1;
+    int v = n->in[1];
+    const struct qt_value *w = &g->values[v];
+    if (through_quant && !w->init && w->producer >= 0 &&
+        g->nodes[w->producer].op == QT_OP_WEIGHTQUANT)
+        w = &g->values[v = g->nodes[w->producer].in[0]];
+    return w->init && w->init->dtype == QT_F32 ? v : -1;
+}
+
 static int is_layer(const struct qt_graph *g, const struct qt_node *n)
 {
-    if (n->dead || (n->op != QT_OP_CONV && n->op != QT_OP_GEMM && n->op != QT_OP_MATMUL)) return 0;
-    if (n->nin < 2 || n->in[1] < 0) return 0;
-    const struct qt_value *w = &g->values[n->in[1]];
-    if (!w->init && w->producer >= 0 && g->nodes[w->producer].op == QT_OP_WEIGHTQUANT)
-        w = &g->values[g->nodes[w->producer].in[0]];
-    return w->init && w->init->dtype == QT_F32;
+    return qt_layer_weight(g, n, 1) >= 0;
 }
 
 /* ---- Undoing an earlier quantization ---- */
@@ -381,13 +388,8 @@ int qt_quant_weight_bits(const struct qt_graph *g, const struct qt_quant_config 
     if (plan_layers(g, c, &pl, &np, &fl, e)) return -1;
     for (int v = 0; v < g->nvalues; v++)
         bits[v] = 0;
-    for (int j = 0; j < np; j++) {
-        int w = g->nodes[pl[j].node].in[1];
-        const struct qt_value *wv = &g->values[w];
-        if (!wv->init && wv->producer >= 0 && g->nodes[wv->producer].op == QT_OP_WEIGHTQUANT)
-            w = g->nodes[wv->producer].in[0];
-        if (pl[j].has_w) bits[w] = pl[j].w.bits;
-    }
+    for (int j = 0; j < np; j++)
+        if (pl[j].has_w) bits[qt_layer_weight(g, &g->nodes[pl[j].node], 1)] = pl[j].w.bits;
     plans_free(pl, np);
     return 0;
 }

@@ -177,15 +177,7 @@ void qt_bsq_free(struct qt_bsq_layer *l)
 #include <stdio.h>
 
 #include "../graph/schema.h"
-
-static int weight_of_layer(const struct qt_graph *g, const struct qt_node *n)
-{
-    if (n->dead || (n->op != QT_OP_CONV && n->op != QT_OP_GEMM && n->op != QT_OP_MATMUL) ||
-        n->nin < 2 || n->in[1] < 0)
-        return -1;
-    const struct qt_value *w = &g->values[n->in[1]];
-    return w->init && w->init->dtype == QT_F32 ? n->in[1] : -1;
-}
+#include "../passes/passes.h"
 
 static int add_init(struct qt_graph *g, const char *name, const struct qt_shape *s,
                     const float *data)
@@ -203,7 +195,7 @@ int qt_bsq_convert(struct qt_graph *g, const int *select, int N, int *count, str
     int done = 0;
     const int nn = g->nnodes;
     for (int i = 0; i < nn; i++) {
-        const int v = weight_of_layer(g, &g->nodes[i]);
+        const int v = qt_layer_weight(g, &g->nodes[i], 0);
         if (v < 0 || !select[v]) continue;
         const struct qt_tensor *w = g->values[v].init;
         struct qt_bsq_layer l;

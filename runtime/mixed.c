@@ -205,11 +205,8 @@ int qt_mixed_sensitivity(struct qt_graph *g, struct qt_backend *b, const struct 
     int allocatable = 0;
     for (int i = 0; i < g->nnodes; i++) {
         const struct qt_node *n = &g->nodes[i];
-        if (n->dead || (n->op != QT_OP_CONV && n->op != QT_OP_GEMM && n->op != QT_OP_MATMUL) ||
-            n->nin < 2 || n->in[1] < 0)
-            continue;
+        if (qt_layer_weight(g, n, 0) < 0) continue;
         const struct qt_value *w = &g->values[n->in[1]];
-        if (!w->init || w->init->dtype != QT_F32) continue;
         struct qt_mixed_layer *l = &r->layer[r->n++];
         l->node = i;
         l->count = qt_shape_numel(&w->init->shape);

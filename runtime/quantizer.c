@@ -78,16 +78,10 @@ int qt_weight_memory(const struct qt_graph *g, struct qt_weight_memory *m, struc
         return qt_err(e, "out of memory measuring the weight memory");
     for (int i = 0; i < g->nnodes; i++) {
         const struct qt_node *n = &g->nodes[i];
-        if (n->dead || (n->op != QT_OP_CONV && n->op != QT_OP_GEMM && n->op != QT_OP_MATMUL) ||
-            n->nin < 2 || n->in[1] < 0)
-            continue;
-        const struct qt_value *w = &g->values[n->in[1]];
-        const struct qt_node *q = NULL;
-        if (!w->init && w->producer >= 0 && g->nodes[w->producer].op == QT_OP_WEIGHTQUANT) {
-            q = &g->nodes[w->producer];
-            w = &g->values[q->in[0]];
-        }
-        if (!w->init || w->init->dtype != QT_F32) continue;
+        const int v = qt_layer_weight(g, n, 1);
+        if (v < 0) continue;
+        const struct qt_value *w = &g->values[v];
+        const struct qt_node *q = v != n->in[1] ? &g->nodes[g->values[n->in[1]].producer] : NULL;
         struct qt_weight_layer *l = &m->layer[m->n++];
         l->node = i;
         l->count = qt_shape_numel(&w->init->shape);

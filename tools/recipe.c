@@ -13,6 +13,7 @@
 #include "../util/fileio.h"
 #include "../graph/schema.h"
 #include "../onnx/onnx.h"
+#include "../passes/passes.h"
 #include "../runtime/bsq.h"
 #include "../runtime/quantizer.h"
 #include "cli.h"
@@ -583,12 +584,8 @@ int recipe_bsq(const struct recipe *r, struct qt_graph *g, struct recipe_data *d
         int *sel = calloc(g->nvalues + 1, sizeof *sel);
         if (!sel) return cli_fail("finetune: out of memory");
         for (int i = 0; i < g->nnodes; i++) {
-            const struct qt_node *n = &g->nodes[i];
-            if (n->dead || (n->op != QT_OP_CONV && n->op != QT_OP_GEMM && n->op != QT_OP_MATMUL) ||
-                n->nin < 2 || n->in[1] < 0)
-                continue;
-            const struct qt_value *w = &g->values[n->in[1]];
-            sel[n->in[1]] = w->init && w->init->dtype == QT_F32;
+            const int v = qt_layer_weight(g, &g->nodes[i], 0);
+            if (v >= 0) sel[v] = 1;
         }
         int rc = qt_bsq_convert(g, sel, QT_BSQ_PLANES, &planes, &e);
         free(sel);
