@@ -2,18 +2,20 @@
  * what qtune's quantized forward pass computes (see passes.h for the formats).
  *
  * Weights (format onnx) are stored as level codes. A signed APoT/uniform weight of b bits has
- * L = 2n - 1 levels, n = 2^(b-1); its code is the level's index (0 = most negative). A byte
- * holds as many codes as base-L numbers fit in it: five 2-bit (ternary) codes (3^5 = 243),
- * two 3-bit or 4-bit codes (7^2, 15^2), one code from 5 bits on. 3-bit weights thus cost 4
- * bits, as in 4-bit slots: a dense 3-bit stream (8 codes in 3 bytes) could be decoded by
- * standard operators only through a table of 2^24 rows or the bitwise operators TensorRT
- * lacks, and base 7 gains nothing before 7^5 codes in two bytes (a table of 16807 rows, larger
- * than a ResNet-20's weights). A table with one row per
- * byte value, holding the levels of the codes in that byte, decodes them: bytes ->
- * Cast(int32) -> Gather(table) -> Reshape -> Mul(alpha). The table depends on the scheme and
- * bits only, so layers share it. The decoded weight is level * alpha, the product qtune's
- * forward computes (float multiplication commutes exactly); every code is
- * checked against qtune's own projection (the CPU kernels) before anything is written.
+ * L = 2n - 1 levels, n = 2^(b-1); its code is the level's index (0 = most negative). Codes
+ * are packed in groups, a group being one base-L number in one to three bytes
+ * (qt_export_code_bytes picks the layout of the fewest bytes): five ternary codes in a byte
+ * (3^5 = 243, 1.6 bits a code), two 4-bit codes in a byte, eight 3-bit codes in three bytes
+ * (7^8 < 2^24: 3 bits a code), three 5-bit codes in two bytes, four 6-bit codes in three.
+ * One-byte groups are decoded by a table with one row per byte value holding the levels of
+ * its codes: bytes -> Cast(int32) -> Gather(table) -> Reshape -> Mul(alpha). Groups of several
+ * bytes are decoded by integer arithmetic that every runtime has (no bitwise operators, which
+ * TensorRT lacks): y = ReduceSum(bytes * 256^k) (< 2^24, exact in int32), the digits
+ * q_s = y / L^s - L * (y / L^(s+1)) (integer division), then Gather of their levels. The
+ * tables depend on the scheme and bits only, so layers share them. The decoded weight is
+ * level * alpha, the product qtune's forward computes (float multiplication commutes
+ * exactly); every code is checked against qtune's own projection (the CPU kernels) before
+ * anything is written.
  * 8-bit first/last layer weights (scheme max/absmax) are their integer steps k as int8 (int16
  * when max W scaling puts a step beyond -128): Cast -> Div(127) -> Mul(m), as qtune rounds.
  *
@@ -66,7 +68,9 @@ int qt_export_format_parse(const char *s, enum qt_export_format *f)
  * c (Clip), b (bucket), e (index below the bucket), t (threshold), g (Greater), k (its int32),
  * i (index), v (values), n (Sign), w (times the sign);
  * weights c (Cast), d (decode Gather), f and u (Reshape flat and Slice off the padding), r
- * (Reshape), k (steps), s (scale); q/dq (Quantize/
+ * (Reshape), k (steps), s (scale), and for groups of several bytes p (times the bytes' place
+ * values), y (ReduceSum: the group's number), q (Div by the digits' place values), h (Div by
+ * L), l (times L), o (Sub: the digits); q/dq (Quantize/
  * DequantizeLinear). The value a node writes has the node's name. */
 
 struct lower {
@@ -78,22 +82,33 @@ struct lower {
 };
 
 
-int64_t qt_export_code_bytes(int nlv, int64_t cnt, int *per_byte, int *padded)
+int64_t qt_export_code_bytes(int nlv, int64_t cnt, struct qt_code_layout *lay)
 {
-    /* codes per byte: the most whose base-L number (L = nlv levels) fits a byte and that
-     * divides the count evenly */
-    int pb = 1;
-    for (int p = 1, pw = nlv; pw <= 256; p++, pw *= nlv) pb = p;
-    /* a count the most codes per byte does not divide: pad the last byte and Slice the padding
-     * off after decoding, unless a smaller number of codes per byte that divides the count
-     * costs less than the two extra nodes (about 100 bytes) */
-    int pd = pb;
-    while (cnt % pd) pd--;
-    const int pad = cnt % pb != 0 && (cnt + pb - 1) / pb + 100 < cnt / pd;
-    if (!pad) pb = pd;
-    if (per_byte) *per_byte = pb;
-    if (padded) *padded = pad;
-    return (cnt + pb - 1) / pb;
+    struct qt_code_layout best = {.group = 1, .group_bytes = 1};
+    int64_t best_cost = INT64_MAX, best_bytes = cnt;
+    for (int nb = 1; nb <= QT_CODE_GROUP_BYTES; nb++) {
+        /* codes per group: the most whose base-nlv number fits nb bytes */
+        int gmax = 0;
+        for (int64_t pw = nlv; pw <= (INT64_C(1) << (8 * nb)); pw *= nlv) gmax++;
+        if (gmax < 1) continue;
+        /* a count gmax does not divide: pad the last group and Slice the padding off after
+         * decoding, unless fewer codes a group that divide the count cost less than the two
+         * extra nodes (about 100 bytes) */
+        int gd = gmax;
+        while (cnt % gd) gd--;
+        const int64_t padded_bytes = (cnt + gmax - 1) / gmax * nb, exact_bytes = cnt / gd * nb;
+        const int pad = cnt % gmax != 0 && padded_bytes + 100 < exact_bytes;
+        const int64_t bytes = pad ? padded_bytes : exact_bytes;
+        /* the arithmetic decoding of groups over several bytes takes about six nodes more */
+        const int64_t cost = bytes + (pad ? 100 : 0) + (nb > 1 ? 100 : 0);
+        if (cost < best_cost) {
+            best_cost = cost;
+            best_bytes = bytes;
+            best = (struct qt_code_layout){.group = pad ? gmax : gd, .group_bytes = nb, .padded = pad};
+        }
+    }
+    if (lay) *lay = best;
+    return best_bytes;
 }
 
 static int add_const(struct qt_graph *g, const char *base, struct qt_tensor *t)
@@ -447,33 +462,26 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
         qt_graph_replace_uses(g, out, vw);
         return 0;
     }
-    /* byte = sum of code_s * L^s over the pb codes it holds */
+    /* a group's number: sum of code_s * L^s over its G codes, stored little-endian in its B
+     * bytes */
     const int nlv = 2 * n - 1;
-    int pb, pad;
-    const int64_t nbytes = qt_export_code_bytes(nlv, cnt, &pb, &pad);
-    int rows = 1;
-    for (int k = 0; k < pb; k++) rows *= nlv;
-    struct qt_tensor *bytes = tensor1(QT_U8, 1, &nbytes);
+    struct qt_code_layout lay;
+    const int64_t nbytes = qt_export_code_bytes(nlv, cnt, &lay);
+    const int G = lay.group, B = lay.group_bytes, pad = lay.padded;
+    const int64_t ngroups = nbytes / B, bdims[2] = {ngroups, B};
+    struct qt_tensor *bytes = tensor1(QT_U8, B > 1 ? 2 : 1, B > 1 ? bdims : &nbytes);
     uint8_t *bd = bytes->data;
-    for (int64_t j = 0; j < nbytes; j++) {
-        unsigned v = 0;
-        for (int s = pb - 1; s >= 0; s--)
-            v = v * (unsigned)nlv + (j * pb + s < cnt ? code[j * pb + s] : (unsigned)(n - 1));
-        bd[j] = (uint8_t)v;
+    for (int64_t j = 0; j < ngroups; j++) {
+        uint32_t v = 0;
+        for (int s = G - 1; s >= 0; s--)
+            v = v * (uint32_t)nlv + (j * G + s < cnt ? code[j * G + s] : (uint32_t)(n - 1));
+        for (int k = 0; k < B; k++) bd[j * B + k] = (uint8_t)(v >> (8 * k));
     }
     free(wq);
     free(code);
     L->rep->weight_bytes += nbytes;
-    /* decoding table: row b holds the levels of the pb codes of byte value b */
-    const int64_t td[2] = {rows, pb};
-    struct qt_tensor *tab = tensor1(QT_F32, 2, td);
-    float *tb = tab->data;
-    for (int b = 0; b < rows; b++)
-        for (int s = 0, r = b; s < pb; s++, r /= nlv) tb[b * pb + s] = slv[r % nlv];
-    snprintf(key, sizeof key, "qtune.levels.%s%d.x%d", qt_quant_scheme_name(a->scheme), a->bits, pb);
-    int vtab = shared_const(g, key, tab);
     snprintf(name, sizeof name, "%s.codes", wname);
-    int vbytes = add_const(g, name, bytes);
+    const int vbytes = add_const(g, name, bytes);
     /* shape of the weight and of its alphas (one per output channel broadcast over the rest) */
     const int64_t rd = w->shape.ndim;
     struct qt_tensor *shp = tensor1(QT_I64, 1, &rd);
@@ -491,11 +499,75 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
     snprintf(qn, sizeof qn, "qw%d", L->nw);
     node_name(name, sizeof name, qn, "c");
     int vi = cast(g, name, vbytes, QT_I32);
-    node_name(name, sizeof name, qn, "d");
-    int in2[2] = {vtab, vi};
-    int vl = node(g, QT_OP_GATHER, name, in2, 2, -1);
+    int in2[2], vl;
+    if (B == 1) {
+        /* decoding table: row b holds the levels of the G codes of byte value b */
+        int rows = 1;
+        for (int k = 0; k < G; k++) rows *= nlv;
+        const int64_t td[2] = {rows, G};
+        struct qt_tensor *tab = tensor1(QT_F32, 2, td);
+        float *tb = tab->data;
+        for (int b = 0; b < rows; b++)
+            for (int s = 0, r = b; s < G; s++, r /= nlv) tb[b * G + s] = slv[r % nlv];
+        snprintf(key, sizeof key, "qtune.levels.%s%d.x%d", qt_quant_scheme_name(a->scheme), a->bits, G);
+        in2[0] = shared_const(g, key, tab);
+        in2[1] = vi;
+        node_name(name, sizeof name, qn, "d");
+        vl = node(g, QT_OP_GATHER, name, in2, 2, -1);
+    } else {
+        /* the group's number y = sum of byte_k * 256^k (< 2^24), its digits
+         * (y / L^s) - L * (y / L^(s+1)) in integer division, then Gather of their levels */
+        struct qt_tensor *place = tensor1(QT_I32, 1, &(int64_t){B});
+        for (int k = 0; k < B; k++) ((int32_t *)place->data)[k] = 1 << (8 * k);
+        snprintf(key, sizeof key, "qtune.byte_places.%d", B);
+        in2[0] = vi;
+        in2[1] = shared_const(g, key, place);
+        node_name(name, sizeof name, qn, "p");
+        const int vp = node(g, QT_OP_MUL, name, in2, 2, -1);
+        node_name(name, sizeof name, qn, "y");
+        int vy;
+        if (g->opset >= 13) {
+            struct qt_tensor *ax = tensor1(QT_I64, 1, &(int64_t){1});
+            ((int64_t *)ax->data)[0] = 1;
+            in2[0] = vp;
+            in2[1] = shared_const(g, "qtune.axis1", ax);
+            vy = node(g, QT_OP_REDUCESUM, name, in2, 2, -1);
+        } else {
+            vy = node(g, QT_OP_REDUCESUM, name, &vp, 1, -1);
+            qt_node_set_ints(&g->nodes[g->nnodes - 1], "axes", (const int64_t[]){1}, 1);
+        }
+        qt_node_set_int(&g->nodes[g->nnodes - 1], "keepdims", 1);
+        struct qt_tensor *dig = tensor1(QT_I32, 1, &(int64_t){G});
+        for (int s = 0, p = 1; s < G; s++, p *= nlv) ((int32_t *)dig->data)[s] = p;
+        snprintf(key, sizeof key, "qtune.digit_places.%dx%d", nlv, G);
+        in2[0] = vy;
+        in2[1] = shared_const(g, key, dig);
+        node_name(name, sizeof name, qn, "q");
+        const int vq = node(g, QT_OP_DIV, name, in2, 2, -1);
+        struct qt_tensor *base = tensor1(QT_I32, 0, NULL);
+        *(int32_t *)base->data = nlv;
+        snprintf(key, sizeof key, "qtune.base.%d", nlv);
+        const int vbase = shared_const(g, key, base);
+        in2[0] = vq;
+        in2[1] = vbase;
+        node_name(name, sizeof name, qn, "h");
+        in2[0] = node(g, QT_OP_DIV, name, in2, 2, -1);
+        node_name(name, sizeof name, qn, "l");
+        const int vhl = node(g, QT_OP_MUL, name, in2, 2, -1);
+        in2[0] = vq;
+        in2[1] = vhl;
+        node_name(name, sizeof name, qn, "o");
+        const int vcode = node(g, QT_OP_SUB, name, in2, 2, -1);
+        struct qt_tensor *lv = tensor1(QT_F32, 1, &(int64_t){nlv});
+        memcpy(lv->data, slv, sizeof(float) * nlv);
+        snprintf(key, sizeof key, "qtune.levels.%s%d", qt_quant_scheme_name(a->scheme), a->bits);
+        in2[0] = shared_const(g, key, lv);
+        in2[1] = vcode;
+        node_name(name, sizeof name, qn, "d");
+        vl = node(g, QT_OP_GATHER, name, in2, 2, -1);
+    }
     if (pad) {
-        /* [nbytes, pb] -> [nbytes * pb] -> the first cnt codes */
+        /* [groups, G] -> [groups * G] -> the first cnt codes */
         const int64_t one = 1;
         struct qt_tensor *flat = tensor1(QT_I64, 1, &one), *st = tensor1(QT_I64, 1, &one),
                          *en = tensor1(QT_I64, 1, &one);

@@ -86,12 +86,24 @@ int qt_layer_weight(const struct qt_graph *g, const struct qt_node *n, int throu
 int qt_quant_weight_bits(const struct qt_graph *g, const struct qt_quant_config *c, int *bits,
                          struct qt_error *e);
 
-/* Bytes in which the export (format onnx) stores the level codes of a weight tensor of cnt
- * values on a grid of nlv signed levels (2^b - 1 for b bits): as many codes per byte as
- * base-nlv numbers fit a byte (five 2-bit, two 3- or 4-bit, one from 5 bits), fewer where that
- * divides cnt and saves the padding's nodes. *per_byte and *padded (may be NULL) get the
- * layout. */
-int64_t qt_export_code_bytes(int nlv, int64_t cnt, int *per_byte, int *padded);
+/* How the export (format onnx) stores the level codes of a weight tensor: in groups of `group`
+ * codes written as one base-L number (L = the number of levels, code 0 the most negative
+ * level) in `group_bytes` bytes (at most QT_CODE_GROUP_BYTES, so that a group's number fits
+ * int32). Per byte: five ternary codes (3^5 = 243), two 3- or 4-bit codes; in two bytes three
+ * 5-bit codes (31^3 < 2^16); in three bytes eight 3-bit codes (7^8 < 2^24, 3 bits a code)
+ * and four 6-bit codes (63^4 < 2^24). `padded`: the count is not a multiple of `group`; the
+ * last group is padded and the padding sliced off after decoding. */
+#define QT_CODE_GROUP_BYTES 3
+struct qt_code_layout {
+    int group, group_bytes;
+    int padded;
+};
+
+/* Bytes in which the export stores the level codes of cnt weights on a grid of nlv signed
+ * levels (2^b - 1 for b bits, at most 256): the layout of the fewest bytes, counting about
+ * 100 bytes for the nodes that padding or a group of several bytes adds (the fewer bytes a
+ * group on a tie), written to *lay (may be NULL). */
+int64_t qt_export_code_bytes(int nlv, int64_t cnt, struct qt_code_layout *lay);
 
 /* Restores an ActQuant node wherever the graph holds an activation quantizer in the standard
  * operators `qtune export` writes (raise_quant.c); *count (may be NULL) gets how many. The

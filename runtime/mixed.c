@@ -20,7 +20,7 @@ static double now(void)
 int64_t qt_mixed_bytes(int64_t count, int bits)
 {
     if (bits >= 32) return 4 * count;
-    return qt_export_code_bytes((1 << bits) - 1, count, NULL, NULL);
+    return qt_export_code_bytes((1 << bits) - 1, count, NULL);
 }
 
 static int layer_bits(const struct qt_mixed_layer *l, const struct qt_mixed_config *c)

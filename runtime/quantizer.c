@@ -95,7 +95,7 @@ int qt_weight_memory(const struct qt_graph *g, struct qt_weight_memory *m, struc
                 return -1;
             }
             l->bits = a.bits;
-            l->bytes = qz.n ? qt_export_code_bytes(2 * qz.n - 1, l->count, NULL, NULL) : l->count;
+            l->bytes = qz.n ? qt_export_code_bytes(2 * qz.n - 1, l->count, NULL) : l->count;
         }
         m->count += l->count;
         m->bit_count += l->count * l->bits;

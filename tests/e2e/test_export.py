@@ -167,7 +167,15 @@ def weight_values(rng, shape, scheme, bits, alpha, standardize):
 
 # standardize 2: standardized, then mapped back (sigma * alpha * q + mu)
 WEIGHT_CASES = [(s, b, st, pc) for s in ("apot", "uniform") for b in (2, 3, 4)
-                for st in (1, 0, 2) for pc in (0, 1) if not (pc and s == "apot")]
+                for st in (1, 0, 2) for pc in (0, 1) if not (pc and s == "apot")] + [
+                    (s, b, st, 0) for s in ("apot", "uniform") for b in (5, 6) for st in (0, 1)]
+
+# The stored codes of 1152 weights (16 x 8 x 3 x 3), worked by hand: base-L numbers in groups
+# of one to three bytes (L = 2^b - 1 levels), the fewest bytes: four ternary codes a byte (five
+# would need padding, which costs more than it saves on 1152), eight 3-bit codes in three
+# bytes (7^8 < 2^24), two 4-bit codes a byte, three 5-bit codes in two bytes (31^3 < 2^16),
+# four 6-bit codes in three bytes (63^4 < 2^24).
+CODE_DIMS_1152 = {2: [288], 3: [144, 3], 4: [576], 5: [384, 2], 6: [288, 3]}
 
 
 @pytest.mark.parametrize("scheme,bits,standardize,per_channel", WEIGHT_CASES)
@@ -212,13 +220,43 @@ def test_weight_quantizer_bit_exact(qtune, tmp_path, scheme, bits, standardize, 
             assert list(codes[0].dims) == list(shape)
             assert [n.op_type for n in m.graph.node].count("DequantizeLinear") == 1
         elif fmt == "onnx":
-            # packed in base 3, 7 or 15: here four ternary codes a byte (five need padding
-            # that does not pay on 1152 weights), two 3-bit or 4-bit codes
-            per_byte = 4 if bits == 2 else 2
             assert len(codes) == 1 and codes[0].data_type == TensorProto.UINT8
-            assert list(codes[0].dims) == [w.size // per_byte]
+            assert list(codes[0].dims) == CODE_DIMS_1152[bits]
+            ops = [n.op_type for n in m.graph.node]
+            assert ("ReduceSum" in ops) == (len(CODE_DIMS_1152[bits]) == 2), ops
         else:
             assert codes == []
+
+
+# counts that no group size divides, worked by hand: 1001 = 7 * 11 * 13 3-bit codes go in
+# groups of seven (143 x 3 bytes, no padding); 8001 = 7 * 1143 in padded groups of eight
+# (1001 x 3 bytes, 426 fewer than groups of seven); 1001 ternary codes in padded bytes of five
+# (201); 35 5-bit codes one a byte (three in two bytes would need padding and its nodes).
+@pytest.mark.parametrize("scheme,bits,shape,dims,padded", [
+    ("apot", 3, (7, 11, 13), [143, 3], False),
+    ("uniform", 3, (3, 2667), [1001, 3], True),
+    ("apot", 2, (7, 11, 13), [201], True),
+    ("uniform", 5, (5, 7), [35], False)])
+def test_weight_code_layouts_bit_exact(qtune, tmp_path, scheme, bits, shape, dims, padded):
+    rng = np.random.default_rng(bits)
+    alpha = np.array([0.1], np.float32)
+    w = weight_values(rng, shape, scheme, bits, alpha, 0)
+    model = str(tmp_path / "w.onnx")
+    quant_model(model, "WeightQuant", list(shape), {"W": w, "alpha": alpha},
+                dict(scheme=scheme, bits=bits, signed=1, standardize=0))
+    x = np.ones(shape, np.float32)
+    want = qtune_run(qtune, model, x, tmp_path)
+    torch_y, _, _ = ref.weight_quant(torch.tensor(w), torch.tensor(alpha), scheme, bits,
+                                     standardize=0)
+    same_values(want, torch_y.detach().numpy(), "qtune vs PyTorch reference")
+    out = str(tmp_path / "w.onnx.onnx")
+    m = export(qtune, model, "onnx", out)
+    same_values(ort_run(out, {"x": x}), want, "onnx export in onnxruntime vs qtune")
+    codes = [t for t in m.graph.initializer if t.name.endswith(".codes")]
+    assert len(codes) == 1 and list(codes[0].dims) == dims
+    assert ("Slice" in [n.op_type for n in m.graph.node]) == padded
+    # qtune reads the export back and computes the same weights
+    same_values(qtune_run(qtune, out, x, tmp_path), want, "the export read back by qtune")
 
 
 @pytest.mark.parametrize("scale", ["absmax", "max"])
