@@ -11,8 +11,11 @@ Writes the table and an SVG plot of top-1 against weight memory (the bytes the e
 stores).
 
 usage: .venv/bin/python bench/mixed_vs_uniform.py [--model M] [--data D] [--epochs 2]
-       [--abits 4] [--uniform 4,3,2] [--budgets 100kB,avg:3] [--mixed-bits 2,3,4,8]
-       [--decays 0.5,2,6] [--bsq-epochs 1] [--qtune BIN] [--out FILE] [--svg FILE]
+       [--abits 4] [--uniform 4,3,2] [--budgets 100kB avg:3 136kB@2,3,4,6]
+       [--mixed-bits 2,3,4] [--decays 0.5,2,6] [--bsq-epochs 1] [--qtune BIN] [--out FILE]
+       [--svg FILE]
+A budget is a size (--size-budget) or avg:BITS (--avg-bits), with @BITS,BITS,... the widths
+to choose from for that budget alone (else --mixed-bits, else qtune's default).
 Defaults: the shared ResNet-20 (BatchNorm file) and CIFAR-10 JPEG data (../shared or QT_SHARED).
 """
 import argparse
@@ -101,7 +104,7 @@ def main():
     ap.add_argument("--preset", default="cifar10")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--abits", default="4")
-    ap.add_argument("--budgets", default="100kB",
+    ap.add_argument("--budgets", nargs="+", default=["100kB"],
                     help="sensitivity runs: --size-budget values, or avg:A for --avg-bits A")
     ap.add_argument("--mixed-bits", default="", help="sensitivity: the widths to choose from")
     ap.add_argument("--uniform", default="4,3,2")
@@ -123,10 +126,13 @@ def main():
     ep = ["--epochs", str(a.epochs)]
     runs = [("uniform W%s" % b, "uniform", ["--wbits", b] + ep) for b in a.uniform.split(",") if b]
     mb = ["--mixed-bits", a.mixed_bits] if a.mixed_bits else []
-    runs += [("sensitivity %s" % v, "mixed",
-              ["--wbits", "4"] + (["--avg-bits", v[4:]] if v.startswith("avg:") else
-                                  ["--size-budget", v]) + mb + ep)
-             for v in a.budgets.split(",") if v]
+    for spec in a.budgets:
+        v, _, bits = spec.partition("@")
+        top = max(int(b) for b in bits.split(",")) if bits else 4
+        runs.append(("sensitivity %s" % spec, "mixed",
+                     ["--wbits", str(top)] + (["--avg-bits", v[4:]] if v.startswith("avg:") else
+                                              ["--size-budget", v]) +
+                     (["--mixed-bits", bits] if bits else mb) + ep))
     runs += [("BSQ alpha %s" % v, "bsq", ["--mixed", "bsq", "--decay", v, "--bsq-epochs",
                                           str(a.bsq_epochs), "--bsq-interval",
                                           str(a.bsq_epochs), "--epochs",
