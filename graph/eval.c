@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/common/desc.h"
 #include "schema.h"
 
 int qt_eval_handles(const struct qt_node *n, enum qt_dtype in0)
@@ -16,6 +17,7 @@ int qt_eval_handles(const struct qt_node *n, enum qt_dtype in0)
     case QT_OP_CONCAT: case QT_OP_CONSTANT: case QT_OP_CAST: case QT_OP_RESHAPE:
     case QT_OP_FLATTEN: case QT_OP_IDENTITY: case QT_OP_DROPOUT: case QT_OP_PAD:
     case QT_OP_WHERE: case QT_OP_QUANTIZELINEAR: case QT_OP_DEQUANTIZELINEAR: case QT_OP_SLICE:
+    case QT_OP_TRANSPOSE:
         return 1;
     case QT_OP_ADD: case QT_OP_SUB: case QT_OP_MUL: case QT_OP_DIV: case QT_OP_ABS:
     case QT_OP_NEG: case QT_OP_GREATER: case QT_OP_LESS: case QT_OP_REDUCESUM:
@@ -265,6 +267,21 @@ static int eval_gather(const struct qt_node *n, const struct qt_tensor **in, str
     return 0;
 }
 
+/* Any dtype: output element o is the input element at qt_transpose_offset. */
+static int eval_transpose(const struct qt_node *n, const struct qt_tensor *x, struct qt_tensor *o,
+                          struct qt_error *e)
+{
+    struct qt_transpose_desc d = {.ndim = x->shape.ndim};
+    if (qt_transpose_perm(n, d.ndim, d.perm, e)) return -1;
+    for (int i = 0; i < d.ndim; i++) d.shape[i] = x->shape.d[i];
+    const size_t es = qt_dtype_size(x->dtype);
+    const int64_t total = qt_shape_numel(&x->shape);
+    for (int64_t i = 0; i < total; i++)
+        memcpy((char *)o->data + i * es, (const char *)x->data + qt_transpose_offset(&d, i) * es,
+               es);
+    return 0;
+}
+
 static int eval_concat(const struct qt_node *n, const struct qt_tensor **in, struct qt_tensor *o)
 {
     int64_t axis = qt_node_int(n, "axis", 0);
@@ -419,6 +436,7 @@ int qt_eval_node(const struct qt_node *n, const struct qt_tensor **in, struct qt
         return 0;
     }
     case QT_OP_GATHER: return eval_gather(n, in, out[0], e);
+    case QT_OP_TRANSPOSE: return eval_transpose(n, in[0], out[0], e);
     case QT_OP_CONCAT: return eval_concat(n, in, out[0]);
     case QT_OP_CONSTANT: constant_value(n, out[0]); return 0;
     case QT_OP_CAST: return eval_cast(in[0], out[0]);

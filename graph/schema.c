@@ -704,6 +704,41 @@ static int infer_softmax(struct qt_infer_ctx *c, struct qt_error *e)
     return same_as_input(c, e);
 }
 
+int qt_transpose_perm(const struct qt_node *n, int r, int *perm, struct qt_error *e)
+{
+    int64_t p[QT_MAX_DIMS];
+    const int np = qt_node_ints(n, "perm", p, QT_MAX_DIMS);
+    if (np < 0)
+        for (int i = 0; i < r; i++) perm[i] = r - 1 - i;
+    else if (np != r)
+        return qt_err(e, "Transpose node '%s': perm has %d entries for an input of rank %d",
+                      n->name, np, r);
+    int seen[QT_MAX_DIMS] = {0};
+    for (int i = 0; i < r; i++) {
+        if (np >= 0) {
+            if (p[i] < 0 || p[i] >= r)
+                return qt_err(e, "Transpose node '%s': perm entry %lld out of range for rank %d",
+                              n->name, (long long)p[i], r);
+            perm[i] = (int)p[i];
+        }
+        if (seen[perm[i]]++)
+            return qt_err(e, "Transpose node '%s': perm names dimension %d twice", n->name,
+                          perm[i]);
+    }
+    return 0;
+}
+
+static int infer_transpose(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    int perm[QT_MAX_DIMS];
+    const int r = c->in[0].ndim;
+    if (qt_transpose_perm(c->n, r, perm, e)) return -1;
+    c->out[0].ndim = r;
+    for (int i = 0; i < r; i++) c->out[0].d[i] = c->in[0].d[perm[i]];
+    c->out_dtype[0] = c->in_dtype[0];
+    return 0;
+}
+
 /* ReduceMean (float32) and ReduceSum (float32, int32, int64). */
 static int infer_reduce(struct qt_infer_ctx *c, struct qt_error *e)
 {
@@ -1042,6 +1077,7 @@ static const struct qt_op_schema schemas[] = {
     {QT_OP_FLOOR, "Floor", 1, 1, 1, 1, 0, infer_unary_float, NULL},
     {QT_OP_SIGN, "Sign", 1, 1, 1, 1, 0, infer_unary_float, NULL},
     {QT_OP_SLICE, "Slice", 1, 5, 1, 1, 2u | 4u | 8u | 16u, infer_slice, NULL},
+    {QT_OP_TRANSPOSE, "Transpose", 1, 1, 1, 1, 0, infer_transpose, NULL},
     {QT_OP_QUANTIZELINEAR, "QuantizeLinear", 2, 3, 1, 1, 0, infer_qdq, NULL},
     {QT_OP_DEQUANTIZELINEAR, "DequantizeLinear", 2, 3, 1, 1, 0, infer_qdq, NULL},
     {QT_OP_WEIGHTQUANT, "WeightQuant", 1, 2, 1, 1, 0, infer_quant, QT_DOMAIN},

@@ -49,6 +49,11 @@ int qt_graph_verify(const struct qt_graph *g, struct qt_error *e);
 int qt_slice_plan(const struct qt_node *n, const struct qt_shape *x, const struct qt_tensor **vals,
                   int64_t *start, int64_t *step, struct qt_shape *out, struct qt_error *e);
 
+/* Transpose's permutation for an input of rank r: the perm attribute (default: the dims
+ * reversed), checked to hold each of 0..r-1 once. Returns 0, or -1 with a message naming the
+ * node. */
+int qt_transpose_perm(const struct qt_node *n, int r, int *perm, struct qt_error *e);
+
 /* Numpy-style broadcast of two shapes; -1 when they do not broadcast. */
 int qt_broadcast_shape(struct qt_shape *out, const struct qt_shape *a, const struct qt_shape *b);
 /* Element strides of a tensor of shape s read over the broadcast shape o (0 where s

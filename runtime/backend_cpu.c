@@ -193,6 +193,9 @@ static int cpu_forward(struct qt_backend *b, const struct qt_op_desc *d, const f
     case QT_K_BITQUANT:
         bitquant_forward_cpu(y, x, in[1], in[2], d->u.bq.N, d->u.bq.n);
         return 0;
+    case QT_K_TRANSPOSE:
+        transpose_forward_cpu(y, x, &d->u.tr);
+        return 0;
     default:
         return qt_err(e, "the CPU backend has no %s op", qt_opk_name(d->kind));
     }
@@ -383,6 +386,9 @@ static int cpu_backward(struct qt_backend *b, const struct qt_op_desc *d, const 
     case QT_K_BITQUANT:
         bitquant_backward_cpu(dx, din[1], din[2], dy, x, in[1], in[2], d->u.bq.N, d->u.bq.n,
                               acc[0], acc[1], acc[2]);
+        return 0;
+    case QT_K_TRANSPOSE:
+        if (dx) transpose_backward_cpu(dx, dy, &d->u.tr, acc[0]);
         return 0;
     case QT_K_COPY:
         if (!dx) return 0;

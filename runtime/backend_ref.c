@@ -198,6 +198,9 @@ static int forward_host(const struct qt_op_desc *d, float *const *in, float *con
     case QT_K_COPY:
         if (y != x) copy_forward_ref(y, x, d->numel);
         return 0;
+    case QT_K_TRANSPOSE:
+        transpose_forward_ref(y, x, &d->u.tr);
+        return 0;
     case QT_K_BITQUANT:
         bitquant_forward_ref(y, x, in[1], in[2], d->u.bq.N, d->u.bq.n);
         return 0;
@@ -328,6 +331,9 @@ static int ref_backward(struct qt_backend *b, const struct qt_op_desc *d, const 
     }
     case QT_K_COPY:
         if (dx) copy_backward_ref(dx, dy, d->numel, acc[0]);
+        return 0;
+    case QT_K_TRANSPOSE:
+        if (dx) transpose_backward_ref(dx, dy, &d->u.tr, acc[0]);
         return 0;
     case QT_K_BITQUANT:
         bitquant_backward_ref(dx, hdin[1], hdin[2], dy, x, hin[1], hin[2], d->u.bq.N, d->u.bq.n,

@@ -321,6 +321,17 @@ int qt_lower_node(struct qt_op_desc *d, const struct qt_graph *g, const struct q
     case QT_OP_ACTQUANT:
         d->kind = n->op == QT_OP_WEIGHTQUANT ? QT_K_WEIGHTQUANT : QT_K_ACTQUANT;
         return lower_quant(&d->u.q, n, in, e) ? -1 : QT_LOWER_BACKEND;
+    case QT_OP_TRANSPOSE: {
+        struct qt_transpose_desc *t = &d->u.tr;
+        if (xs->ndim > QT_DESC_MAX_DIMS)
+            return qt_err(e, "Transpose node '%s': rank %d is above %d", n->name, xs->ndim,
+                          QT_DESC_MAX_DIMS);
+        if (qt_transpose_perm(n, xs->ndim, t->perm, e)) return -1;
+        t->ndim = xs->ndim;
+        for (int i = 0; i < xs->ndim; i++) t->shape[i] = xs->d[i];
+        d->kind = QT_K_TRANSPOSE;
+        return QT_LOWER_BACKEND;
+    }
     case QT_OP_BITQUANT:
         d->kind = QT_K_BITQUANT;
         d->u.bq.N = (int)in[0]->shape.d[0];

@@ -29,6 +29,7 @@ enum qt_opk {
     QT_K_ACTQUANT,    /* in: a, alpha              out: aq */
     QT_K_COPY,        /* in: x                     out: y = x (Reshape, Flatten, Squeeze, ...) */
     QT_K_BITQUANT,    /* in: p, n, s (bit planes)  out: w (kernels/common/bsq.h) */
+    QT_K_TRANSPOSE,   /* in: x                     out: y (dims permuted) */
     QT_K_COUNT
 };
 
@@ -117,6 +118,30 @@ struct qt_quant_desc {
     struct qt_apot_quantizer qz;
 };
 
+/* y = x with its dims permuted: output dim i is input dim perm[i] (y's dims are
+ * shape[perm[0]], ..., shape[perm[ndim-1]]; shape: x's dims). */
+struct qt_transpose_desc {
+    int ndim;
+    int64_t shape[QT_DESC_MAX_DIMS];
+    int perm[QT_DESC_MAX_DIMS];
+};
+
+/* Offset in x of element o of y (row-major over y's dims). */
+static inline int64_t qt_transpose_offset(const struct qt_transpose_desc *d, int64_t o)
+{
+    int64_t stride[QT_DESC_MAX_DIMS], s = 1, off = 0;
+    for (int i = d->ndim - 1; i >= 0; i--) {
+        stride[i] = s;
+        s *= d->shape[i];
+    }
+    for (int k = d->ndim - 1; k >= 0; k--) {
+        const int64_t size = d->shape[d->perm[k]];
+        off += (o % size) * stride[d->perm[k]];
+        o /= size;
+    }
+    return off;
+}
+
 /* BSQ's bit planes [N, n] and scale to n weights. */
 struct qt_bitq_desc {
     int N;
@@ -137,6 +162,7 @@ struct qt_op_desc {
         struct qt_reduce_desc red;
         struct qt_quant_desc q;
         struct qt_bitq_desc bq;
+        struct qt_transpose_desc tr;
         float clip[2]; /* lo, hi */
     } u;
     int has_bias;          /* CONV */
@@ -188,7 +214,8 @@ static inline const char *qt_opk_name(enum qt_opk k)
     static const char *const names[QT_K_COUNT] = {
         "none",        "conv",         "maxpool",   "avgpool", "global-avgpool", "batchnorm",
         "relu",        "clip",         "binary",    "gemm",    "matmul",         "softmax",
-        "reduce-mean", "weight-quant", "act-quant", "copy",           "bit-quant"};
+        "reduce-mean", "weight-quant", "act-quant", "copy",           "bit-quant",
+        "transpose"};
     return (unsigned)k < QT_K_COUNT ? names[k] : "?";
 }
 

@@ -95,6 +95,11 @@ void softmax_forward_cpu(float *y, const float *x, int64_t outer, int64_t axis, 
 /* Mean over the middle dimension of [outer, r, inner]. */
 void reduce_mean_forward_cpu(float *y, const float *x, int64_t outer, int64_t r, int64_t inner);
 
+/* Transpose (transpose.c): output dim k is input dim d->perm[k]. The backward permutes dy
+ * back (assigns or, with acc, adds). */
+void transpose_forward_cpu(float *y, const float *x, const struct qt_transpose_desc *d);
+void transpose_backward_cpu(float *dx, const float *dy, const struct qt_transpose_desc *d, int acc);
+
 /* Number of threads the CPU kernels use. */
 int qt_cpu_threads(void);
 

@@ -119,6 +119,12 @@ void softmax_backward_ref(float *dx, const float *dy, const float *y, int64_t ou
 void reduce_mean_forward_ref(float *y, const float *x, const struct qt_reduce_desc *r);
 void reduce_mean_backward_ref(float *dx, const float *dy, const struct qt_reduce_desc *r, int acc);
 
+/* ---- Transpose (transpose.c) ----
+ * y[o_0, ..., o_{r-1}] = x[i] with i_{perm[k]} = o_k: output dim k is input dim perm[k].
+ * Backward: dx[i] = dy[o] for the same pairs (the inverse permutation). */
+void transpose_forward_ref(float *y, const float *x, const struct qt_transpose_desc *d);
+void transpose_backward_ref(float *dx, const float *dy, const struct qt_transpose_desc *d, int acc);
+
 /* ---- Fake quantizers (quant.c), per element with kernels/common/apot.h's formulas ---- */
 /* mu = mean(w), sigma = unbiased std(w) (double, rounded to float); sigma = 1 when it is 0
  * or n < 2 (NaN stays NaN). */

@@ -1268,6 +1268,55 @@ QT_TEST(backends_softmax_reduce)
     return fail;
 }
 
+static void transpose_case(struct cases *cs, int nd, const int64_t *shape, const int *perm)
+{
+    char sh[64] = "", pm[32] = "";
+    for (int i = 0, ls = 0, lp = 0; i < nd; i++) {
+        ls += snprintf(sh + ls, sizeof sh - ls, "%s%lld", i ? "," : "", (long long)shape[i]);
+        lp += snprintf(pm + lp, sizeof pm - lp, "%d", perm[i]);
+    }
+    struct tcase *t = add_case(cs, QT_K_TRANSPOSE, TOL_EXACT, TOL_EXACT, "transpose [%s] perm %s",
+                               sh, pm);
+    struct qt_transpose_desc *d = &t->d.u.tr;
+    d->ndim = nd;
+    int64_t total = 1;
+    for (int i = 0; i < nd; i++) {
+        d->shape[i] = shape[i];
+        d->perm[i] = perm[i];
+        total *= shape[i];
+    }
+    t->d.nin = 1;
+    t->d.numel = total;
+    t->in_n[0] = t->out_n[0] = total;
+    t->gen[0] = G_WIDE;
+    t->grad[0] = 1;
+}
+
+QT_TEST(backends_transpose)
+{
+    struct cases *cs = calloc(1, sizeof *cs);
+    const int64_t s4[] = {2, 3, 4, 5}, s2[] = {7, 13}, s3[] = {3, 1, 5}, s1[] = {17};
+    const int64_t s5[] = {2, 3, 1, 4, 2}, big[] = {2, 64, 17, 17}, one[] = {1, 1, 1};
+    const int to_nhwc[] = {0, 2, 3, 1}, to_nchw[] = {0, 3, 1, 2}, rev2[] = {1, 0};
+    const int p3[] = {2, 0, 1}, id1[] = {0}, p5[] = {4, 2, 0, 3, 1}, id4[] = {0, 1, 2, 3};
+    const int rev4[] = {3, 2, 1, 0}, id3[] = {0, 1, 2}, swap_inner[] = {0, 1, 3, 2};
+    transpose_case(cs, 4, s4, to_nhwc);
+    transpose_case(cs, 4, s4, to_nchw);
+    transpose_case(cs, 4, s4, rev4);
+    transpose_case(cs, 4, s4, id4);        /* merges into one contiguous walk */
+    transpose_case(cs, 4, s4, swap_inner); /* keeps the outer dims together */
+    transpose_case(cs, 2, s2, rev2);
+    transpose_case(cs, 3, s3, p3); /* a dim of size 1 */
+    transpose_case(cs, 1, s1, id1);
+    transpose_case(cs, 5, s5, p5);
+    transpose_case(cs, 4, big, to_nhwc); /* above the size the CPU kernel spreads over threads */
+    transpose_case(cs, 3, one, id3);     /* batch 1, one element */
+    int fail = run_cases("transpose", cs, 117);
+    fail |= ref_backward_fd(cs, 119);
+    free(cs);
+    return fail;
+}
+
 QT_TEST(backends_quantizers)
 {
     struct cases *cs = calloc(1, sizeof *cs);
