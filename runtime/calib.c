@@ -26,6 +26,7 @@ static double now(void)
 struct feed {
     int *perm;
     int nb;
+    enum qt_image_layout layout;
     struct qt_tensor *x;
     const struct qt_tensor *in[1];
 };
@@ -87,7 +88,8 @@ static int feed_open(struct feed *f, const struct qt_graph *g, const struct qt_d
     if ((int64_t)f->nb * bsz > ds->n) f->nb = ds->n / bsz;
     if (f->nb < 1) return qt_err(e, "the training split has fewer than %d images", bsz);
     if (!(f->perm = calib_permutation(ds, c))) return qt_err(e, "out of memory");
-    struct qt_shape xs = {4, {bsz, ds->c, ds->h, ds->w}};
+    f->layout = qt_image_layout(g);
+    struct qt_shape xs = qt_image_batch_shape(ds, bsz, f->layout);
     f->x = qt_tensor_new(QT_F32, &xs);
     f->in[0] = f->x;
     return 0;
@@ -97,7 +99,8 @@ static void feed_batch(struct feed *f, const struct qt_dataset *ds, const struct
                        int k)
 {
     int bsz = (int)f->x->shape.d[0];
-    qt_dataset_batch(ds, f->perm + (int64_t)k * bsz, bsz, c->mean, c->std, f->x->data, NULL);
+    qt_dataset_batch(ds, f->perm + (int64_t)k * bsz, bsz, c->mean, c->std, f->layout, f->x->data,
+                     NULL);
 }
 
 static void feed_close(struct feed *f)

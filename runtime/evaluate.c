@@ -15,6 +15,32 @@ static double now(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+enum qt_image_layout qt_image_layout(const struct qt_graph *g)
+{
+    if (g->ninputs != 1) return QT_IMAGE_NCHW;
+    const int v = g->inputs[0];
+    if (g->values[v].shape.ndim != 4) return QT_IMAGE_NCHW;
+    int readers = 0;
+    for (int i = 0; i < g->nnodes; i++) {
+        const struct qt_node *n = &g->nodes[i];
+        int reads = 0;
+        for (int k = 0; k < n->nin; k++) reads |= n->in[k] == v;
+        if (!reads) continue;
+        int64_t p[4];
+        if (n->op != QT_OP_TRANSPOSE || n->nin != 1 || qt_node_ints(n, "perm", p, 4) != 4 ||
+            p[0] != 0 || p[1] != 3 || p[2] != 1 || p[3] != 2)
+            return QT_IMAGE_NCHW;
+        readers++;
+    }
+    return readers ? QT_IMAGE_NHWC : QT_IMAGE_NCHW;
+}
+
+struct qt_shape qt_image_batch_shape(const struct qt_dataset *ds, int64_t n, enum qt_image_layout l)
+{
+    if (l == QT_IMAGE_NHWC) return (struct qt_shape){4, {n, ds->h, ds->w, ds->c}};
+    return (struct qt_shape){4, {n, ds->c, ds->h, ds->w}};
+}
+
 int qt_check_image_model(const struct qt_graph *g, const struct qt_dataset *ds, struct qt_error *e)
 {
     char s1[128];
@@ -23,13 +49,17 @@ int qt_check_image_model(const struct qt_graph *g, const struct qt_dataset *ds, 
                          "and a logits output", g->ninputs, g->noutputs);
     const struct qt_value *in = &g->values[g->inputs[0]];
     if (in->dtype != QT_F32 || in->shape.ndim != 4)
-        return qt_err(e, "the model's input '%s' is %s %s; it needs a float NCHW image input",
+        return qt_err(e, "the model's input '%s' is %s %s; it needs a float NCHW (or NHWC "
+                         "followed by a Transpose to NCHW) image input",
                       in->name, qt_dtype_name(in->dtype), qt_shape_str(g, &in->shape, s1, sizeof s1));
-    const int64_t want[3] = {ds->c, ds->h, ds->w};
-    for (int i = 0; i < 3; i++)
-        if (in->shape.d[1 + i] >= 0 && in->shape.d[1 + i] != want[i])
-            return qt_err(e, "the model expects images of %s but the dataset has %dx%dx%d",
-                          qt_shape_str(g, &in->shape, s1, sizeof s1), ds->c, ds->h, ds->w);
+    const enum qt_image_layout l = qt_image_layout(g);
+    const struct qt_shape want = qt_image_batch_shape(ds, 1, l);
+    for (int i = 1; i < 4; i++)
+        if (in->shape.d[i] >= 0 && in->shape.d[i] != want.d[i])
+            return qt_err(e, "the model expects images of %s (%s) but the dataset has %dx%dx%d "
+                             "(CxHxW)",
+                          qt_shape_str(g, &in->shape, s1, sizeof s1),
+                          l == QT_IMAGE_NHWC ? "NHWC" : "NCHW", ds->c, ds->h, ds->w);
     return 0;
 }
 
@@ -63,7 +93,8 @@ int qt_evaluate(struct qt_graph *g, struct qt_backend *b, const struct qt_datase
     int64_t total = limit > 0 && limit < ds->n ? limit : ds->n;
     struct qt_exec *x = qt_exec_new(g, b, e);
     if (!x) return -1;
-    struct qt_shape xs = {4, {batch, ds->c, ds->h, ds->w}};
+    const enum qt_image_layout layout = qt_image_layout(g);
+    struct qt_shape xs = qt_image_batch_shape(ds, batch, layout);
     struct qt_tensor *xt = qt_tensor_new(QT_F32, &xs);
     int32_t *labels = malloc(sizeof(int32_t) * batch);
     int *idx = malloc(sizeof(int) * batch);
@@ -78,7 +109,7 @@ int qt_evaluate(struct qt_graph *g, struct qt_backend *b, const struct qt_datase
         int n = (int)(total - done < batch ? total - done : batch);
         int static_batch = in->shape.d[0] >= 0;
         for (int i = 0; i < n; i++) idx[i] = (int)(done + i);
-        qt_dataset_batch(ds, idx, n, mean, std, xt->data, labels);
+        qt_dataset_batch(ds, idx, n, mean, std, layout, xt->data, labels);
         if (static_batch && n < batch) /* pad the last batch; extra rows are ignored */
             memset((float *)xt->data + (int64_t)n * ds->c * ds->h * ds->w, 0,
                    sizeof(float) * (int64_t)(batch - n) * ds->c * ds->h * ds->w);

@@ -18,8 +18,16 @@ struct qt_eval_result {
 /* Called after each batch with images done so far and the total. */
 typedef void (*qt_progress_fn)(void *ctx, int64_t done, int64_t total, double seconds);
 
-/* Checks that g is a classifier of the dataset's images: one float NCHW input whose known
- * dimensions match the samples, and an output. */
+/* The layout of g's image input: NHWC when the input has rank 4 and every node reading it is
+ * a Transpose with perm [0, 3, 1, 2] (how tf2onnx writes Keras models, which take NHWC
+ * images), else NCHW. Batches are assembled in that layout. */
+enum qt_image_layout qt_image_layout(const struct qt_graph *g);
+
+/* The shape of a batch of n of the dataset's images in layout l. */
+struct qt_shape qt_image_batch_shape(const struct qt_dataset *ds, int64_t n, enum qt_image_layout l);
+
+/* Checks that g is a classifier of the dataset's images: one float rank-4 input (in
+ * qt_image_layout's layout) whose known dimensions match the samples, and an output. */
 int qt_check_image_model(const struct qt_graph *g, const struct qt_dataset *ds, struct qt_error *e);
 
 /* Checks per-channel normalization (NULL means none): every mean finite, every std finite and

@@ -346,7 +346,8 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
         }
     }
     const int nb = (n + cfg->batch - 1) / cfg->batch;
-    struct qt_shape xs = {4, {cfg->batch, train->c, train->h, train->w}};
+    const enum qt_image_layout layout = qt_image_layout(g);
+    struct qt_shape xs = qt_image_batch_shape(train, cfg->batch, layout);
     xt = qt_tensor_new(QT_F32, &xs);
     labels = malloc(sizeof(int32_t) * cfg->batch);
     labels_dev = b->alloc(b, sizeof(int32_t) * cfg->batch);
@@ -370,7 +371,8 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
             struct qt_augment aug = {plan.oy + (int64_t)bi * cfg->batch, plan.ox + (int64_t)bi * cfg->batch,
                                      plan.flip + (int64_t)bi * cfg->batch};
             /* Augmentation indexes follow batch positions, as drawn for the permuted order. */
-            qt_dataset_batch_augmented(train, idx, cnt, cfg->mean, cfg->std, &aug, xt->data, labels);
+            qt_dataset_batch_augmented(train, idx, cnt, cfg->mean, cfg->std, &aug, layout,
+                                       xt->data, labels);
             xt->shape.d[0] = cnt;
             xt->nbytes = sizeof(float) * qt_shape_numel(&xt->shape);
             const struct qt_tensor *ins[1] = {xt};

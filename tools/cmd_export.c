@@ -37,7 +37,10 @@ int cli_export(const char *path, const char *format, const char *out, double top
     qt_graph_set_meta(g, "qtune.version", QT_VERSION);
     if (g->ninputs == 1) {
         const struct qt_value *in = &g->values[g->inputs[0]];
-        qt_graph_set_meta(g, "qtune.input_layout", in->shape.ndim == 4 ? "NCHW" : "as the input");
+        qt_graph_set_meta(g, "qtune.input_layout",
+                          in->shape.ndim != 4                       ? "as the input"
+                          : qt_image_layout(g) == QT_IMAGE_NHWC ? "NHWC"
+                                                                  : "NCHW");
         qt_graph_set_meta(g, "qtune.input_shape", qt_shape_str(g, &in->shape, buf, sizeof buf));
     }
     if (top1 >= 0) {

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../graph/schema.h"
+#include "../runtime/loops.h"
 #include "../runtime/quantizer.h"
 #include "cli.h"
 
@@ -145,14 +146,22 @@ int cmd_inspect(int argc, char **argv)
     if (!g) return 1;
     int64_t params = 0, state = 0, macs = 0;
     char sbuf[128];
-    if (json) printf("{\"model\": \"%s\", \"opset\": %lld, \"layers\": [", path, (long long)g->opset);
-    else {
+    /* rank-4 inputs are images: NCHW, or NHWC read through a Transpose (qt_image_layout) */
+    const char *layout = g->ninputs == 1 && g->values[g->inputs[0]].shape.ndim == 4
+                             ? (qt_image_layout(g) == QT_IMAGE_NHWC ? "NHWC" : "NCHW")
+                             : NULL;
+    if (json) {
+        printf("{\"model\": \"%s\", \"opset\": %lld, ", path, (long long)g->opset);
+        if (layout) printf("\"input_layout\": \"%s\", ", layout);
+        printf("\"layers\": [");
+    } else {
         printf("model %s (opset %lld, producer %s)\n", path, (long long)g->opset,
                g->producer ? g->producer : "?");
         for (int k = 0; k < g->ninputs; k++) {
             const struct qt_value *v = &g->values[g->inputs[k]];
-            printf("input  %-24s %s %s\n", v->name, qt_dtype_name(v->dtype),
-                   qt_shape_str(g, &v->shape, sbuf, sizeof sbuf));
+            printf("input  %-24s %s %s%s%s\n", v->name, qt_dtype_name(v->dtype),
+                   qt_shape_str(g, &v->shape, sbuf, sizeof sbuf), layout ? " images " : "",
+                   layout ? layout : "");
         }
         printf("\n%4s  %-18s %-28s %-18s %10s %14s\n", "#", "op", "name", "output", "params", "MACs");
     }

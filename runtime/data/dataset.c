@@ -107,31 +107,36 @@ int qt_norm_preset(const char *name, int channels, float *mean, float *std)
 
 /* Each channel maps its 256 byte values through a table holding (v / 255 - mean) / std,
  * evaluated in float exactly as written (the same arithmetic as ToTensor + Normalize).
- * One sample goes channel by channel through the tables t (256 entries per channel):
- * shifted by (oy, ox) with zero pixels outside, then mirrored when flip. */
+ * One sample (stored [C, H, W]) goes channel by channel through the tables t (256 entries
+ * per channel): shifted by (oy, ox) with zero pixels outside, then mirrored when flip. Pixel p
+ * of channel ch lands at dst[ch * hw + p] (NCHW) or dst[p * c + ch] (NHWC). */
 static void sample_to_float(float *dst, const uint8_t *src, const float *t, int c, int h, int w,
-                            int oy, int ox, int flip)
+                            int oy, int ox, int flip, enum qt_image_layout l)
 {
     const size_t hw = (size_t)h * w;
+    const size_t cs = l == QT_IMAGE_NHWC ? 1 : hw, ps = l == QT_IMAGE_NHWC ? (size_t)c : 1;
     for (int ch = 0; ch < c; ch++) {
         const float *tc = t + ch * 256;
         const uint8_t *sp = src + ch * hw;
-        float *dp = dst + ch * hw;
+        float *dp = dst + ch * cs;
         if (!oy && !ox && !flip) {
-            for (size_t p = 0; p < hw; p++) dp[p] = tc[sp[p]];
+            if (ps == 1)
+                for (size_t p = 0; p < hw; p++) dp[p] = tc[sp[p]];
+            else
+                for (size_t p = 0; p < hw; p++) dp[p * ps] = tc[sp[p]];
             continue;
         }
         for (int r = 0; r < h; r++) {
             int sr = r + oy;
-            float *row = dp + (size_t)r * w;
+            float *row = dp + (size_t)r * w * ps;
             if (sr < 0 || sr >= h) {
-                for (int q = 0; q < w; q++) row[q] = tc[0];
+                for (int q = 0; q < w; q++) row[q * ps] = tc[0];
                 continue;
             }
             const uint8_t *srow = sp + (size_t)sr * w;
             for (int q = 0; q < w; q++) {
                 int sq = (flip ? w - 1 - q : q) + ox;
-                row[q] = sq >= 0 && sq < w ? tc[srow[sq]] : tc[0];
+                row[q * ps] = sq >= 0 && sq < w ? tc[srow[sq]] : tc[0];
             }
         }
     }
@@ -139,7 +144,7 @@ static void sample_to_float(float *dst, const uint8_t *src, const float *t, int 
 
 void qt_dataset_batch_augmented(const struct qt_dataset *ds, const int *idx, int count,
                                 const float *mean, const float *std, const struct qt_augment *aug,
-                                float *x, int32_t *y)
+                                enum qt_image_layout l, float *x, int32_t *y)
 {
     if (count <= 0) return;
     const int c = ds->c;
@@ -154,14 +159,15 @@ void qt_dataset_batch_augmented(const struct qt_dataset *ds, const int *idx, int
 #pragma omp parallel for schedule(static) if (par)
     for (int i = 0; i < count; i++)
         sample_to_float(x + (size_t)i * chw, ds->pixels + (size_t)idx[i] * chw, lut, c, ds->h,
-                        ds->w, aug ? aug->oy[i] : 0, aug ? aug->ox[i] : 0, aug ? aug->flip[i] : 0);
+                        ds->w, aug ? aug->oy[i] : 0, aug ? aug->ox[i] : 0, aug ? aug->flip[i] : 0,
+                        l);
     free(lut);
     if (y)
         for (int i = 0; i < count; i++) y[i] = ds->labels[idx[i]];
 }
 
 void qt_dataset_batch(const struct qt_dataset *ds, const int *idx, int count, const float *mean,
-                      const float *std, float *x, int32_t *y)
+                      const float *std, enum qt_image_layout l, float *x, int32_t *y)
 {
-    qt_dataset_batch_augmented(ds, idx, count, mean, std, NULL, x, y);
+    qt_dataset_batch_augmented(ds, idx, count, mean, std, NULL, l, x, y);
 }

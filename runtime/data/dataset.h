@@ -30,10 +30,13 @@ void qt_dataset_free(struct qt_dataset *ds);
  * Fills mean and std (per channel, for values scaled to [0, 1]); -1 for an unknown name. */
 int qt_norm_preset(const char *name, int channels, float *mean, float *std);
 
-/* Assembles a float NCHW batch from samples idx[0..count): x = (p / 255 - mean[c]) / std[c];
- * labels copied to y when y is not NULL. */
+/* How a batch lays out its images: [N, C, H, W] (PyTorch's) or [N, H, W, C] (TensorFlow's). */
+enum qt_image_layout { QT_IMAGE_NCHW, QT_IMAGE_NHWC };
+
+/* Assembles a float batch from samples idx[0..count) in layout l: x = (p / 255 - mean[c]) /
+ * std[c]; labels copied to y when y is not NULL. */
 void qt_dataset_batch(const struct qt_dataset *ds, const int *idx, int count, const float *mean,
-                      const float *std, float *x, int32_t *y);
+                      const float *std, enum qt_image_layout l, float *x, int32_t *y);
 
 /* Per-sample augmentation drawn by the caller: sample i is shifted by (oy[i], ox[i]) pixels
  * with zero pixels filling the border (a random crop of the zero-padded image), then
@@ -44,6 +47,6 @@ struct qt_augment {
 };
 void qt_dataset_batch_augmented(const struct qt_dataset *ds, const int *idx, int count,
                                 const float *mean, const float *std, const struct qt_augment *aug,
-                                float *x, int32_t *y);
+                                enum qt_image_layout l, float *x, int32_t *y);
 
 #endif

@@ -338,7 +338,7 @@ QT_TEST(data_batch_normalizes)
     const float mean[3] = {0.491f, 0.482f, 0.447f}, std[3] = {0.247f, 0.243f, 0.262f};
     int bad = 0;
     for (int count = 2; count <= n; count += n - 2) { /* small (serial) and large (parallel) */
-        qt_dataset_batch(&ds, idx, count, mean, std, x, y);
+        qt_dataset_batch(&ds, idx, count, mean, std, QT_IMAGE_NCHW, x, y);
         for (int i = 0; i < count; i++) {
             if (y[i] != ds.labels[idx[i]]) bad++;
             for (int ch = 0; ch < c; ch++)
@@ -349,7 +349,7 @@ QT_TEST(data_batch_normalizes)
                 }
         }
     }
-    qt_dataset_batch(&ds, idx, 1, mean, std, x, NULL);
+    qt_dataset_batch(&ds, idx, 1, mean, std, QT_IMAGE_NCHW, x, NULL);
     free(idx);
     free(x);
     free(y);
@@ -1053,7 +1053,7 @@ QT_TEST(data_cifar10_jpeg_shared)
         float *x = malloc(sizeof *x * bs * 3072);
         for (int s = 0; s < ds.n && idx && x; s += bs) {
             for (int i = 0; i < bs; i++) idx[i] = s + i;
-            qt_dataset_batch(&ds, idx, bs, mean, std, x, NULL);
+            qt_dataset_batch(&ds, idx, bs, mean, std, QT_IMAGE_NCHW, x, NULL);
             for (int i = 0; i < bs; i++)
                 for (int ch = 0; ch < 3; ch++)
                     for (int p = 0; p < 1024; p++) acc[ch] += x[(size_t)i * 3072 + ch * 1024 + p];
@@ -1090,7 +1090,7 @@ QT_TEST(data_batch_augmented_crop_flip)
     struct qt_augment aug = {oy, ox, flip};
     float x[2 * 2 * 5 * 4];
     int32_t y[2];
-    qt_dataset_batch_augmented(&ds, idx, 2, mean, std, &aug, x, y);
+    qt_dataset_batch_augmented(&ds, idx, 2, mean, std, &aug, QT_IMAGE_NCHW, x, y);
     QT_CHECK(y[0] == 0 && y[1] == 1);
     for (int i = 0; i < 2; i++)
         for (int c = 0; c < 2; c++)

@@ -1,0 +1,160 @@
+"""A model that takes NHWC images (the layout of Keras models exported by tf2onnx: a leading
+Transpose to NCHW) and permutes its activations inside (a channel-mixing Linear applied in
+NHWC), exported by PyTorch: `qtune inspect` reports the NHWC input, qtune feeds the dataset's
+images in that layout, `qtune run` gives PyTorch's logits, and one SGD step gives PyTorch's
+loss and every parameter gradient (rel. 1e-4), the gradients flowing back through the
+Transposes. Evaluation of the trained model gives onnxruntime's top-1 on the same images."""
+import copy
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import models
+from conftest import assert_close, fashion_mnist
+from test_train_parity import KINK, MEAN, STD, initializers, make_cifar, normalized, write_cifar
+
+REL = 1e-4
+BATCH = 4
+
+
+class NhwcNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.mix = nn.Linear(8, 8)
+        self.conv2 = nn.Conv2d(8, 12, 3, stride=2, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(12)
+        self.fc = nn.Linear(12, 10)
+
+    def forward(self, x):
+        x = x.permute(0, 3, 1, 2)
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.mix(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.fc(x)
+
+
+def relu_inputs(m, x):
+    """The smallest |ReLU input| of a training-mode forward (see test_train_parity)."""
+    seen = []
+    hooks = [bn.register_forward_hook(lambda mod, i, o: seen.append(o.detach().abs().min()))
+             for bn in (m.bn1, m.bn2)]
+    m.train()
+    with torch.no_grad():
+        m(x)
+    for h in hooks:
+        h.remove()
+    return float(min(seen))
+
+
+def nhwc(pixels):
+    return normalized(pixels).permute(0, 2, 3, 1).contiguous()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("layout")
+    torch.manual_seed(7)
+    m = NhwcNet()
+    models.randomize_batchnorm(m, torch.Generator().manual_seed(8))
+    model = str(d / "nhwc.onnx")
+    m.eval()
+    torch.onnx.export(m, torch.zeros(BATCH, 32, 32, 3), model, opset_version=13,
+                      input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+                      training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
+    for seed in range(1000):
+        data = make_cifar(np.random.default_rng(seed), BATCH, BATCH)
+        data["test_batch.bin"] = make_cifar(np.random.default_rng(seed + 5000), 1, 64)["test_batch.bin"]
+        if relu_inputs(copy.deepcopy(m), nhwc(data["data_batch_1.bin"][0])) > KINK:
+            break
+    else:
+        pytest.fail("no batch without ReLU inputs near 0 found")
+    write_cifar(str(d / "cifar"), data)
+    return d, m, model, data
+
+
+def test_nhwc_input_is_recognized_and_runs_as_pytorch(qtune, setup, tmp_path):
+    d, m, model, data = setup
+    info = json.loads(qtune("inspect", model, "--json").check_ok().stdout)
+    assert info["input_layout"] == "NHWC", info.get("input_layout")
+    x = nhwc(data["test_batch.bin"][0][:16])
+    np.save(str(tmp_path / "x.npy"), x.numpy())
+    qtune("run", model, "--input", str(tmp_path / "x.npy"), "--output",
+          str(tmp_path / "y.npy")).check_ok()
+    m.eval()
+    with torch.no_grad():
+        want = m(x).numpy()
+    got = np.load(str(tmp_path / "y.npy"))
+    assert got.shape == want.shape == (16, 10)
+    assert_close(got, want, REL, "qtune run vs PyTorch", scale=float(np.abs(want).max()))
+
+
+def test_one_sgd_step_through_the_transposes(qtune, setup):
+    d, m, model, data = setup
+    out = str(d / "step1.onnx")
+    r = qtune("train", model, "--data", str(d / "cifar"), "--batch", BATCH, "--train-limit", BATCH,
+              "--test-limit", BATCH, "--no-augment", "--schedule", "const", "--threads", "2",
+              "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD)), "--quiet",
+              "--epochs", "1", "--lr", "1", "--momentum", "0", "--wd", "0", "-o", out)
+    assert r.returncode == 0, r.describe()
+    with open(str(d / "step1.log.jsonl")) as f:
+        qt_loss = json.loads(f.readline())["train_loss"]
+    p0, p1 = initializers(model), initializers(out)
+    # the reference in float64: the bias gradients are sums over every position of large
+    # terms that cancel, where float32 orders of summation differ by more than 1e-4
+    t = copy.deepcopy(m).double()
+    t.train()
+    pixels, labels = data["data_batch_1.bin"]
+    loss = F.cross_entropy(t(nhwc(pixels).double()), torch.from_numpy(labels.astype(np.int64)))
+    loss.backward()
+    assert abs(qt_loss - loss.item()) <= REL * abs(loss.item()), (qt_loss, loss.item())
+    # qtune folds the Transpose PyTorch writes for the Linear's weight (MatMul reads W^T):
+    # the folded tensor is what trains and what the written model holds
+    assert "mix.weight" not in p1
+    p1["mix.weight"] = p1.pop("/mix/Transpose_output_0").T
+    checked = []
+    for name, p in t.named_parameters():
+        grad = p0[name].astype(np.float64) - p1[name].astype(np.float64)
+        want = p.grad.numpy().astype(np.float64)
+        assert grad.shape == want.shape, (name, grad.shape, want.shape)
+        assert_close(grad, want, REL, "gradient of " + name, scale=float(np.abs(want).max()))
+        checked.append(name)
+    assert len(checked) == 10, checked
+
+
+@pytest.mark.parametrize("device", ["cpu", "ref"])
+def test_eval_feeds_nhwc_batches(qtune, setup, device):
+    """`qtune eval` of the NHWC model over the 64 test images gives onnxruntime's loss and
+    top-1 on the same images (fed NHWC), on both backends; batches of 24 leave a last one of
+    16."""
+    ort = pytest.importorskip("onnxruntime")
+    d, m, model, data = setup
+    r = qtune("eval", model, "--data", str(d / "cifar"), "--batch", "24", "--device", device,
+              "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD)), "--json",
+              "--quiet")
+    r.check_ok()
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    pixels, labels = data["test_batch.bin"]
+    s = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    logits = s.run(None, {"input": nhwc(pixels).numpy()})[0].astype(np.float64)
+    z = logits - logits.max(axis=1, keepdims=True)
+    xent = np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(labels)), labels]
+    top1 = 100.0 * np.mean(logits.argmax(axis=1) == labels)
+    assert got["images"] == 64, got
+    assert abs(got["top1"] - top1) < 1e-9, (got["top1"], top1)
+    assert abs(got["loss"] - xent.mean()) <= 1e-4 * xent.mean(), (got["loss"], xent.mean())
+
+
+def test_nhwc_model_refuses_other_images(qtune, setup):
+    d, m, model, data = setup
+    r = qtune("eval", model, "--data", fashion_mnist(), "--preset", "fashion-mnist", "--quiet")
+    assert r.returncode == 1, r.describe()
+    assert "[N,32,32,3] (NHWC)" in r.stderr and "1x28x28" in r.stderr, r.stderr
