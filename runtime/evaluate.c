@@ -120,7 +120,7 @@ int qt_evaluate(struct qt_graph *g, struct qt_backend *b, const struct qt_datase
             rc = -1;
             break;
         }
-        const struct qt_tensor *out = qt_exec_output(x, 0);
+        const struct qt_tensor *out = qt_exec_logits(x); /* before a final Softmax */
         if (out->dtype != QT_F32 || out->shape.ndim != 2 || out->shape.d[0] != xt->shape.d[0]) {
             rc = qt_err(e, "the model's output is %s; eval needs [N, classes] logits",
                         qt_shape_str(g, &out->shape, s1, sizeof s1));

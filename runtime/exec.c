@@ -35,6 +35,7 @@ struct qt_exec {
     /* Training state. */
     int trained;            /* a training forward ran since the last backward */
     int dy_ready;           /* the output gradient of this step is in place */
+    int logits;             /* the value the loss reads (qt_exec_logits), kept like an output */
     char *need_grad;        /* per value: a gradient flows into it */
     struct qt_tensor *grad; /* per value: its gradient (data NULL when none this step) */
     int *gblk;              /* per value: pool block of the gradient, -1 for none */
@@ -86,6 +87,29 @@ static int pool_get(struct qt_exec *x, size_t bytes, int host)
  * stored values that exist when the head runs. Values between the head and the last post
  * live only inside the kernel. Steps run in head order; a value is released after the last
  * step reading it. Returns 0, or -1 when out of memory. */
+/* Whether value v outlives the run: a graph output or the logits. */
+static int kept(const struct qt_exec *x, int v)
+{
+    return (x->g->values[v].flags & QT_V_OUTPUT) || v == x->logits;
+}
+
+/* Graph output 0, or the input of the Softmax producing it when that Softmax normalizes the
+ * last axis of a rank-2 output [N, classes] (a classifier ending in Softmax). */
+static int logits_value(const struct qt_graph *g)
+{
+    const int out0 = g->noutputs > 0 ? g->outputs[0] : -1;
+    if (out0 < 0 || g->values[out0].shape.ndim != 2) return out0;
+    for (int i = 0; i < g->nnodes; i++) {
+        const struct qt_node *n = &g->nodes[i];
+        if (n->nout < 1 || n->out[0] != out0) continue;
+        if (n->op != QT_OP_SOFTMAX || n->nin != 1 || n->in[0] < 0) return out0;
+        /* rank 2: the default axis is the last from opset 13 on, 1 (also the last) before */
+        const int64_t axis = qt_node_int(n, "axis", -1);
+        return axis == -1 || axis == 1 ? n->in[0] : out0;
+    }
+    return out0;
+}
+
 static int plan_infer(struct qt_exec *x)
 {
     const struct qt_graph *g = x->g;
@@ -126,7 +150,7 @@ static int plan_infer(struct qt_exec *x)
             const struct qt_node *t = &g->nodes[last];
             if (t->nout != 1 || t->out[0] < 0) break;
             const int v = t->out[0];
-            if ((g->values[v].flags & QT_V_OUTPUT) || reads[v] != 1) break;
+            if (kept(x, v) || reads[v] != 1) break;
             const int m = reader[v];
             if (m <= last || x->head[m] != m || g->nodes[m].nout != 1 || g->nodes[m].out[0] < 0)
                 break;
@@ -146,7 +170,7 @@ static int plan_infer(struct qt_exec *x)
         }
     }
     for (int v = 0; v < nv; v++)
-        x->last_step[v] = (g->values[v].flags & QT_V_OUTPUT) ? nn : -1;
+        x->last_step[v] = kept(x, v) ? nn : -1;
     for (int i = 0; i < nn; i++)
         for (int k = 0; k < g->nodes[i].nin; k++) {
             const int v = g->nodes[i].in[k];
@@ -170,6 +194,7 @@ struct qt_exec *qt_exec_new(struct qt_graph *g, struct qt_backend *b, struct qt_
     }
     x->g = g;
     x->b = b;
+    x->logits = logits_value(g);
     x->val = calloc(g->nvalues + 1, sizeof *x->val);
     x->blk = malloc(sizeof(int) * (g->nvalues + 1));
     x->last_use = malloc(sizeof(int) * (g->nvalues + 1));
@@ -193,7 +218,7 @@ struct qt_exec *qt_exec_new(struct qt_graph *g, struct qt_backend *b, struct qt_
     for (int v = 0; v < g->nvalues; v++) {
         x->blk[v] = -1;
         x->last_use[v] = -1;
-        if (g->values[v].flags & QT_V_OUTPUT) x->last_use[v] = g->nnodes; /* kept */
+        if (kept(x, v)) x->last_use[v] = g->nnodes;
     }
     for (int i = 0; i < g->nnodes; i++)
         for (int k = 0; k < g->nodes[i].nin; k++) {
@@ -724,7 +749,7 @@ static int run_step(struct qt_exec *x, int i, struct qt_error *e)
         const int v = last->out[k];
         if (v < 0) continue;
         x->layout[v] = outl[k];
-        if ((g->values[v].flags & QT_V_OUTPUT) && make_plain(x, v, e)) return -1;
+        if (kept(x, v) && make_plain(x, v, e)) return -1;
     }
     /* Values whose last reader was in this step. */
     for (int p = -1; p < np; p++) {
@@ -809,7 +834,7 @@ static void release_grad(struct qt_exec *x, int v)
 float *qt_exec_output_grad(struct qt_exec *x, struct qt_error *e)
 {
     struct qt_graph *g = x->g;
-    const int out0 = g->outputs[0];
+    const int out0 = x->logits;
     int acc;
     if (!x->trained) {
         qt_err(e, "the output gradient needs a training forward pass first");
@@ -830,7 +855,7 @@ int qt_exec_backward(struct qt_exec *x, const struct qt_tensor *dy, struct qt_er
 {
     struct qt_graph *g = x->g;
     if (!x->trained) return qt_err(e, "backward needs a training forward pass first");
-    const int out0 = g->outputs[0];
+    const int out0 = x->logits;
     if (dy) {
         if (!qt_shape_eq(&dy->shape, &x->val[out0].shape))
             return qt_err(e, "the output gradient's shape does not match output '%s'",
@@ -916,4 +941,9 @@ const struct qt_tensor *qt_exec_value(const struct qt_exec *x, int v)
 const struct qt_tensor *qt_exec_output(const struct qt_exec *x, int k)
 {
     return &x->val[x->g->outputs[k]];
+}
+
+const struct qt_tensor *qt_exec_logits(const struct qt_exec *x)
+{
+    return x->logits >= 0 ? &x->val[x->logits] : NULL;
 }

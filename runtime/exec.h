@@ -25,11 +25,16 @@ void qt_exec_set_mode(struct qt_exec *x, enum qt_exec_mode mode);
 /* Training forward: BatchNorm in batch-statistics mode (running statistics updated in backend
  * memory), every value kept for the backward pass. */
 int qt_exec_forward_train(struct qt_exec *x, const struct qt_tensor **inputs, struct qt_error *e);
-/* The gradient buffer of graph output 0 for this step (backend memory, the output's size),
- * after a training forward: fill it (the loss op writes it), then call qt_exec_backward with
- * dy NULL. */
+/* The logits: what a classifier's loss reads and training differentiates. Graph output 0,
+ * except when a Softmax over the last axis of a [N, classes] output 0 produces it (Keras
+ * models end so): then that Softmax's input. Inference still computes the graph's outputs
+ * as they are; the logits are kept (and plain) after every run like an output. */
+const struct qt_tensor *qt_exec_logits(const struct qt_exec *x);
+/* The gradient buffer of the logits for this step (backend memory, their size), after a
+ * training forward: fill it (the loss op writes it), then call qt_exec_backward with dy
+ * NULL. */
 float *qt_exec_output_grad(struct qt_exec *x, struct qt_error *e);
-/* Backward from dy, the gradient of graph output 0 (host memory; NULL: the buffer of
+/* Backward from dy, the gradient of the logits (host memory; NULL: the buffer of
  * qt_exec_output_grad, already filled), after a training forward. Afterwards qt_exec_grad
  * gives each parameter's gradient (QT_V_PARAM values). */
 int qt_exec_backward(struct qt_exec *x, const struct qt_tensor *dy, struct qt_error *e);

@@ -380,7 +380,7 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
                 rc = -1;
                 goto out;
             }
-            const struct qt_tensor *out = qt_exec_output(x, 0);
+            const struct qt_tensor *out = qt_exec_logits(x); /* before a final Softmax */
             if (out->shape.ndim != 2 || out->shape.d[0] != cnt || out->shape.d[1] < train->nclasses) {
                 rc = qt_err(e, "the model's output %s is not [N, classes>=%d] logits",
                             qt_shape_str(g, &out->shape, s1, sizeof s1), train->nclasses);

@@ -1,9 +1,10 @@
-"""A model that takes NHWC images (the layout of Keras models exported by tf2onnx: a leading
-Transpose to NCHW) and permutes its activations inside (a channel-mixing Linear applied in
-NHWC), exported by PyTorch: `qtune inspect` reports the NHWC input, qtune feeds the dataset's
-images in that layout, `qtune run` gives PyTorch's logits, and one SGD step gives PyTorch's
-loss and every parameter gradient (rel. 1e-4), the gradients flowing back through the
-Transposes. Evaluation of the trained model gives onnxruntime's top-1 on the same images."""
+"""A model shaped like a Keras model exported by tf2onnx: NHWC images read through a leading
+Transpose to NCHW, activations permuted inside (a channel-mixing Linear applied in NHWC), and
+a Softmax at the end; exported by PyTorch. `qtune inspect` reports the NHWC input, qtune feeds
+the dataset's images in that layout, `qtune run` gives PyTorch's probabilities, and one SGD
+step gives PyTorch's cross-entropy of the logits before the Softmax and every parameter
+gradient (rel. 1e-4 of a float64 reference), the gradients flowing back through the
+Transposes. `qtune eval` gives onnxruntime's top-1 and cross-entropy on the same images."""
 import copy
 import json
 
@@ -33,6 +34,9 @@ class NhwcNet(nn.Module):
         self.fc = nn.Linear(12, 10)
 
     def forward(self, x):
+        return F.softmax(self.logits(x), dim=1)
+
+    def logits(self, x):
         x = x.permute(0, 3, 1, 2)
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.mix(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -94,6 +98,7 @@ def test_nhwc_input_is_recognized_and_runs_as_pytorch(qtune, setup, tmp_path):
         want = m(x).numpy()
     got = np.load(str(tmp_path / "y.npy"))
     assert got.shape == want.shape == (16, 10)
+    assert np.allclose(got.sum(axis=1), 1.0, atol=1e-5), "run keeps the Softmax output"
     assert_close(got, want, REL, "qtune run vs PyTorch", scale=float(np.abs(want).max()))
 
 
@@ -113,7 +118,8 @@ def test_one_sgd_step_through_the_transposes(qtune, setup):
     t = copy.deepcopy(m).double()
     t.train()
     pixels, labels = data["data_batch_1.bin"]
-    loss = F.cross_entropy(t(nhwc(pixels).double()), torch.from_numpy(labels.astype(np.int64)))
+    loss = F.cross_entropy(t.logits(nhwc(pixels).double()),
+                           torch.from_numpy(labels.astype(np.int64)))
     loss.backward()
     assert abs(qt_loss - loss.item()) <= REL * abs(loss.item()), (qt_loss, loss.item())
     # qtune folds the Transpose PyTorch writes for the Linear's weight (MatMul reads W^T):
@@ -132,9 +138,10 @@ def test_one_sgd_step_through_the_transposes(qtune, setup):
 
 @pytest.mark.parametrize("device", ["cpu", "ref"])
 def test_eval_feeds_nhwc_batches(qtune, setup, device):
-    """`qtune eval` of the NHWC model over the 64 test images gives onnxruntime's loss and
-    top-1 on the same images (fed NHWC), on both backends; batches of 24 leave a last one of
-    16."""
+    """`qtune eval` of the NHWC model over the 64 test images gives onnxruntime's top-1 and
+    cross-entropy (-log of the probability of the label; qtune computes it from the logits
+    before the Softmax) on the same images fed NHWC, on both backends; batches of 24 leave a
+    last one of 16."""
     ort = pytest.importorskip("onnxruntime")
     d, m, model, data = setup
     r = qtune("eval", model, "--data", str(d / "cifar"), "--batch", "24", "--device", device,
@@ -144,10 +151,9 @@ def test_eval_feeds_nhwc_batches(qtune, setup, device):
     got = json.loads(r.stdout.strip().splitlines()[-1])
     pixels, labels = data["test_batch.bin"]
     s = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    logits = s.run(None, {"input": nhwc(pixels).numpy()})[0].astype(np.float64)
-    z = logits - logits.max(axis=1, keepdims=True)
-    xent = np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(labels)), labels]
-    top1 = 100.0 * np.mean(logits.argmax(axis=1) == labels)
+    prob = s.run(None, {"input": nhwc(pixels).numpy()})[0].astype(np.float64)
+    xent = -np.log(prob[np.arange(len(labels)), labels])
+    top1 = 100.0 * np.mean(prob.argmax(axis=1) == labels)
     assert got["images"] == 64, got
     assert abs(got["top1"] - top1) < 1e-9, (got["top1"], top1)
     assert abs(got["loss"] - xent.mean()) <= 1e-4 * xent.mean(), (got["loss"], xent.mean())
