@@ -390,6 +390,13 @@ static int cpu_backward(struct qt_backend *b, const struct qt_op_desc *d, const 
     case QT_K_TRANSPOSE:
         if (dx) transpose_backward_cpu(dx, dy, &d->u.tr, acc[0]);
         return 0;
+    case QT_K_SOFTMAX:
+        if (dx)
+            softmax_backward_cpu(dx, dy, out[0], d->u.ax.outer, d->u.ax.mid, d->u.ax.inner, acc[0]);
+        return 0;
+    case QT_K_REDUCE_MEAN:
+        if (dx) reduce_mean_backward_cpu(dx, dy, &d->u.red, acc[0]);
+        return 0;
     case QT_K_COPY:
         if (!dx) return 0;
         if (acc[0])

@@ -94,6 +94,11 @@ void binary_forward_cpu(float *y, const float *a, const float *b, enum qt_binop 
 void softmax_forward_cpu(float *y, const float *x, int64_t outer, int64_t axis, int64_t inner);
 /* Mean over the middle dimension of [outer, r, inner]. */
 void reduce_mean_forward_cpu(float *y, const float *x, int64_t outer, int64_t r, int64_t inner);
+/* Backward of Softmax (dx = y (dy - sum dy y) along the axis) and of a mean over the axes
+ * r->red marks (dx = dy / elements averaged); assign or, with acc, add. */
+void softmax_backward_cpu(float *dx, const float *dy, const float *y, int64_t outer, int64_t axis,
+                          int64_t inner, int acc);
+void reduce_mean_backward_cpu(float *dx, const float *dy, const struct qt_reduce_desc *r, int acc);
 
 /* Transpose (transpose.c): output dim k is input dim d->perm[k]. The backward permutes dy
  * back (assigns or, with acc, adds). */

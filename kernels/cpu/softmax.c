@@ -66,3 +66,23 @@ QT_CPU_CLONES void softmax_forward_cpu(float *y, const float *x, int64_t outer, 
         }
     }
 }
+
+/* dx_i = y_i (dy_i - sum_j dy_j y_j) along the axis, the sum in double. */
+QT_CPU_CLONES void softmax_backward_cpu(float *dx, const float *dy, const float *y, int64_t outer,
+                                        int64_t axis, int64_t inner, int acc)
+{
+#pragma omp parallel for schedule(static) if (outer * axis * inner > 32768)
+    for (int64_t o = 0; o < outer; o++)
+        for (int64_t j = 0; j < inner; j++) {
+            const int64_t base = o * axis * inner + j;
+            double dot = 0.0;
+            for (int64_t i = 0; i < axis; i++)
+                dot += (double)dy[base + i * inner] * y[base + i * inner];
+            const float d = (float)dot;
+            for (int64_t i = 0; i < axis; i++) {
+                const int64_t k = base + i * inner;
+                const float g = y[k] * (dy[k] - d);
+                dx[k] = acc ? dx[k] + g : g;
+            }
+        }
+}

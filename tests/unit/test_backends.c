@@ -405,7 +405,6 @@ static void softmax_case(struct cases *cs, int64_t outer, int64_t mid, int64_t i
     t->in_n[0] = t->out_n[0] = t->d.numel;
     t->gen[0] = G_WIDE;
     t->grad[0] = 1;
-    t->bwd_optional = 1;
 }
 
 static void reduce_case(struct cases *cs, int nd, const int64_t *shape, const char *red)
@@ -426,7 +425,6 @@ static void reduce_case(struct cases *cs, int nd, const int64_t *shape, const ch
     t->in_n[0] = total;
     t->out_n[0] = out;
     t->grad[0] = 1;
-    t->bwd_optional = 1;
 }
 
 /* A quantizer: weight (WeightQuant) or activation; int8 mode 0, 1 (max) or 2 (max |w|). */
