@@ -1078,6 +1078,8 @@ static const struct qt_op_schema schemas[] = {
     {QT_OP_SIGN, "Sign", 1, 1, 1, 1, 0, infer_unary_float, NULL},
     {QT_OP_SLICE, "Slice", 1, 5, 1, 1, 2u | 4u | 8u | 16u, infer_slice, NULL},
     {QT_OP_TRANSPOSE, "Transpose", 1, 1, 1, 1, 0, infer_transpose, NULL},
+    {QT_OP_SIGMOID, "Sigmoid", 1, 1, 1, 1, 0, infer_unary_float, NULL},
+    {QT_OP_LOGSOFTMAX, "LogSoftmax", 1, 1, 1, 1, 0, infer_softmax, NULL},
     {QT_OP_QUANTIZELINEAR, "QuantizeLinear", 2, 3, 1, 1, 0, infer_qdq, NULL},
     {QT_OP_DEQUANTIZELINEAR, "DequantizeLinear", 2, 3, 1, 1, 0, infer_qdq, NULL},
     {QT_OP_WEIGHTQUANT, "WeightQuant", 1, 2, 1, 1, 0, infer_quant, QT_DOMAIN},

@@ -196,6 +196,12 @@ static int cpu_forward(struct qt_backend *b, const struct qt_op_desc *d, const f
     case QT_K_TRANSPOSE:
         transpose_forward_cpu(y, x, &d->u.tr);
         return 0;
+    case QT_K_SIGMOID:
+        sigmoid_forward_cpu(y, x, d->numel);
+        return 0;
+    case QT_K_LOGSOFTMAX:
+        logsoftmax_forward_cpu(y, x, d->u.ax.outer, d->u.ax.mid, d->u.ax.inner);
+        return 0;
     default:
         return qt_err(e, "the CPU backend has no %s op", qt_opk_name(d->kind));
     }
@@ -396,6 +402,14 @@ static int cpu_backward(struct qt_backend *b, const struct qt_op_desc *d, const 
         return 0;
     case QT_K_REDUCE_MEAN:
         if (dx) reduce_mean_backward_cpu(dx, dy, &d->u.red, acc[0]);
+        return 0;
+    case QT_K_SIGMOID:
+        if (dx) sigmoid_backward_cpu(dx, dy, out[0], d->numel, acc[0]);
+        return 0;
+    case QT_K_LOGSOFTMAX:
+        if (dx)
+            logsoftmax_backward_cpu(dx, dy, out[0], d->u.ax.outer, d->u.ax.mid, d->u.ax.inner,
+                                    acc[0]);
         return 0;
     case QT_K_COPY:
         if (!dx) return 0;

@@ -201,6 +201,12 @@ static int forward_host(const struct qt_op_desc *d, float *const *in, float *con
     case QT_K_TRANSPOSE:
         transpose_forward_ref(y, x, &d->u.tr);
         return 0;
+    case QT_K_SIGMOID:
+        sigmoid_forward_ref(y, x, d->numel);
+        return 0;
+    case QT_K_LOGSOFTMAX:
+        logsoftmax_forward_ref(y, x, d->u.ax.outer, d->u.ax.mid, d->u.ax.inner);
+        return 0;
     case QT_K_BITQUANT:
         bitquant_forward_ref(y, x, in[1], in[2], d->u.bq.N, d->u.bq.n);
         return 0;
@@ -334,6 +340,14 @@ static int ref_backward(struct qt_backend *b, const struct qt_op_desc *d, const 
         return 0;
     case QT_K_TRANSPOSE:
         if (dx) transpose_backward_ref(dx, dy, &d->u.tr, acc[0]);
+        return 0;
+    case QT_K_SIGMOID:
+        if (dx) sigmoid_backward_ref(dx, dy, hout[0], d->numel, acc[0]);
+        return 0;
+    case QT_K_LOGSOFTMAX:
+        if (dx)
+            logsoftmax_backward_ref(dx, dy, hout[0], d->u.ax.outer, d->u.ax.mid, d->u.ax.inner,
+                                    acc[0]);
         return 0;
     case QT_K_BITQUANT:
         bitquant_backward_ref(dx, hdin[1], hdin[2], dy, x, hin[1], hin[2], d->u.bq.N, d->u.bq.n,

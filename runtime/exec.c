@@ -93,8 +93,8 @@ static int kept(const struct qt_exec *x, int v)
     return (x->g->values[v].flags & QT_V_OUTPUT) || v == x->logits;
 }
 
-/* Graph output 0, or the input of the Softmax producing it when that Softmax normalizes the
- * last axis of a rank-2 output [N, classes] (a classifier ending in Softmax). */
+/* Graph output 0, or the input of the Softmax or LogSoftmax producing it when that op
+ * normalizes the last axis of a rank-2 output [N, classes] (a classifier ending in one). */
 static int logits_value(const struct qt_graph *g)
 {
     const int out0 = g->noutputs > 0 ? g->outputs[0] : -1;
@@ -102,7 +102,8 @@ static int logits_value(const struct qt_graph *g)
     for (int i = 0; i < g->nnodes; i++) {
         const struct qt_node *n = &g->nodes[i];
         if (n->nout < 1 || n->out[0] != out0) continue;
-        if (n->op != QT_OP_SOFTMAX || n->nin != 1 || n->in[0] < 0) return out0;
+        if ((n->op != QT_OP_SOFTMAX && n->op != QT_OP_LOGSOFTMAX) || n->nin != 1 || n->in[0] < 0)
+            return out0;
         /* rank 2: the default axis is the last from opset 13 on, 1 (also the last) before */
         const int64_t axis = qt_node_int(n, "axis", -1);
         return axis == -1 || axis == 1 ? n->in[0] : out0;

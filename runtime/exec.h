@@ -26,8 +26,8 @@ void qt_exec_set_mode(struct qt_exec *x, enum qt_exec_mode mode);
  * memory), every value kept for the backward pass. */
 int qt_exec_forward_train(struct qt_exec *x, const struct qt_tensor **inputs, struct qt_error *e);
 /* The logits: what a classifier's loss reads and training differentiates. Graph output 0,
- * except when a Softmax over the last axis of a [N, classes] output 0 produces it (Keras
- * models end so): then that Softmax's input. Inference still computes the graph's outputs
+ * except when a Softmax or LogSoftmax over the last axis of a [N, classes] output 0 produces
+ * it (Keras models end in Softmax): then that op's input. Inference still computes the graph's outputs
  * as they are; the logits are kept (and plain) after every run like an output. */
 const struct qt_tensor *qt_exec_logits(const struct qt_exec *x);
 /* The gradient buffer of the logits for this step (backend memory, their size), after a

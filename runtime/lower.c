@@ -258,6 +258,9 @@ int qt_lower_node(struct qt_op_desc *d, const struct qt_graph *g, const struct q
     case QT_OP_RELU:
         d->kind = QT_K_RELU;
         return QT_LOWER_BACKEND;
+    case QT_OP_SIGMOID:
+        d->kind = QT_K_SIGMOID;
+        return QT_LOWER_BACKEND;
     case QT_OP_CLIP:
         d->kind = QT_K_CLIP;
         if (g->opset < 11) {
@@ -293,12 +296,14 @@ int qt_lower_node(struct qt_op_desc *d, const struct qt_graph *g, const struct q
         d->kind = QT_K_MATMUL;
         lower_matmul(&d->u.mm, xs, &in[1]->shape);
         return QT_LOWER_BACKEND;
-    case QT_OP_SOFTMAX: {
+    case QT_OP_SOFTMAX:
+    case QT_OP_LOGSOFTMAX: {
         const int r = xs->ndim;
         int64_t axis = qt_node_int(n, "axis", g->opset < 13 ? 1 : -1);
         if (axis < 0) axis += r;
         if (axis < 0 || axis >= r)
-            return qt_err(e, "Softmax node '%s': axis out of range for rank %d", n->name, r);
+            return qt_err(e, "%s node '%s': axis out of range for rank %d", qt_op_name(n->op),
+                          n->name, r);
         struct qt_axis_desc *a = &d->u.ax;
         a->outer = a->mid = a->inner = 1;
         for (int i = 0; i < axis; i++)
@@ -311,7 +316,7 @@ int qt_lower_node(struct qt_op_desc *d, const struct qt_graph *g, const struct q
             for (int i = (int)axis + 1; i < r; i++)
                 a->inner *= xs->d[i];
         }
-        d->kind = QT_K_SOFTMAX;
+        d->kind = n->op == QT_OP_SOFTMAX ? QT_K_SOFTMAX : QT_K_LOGSOFTMAX;
         return QT_LOWER_BACKEND;
     }
     case QT_OP_REDUCEMEAN:

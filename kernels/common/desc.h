@@ -30,6 +30,8 @@ enum qt_opk {
     QT_K_COPY,        /* in: x                     out: y = x (Reshape, Flatten, Squeeze, ...) */
     QT_K_BITQUANT,    /* in: p, n, s (bit planes)  out: w (kernels/common/bsq.h) */
     QT_K_TRANSPOSE,   /* in: x                     out: y (dims permuted) */
+    QT_K_SIGMOID,     /* in: x                     out: y */
+    QT_K_LOGSOFTMAX,  /* in: x                     out: y */
     QT_K_COUNT
 };
 
@@ -158,7 +160,7 @@ struct qt_op_desc {
         struct qt_gemm_desc gemm;
         struct qt_matmul_desc mm;
         struct qt_bn_desc bn;
-        struct qt_axis_desc ax; /* SOFTMAX, GAP (outer = n*c, mid = hw, inner = 1) */
+        struct qt_axis_desc ax; /* SOFTMAX, LOGSOFTMAX, GAP (outer = n*c, mid = hw, inner = 1) */
         struct qt_reduce_desc red;
         struct qt_quant_desc q;
         struct qt_bitq_desc bq;
@@ -215,7 +217,7 @@ static inline const char *qt_opk_name(enum qt_opk k)
         "none",        "conv",         "maxpool",   "avgpool", "global-avgpool", "batchnorm",
         "relu",        "clip",         "binary",    "gemm",    "matmul",         "softmax",
         "reduce-mean", "weight-quant", "act-quant", "copy",           "bit-quant",
-        "transpose"};
+        "transpose",   "sigmoid",      "log-softmax"};
     return (unsigned)k < QT_K_COUNT ? names[k] : "?";
 }
 

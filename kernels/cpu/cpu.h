@@ -99,6 +99,13 @@ void reduce_mean_forward_cpu(float *y, const float *x, int64_t outer, int64_t r,
 void softmax_backward_cpu(float *dx, const float *dy, const float *y, int64_t outer, int64_t axis,
                           int64_t inner, int acc);
 void reduce_mean_backward_cpu(float *dx, const float *dy, const struct qt_reduce_desc *r, int acc);
+/* Log-softmax over the same rows: y = x - log sum exp(x); backward dx = dy - exp(y) sum dy. */
+void logsoftmax_forward_cpu(float *y, const float *x, int64_t outer, int64_t axis, int64_t inner);
+void logsoftmax_backward_cpu(float *dx, const float *dy, const float *y, int64_t outer,
+                             int64_t axis, int64_t inner, int acc);
+/* Sigmoid y = 1 / (1 + exp(-x)); backward dx = dy y (1 - y) from the output. */
+void sigmoid_forward_cpu(float *y, const float *x, int64_t n);
+void sigmoid_backward_cpu(float *dx, const float *dy, const float *y, int64_t n, int acc);
 
 /* Transpose (transpose.c): output dim k is input dim d->perm[k]. The backward permutes dy
  * back (assigns or, with acc, adds). */

@@ -1,5 +1,7 @@
-/* Elementwise kernels on the CPU: ReLU, Clip, and the four arithmetic binary ops with
+/* Elementwise kernels on the CPU: ReLU, Sigmoid, Clip, and the four arithmetic binary ops with
  * NumPy-style broadcasting given by per-operand strides. */
+#include <math.h>
+
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/dispatch.h"
 
@@ -235,5 +237,22 @@ QT_CPU_CLONES void binary_backward_cpu(float *da, float *db, const float *dy, co
             if (++idx[k] < shape[k]) break;
             idx[k] = 0;
         }
+    }
+}
+
+QT_CPU_CLONES void sigmoid_forward_cpu(float *y, const float *x, int64_t n)
+{
+#pragma omp parallel for schedule(static) if (n > EW_PAR_MIN)
+    for (int64_t i = 0; i < n; i++)
+        y[i] = 1.0f / (1.0f + expf(-x[i]));
+}
+
+QT_CPU_CLONES void sigmoid_backward_cpu(float *dx, const float *dy, const float *y, int64_t n,
+                                        int acc)
+{
+#pragma omp parallel for simd schedule(static) if (n > EW_PAR_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        const float g = dy[i] * y[i] * (1.0f - y[i]);
+        dx[i] = acc ? dx[i] + g : g;
     }
 }

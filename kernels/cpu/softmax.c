@@ -1,5 +1,5 @@
-/* Softmax on the CPU over the middle dimension of [outer, axis, inner], computed stably
- * (the maximum is subtracted before exponentiation). */
+/* Softmax and log-softmax on the CPU over the middle dimension of [outer, axis, inner],
+ * computed stably (the maximum is subtracted before exponentiation), forward and backward. */
 #include <math.h>
 
 #include "kernels/cpu/cpu.h"
@@ -85,4 +85,46 @@ QT_CPU_CLONES void softmax_backward_cpu(float *dx, const float *dy, const float 
                 dx[k] = acc ? dx[k] + g : g;
             }
         }
+}
+
+/* Log-softmax: each row (o, j) of `axis` values `inner` apart, rows spread over the threads;
+ * y = x - (max + log sum exp(x - max)). */
+QT_CPU_CLONES void logsoftmax_forward_cpu(float *y, const float *x, int64_t outer, int64_t axis,
+                                          int64_t inner)
+{
+    if (axis <= 0) return;
+#pragma omp parallel for schedule(static) if (outer * axis * inner > 32768)
+    for (int64_t row = 0; row < outer * inner; row++) {
+        const int64_t start = (row / inner) * axis * inner + row % inner;
+        const float *xr = x + start;
+        float *yr = y + start;
+        float m = xr[0];
+        for (int64_t i = 1; i < axis; i++)
+            m = xr[i * inner] > m ? xr[i * inner] : m;
+        double s = 0.0;
+        for (int64_t i = 0; i < axis; i++)
+            s += expf(xr[i * inner] - m);
+        const float lse = m + (float)log(s);
+        for (int64_t i = 0; i < axis; i++)
+            yr[i * inner] = xr[i * inner] - lse;
+    }
+}
+
+/* dx = dy - exp(y) * (sum of dy over the row). */
+QT_CPU_CLONES void logsoftmax_backward_cpu(float *dx, const float *dy, const float *y,
+                                           int64_t outer, int64_t axis, int64_t inner, int acc)
+{
+#pragma omp parallel for schedule(static) if (outer * axis * inner > 32768)
+    for (int64_t row = 0; row < outer * inner; row++) {
+        const int64_t start = (row / inner) * axis * inner + row % inner;
+        double s = 0.0;
+        for (int64_t i = 0; i < axis; i++)
+            s += dy[start + i * inner];
+        const float sf = (float)s;
+        for (int64_t i = 0; i < axis; i++) {
+            const int64_t k = start + i * inner;
+            const float g = dy[k] - expf(y[k]) * sf;
+            dx[k] = acc ? dx[k] + g : g;
+        }
+    }
 }

@@ -1,5 +1,6 @@
-/* Reference elementwise ops, forward and backward: ReLU, Clip, the four broadcasting binary
- * arithmetic ops, and the copy of Reshape-like ops. */
+/* Reference elementwise ops, forward and backward: ReLU, Sigmoid, Clip, the four broadcasting
+ * binary arithmetic ops, and the copy of Reshape-like ops. */
+#include <math.h>
 #include <stdlib.h>
 
 #include "kernels/ref/ref.h"
@@ -151,4 +152,18 @@ void copy_backward_ref(float *dx, const float *dy, int64_t n, int acc)
 {
     for (int64_t i = 0; i < n; i++)
         put(&dx[i], dy[i], acc);
+}
+
+/* y = 1 / (1 + exp(-x)), in double. */
+void sigmoid_forward_ref(float *y, const float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        y[i] = (float)(1.0 / (1.0 + exp(-(double)x[i])));
+}
+
+/* dx = dy * y * (1 - y). */
+void sigmoid_backward_ref(float *dx, const float *dy, const float *y, int64_t n, int acc)
+{
+    for (int64_t i = 0; i < n; i++)
+        put(&dx[i], (float)((double)dy[i] * y[i] * (1.0 - y[i])), acc);
 }

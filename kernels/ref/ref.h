@@ -72,6 +72,9 @@ void batchnorm_backward_ref(float *dx, float *dscale, float *dbias, const float 
 /* y = max(x, 0); backward dx = dy where y > 0 (y: the forward's output), else 0. */
 void relu_forward_ref(float *y, const float *x, int64_t n);
 void relu_backward_ref(float *dx, const float *dy, const float *y, int64_t n, int acc);
+/* Sigmoid: y = 1 / (1 + exp(-x)); backward dx = dy y (1 - y) from the output y. */
+void sigmoid_forward_ref(float *y, const float *x, int64_t n);
+void sigmoid_backward_ref(float *dx, const float *dy, const float *y, int64_t n, int acc);
 /* y = min(max(x, lo), hi) (NaN stays NaN); backward dx = dy where lo <= x <= hi, else 0. */
 void clip_forward_ref(float *y, const float *x, float lo, float hi, int64_t n);
 void clip_backward_ref(float *dx, const float *dy, const float *x, float lo, float hi, int64_t n,
@@ -113,6 +116,11 @@ void matmul_backward_ref(float *da, float *db, const float *dy, const float *a, 
 void softmax_forward_ref(float *y, const float *x, int64_t outer, int64_t mid, int64_t inner);
 void softmax_backward_ref(float *dx, const float *dy, const float *y, int64_t outer, int64_t mid,
                           int64_t inner, int acc);
+/* Log-softmax over the same rows: y_i = x_i - log sum_j exp(x_j) (the maximum taken out
+ * first). Backward: dx_i = dy_i - exp(y_i) sum_j dy_j. */
+void logsoftmax_forward_ref(float *y, const float *x, int64_t outer, int64_t mid, int64_t inner);
+void logsoftmax_backward_ref(float *dx, const float *dy, const float *y, int64_t outer, int64_t mid,
+                             int64_t inner, int acc);
 /* Mean over the axes r->red marks of a tensor of dims r->shape (the output keeps those axes
  * with size 1; no axis marked: y = x). Backward: dx = dy / (elements averaged), broadcast
  * back over the reduced axes. */

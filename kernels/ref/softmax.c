@@ -1,5 +1,5 @@
-/* Reference softmax over one axis and mean over several axes, forward and backward; sums in
- * double. */
+/* Reference softmax and log-softmax over one axis and mean over several axes, forward and
+ * backward; sums in double. */
 #include <math.h>
 
 #include "kernels/ref/ref.h"
@@ -93,4 +93,42 @@ void reduce_mean_backward_ref(float *dx, const float *dy, const struct qt_reduce
             *e = acc ? *e + g : g;
         }
     }
+}
+
+/* y_i = x_i - max x - log sum_j exp(x_j - max x). */
+void logsoftmax_forward_ref(float *y, const float *x, int64_t outer, int64_t mid, int64_t inner)
+{
+    for (int64_t o = 0; o < outer; o++)
+        for (int64_t j = 0; j < inner; j++) {
+            const float *xr = x + o * mid * inner + j;
+            float *yr = y + o * mid * inner + j;
+            if (mid <= 0) continue;
+            double mx = xr[0];
+            for (int64_t i = 1; i < mid; i++)
+                if (xr[i * inner] > mx) mx = xr[i * inner];
+            double s = 0.0;
+            for (int64_t i = 0; i < mid; i++)
+                s += exp(xr[i * inner] - mx);
+            const double lse = mx + log(s);
+            for (int64_t i = 0; i < mid; i++)
+                yr[i * inner] = (float)(xr[i * inner] - lse);
+        }
+}
+
+/* dx_i = dy_i - exp(y_i) * sum_j dy_j (the softmax is exp(y)). */
+void logsoftmax_backward_ref(float *dx, const float *dy, const float *y, int64_t outer, int64_t mid,
+                             int64_t inner, int acc)
+{
+    for (int64_t o = 0; o < outer; o++)
+        for (int64_t j = 0; j < inner; j++) {
+            const int64_t base = o * mid * inner + j;
+            double s = 0.0;
+            for (int64_t i = 0; i < mid; i++)
+                s += dy[base + i * inner];
+            for (int64_t i = 0; i < mid; i++) {
+                const int64_t e = base + i * inner;
+                const float g = (float)(dy[e] - exp((double)y[e]) * s);
+                dx[e] = acc ? dx[e] + g : g;
+            }
+        }
 }

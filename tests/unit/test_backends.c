@@ -393,10 +393,12 @@ static void bn_case(struct cases *cs, int64_t n, int64_t c, int64_t hw, float ep
     t->train = !copy_stats; /* training refuses several outputs (checked separately) */
 }
 
-static void softmax_case(struct cases *cs, int64_t outer, int64_t mid, int64_t inner)
+static void softmax_case(struct cases *cs, enum qt_opk kind, int64_t outer, int64_t mid,
+                         int64_t inner)
 {
-    struct tcase *t = add_case(cs, QT_K_SOFTMAX, TOL_MEAN, TOL_MEAN, "softmax [%lld,%lld,%lld]",
-                               (long long)outer, (long long)mid, (long long)inner);
+    struct tcase *t = add_case(cs, kind, TOL_MEAN, TOL_MEAN, "%s [%lld,%lld,%lld]",
+                               qt_opk_name(kind), (long long)outer, (long long)mid,
+                               (long long)inner);
     t->d.u.ax.outer = outer;
     t->d.u.ax.mid = mid;
     t->d.u.ax.inner = inner;
@@ -1086,7 +1088,7 @@ QT_TEST(backends_relu_clip_copy)
     t->gen[2] = G_CLIPHI;
     unary_case(cs, QT_K_COPY, 1, TOL_EXACT, "one element");
     unary_case(cs, QT_K_COPY, 2311, TOL_EXACT, "reshape");
-    const int fail = run_cases("relu, clip, copy", cs, 107);
+    int fail = run_cases("relu, clip, copy", cs, 107);
     free(cs);
     return fail;
 }
@@ -1243,14 +1245,19 @@ static int ref_backward_fd(const struct cases *cs, uint64_t seed)
     return fail;
 }
 
-QT_TEST(backends_softmax_reduce)
+QT_TEST(backends_softmax_reduce_sigmoid)
 {
     struct cases *cs = calloc(1, sizeof *cs);
-    softmax_case(cs, 8, 10, 1);   /* logits: last axis */
-    softmax_case(cs, 1, 1000, 1); /* one long row */
-    softmax_case(cs, 3, 7, 5);    /* middle axis */
-    softmax_case(cs, 1, 6, 300);  /* outer axis (axis 0) over wide rows */
-    softmax_case(cs, 2, 1, 9);    /* axis of size 1 */
+    for (int k = 0; k < 2; k++) {
+        const enum qt_opk kind = k ? QT_K_LOGSOFTMAX : QT_K_SOFTMAX;
+        softmax_case(cs, kind, 8, 10, 1);   /* logits: last axis */
+        /* one long row (log-softmax: 300, as its outputs near -log 1000 carry float rounding
+         * that finite differences over 1000 of them cannot resolve to 5e-4) */
+        softmax_case(cs, kind, 1, k ? 300 : 1000, 1);
+        softmax_case(cs, kind, 3, 7, 5);    /* middle axis */
+        softmax_case(cs, kind, 1, 6, 300);  /* outer axis (axis 0) over wide rows */
+        softmax_case(cs, kind, 2, 1, 9);    /* axis of size 1 */
+    }
     const int64_t s4[] = {2, 3, 4, 5}, s3[] = {7, 1, 9}, s1[] = {31};
     reduce_case(cs, 4, s4, "0011"); /* spatial mean */
     reduce_case(cs, 4, s4, "0100");
@@ -1260,7 +1267,10 @@ QT_TEST(backends_softmax_reduce)
     reduce_case(cs, 3, s3, "101");
     reduce_case(cs, 3, s3, "010");
     reduce_case(cs, 1, s1, "1");
-    int fail = run_cases("softmax, reduce-mean", cs, 111);
+    unary_case(cs, QT_K_SIGMOID, 1, TOL_MEAN, "one element");
+    unary_case(cs, QT_K_SIGMOID, 4000, TOL_MEAN, "wide")->gen[0] = G_WIDE;
+    unary_case(cs, QT_K_SIGMOID, 301, TOL_MEAN, "coarse values with zeros")->gen[0] = G_COARSE;
+    int fail = run_cases("softmax, log-softmax, reduce-mean, sigmoid", cs, 111);
     fail |= ref_backward_fd(cs, 115);
     free(cs);
     return fail;
