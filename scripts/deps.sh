@@ -2,8 +2,8 @@
 # Installs what qtune's build and tests need on Debian 12 (run as root; safe to re-run;
 # clang with libFuzzer's runtime for scripts/fuzz.sh):
 # the Debian packages below (apt-get update only when one is missing), then the project's
-# .venv (Debian's python with system site packages, for torch/onnx/numpy) with onnxruntime
-# and pytest from PyPI.
+# .venv (Debian's python with system site packages, for torch/onnx/numpy) with onnxruntime,
+# pytest and timm (pinned: a version that takes Debian's torch) from PyPI.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,7 +15,7 @@ PACKAGES=(
     libonnx-testdata dataset-fashion-mnist qemu-user
     clang libclang-rt-dev libomp-dev
 )
-PIP_PACKAGES=(onnxruntime pytest)
+PIP_PACKAGES=(onnxruntime pytest timm==1.0.31)
 
 die() {
     echo "deps.sh: error: $*" >&2
@@ -66,7 +66,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$SYSPY" -m venv --system-site-packages "$VENV" || die "could not create $VENV"
 fi
 
-if "$VENV/bin/python" -c "import onnxruntime, pytest" 2>/dev/null; then
+if "$VENV/bin/python" -c "import onnxruntime, pytest, timm" 2>/dev/null; then
     echo "deps.sh: .venv has ${PIP_PACKAGES[*]}"
 else
     echo "deps.sh: pip install ${PIP_PACKAGES[*]} into $VENV"
@@ -79,7 +79,7 @@ else
     rm -f "$log"
 fi
 
-"$VENV/bin/python" -c "import torch, torchvision, onnx, numpy, onnxruntime, pytest" \
+"$VENV/bin/python" -c "import torch, torchvision, onnx, numpy, onnxruntime, pytest, timm" \
     || die "$VENV/bin/python cannot import every test dependency"
 
 # `deps.sh quant`: also .venv-quant, PyPI's onnx and onnxruntime without Debian's packages,

@@ -24,6 +24,22 @@ QT_CPU_CLONES void batchnorm_infer_forward_cpu(float *y, const float *x, const f
     }
 }
 
+/* The batch mean of channel ch of x [n, c, hw]: per-image float sums added in double. */
+static double channel_mean(const float *x, int64_t n, int64_t c, int64_t hw, int64_t ch)
+{
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        const float *xp = x + (i * c + ch) * hw;
+        float part = 0.0f;
+#pragma omp simd reduction(+ : part)
+        for (int64_t q = 0; q < hw; q++)
+            part += xp[q];
+        s += part;
+    }
+    const int64_t m = n * hw;
+    return m > 0 ? s / (double)m : 0.0;
+}
+
 /* Training forward over [n, c, hw]: batch mean and biased variance per channel (summed in
  * double), y = (x - mean) * invstd * scale + bias. save_mean/save_invstd receive the batch
  * statistics for backward; run_mean/run_var are updated in place with PyTorch's rule:
@@ -36,20 +52,11 @@ QT_CPU_CLONES void batchnorm_train_forward_cpu(float *y, float *save_mean, float
     const int64_t m = n * hw;
 #pragma omp parallel for schedule(static)
     for (int64_t ch = 0; ch < c; ch++) {
-        double s = 0.0;
-        for (int64_t i = 0; i < n; i++) {
-            const float *xp = x + (i * c + ch) * hw;
-            float part = 0.0f;
-#pragma omp simd reduction(+ : part)
-            for (int64_t q = 0; q < hw; q++)
-                part += xp[q];
-            s += part;
-        }
-        const double mean = m ? s / m : 0.0;
+        const double mean = channel_mean(x, n, c, hw, ch);
         double ss = 0.0;
+        const float mf = (float)mean;
         for (int64_t i = 0; i < n; i++) {
             const float *xp = x + (i * c + ch) * hw;
-            const float mf = (float)mean;
             float part = 0.0f;
 #pragma omp simd reduction(+ : part)
             for (int64_t q = 0; q < hw; q++)
@@ -63,13 +70,17 @@ QT_CPU_CLONES void batchnorm_train_forward_cpu(float *y, float *save_mean, float
         run_mean[ch] = (1.0f - momentum) * run_mean[ch] + momentum * (float)mean;
         const double unbiased = m > 1 ? var * m / (m - 1) : var;
         run_var[ch] = (1.0f - momentum) * run_var[ch] + momentum * (float)unbiased;
-        const float a = scale[ch] * invstd, b = bias[ch] - (float)mean * a;
+        /* Subtract before scaling: x * a + (bias - mean * a) cancels catastrophically where
+         * |mean| is large against the spread (a channel of nearly equal values in a batch of
+         * 1x1 images). The float mean's rounding error dm goes into the offset. */
+        const float dm = (float)(mean - (double)mf);
+        const float a = scale[ch] * invstd, b = bias[ch] - dm * a;
         for (int64_t i = 0; i < n; i++) {
             const float *xp = x + (i * c + ch) * hw;
             float *yp = y + (i * c + ch) * hw;
 #pragma omp simd
             for (int64_t q = 0; q < hw; q++)
-                yp[q] = xp[q] * a + b;
+                yp[q] = (xp[q] - mf) * a + b;
         }
     }
 }
