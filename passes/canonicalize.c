@@ -16,7 +16,8 @@ static int is_port(const struct qt_graph *g, int v)
     return (g->values[v].flags & (QT_V_INPUT | QT_V_OUTPUT)) != 0;
 }
 
-/* Identity and inference-mode Dropout forward their input. */
+/* Identity and inference-mode Dropout forward their input (an Identity of an initializer is
+ * replaced by a copy of it). */
 static void drop_passthrough(struct qt_graph *g)
 {
     for (int i = 0; i < g->nnodes; i++) {
@@ -36,6 +37,21 @@ static void drop_passthrough(struct qt_graph *g)
             for (int k = 0; k < pn->nout; k++)
                 if (pn->out[k] == x) pn->out[k] = y;
             g->values[y].producer = p;
+            n->dead = 1;
+            continue;
+        }
+        if (g->values[x].init && g->values[x].init->dtype == QT_F32) {
+            /* Identity of an initializer: PyTorch's exporter writes one for each parameter or
+             * buffer whose values equal another's (a fresh BatchNorm's weight and running
+             * variance are both ones). y becomes an initializer of its own, so that training
+             * updates them apart, as the exporting framework did. */
+            struct qt_tensor *c = qt_tensor_clone(g->values[x].init);
+            if (!c) continue; /* out of memory: the Identity stays and is computed */
+            g->values[y].init = c;
+            g->values[y].dtype = c->dtype;
+            g->values[y].shape = c->shape;
+            g->values[y].has_shape = 1;
+            g->values[y].producer = -1;
             n->dead = 1;
             continue;
         }
