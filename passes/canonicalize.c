@@ -1,6 +1,6 @@
 /* Canonicalization: Constant nodes become initializers, Identity and Dropout go, constant
  * subgraphs (shape computations included) are folded, a purely spatial zero Pad merges into
- * the following Conv or pool, activation quantizers written in standard operators by `qtune
+ * the following Conv or pool, per-channel constant Mul and Add after a Conv fold into it, activation quantizers written in standard operators by `qtune
  * export` become ActQuant nodes again (raise_quant.c), and the result is shape-checked. */
 #include <math.h>
 #include <stdio.h>
@@ -196,6 +196,97 @@ static int resolve_symbolic_reshapes(struct qt_graph *g, struct qt_error *e)
     return 0;
 }
 
+/* The per-output-channel factors of constant c read against a Conv output of rank r with k
+ * channels: c broadcasts as one value (numel 1) or one per channel (every dim 1 but the
+ * channel axis, right-aligned). Returns the stride between channels' values (0: one value
+ * for all), or -1 when c is not of that form. */
+static int64_t channel_stride(const struct qt_tensor *c, int r, int64_t k)
+{
+    if (!c || c->dtype != QT_F32 || c->shape.ndim > r) return -1;
+    const int64_t n = qt_shape_numel(&c->shape);
+    if (n == 1) return 0;
+    const int ax = 1 - (r - c->shape.ndim); /* the channel axis in c's dims */
+    if (ax < 0 || n != k || c->shape.d[ax] != k) return -1;
+    return 1;
+}
+
+/* Conv -> Mul by a per-channel constant and Conv -> Add of one (Keras BatchNorm as tf2onnx
+ * may write it: x * (gamma / sigma) + (beta - mu * gamma / sigma)) fold into the Conv's
+ * weight and bias, as BatchNormalization folds: the Conv then reads as a layer exported with
+ * BatchNorm folded (`finetune --folded`). */
+static void fold_channel_affine(struct qt_graph *g)
+{
+    for (int i = 0; i < g->nnodes; i++) {
+        struct qt_node *n = &g->nodes[i];
+        if (n->dead || (n->op != QT_OP_MUL && n->op != QT_OP_ADD) || n->nin != 2 || n->nout != 1)
+            continue;
+        for (int side = 0; side < 2; side++) {
+            const int y = n->in[side], cv = n->in[1 - side];
+            if (y < 0 || cv < 0 || !g->values[cv].init || g->values[y].init) continue;
+            const int ci = g->values[y].producer;
+            if (ci < 0 || is_port(g, y) || qt_graph_use_count(g, y) != 1) continue;
+            struct qt_node *conv = &g->nodes[ci];
+            if (conv->op != QT_OP_CONV || conv->nout != 1 || conv->nin < 2) continue;
+            const struct qt_tensor *w = g->values[conv->in[1]].init;
+            const int bv = conv->nin > 2 ? conv->in[2] : -1;
+            const struct qt_tensor *b = bv >= 0 ? g->values[bv].init : NULL;
+            if (!w || w->dtype != QT_F32 || w->shape.ndim < 3 || (bv >= 0 && !b)) continue;
+            const int64_t k = w->shape.d[0], per = qt_shape_numel(&w->shape) / (k ? k : 1);
+            if (k < 1 || (b && (b->dtype != QT_F32 || qt_shape_numel(&b->shape) != k))) continue;
+            /* the Conv output's rank: the weight's (k, c, spatial...) has the same */
+            const struct qt_tensor *c = g->values[cv].init;
+            const int64_t cs = channel_stride(c, w->shape.ndim, k);
+            if (cs < 0) continue;
+            if ((bv >= 0 && qt_graph_use_count(g, bv) != 1) ||
+                (n->op == QT_OP_MUL && qt_graph_use_count(g, conv->in[1]) != 1))
+                continue; /* weights shared with another node stay as they are */
+            const struct qt_shape bs = {1, {k}};
+            struct qt_tensor *nb = qt_tensor_new(QT_F32, &bs);
+            struct qt_tensor *nw = n->op == QT_OP_MUL ? qt_tensor_clone(w) : NULL;
+            if (!nb || (n->op == QT_OP_MUL && !nw)) {
+                qt_tensor_free(nb);
+                qt_tensor_free(nw);
+                return; /* out of memory: the graph stays as it is */
+            }
+            const float *cd = c->data;
+            for (int64_t j = 0; j < k; j++) {
+                const float f = cd[j * cs], bj = b ? ((const float *)b->data)[j] : 0.0f;
+                if (n->op == QT_OP_MUL) {
+                    for (int64_t q = 0; q < per; q++) ((float *)nw->data)[j * per + q] *= f;
+                    ((float *)nb->data)[j] = bj * f;
+                } else {
+                    ((float *)nb->data)[j] = bj + f;
+                }
+            }
+            char name[300];
+            if (nw) {
+                snprintf(name, sizeof name, "%s_scaled_w", conv->name);
+                const int wv = qt_graph_add_value_unique(g, name, QT_F32, &nw->shape);
+                g->values[wv].init = nw;
+                g->nodes[ci].in[1] = wv;
+            }
+            snprintf(name, sizeof name, "%s_%s_b", g->nodes[ci].name,
+                     n->op == QT_OP_MUL ? "scaled" : "shifted");
+            const int nbv = qt_graph_add_value_unique(g, name, QT_F32, &bs);
+            g->values[nbv].init = nb;
+            conv = &g->nodes[ci];
+            n = &g->nodes[i];
+            if (conv->nin < 3) {
+                int *grown = realloc(conv->in, sizeof(int) * 3);
+                if (!grown) return;
+                conv->in = grown;
+                conv->nin = 3;
+            }
+            conv->in[2] = nbv;
+            /* the Conv now writes the Mul's or Add's output */
+            conv->out[0] = n->out[0];
+            g->values[n->out[0]].producer = ci;
+            n->dead = 1;
+            break;
+        }
+    }
+}
+
 /* Pad(constant 0 on spatial dims) -> Conv, or Pad(-inf) -> MaxPool, or Pad(0) -> AveragePool
  * (which then counts the padding, as the Pad did). */
 static void merge_pads(struct qt_graph *g)
@@ -267,6 +358,7 @@ int qt_pass_canonicalize(struct qt_graph *g, struct qt_error *e)
     if (qt_graph_compact(g, e)) return -1;
     if (resolve_symbolic_reshapes(g, e)) return -1;
     merge_pads(g);
+    fold_channel_affine(g);
     if (qt_graph_compact(g, e)) return -1;
     if (qt_pass_raise_quant(g, NULL, e)) return -1;
     if (qt_graph_verify(g, e)) return -1;
