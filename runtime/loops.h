@@ -40,5 +40,14 @@ int qt_evaluate(struct qt_graph *g, struct qt_backend *b, const struct qt_datase
                 const float *mean, const float *std, int batch, int64_t limit,
                 qt_progress_fn progress, void *ctx, struct qt_eval_result *r, struct qt_error *e);
 
+/* Graph output 0 (as the model computes it: after a final Softmax, say) of the first `limit`
+ * samples of ds (all when 0), in the dataset's order, batched and normalized as qt_evaluate
+ * does: *y (host memory, the caller frees it) has one row per sample. *seconds gets the wall
+ * time. */
+int qt_predict(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
+               const float *mean, const float *std, int batch, int64_t limit,
+               qt_progress_fn progress, void *ctx, struct qt_tensor **y, double *seconds,
+               struct qt_error *e);
+
 
 #endif

@@ -68,6 +68,9 @@ void qt_dataset_free(struct qt_dataset *ds)
     if (ds->class_names)
         for (int i = 0; i < ds->nclasses; i++) free(ds->class_names[i]);
     free(ds->class_names);
+    if (ds->sample_names)
+        for (int i = 0; i < ds->n; i++) free(ds->sample_names[i]);
+    free(ds->sample_names);
     free(ds->pixels);
     free(ds->labels);
     memset(ds, 0, sizeof *ds);

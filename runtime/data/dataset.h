@@ -15,6 +15,7 @@ struct qt_dataset {
     uint8_t *pixels;     /* n * c * h * w */
     int32_t *labels;     /* n, each in [0, nclasses) */
     char **class_names;  /* nclasses names, or NULL when the format has none */
+    char **sample_names; /* n file or archive entry names (image folders), or NULL */
     char kind[32];       /* "idx", "cifar10", "cifar100", "imagefolder" */
 };
 

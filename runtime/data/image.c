@@ -307,6 +307,7 @@ void qt_imgset_free(struct qt_imgset *s)
     free(s->pend);
     free(s->pixels);
     free(s->labels);
+    qt_data_free_names(s->names, s->names ? s->n : 0);
     free(s->first);
     memset(s, 0, sizeof *s);
 }
@@ -446,12 +447,20 @@ int qt_imgset_flush(struct qt_imgset *s, struct qt_error *e)
             goto done;
         }
         s->labels = lb;
+        char **nm = realloc(s->names, sizeof *nm * (size_t)ncap);
+        if (!nm) {
+            rc = qt_err(e, "out of memory storing %d names", ncap);
+            goto done;
+        }
+        s->names = nm;
         s->cap = ncap;
     }
 #pragma omp parallel for schedule(static) if (np > 256)
     for (int i = 0; i < np; i++) {
         store_chw(s->pixels + (size_t)(s->n + i) * chw, &res[i].img, s->c);
         s->labels[s->n + i] = s->pend[i].label;
+        s->names[s->n + i] = s->pend[i].name; /* taken from the pending item */
+        s->pend[i].name = NULL;
     }
     s->n += np;
 

@@ -100,8 +100,10 @@ static int finish_dataset(struct qt_dataset *ds, struct qt_imgset *s, char **nam
     uint8_t *px = realloc(s->pixels, bytes);
     ds->pixels = px ? px : s->pixels;
     ds->labels = s->labels;
+    ds->sample_names = s->names;
     s->pixels = NULL;
     s->labels = NULL;
+    s->names = NULL;
     ds->class_names = names;
     ds->nclasses = nnames;
     snprintf(ds->kind, sizeof ds->kind, "%s", "imagefolder");

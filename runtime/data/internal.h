@@ -103,6 +103,7 @@ struct qt_imgset {
     int c, h, w;
     uint8_t *pixels;
     int32_t *labels;
+    char **names; /* n: each image's file or archive entry name */
     char *first; /* name of the first image, for size-mismatch messages */
     struct qt_imgset_item *pend;
     int npend, pend_cap;
