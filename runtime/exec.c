@@ -81,12 +81,6 @@ static int pool_get(struct qt_exec *x, size_t bytes, int host)
     return x->nblocks++;
 }
 
-/* ---- Inference plan ----
- * A step is a node (the head) plus the nodes the backend computes inside the head's kernel
- * (posts): each post is the only reader of the result before it, and its other inputs are
- * stored values that exist when the head runs. Values between the head and the last post
- * live only inside the kernel. Steps run in head order; a value is released after the last
- * step reading it. Returns 0, or -1 when out of memory. */
 /* Whether value v outlives the run: a graph output or the logits. */
 static int kept(const struct qt_exec *x, int v)
 {
@@ -111,6 +105,12 @@ static int logits_value(const struct qt_graph *g)
     return out0;
 }
 
+/* ---- Inference plan ----
+ * A step is a node (the head) plus the nodes the backend computes inside the head's kernel
+ * (posts): each post is the only reader of the result before it, and its other inputs are
+ * stored values that exist when the head runs. Values between the head and the last post
+ * live only inside the kernel. Steps run in head order; a value is released after the last
+ * step reading it. Returns 0, or -1 when out of memory. */
 static int plan_infer(struct qt_exec *x)
 {
     const struct qt_graph *g = x->g;
