@@ -61,6 +61,31 @@ def fashion_mnist():
     return datasets.FASHION_DIR
 
 
+def torch_grads(model, loss_fn):
+    """Each parameter's gradient of loss_fn(copy of model) in float64 and in float32 (the
+    copies in training mode): ({name: float64 array}, {name: float64 array}, float64 loss)."""
+    import copy
+    import torch
+    out, loss64 = [], None
+    for dt in (torch.float64, torch.float32):
+        t = copy.deepcopy(model).to(dt)
+        t.train()
+        loss = loss_fn(t, dt)
+        loss.backward()
+        out.append({k: p.grad.double().numpy() for k, p in t.named_parameters()})
+        loss64 = loss.item() if loss64 is None else loss64
+    return out[0], out[1], loss64
+
+
+def assert_grad_close(got, want64, want32, rtol, what):
+    """A gradient against PyTorch's in float64: within rtol of its largest element, or, where
+    PyTorch's own float32 gradient is further than that from float64 (sums of many terms that
+    cancel), within 4 times PyTorch's float32 error."""
+    scale = float(np.max(np.abs(want64))) if want64.size else 0.0
+    torch_err = float(np.max(np.abs(want32 - want64))) if want64.size else 0.0
+    assert_close(got, want64, 0.0, what, atol=max(rtol * scale, 4 * torch_err))
+
+
 def assert_close(got, want, rtol, what="", atol=0.0, scale=None):
     """got matches want: the same shape, both finite, and max |got - want| <= atol + rtol *
     scale (scale defaults to max |want|). NaN or Inf anywhere fails; so does a broadcastable

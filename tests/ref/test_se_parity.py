@@ -2,7 +2,7 @@
 Sigmoid, and a broadcast Mul rescaling the channels) in a small classifier ending in
 LogSoftmax, exported by PyTorch: `qtune run` gives PyTorch's outputs, and one SGD step gives
 PyTorch's cross-entropy (the NLL of the LogSoftmax, computed by qtune from the logits before
-it) and every parameter gradient (rel. 1e-4 of a float64 reference), through ReduceMean,
+it) and every parameter gradient (conftest.assert_grad_close), through ReduceMean,
 Sigmoid and the broadcast Mul, on the cpu and ref backends."""
 import copy
 import json
@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import models
-from conftest import assert_close
+from conftest import assert_close, assert_grad_close, torch_grads
 from test_train_parity import KINK, MEAN, STD, initializers, make_cifar, normalized, write_cifar
 
 REL = 1e-4
@@ -110,17 +110,13 @@ def test_one_sgd_step(qtune, setup, device):
     with open(str(d / ("step1.%s.log.jsonl" % device))) as f:
         qt_loss = json.loads(f.readline())["train_loss"]
     p0, p1 = initializers(model), initializers(out)
-    t = copy.deepcopy(m).double()
-    t.train()
     pixels, labels = data["data_batch_1.bin"]
-    loss = F.nll_loss(t(normalized(pixels).double()), torch.from_numpy(labels.astype(np.int64)))
-    loss.backward()
-    assert abs(qt_loss - loss.item()) <= REL * abs(loss.item()), (qt_loss, loss.item())
+    y = torch.from_numpy(labels.astype(np.int64))
+    g64, g32, loss64 = torch_grads(m, lambda t, dt: F.nll_loss(t(normalized(pixels).to(dt)), y))
+    assert abs(qt_loss - loss64) <= REL * abs(loss64), (qt_loss, loss64)
     checked = []
-    for name, p in t.named_parameters():
+    for name, want in g64.items():
         grad = p0[name].astype(np.float64) - p1[name].astype(np.float64)
-        want = p.grad.numpy()
-        assert grad.shape == want.shape, (name, grad.shape, want.shape)
-        assert_close(grad, want, REL, "gradient of " + name, scale=float(np.abs(want).max()))
+        assert_grad_close(grad, want, g32[name], REL, "gradient of " + name)
         checked.append(name)
     assert len(checked) == 12, checked
