@@ -15,6 +15,21 @@ static double now(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* Whether node n turns the NHWC value v into NCHW: a Transpose with perm (0, 3, 1, 2), or,
+ * for one channel (where both layouts have the same memory; tf2onnx writes it so), a Reshape
+ * from [N, H, W, 1] to [N, 1, H, W]. */
+static int nhwc_to_nchw(const struct qt_graph *g, const struct qt_node *n, int v)
+{
+    int64_t p[4];
+    if (n->op == QT_OP_TRANSPOSE)
+        return n->nin == 1 && qt_node_ints(n, "perm", p, 4) == 4 && p[0] == 0 && p[1] == 3 &&
+               p[2] == 1 && p[3] == 2;
+    if (n->op != QT_OP_RESHAPE || n->in[0] != v || n->nout < 1) return 0;
+    const struct qt_shape *in = &g->values[v].shape, *out = &g->values[n->out[0]].shape;
+    return in->d[3] == 1 && out->ndim == 4 && out->d[1] == 1 && in->d[1] > 0 && in->d[2] > 0 &&
+           out->d[2] == in->d[1] && out->d[3] == in->d[2];
+}
+
 enum qt_image_layout qt_image_layout(const struct qt_graph *g)
 {
     if (g->ninputs != 1) return QT_IMAGE_NCHW;
@@ -26,10 +41,7 @@ enum qt_image_layout qt_image_layout(const struct qt_graph *g)
         int reads = 0;
         for (int k = 0; k < n->nin; k++) reads |= n->in[k] == v;
         if (!reads) continue;
-        int64_t p[4];
-        if (n->op != QT_OP_TRANSPOSE || n->nin != 1 || qt_node_ints(n, "perm", p, 4) != 4 ||
-            p[0] != 0 || p[1] != 3 || p[2] != 1 || p[3] != 2)
-            return QT_IMAGE_NCHW;
+        if (!nhwc_to_nchw(g, n, v)) return QT_IMAGE_NCHW;
         readers++;
     }
     return readers ? QT_IMAGE_NHWC : QT_IMAGE_NCHW;

@@ -3,7 +3,8 @@
 # clang with libFuzzer's runtime for scripts/fuzz.sh):
 # the Debian packages below (apt-get update only when one is missing), then the project's
 # .venv (Debian's python with system site packages, for torch/onnx/numpy) with onnxruntime,
-# pytest and timm (pinned: a version that takes Debian's torch) from PyPI.
+# pytest and timm (pinned: a version that takes Debian's torch) from PyPI, and .venv-tf
+# (TensorFlow and tf2onnx, below).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -81,6 +82,25 @@ fi
 
 "$VENV/bin/python" -c "import torch, torchvision, onnx, numpy, onnxruntime, pytest, timm" \
     || die "$VENV/bin/python cannot import every test dependency"
+
+# .venv-tf: TensorFlow's side of the Keras tests (tests/ref/keras_models.py builds Keras
+# models and converts them with tf2onnx): PyPI's tensorflow-cpu and tf2onnx in an environment
+# of their own, since they need a newer numpy and protobuf than Debian's torch and onnx.
+TVENV="$REPO/.venv-tf"
+TPIP=(tensorflow-cpu==2.21.0 tf2onnx==1.17.0)
+if ! TF_CPP_MIN_LOG_LEVEL=3 "$TVENV/bin/python" -c "import tensorflow, tf2onnx" 2>/dev/null; then
+    [ -x "$TVENV/bin/python" ] || "$SYSPY" -m venv "$TVENV" || die "could not create $TVENV"
+    echo "deps.sh: pip install ${TPIP[*]} into $TVENV"
+    log=$(mktemp)
+    if ! "$TVENV/bin/pip" install -q --disable-pip-version-check "${TPIP[@]}" >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        rm -f "$log"
+        die "pip install ${TPIP[*]} into $TVENV failed (PyPI reachable?)"
+    fi
+    rm -f "$log"
+    TF_CPP_MIN_LOG_LEVEL=3 "$TVENV/bin/python" -c "import tensorflow, tf2onnx" 2>/dev/null \
+        || die "$TVENV/bin/python cannot import tensorflow and tf2onnx"
+fi
 
 # `deps.sh quant`: also .venv-quant, PyPI's onnx and onnxruntime without Debian's packages,
 # for onnxruntime's quantization tools (they need a newer onnx than Debian's), which

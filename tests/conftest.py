@@ -61,6 +61,22 @@ def fashion_mnist():
     return datasets.FASHION_DIR
 
 
+def tf_python():
+    """The Python of the TensorFlow environment (env QT_TF_PYTHON, default .venv-tf, made by
+    scripts/deps.sh with PyPI's tensorflow-cpu and tf2onnx); skips the test when it cannot
+    import both, or fails it when CI=true."""
+    py = os.environ.get("QT_TF_PYTHON") or os.path.join(REPO, ".venv-tf", "bin", "python")
+    ok = os.path.exists(py) and subprocess.run(
+        [py, "-c", "import tensorflow, tf2onnx"], capture_output=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")).returncode == 0
+    if not ok:
+        msg = "no TensorFlow environment at %s (scripts/deps.sh makes it)" % py
+        if _in_ci():
+            pytest.fail(msg + " [CI=true: it is required]")
+        pytest.skip(msg)
+    return py
+
+
 def torch_grads(model, loss_fn):
     """Each parameter's gradient of loss_fn(copy of model) in float64 and in float32 (the
     copies in training mode): ({name: float64 array}, {name: float64 array}, float64 loss)."""
