@@ -151,3 +151,28 @@ int cli_normalization(const char *cmd, const struct qt_graph *g, const char *mod
         if (!(std[c] > 0)) return cli_fail("%s: std values must be positive", cmd);
     return 0;
 }
+
+void cli_check_limit(const char *cmd, const char *opt, const struct qt_dataset *ds,
+                     const char *split, long limit)
+{
+    if (limit <= 0 || limit >= ds->n || ds->nclasses <= 0) return;
+    unsigned char *seen = calloc((size_t)ds->nclasses, 1);
+    if (!seen) return;
+    int kept = 0, all = 0;
+    for (int i = 0; i < ds->n; i++) { /* bit 1: among the first `limit`; bit 2: anywhere */
+        const int c = ds->labels[i];
+        if (c < 0 || c >= ds->nclasses) continue;
+        const unsigned char bit = i < limit ? 3 : 2;
+        kept += (bit & 1) && !(seen[c] & 1);
+        all += !(seen[c] & 2);
+        seen[c] |= bit;
+    }
+    free(seen);
+    if (kept < all)
+        fprintf(stderr, "qtune: warning: %s: %s %ld keeps the first %ld of the %d %s samples, "
+                        "which hold %d of its %d classes (%s)\n",
+                cmd, opt, limit, limit, ds->n, split, kept, all,
+                strcmp(ds->kind, "imagefolder") == 0
+                    ? "an image folder lists its images class by class"
+                    : "the file lists its samples in that order");
+}

@@ -45,6 +45,13 @@ void cli_progress_end(struct cli_progress *p);
  * normalization of --preset or --mean/--std (else the model's own), on `device`; prints
  * errors prefixed with cmd. Writes the result to r and the backend's name to device_name
  * (may be NULL). Returns the exit status. */
+/* Warns when a limit (the first `limit` samples of split `split`, given by option opt) leaves
+ * out some of the classes the split holds, as it does on image folders, which list their
+ * images class by class. */
+struct qt_dataset;
+void cli_check_limit(const char *cmd, const char *opt, const struct qt_dataset *ds,
+                     const char *split, long limit);
+
 struct qt_eval_result;
 int cli_evaluate(const char *cmd, const char *path, const char *data, const char *split,
                  const char *preset, const char *mean_s, const char *std_s, long batch,

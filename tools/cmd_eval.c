@@ -43,6 +43,7 @@ int cli_evaluate(const char *cmd, const char *path, const char *data, const char
     }
     float mean[4], std[4];
     if ((rc = cli_normalization(cmd, g, path, preset, mean_s, std_s, ds.c, mean, std))) goto out;
+    cli_check_limit(cmd, "--limit", &ds, split, limit);
     if (!(b = qt_backend_new(device, (int)threads, &e))) {
         rc = cli_fail("%s: %s", cmd, e.msg);
         goto out;

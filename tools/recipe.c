@@ -221,6 +221,8 @@ int recipe_load_data(const struct recipe *r, struct qt_graph *g, const char *mod
     if (qt_check_image_model(g, &d->train, &e) ||
         qt_check_normalization(d->mean, d->std, d->train.c, &e))
         return cli_fail("%s", e.msg);
+    cli_check_limit(r->cmd, "--train-limit", &d->train, "train", (long)r->train_limit);
+    cli_check_limit(r->cmd, "--test-limit", &d->test, "test", (long)r->test_limit);
     /* The normalization travels with the model. */
     int k = 0;
     for (int c = 0; c < d->train.c; c++)
