@@ -62,59 +62,46 @@ SYSPY=/usr/bin/python3
 "$SYSPY" -c "import torch, torchvision, onnx, numpy" 2>/dev/null \
     || die "$SYSPY cannot import torch, torchvision, onnx and numpy"
 
-if [ ! -x "$VENV/bin/python" ]; then
-    echo "deps.sh: creating $VENV"
-    "$SYSPY" -m venv --system-site-packages "$VENV" || die "could not create $VENV"
-fi
-
-if "$VENV/bin/python" -c "import onnxruntime, pytest, timm" 2>/dev/null; then
-    echo "deps.sh: .venv has ${PIP_PACKAGES[*]}"
-else
-    echo "deps.sh: pip install ${PIP_PACKAGES[*]} into $VENV"
+# venv_with DIR "IMPORTS" VENV_ARGS PACKAGES...: makes the virtual environment DIR (python -m
+# venv VENV_ARGS) unless it exists, and pip-installs PACKAGES into it unless it can already
+# import the comma-separated modules IMPORTS; fails unless it can import them afterwards.
+venv_with() {
+    local dir=$1 imports=$2 venv_args=$3 log
+    shift 3
+    if TF_CPP_MIN_LOG_LEVEL=3 "$dir/bin/python" -c "import $imports" 2>/dev/null; then
+        echo "deps.sh: $(basename "$dir") has $*"
+        return
+    fi
+    if [ ! -x "$dir/bin/python" ]; then
+        echo "deps.sh: creating $dir"
+        # shellcheck disable=SC2086
+        "$SYSPY" -m venv $venv_args "$dir" || die "could not create $dir"
+    fi
+    echo "deps.sh: pip install $* into $dir"
     log=$(mktemp)
-    if ! "$VENV/bin/pip" install -q --disable-pip-version-check "${PIP_PACKAGES[@]}" >"$log" 2>&1; then
+    if ! "$dir/bin/pip" install -q --disable-pip-version-check "$@" >"$log" 2>&1; then
         tail -n 30 "$log" >&2
         rm -f "$log"
-        die "pip install ${PIP_PACKAGES[*]} failed (PyPI reachable?)"
+        die "pip install $* into $dir failed (PyPI reachable?)"
     fi
     rm -f "$log"
-fi
+    TF_CPP_MIN_LOG_LEVEL=3 "$dir/bin/python" -c "import $imports" 2>/dev/null \
+        || die "$dir/bin/python cannot import $imports"
+}
 
-"$VENV/bin/python" -c "import torch, torchvision, onnx, numpy, onnxruntime, pytest, timm" \
-    || die "$VENV/bin/python cannot import every test dependency"
+venv_with "$VENV" "torch, torchvision, onnx, numpy, onnxruntime, pytest, timm" \
+    --system-site-packages "${PIP_PACKAGES[@]}"
 
 # .venv-tf: TensorFlow's side of the Keras tests (tests/ref/keras_models.py builds Keras
 # models and converts them with tf2onnx): PyPI's tensorflow-cpu and tf2onnx in an environment
 # of their own, since they need a newer numpy and protobuf than Debian's torch and onnx.
-TVENV="$REPO/.venv-tf"
-TPIP=(tensorflow-cpu==2.21.0 tf2onnx==1.17.0)
-if ! TF_CPP_MIN_LOG_LEVEL=3 "$TVENV/bin/python" -c "import tensorflow, tf2onnx" 2>/dev/null; then
-    [ -x "$TVENV/bin/python" ] || "$SYSPY" -m venv "$TVENV" || die "could not create $TVENV"
-    echo "deps.sh: pip install ${TPIP[*]} into $TVENV"
-    log=$(mktemp)
-    if ! "$TVENV/bin/pip" install -q --disable-pip-version-check "${TPIP[@]}" >"$log" 2>&1; then
-        tail -n 30 "$log" >&2
-        rm -f "$log"
-        die "pip install ${TPIP[*]} into $TVENV failed (PyPI reachable?)"
-    fi
-    rm -f "$log"
-    TF_CPP_MIN_LOG_LEVEL=3 "$TVENV/bin/python" -c "import tensorflow, tf2onnx" 2>/dev/null \
-        || die "$TVENV/bin/python cannot import tensorflow and tf2onnx"
-fi
+venv_with "$REPO/.venv-tf" "tensorflow, tf2onnx" "" tensorflow-cpu==2.21.0 tf2onnx==1.17.0
 
 # `deps.sh quant`: also .venv-quant, PyPI's onnx and onnxruntime without Debian's packages,
 # for onnxruntime's quantization tools (they need a newer onnx than Debian's), which
 # bench/ptq_vs_ort.py compares against.
 if [ "${1:-}" = quant ]; then
-    QVENV="$REPO/.venv-quant"
-    QPIP=(onnx onnxruntime numpy pillow ml_dtypes)
-    [ -x "$QVENV/bin/python" ] || "$SYSPY" -m venv "$QVENV" || die "could not create $QVENV"
-    if ! "$QVENV/bin/python" -c "import onnx, onnxruntime.quantization, numpy, PIL" 2>/dev/null; then
-        echo "deps.sh: pip install ${QPIP[*]} into $QVENV"
-        "$QVENV/bin/pip" install -q --disable-pip-version-check "${QPIP[@]}" \
-            || die "pip install ${QPIP[*]} into $QVENV failed (PyPI reachable?)"
-    fi
-    "$QVENV/bin/python" -c "import onnx, onnxruntime.quantization, numpy, PIL" \
-        || die "$QVENV/bin/python cannot import onnx, onnxruntime.quantization, numpy and PIL"
+    venv_with "$REPO/.venv-quant" "onnx, onnxruntime.quantization, numpy, PIL" "" \
+        onnx onnxruntime numpy pillow ml_dtypes
 fi
 echo "deps.sh: done"
