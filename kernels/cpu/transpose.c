@@ -48,43 +48,52 @@ static int64_t row_offset(int64_t row, const int64_t *size, const int64_t *strid
     return off;
 }
 
+/* The simplified walk of d: output rows of len elements, each a walk with input stride st. */
+struct walk {
+    int64_t size[QT_DESC_MAX_DIMS], stride[QT_DESC_MAX_DIMS];
+    int r;
+    int64_t len, st, rows;
+};
+
+static void walk_of(const struct qt_transpose_desc *d, struct walk *w)
+{
+    w->r = simplify(d, w->size, w->stride);
+    w->len = w->size[w->r - 1];
+    w->st = w->stride[w->r - 1];
+    w->rows = 1;
+    for (int k = 0; k < w->r - 1; k++)
+        w->rows *= w->size[k];
+}
+
 QT_CPU_CLONES void transpose_forward_cpu(float *y, const float *x, const struct qt_transpose_desc *d)
 {
-    int64_t size[QT_DESC_MAX_DIMS], stride[QT_DESC_MAX_DIMS];
-    const int r = simplify(d, size, stride);
-    const int64_t len = size[r - 1], st = stride[r - 1];
-    int64_t rows = 1;
-    for (int k = 0; k < r - 1; k++)
-        rows *= size[k];
-#pragma omp parallel for schedule(static) if (rows * len > TR_PAR_MIN)
-    for (int64_t row = 0; row < rows; row++) {
-        const float *src = x + row_offset(row, size, stride, r);
-        float *dst = y + row * len;
-        for (int64_t j = 0; j < len; j++)
-            dst[j] = src[j * st];
+    struct walk w;
+    walk_of(d, &w);
+#pragma omp parallel for schedule(static) if (w.rows * w.len > TR_PAR_MIN)
+    for (int64_t row = 0; row < w.rows; row++) {
+        const float *src = x + row_offset(row, w.size, w.stride, w.r);
+        float *dst = y + row * w.len;
+        for (int64_t j = 0; j < w.len; j++)
+            dst[j] = src[j * w.st];
     }
 }
 
 QT_CPU_CLONES void transpose_backward_cpu(float *dx, const float *dy,
                                           const struct qt_transpose_desc *d, int acc)
 {
-    int64_t size[QT_DESC_MAX_DIMS], stride[QT_DESC_MAX_DIMS];
-    const int r = simplify(d, size, stride);
-    const int64_t len = size[r - 1], st = stride[r - 1];
-    int64_t rows = 1;
-    for (int k = 0; k < r - 1; k++)
-        rows *= size[k];
+    struct walk w;
+    walk_of(d, &w);
     /* every input element is the image of exactly one output element: rows write disjoint
      * elements */
-#pragma omp parallel for schedule(static) if (rows * len > TR_PAR_MIN)
-    for (int64_t row = 0; row < rows; row++) {
-        float *dst = dx + row_offset(row, size, stride, r);
-        const float *src = dy + row * len;
+#pragma omp parallel for schedule(static) if (w.rows * w.len > TR_PAR_MIN)
+    for (int64_t row = 0; row < w.rows; row++) {
+        float *dst = dx + row_offset(row, w.size, w.stride, w.r);
+        const float *src = dy + row * w.len;
         if (acc)
-            for (int64_t j = 0; j < len; j++)
-                dst[j * st] += src[j];
+            for (int64_t j = 0; j < w.len; j++)
+                dst[j * w.st] += src[j];
         else
-            for (int64_t j = 0; j < len; j++)
-                dst[j * st] = src[j];
+            for (int64_t j = 0; j < w.len; j++)
+                dst[j * w.st] = src[j];
     }
 }

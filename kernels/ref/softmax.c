@@ -4,21 +4,29 @@
 
 #include "kernels/ref/ref.h"
 
-/* Element i of the softmax row (o, j) of [outer, mid, inner] sits at (o * mid + i) * inner + j. */
+/* Element i of the softmax row (o, j) of [outer, mid, inner] sits at (o * mid + i) * inner + j.
+ * Both forwards go through row_max_sum: the row's maximum (subtracted first so that exp
+ * cannot overflow) and the sum of exp(x_i - max). */
+static double row_max_sum(const float *xr, int64_t mid, int64_t inner, double *sum)
+{
+    double mx = xr[0];
+    for (int64_t i = 1; i < mid; i++)
+        if (xr[i * inner] > mx) mx = xr[i * inner];
+    double s = 0.0;
+    for (int64_t i = 0; i < mid; i++)
+        s += exp(xr[i * inner] - mx);
+    *sum = s;
+    return mx;
+}
+
 void softmax_forward_ref(float *y, const float *x, int64_t outer, int64_t mid, int64_t inner)
 {
-    for (int64_t o = 0; o < outer; o++)
+    for (int64_t o = 0; o < outer && mid > 0; o++)
         for (int64_t j = 0; j < inner; j++) {
             const float *xr = x + o * mid * inner + j;
             float *yr = y + o * mid * inner + j;
-            if (mid <= 0) continue;
-            /* The maximum is subtracted first so that exp cannot overflow. */
-            double mx = xr[0];
-            for (int64_t i = 1; i < mid; i++)
-                if (xr[i * inner] > mx) mx = xr[i * inner];
-            double s = 0.0;
-            for (int64_t i = 0; i < mid; i++)
-                s += exp(xr[i * inner] - mx);
+            double s;
+            const double mx = row_max_sum(xr, mid, inner, &s);
             for (int64_t i = 0; i < mid; i++)
                 yr[i * inner] = (float)(exp(xr[i * inner] - mx) / s);
         }
@@ -98,18 +106,12 @@ void reduce_mean_backward_ref(float *dx, const float *dy, const struct qt_reduce
 /* y_i = x_i - max x - log sum_j exp(x_j - max x). */
 void logsoftmax_forward_ref(float *y, const float *x, int64_t outer, int64_t mid, int64_t inner)
 {
-    for (int64_t o = 0; o < outer; o++)
+    for (int64_t o = 0; o < outer && mid > 0; o++)
         for (int64_t j = 0; j < inner; j++) {
             const float *xr = x + o * mid * inner + j;
             float *yr = y + o * mid * inner + j;
-            if (mid <= 0) continue;
-            double mx = xr[0];
-            for (int64_t i = 1; i < mid; i++)
-                if (xr[i * inner] > mx) mx = xr[i * inner];
-            double s = 0.0;
-            for (int64_t i = 0; i < mid; i++)
-                s += exp(xr[i * inner] - mx);
-            const double lse = mx + log(s);
+            double s;
+            const double lse = row_max_sum(xr, mid, inner, &s) + log(s);
             for (int64_t i = 0; i < mid; i++)
                 yr[i * inner] = (float)(xr[i * inner] - lse);
         }
