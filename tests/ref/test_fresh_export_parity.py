@@ -5,7 +5,6 @@ the same width shares them). qtune gives each its own tensor again, so one SGD s
 PyTorch's loss and every gradient (rel. 1e-4 of a float64 reference) and the running
 statistics move apart from the weights they were stored with."""
 import copy
-import json
 
 import numpy as np
 import onnx
@@ -14,8 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import parity
 from conftest import assert_close
-from test_train_parity import KINK, MEAN, STD, initializers, make_cifar, normalized, write_cifar
+from test_train_parity import make_cifar, normalized, write_cifar
 
 REL = 1e-4
 BATCH = 4
@@ -36,34 +36,16 @@ class Fresh(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
-def min_relu_input(m, x):
-    seen = []
-    hooks = [b.register_forward_hook(lambda mod, i, o: seen.append(o.detach().abs().min()))
-             for b in (m.bn1, m.bn2)]
-    m.train()
-    with torch.no_grad():
-        m(x)
-    for h in hooks:
-        h.remove()
-    return float(min(seen))
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("fresh")
     torch.manual_seed(5)
     m = Fresh().eval()
     model = str(d / "fresh.onnx")
-    torch.onnx.export(m, torch.zeros(BATCH, 3, 32, 32), model, opset_version=13,
-                      input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-                      training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
-    for seed in range(1000):
-        data = make_cifar(np.random.default_rng(seed), BATCH, BATCH)
-        if min_relu_input(copy.deepcopy(m), normalized(data["data_batch_1.bin"][0])) > KINK:
-            break
-    else:
-        pytest.fail("no batch without ReLU inputs near 0 found")
+    parity.export(m, model, (BATCH, 3, 32, 32), "logits")
+    data = parity.kink_free(m, lambda rng: make_cifar(rng, BATCH, BATCH),
+                            lambda data: normalized(data["data_batch_1.bin"][0]),
+                            lambda t: (t.bn1, t.bn2))
     write_cifar(str(d / "cifar"), data)
     return d, m, model, data
 
@@ -73,15 +55,7 @@ def test_one_sgd_step_keeps_deduplicated_tensors_apart(qtune, setup):
     g = onnx.load(model).graph
     shared = [n for n in g.node if n.op_type == "Identity"]
     assert shared, "the exporter no longer deduplicates equal tensors: this test checks nothing"
-    out = str(d / "step1.onnx")
-    r = qtune("train", model, "--data", str(d / "cifar"), "--batch", BATCH, "--train-limit", BATCH,
-              "--test-limit", BATCH, "--no-augment", "--schedule", "const", "--threads", "2",
-              "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD)), "--quiet",
-              "--epochs", "1", "--lr", "1", "--momentum", "0", "--wd", "0", "-o", out)
-    assert r.returncode == 0, r.describe()
-    with open(str(d / "step1.log.jsonl")) as f:
-        qt_loss = json.loads(f.readline())["train_loss"]
-    p1 = initializers(out)
+    qt_loss, p1 = parity.sgd_step(qtune, model, str(d / "cifar"), str(d / "step1.onnx"), BATCH)
     t = copy.deepcopy(m).double()
     t.train()
     pixels, labels = data["data_batch_1.bin"]

@@ -5,7 +5,6 @@ the dataset's images in that layout, `qtune run` gives PyTorch's probabilities, 
 step gives PyTorch's cross-entropy of the logits before the Softmax and every parameter
 gradient (conftest.assert_grad_close: 1e-4 of float64, or 4 times PyTorch's own float32
 error where sums cancel), the gradients flowing back through the Transposes. `qtune eval` gives onnxruntime's top-1 and cross-entropy on the same images."""
-import copy
 import json
 
 import numpy as np
@@ -15,8 +14,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import models
-from conftest import assert_close, assert_grad_close, torch_grads, fashion_mnist
-from test_train_parity import KINK, MEAN, STD, initializers, make_cifar, normalized, write_cifar
+import parity
+from conftest import assert_grad_close, torch_grads, fashion_mnist
+from test_train_parity import MEAN, STD, initializers, make_cifar, normalized, write_cifar
 
 REL = 1e-4
 BATCH = 4
@@ -44,19 +44,6 @@ class NhwcNet(nn.Module):
         return self.fc(x)
 
 
-def relu_inputs(m, x):
-    """The smallest |ReLU input| of a training-mode forward (see test_train_parity)."""
-    seen = []
-    hooks = [bn.register_forward_hook(lambda mod, i, o: seen.append(o.detach().abs().min()))
-             for bn in (m.bn1, m.bn2)]
-    m.train()
-    with torch.no_grad():
-        m(x)
-    for h in hooks:
-        h.remove()
-    return float(min(seen))
-
-
 def nhwc(pixels):
     return normalized(pixels).permute(0, 2, 3, 1).contiguous()
 
@@ -68,18 +55,15 @@ def setup(tmp_path_factory):
     m = NhwcNet()
     models.randomize_batchnorm(m, torch.Generator().manual_seed(8))
     model = str(d / "nhwc.onnx")
-    m.eval()
-    torch.onnx.export(m, torch.zeros(BATCH, 32, 32, 3), model, opset_version=13,
-                      input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-                      training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
-    for seed in range(1000):
-        data = make_cifar(np.random.default_rng(seed), BATCH, BATCH)
-        data["test_batch.bin"] = make_cifar(np.random.default_rng(seed + 5000), 1, 64)["test_batch.bin"]
-        if relu_inputs(copy.deepcopy(m), nhwc(data["data_batch_1.bin"][0])) > KINK:
-            break
-    else:
-        pytest.fail("no batch without ReLU inputs near 0 found")
+    parity.export(m, model, (BATCH, 32, 32, 3), "logits")
+
+    def make(rng):
+        data = make_cifar(rng, BATCH, BATCH)
+        data["test_batch.bin"] = make_cifar(rng, 1, 64)["test_batch.bin"]
+        return data
+
+    data = parity.kink_free(m, make, lambda data: nhwc(data["data_batch_1.bin"][0]),
+                            lambda t: (t.bn1, t.bn2))
     write_cifar(str(d / "cifar"), data)
     return d, m, model, data
 
@@ -89,29 +73,18 @@ def test_nhwc_input_is_recognized_and_runs_as_pytorch(qtune, setup, tmp_path):
     info = json.loads(qtune("inspect", model, "--json").check_ok().stdout)
     assert info["input_layout"] == "NHWC", info.get("input_layout")
     x = nhwc(data["test_batch.bin"][0][:16])
-    np.save(str(tmp_path / "x.npy"), x.numpy())
-    qtune("run", model, "--input", str(tmp_path / "x.npy"), "--output",
-          str(tmp_path / "y.npy")).check_ok()
     m.eval()
     with torch.no_grad():
         want = m(x).numpy()
-    got = np.load(str(tmp_path / "y.npy"))
-    assert got.shape == want.shape == (16, 10)
+    assert want.shape == (16, 10)
+    got = parity.run_matches(qtune, model, x, want, tmp_path, REL, "qtune run vs PyTorch")
     assert np.allclose(got.sum(axis=1), 1.0, atol=1e-5), "run keeps the Softmax output"
-    assert_close(got, want, REL, "qtune run vs PyTorch", scale=float(np.abs(want).max()))
 
 
 def test_one_sgd_step_through_the_transposes(qtune, setup):
     d, m, model, data = setup
-    out = str(d / "step1.onnx")
-    r = qtune("train", model, "--data", str(d / "cifar"), "--batch", BATCH, "--train-limit", BATCH,
-              "--test-limit", BATCH, "--no-augment", "--schedule", "const", "--threads", "2",
-              "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD)), "--quiet",
-              "--epochs", "1", "--lr", "1", "--momentum", "0", "--wd", "0", "-o", out)
-    assert r.returncode == 0, r.describe()
-    with open(str(d / "step1.log.jsonl")) as f:
-        qt_loss = json.loads(f.readline())["train_loss"]
-    p0, p1 = initializers(model), initializers(out)
+    qt_loss, p1 = parity.sgd_step(qtune, model, str(d / "cifar"), str(d / "step1.onnx"), BATCH)
+    p0 = initializers(model)
     pixels, labels = data["data_batch_1.bin"]
     y = torch.from_numpy(labels.astype(np.int64))
     g64, g32, loss64 = torch_grads(m, lambda t, dt: F.cross_entropy(t.logits(nhwc(pixels).to(dt)), y))

@@ -4,9 +4,6 @@ LogSoftmax, exported by PyTorch: `qtune run` gives PyTorch's outputs, and one SG
 PyTorch's cross-entropy (the NLL of the LogSoftmax, computed by qtune from the logits before
 it) and every parameter gradient (conftest.assert_grad_close), through ReduceMean,
 Sigmoid and the broadcast Mul, on the cpu and ref backends."""
-import copy
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -14,8 +11,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import models
-from conftest import assert_close, assert_grad_close, torch_grads
-from test_train_parity import KINK, MEAN, STD, initializers, make_cifar, normalized, write_cifar
+import parity
+from conftest import assert_grad_close, torch_grads
+from test_train_parity import initializers, make_cifar, normalized, write_cifar
 
 REL = 1e-4
 BATCH = 4
@@ -44,20 +42,6 @@ class SeNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
-def min_relu_input(m, x):
-    """The smallest |ReLU input| of a training-mode forward (see test_train_parity)."""
-    seen = []
-    mods = (m.bn1, m.se_reduce, m.bn2)
-    hooks = [k.register_forward_hook(lambda mod, i, o: seen.append(o.detach().abs().min()))
-             for k in mods]
-    m.train()
-    with torch.no_grad():
-        m(x)
-    for h in hooks:
-        h.remove()
-    return float(min(seen))
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("se")
@@ -65,17 +49,10 @@ def setup(tmp_path_factory):
     m = SeNet()
     models.randomize_batchnorm(m, torch.Generator().manual_seed(12))
     model = str(d / "se.onnx")
-    m.eval()
-    torch.onnx.export(m, torch.zeros(BATCH, 3, 32, 32), model, opset_version=13,
-                      input_names=["input"], output_names=["logprob"],
-                      dynamic_axes={"input": {0: "N"}, "logprob": {0: "N"}},
-                      training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
-    for seed in range(1000):
-        data = make_cifar(np.random.default_rng(seed), BATCH, BATCH)
-        if min_relu_input(copy.deepcopy(m), normalized(data["data_batch_1.bin"][0])) > KINK:
-            break
-    else:
-        pytest.fail("no batch without ReLU inputs near 0 found")
+    parity.export(m, model, (BATCH, 3, 32, 32), "logprob")
+    data = parity.kink_free(m, lambda rng: make_cifar(rng, BATCH, BATCH),
+                            lambda data: normalized(data["data_batch_1.bin"][0]),
+                            lambda t: (t.bn1, t.se_reduce, t.bn2))
     write_cifar(str(d / "cifar"), data)
     return d, m, model, data
 
@@ -86,30 +63,19 @@ def test_run_gives_pytorch_log_probabilities(qtune, setup, tmp_path):
     for op in ("ReduceMean", "Sigmoid", "LogSoftmax"):
         assert op in ops, op
     x = normalized(data["test_batch.bin"][0])
-    np.save(str(tmp_path / "x.npy"), x.numpy())
-    qtune("run", model, "--input", str(tmp_path / "x.npy"), "--output",
-          str(tmp_path / "y.npy")).check_ok()
     m.eval()
     with torch.no_grad():
         want = m(x).numpy()
-    got = np.load(str(tmp_path / "y.npy"))
-    assert got.shape == want.shape == (BATCH, 10)
-    assert_close(got, want, REL, "qtune run vs PyTorch", scale=float(np.abs(want).max()))
+    assert want.shape == (BATCH, 10)
+    parity.run_matches(qtune, model, x, want, tmp_path, REL, "qtune run vs PyTorch")
 
 
 @pytest.mark.parametrize("device", ["cpu", "ref"])
 def test_one_sgd_step(qtune, setup, device):
     d, m, model, data = setup
     out = str(d / ("step1.%s.onnx" % device))
-    r = qtune("train", model, "--data", str(d / "cifar"), "--batch", BATCH, "--train-limit", BATCH,
-              "--test-limit", BATCH, "--no-augment", "--schedule", "const", "--threads", "2",
-              "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD)), "--quiet",
-              "--device", device, "--epochs", "1", "--lr", "1", "--momentum", "0", "--wd", "0",
-              "-o", out)
-    assert r.returncode == 0, r.describe()
-    with open(str(d / ("step1.%s.log.jsonl" % device))) as f:
-        qt_loss = json.loads(f.readline())["train_loss"]
-    p0, p1 = initializers(model), initializers(out)
+    qt_loss, p1 = parity.sgd_step(qtune, model, str(d / "cifar"), out, BATCH, device=device)
+    p0 = initializers(model)
     pixels, labels = data["data_batch_1.bin"]
     y = torch.from_numpy(labels.astype(np.int64))
     g64, g32, loss64 = torch_grads(m, lambda t, dt: F.nll_loss(t(normalized(pixels).to(dt)), y))

@@ -11,7 +11,6 @@ per channel (2x2 images, batch 4) amplify rounding, and PyTorch's own float32 gr
 1e-2 away from float64; qtune's are within twice that.
 timm comes from PyPI (scripts/deps.sh)."""
 import copy
-import json
 import os
 
 import numpy as np
@@ -21,8 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import datasets
-from conftest import assert_close
-from test_train_parity import MEAN, STD, initializers, normalized
+import parity
+from test_train_parity import initializers, normalized
 
 timm = pytest.importorskip("timm")
 
@@ -55,21 +54,6 @@ def images(rng):
     return train, rng.integers(0, 10, BATCH), test
 
 
-def min_relu_input(m, x):
-    """The smallest |ReLU input| of a training-mode forward (timm's ReLUs are modules, in
-    place: their inputs are read before they run)."""
-    seen = []
-    hooks = [r.register_forward_pre_hook(lambda mod, i: seen.append(i[0].detach().abs().min()))
-             for r in m.modules() if isinstance(r, nn.ReLU)]
-    m.train()
-    with torch.no_grad():
-        m(x)
-    for h in hooks:
-        h.remove()
-    assert seen, "no ReLU module found"
-    return float(min(seen))
-
-
 def write_folder(root, train, labels, test):
     """root/{train,test}/<label>/<k>.png: the training images, one test image per class (so
     that the class names, sorted, are 0..9 and name the labels)."""
@@ -87,21 +71,14 @@ def setup(request, tmp_path_factory):
     d = tmp_path_factory.mktemp(name)
     m = build(name)
     model = str(d / (name + ".onnx"))
-    m.eval()
-    torch.onnx.export(m, torch.zeros(BATCH, 3, SIZE, SIZE), model, opset_version=13,
-                      input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-                      training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
+    parity.export(m, model, (BATCH, 3, SIZE, SIZE), "logits")
     torch.set_num_threads(2)
-    # images whose training-mode forward (float64) has no ReLU input within KINK of 0: such
-    # an input may take either side in another correct implementation (test_train_parity)
-    for seed in range(100):
-        rng = np.random.default_rng(seed)
-        train, labels, test = images(rng)
-        if min_relu_input(copy.deepcopy(m).double(), normalized(train).double()) > KINK:
-            break
-    else:
-        pytest.fail("no batch without ReLU inputs near 0 found")
+    # the ReLU inputs of a float64 training-mode forward (timm's ReLUs are modules, in place:
+    # their inputs are read before they run)
+    train, labels, test = parity.kink_free(m.double(), images,
+                                           lambda data: normalized(data[0]).double(), tries=100,
+                                           kink=KINK)
+    m.float()
     write_folder(str(d / "images"), train, labels, test)
     return name, d, m, model, (train, labels, test)
 
@@ -109,30 +86,19 @@ def setup(request, tmp_path_factory):
 def test_run_gives_pytorch_logits(qtune, setup, tmp_path):
     name, d, m, model, data = setup
     x = normalized(data[2])
-    np.save(str(tmp_path / "x.npy"), x.numpy())
-    qtune("run", model, "--input", str(tmp_path / "x.npy"), "--output",
-          str(tmp_path / "y.npy")).check_ok()
     t = copy.deepcopy(m).double().eval()
     with torch.no_grad():
         want = t(x.double()).numpy()
-    got = np.load(str(tmp_path / "y.npy"))
-    assert got.shape == want.shape == (10, 10)
-    assert_close(got, want, REL, name + ": qtune run vs PyTorch", scale=float(np.abs(want).max()))
+    assert want.shape == (10, 10)
+    parity.run_matches(qtune, model, x, want, tmp_path, REL, name + ": qtune run vs PyTorch")
 
 
 @pytest.mark.parametrize("device", ["ref", "cpu"])
 def test_one_sgd_step(qtune, setup, device):
     name, d, m, model, data = setup
-    out = str(d / ("step1.%s.onnx" % device))
-    r = qtune("train", model, "--data", str(d / "images"), "--batch", BATCH, "--train-limit", BATCH,
-              "--test-limit", BATCH, "--no-augment", "--schedule", "const", "--threads", "2",
-              "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD)), "--quiet",
-              "--epochs", "1", "--lr", str(LR), "--momentum", "0", "--wd", "0",
-              "--device", device, "-o", out)
-    assert r.returncode == 0, r.describe()
-    with open(str(d / ("step1.%s.log.jsonl" % device))) as f:
-        qt_loss = json.loads(f.readline())["train_loss"]
-    p0, p1 = initializers(model), initializers(out)
+    qt_loss, p1 = parity.sgd_step(qtune, model, str(d / "images"), str(d / ("step1.%s.onnx" % device)),
+                                  BATCH, lr=LR, device=device)
+    p0 = initializers(model)
     pixels, labels = data[0], data[1]
     y = torch.from_numpy(labels.astype(np.int64))
     grads, losses = {}, {}
