@@ -176,3 +176,16 @@ void cli_check_limit(const char *cmd, const char *opt, const struct qt_dataset *
                     ? "an image folder lists its images class by class"
                     : "the file lists its samples in that order");
 }
+
+int cli_image_size_option(const char *cmd, int argc, char **argv, int *i, long *resize,
+                          long *crop)
+{
+    const char *a = argv[*i];
+    long *v = strcmp(a, "--resize") == 0 ? resize : strcmp(a, "--crop") == 0 ? crop : NULL;
+    if (!v || *i + 1 >= argc) return 0;
+    if ((*v = cli_parse_long(argv[++*i])) <= 0) {
+        cli_fail("%s: %s needs a positive integer", cmd, a);
+        return -1;
+    }
+    return 1;
+}

@@ -52,11 +52,16 @@ struct qt_dataset;
 void cli_check_limit(const char *cmd, const char *opt, const struct qt_dataset *ds,
                      const char *split, long limit);
 
+/* --resize R and --crop S (images of any size through torchvision's Resize + CenterCrop):
+ * 1 when argv[*i] is one of them (its value taken, *i advanced), -1 on a bad value, else 0. */
+int cli_image_size_option(const char *cmd, int argc, char **argv, int *i, long *resize,
+                          long *crop);
+
 struct qt_eval_result;
 int cli_evaluate(const char *cmd, const char *path, const char *data, const char *split,
                  const char *preset, const char *mean_s, const char *std_s, long batch,
-                 long limit, const char *device, long threads, int quiet,
-                 struct qt_eval_result *r, char *device_name, size_t device_len);
+                 long limit, long resize, long crop, const char *device, long threads,
+                 int quiet, struct qt_eval_result *r, char *device_name, size_t device_len);
 
 struct qt_export_report;
 int cli_export(const char *path, const char *format, const char *out, double top1,

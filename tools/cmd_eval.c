@@ -17,6 +17,8 @@ static void usage(void)
            "  --preset NAME      cifar10, fashion-mnist, mnist or imagenet normalization\n"
            "  --batch N          batch size (default 128)\n"
            "  --limit N          evaluate the first N samples only\n"
+           "  --crop S           images of any size: resized (--resize R, default S * 256 /\n"
+           "                     224, the shorter side) and center-cropped to S x S\n"
            "  --threads N        CPU threads (default: all cores)\n"
            "  --device D         auto, cpu or ref (default auto)\n"
            "  --json             print a JSON summary as the last line\n"
@@ -26,7 +28,7 @@ static void usage(void)
 
 int cli_evaluate(const char *cmd, const char *path, const char *data, const char *split,
                  const char *preset, const char *mean_s, const char *std_s, long batch,
-                 long limit, const char *device, long threads, int quiet,
+                 long limit, long resize, long crop, const char *device, long threads, int quiet,
                  struct qt_eval_result *r, char *device_name, size_t device_len)
 {
     struct qt_graph *g = cli_load_model(path, 1);
@@ -37,7 +39,7 @@ int cli_evaluate(const char *cmd, const char *path, const char *data, const char
     int rc = 0;
     struct qt_backend *b = NULL;
     if (!quiet) fprintf(stderr, "loading %s (%s split)...\n", data, split);
-    if (qt_dataset_load(&ds, data, split, &e)) {
+    if (qt_dataset_load_sized(&ds, data, split, (int)resize, (int)crop, &e)) {
         rc = cli_fail("%s", e.msg);
         goto out;
     }
@@ -64,11 +66,14 @@ int cmd_eval(int argc, char **argv)
 {
     const char *path = NULL, *data = NULL, *split = "test", *preset = NULL, *device = "auto";
     const char *mean_s = NULL, *std_s = NULL;
-    long batch = 128, limit = 0, threads = 0;
+    long batch = 128, limit = 0, threads = 0, resize = 0, crop = 0;
     int json = 0, quiet = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int has = i + 1 < argc;
+        const int sized = cli_image_size_option("eval", argc, argv, &i, &resize, &crop);
+        if (sized < 0) return 1;
+        if (sized) continue;
         if (strcmp(a, "--help") == 0) {
             usage();
             return 0;
@@ -97,8 +102,8 @@ int cmd_eval(int argc, char **argv)
 
     struct qt_eval_result r;
     char dev[32];
-    int rc = cli_evaluate("eval", path, data, split, preset, mean_s, std_s, batch, limit, device,
-                          threads, quiet, &r, dev, sizeof dev);
+    int rc = cli_evaluate("eval", path, data, split, preset, mean_s, std_s, batch, limit, resize,
+                          crop, device, threads, quiet, &r, dev, sizeof dev);
     if (rc) return rc;
     printf("%s on %s (%s, %lld images): top-1 %.2f%%  top-5 %.2f%%  loss %.4f  %.0f images/s  %.1f s\n",
            path, data, split, (long long)r.images, r.top1, r.top5, r.loss, r.images_per_s, r.seconds);

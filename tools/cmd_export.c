@@ -19,6 +19,8 @@ static void usage(void)
            "  --data DATA     evaluate the model on DATA's test split first and record its top-1\n"
            "  --mean a,b,c --std a,b,c | --preset NAME   normalization for --data\n"
            "  --limit N       evaluate the first N test images only\n"
+           "  --crop S        with --data: images of any size resized (--resize R) and\n"
+           "                  center-cropped to S x S (see qtune eval)\n"
            "  --json          print a JSON summary as the last line\n"
            "A model without quantizers is written as its canonicalized float graph in every format.\n");
 }
@@ -59,11 +61,14 @@ int cmd_export(int argc, char **argv)
 {
     const char *path = NULL, *out = NULL, *format = "onnx", *data = NULL, *preset = NULL;
     const char *mean_s = NULL, *std_s = NULL;
-    long limit = 0;
+    long limit = 0, resize = 0, crop = 0;
     int json = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int has = i + 1 < argc;
+        const int sized = cli_image_size_option("export", argc, argv, &i, &resize, &crop);
+        if (sized < 0) return 1;
+        if (sized) continue;
         if (strcmp(a, "--format") == 0 && has) format = argv[++i];
         else if (strcmp(a, "-o") == 0 && has) out = argv[++i];
         else if (strcmp(a, "--data") == 0 && has) data = argv[++i];
@@ -93,7 +98,7 @@ int cmd_export(int argc, char **argv)
     if (data) {
         /* the quantized graph, before lowering */
         int rc = cli_evaluate("export", path, data, "test", preset, mean_s, std_s, 128, limit,
-                              "auto", 0, 0, &r, NULL, 0);
+                              resize, crop, "auto", 0, 0, &r, NULL, 0);
         if (rc) return rc;
     }
     struct qt_export_report rep;

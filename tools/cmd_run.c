@@ -26,8 +26,8 @@ static int write_names(const char *path, const struct qt_dataset *ds, const char
 }
 
 static int run_dataset(const char *path, const char *data, const char *split, const char *preset,
-                       const char *mean_s, const char *std_s, long batch, long limit,
-                       const char *device, long threads, int quiet, const char *outp)
+                       const char *mean_s, const char *std_s, long batch, long limit, long resize,
+                       long crop, const char *device, long threads, int quiet, const char *outp)
 {
     struct qt_graph *g = cli_load_model(path, 1);
     if (!g) return 1;
@@ -38,7 +38,7 @@ static int run_dataset(const char *path, const char *data, const char *split, co
     struct qt_tensor *y = NULL;
     int rc = 0;
     if (!quiet) fprintf(stderr, "loading %s (%s split)...\n", data, split);
-    if (qt_dataset_load(&ds, data, split, &e)) {
+    if (qt_dataset_load_sized(&ds, data, split, (int)resize, (int)crop, &e)) {
         rc = cli_fail("%s", e.msg);
         goto out;
     }
@@ -91,6 +91,8 @@ static void usage(void)
            "  --mean a,b,c / --std a,b,c / --preset NAME   normalization (default: the model's)\n"
            "  --batch N          batch size (default 128)\n"
            "  --limit N          the first N images only\n"
+           "  --crop S           images of any size: resized (--resize R, default S * 256 /\n"
+           "                     224, the shorter side) and center-cropped to S x S\n"
            "  --threads N        CPU threads (default: all cores)\n"
            "  --device D         %s (default auto)\n"
            "  --quiet            no progress display\n",
@@ -101,11 +103,14 @@ int cmd_run(int argc, char **argv)
 {
     const char *path = NULL, *inp = NULL, *outp = NULL, *device = "auto";
     const char *data = NULL, *split = "test", *preset = NULL, *mean_s = NULL, *std_s = NULL;
-    long batch = 128, limit = 0, threads = 0;
+    long batch = 128, limit = 0, threads = 0, resize = 0, crop = 0;
     int quiet = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const int has = i + 1 < argc;
+        const int sized = cli_image_size_option("run", argc, argv, &i, &resize, &crop);
+        if (sized < 0) return 1;
+        if (sized) continue;
         if (strcmp(a, "--input") == 0 && has) inp = argv[++i];
         else if (strcmp(a, "--device") == 0 && has) device = argv[++i];
         else if (strcmp(a, "--output") == 0 && has) outp = argv[++i];
@@ -139,8 +144,8 @@ int cmd_run(int argc, char **argv)
             return cli_fail("run: --split must be train or test, not '%s'", split);
         if ((mean_s != NULL) != (std_s != NULL))
             return cli_fail("run: --mean and --std go together");
-        return run_dataset(path, data, split, preset, mean_s, std_s, batch, limit, device, threads,
-                           quiet, outp);
+        return run_dataset(path, data, split, preset, mean_s, std_s, batch, limit, resize, crop,
+                           device, threads, quiet, outp);
     }
     struct qt_error e;
     struct qt_tensor *x = qt_npy_read(inp, &e);

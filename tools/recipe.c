@@ -66,6 +66,11 @@ void recipe_usage(int quantized)
            "  --warmup E           linear warm-up over E epochs (may be fractional)\n"
            "  --label-smoothing X  label smoothing of the cross-entropy (default 0)\n"
            "  --crop-pad P         random crop with P pixels of zero padding (default 4, 0: off)\n"
+           "  --crop S             image folders of images of any size: each image resized\n"
+           "                       (--resize R, default S * 256 / 224, the shorter side) and\n"
+           "                       center-cropped to S x S as it is decoded, as torchvision's\n"
+           "                       Resize(R) + CenterCrop(S) on PIL images\n"
+           "  --resize R           see --crop\n"
            "  --no-flip            no random horizontal flips\n"
            "  --no-augment         neither crops nor flips\n"
            "  --seed S             seed of shuffling, augmentation and calibration (default 0)\n"
@@ -106,7 +111,9 @@ int recipe_option(struct recipe *r, int argc, char **argv, int *ip)
     } lo[] = {{"--batch", &r->batch},
               {"--threads", &r->threads},
               {"--train-limit", &r->train_limit},
-              {"--test-limit", &r->test_limit}};
+              {"--test-limit", &r->test_limit},
+              {"--resize", &r->resize},
+              {"--crop", &r->crop}};
     struct {
         const char *name;
         const char **var;
@@ -212,8 +219,8 @@ int recipe_load_data(const struct recipe *r, struct qt_graph *g, const char *mod
     char mbuf[128], sbuf[128];
     memset(d, 0, sizeof *d);
     if (!r->quiet) fprintf(stderr, "loading %s...\n", r->data);
-    if (qt_dataset_load(&d->train, r->data, "train", &e) ||
-        qt_dataset_load(&d->test, r->data, "test", &e))
+    if (qt_dataset_load_sized(&d->train, r->data, "train", (int)r->resize, (int)r->crop, &e) ||
+        qt_dataset_load_sized(&d->test, r->data, "test", (int)r->resize, (int)r->crop, &e))
         return cli_fail("%s", e.msg);
     int rc = cli_normalization(r->cmd, g, model, r->preset, r->mean_s, r->std_s, d->train.c,
                                d->mean, d->std);

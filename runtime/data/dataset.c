@@ -23,7 +23,8 @@ static int gzip_magic(const char *path)
     return a == 0x1f && b == 0x8b;
 }
 
-static int load(struct qt_dataset *ds, const char *path, const char *split, struct qt_error *e)
+static int load(struct qt_dataset *ds, const char *path, const char *split, int resize, int crop,
+                struct qt_error *e)
 {
     if (!split || (strcmp(split, "train") && strcmp(split, "test")))
         return qt_err(e, "%s: unknown split '%s' (expected train or test)", path,
@@ -34,15 +35,19 @@ static int load(struct qt_dataset *ds, const char *path, const char *split, stru
     if (S_ISDIR(st.st_mode)) {
         char sub[QT_DATA_PATH_MAX];
         int v;
-        if (qt_data_idx_detect(path)) return qt_data_idx_load(ds, path, split, e);
-        if ((v = qt_data_cifar_detect(path, sub, sizeof sub)) != 0)
+        if (qt_data_idx_detect(path) || qt_data_cifar_detect(path, sub, sizeof sub)) {
+            if (crop) return qt_err(e, "%s: resizing and cropping apply to image folders; this "
+                                       "is an IDX or CIFAR folder of fixed-size images", path);
+            if (qt_data_idx_detect(path)) return qt_data_idx_load(ds, path, split, e);
+            v = qt_data_cifar_detect(path, sub, sizeof sub);
             return qt_data_cifar_load_dir(ds, sub, v, split, e);
+        }
         if (qt_data_imagefolder_detect(path))
-            return qt_data_imagefolder_load_dir(ds, path, split, e);
+            return qt_data_imagefolder_load_dir(ds, path, split, resize, crop, e);
         return qt_err(e, "%s: folder is not a dataset qtune reads; " LAYOUTS, path);
     }
     if (S_ISREG(st.st_mode)) {
-        if (qt_tar_probe(path)) return qt_data_archive_load(ds, path, split, e);
+        if (qt_tar_probe(path)) return qt_data_archive_load(ds, path, split, resize, crop, e);
         if (gzip_magic(path))
             return qt_err(e, "%s: gzip file that holds no tar archive (or is corrupt); " LAYOUTS,
                           path);
@@ -51,15 +56,25 @@ static int load(struct qt_dataset *ds, const char *path, const char *split, stru
     return qt_err(e, "%s: neither a folder nor a file; " LAYOUTS, path);
 }
 
-int qt_dataset_load(struct qt_dataset *ds, const char *path, const char *split, struct qt_error *e)
+int qt_dataset_load_sized(struct qt_dataset *ds, const char *path, const char *split, int resize,
+                          int crop, struct qt_error *e)
 {
     memset(ds, 0, sizeof *ds);
     if (!path) return qt_err(e, "no dataset path given");
-    if (load(ds, path, split, e) < 0) {
+    if (crop < 0 || crop > 4096 || resize < 0 || resize > 16384 || (resize && !crop))
+        return qt_err(e, "resize %d and crop %d: a crop of 1 to 4096 pixels (and a resize of "
+                         "at most 16384) is needed", resize, crop);
+    if (crop && !resize) resize = (int)((int64_t)crop * 256 / 224);
+    if (load(ds, path, split, resize, crop, e) < 0) {
         qt_dataset_free(ds);
         return -1;
     }
     return 0;
+}
+
+int qt_dataset_load(struct qt_dataset *ds, const char *path, const char *split, struct qt_error *e)
+{
+    return qt_dataset_load_sized(ds, path, split, 0, 0, e);
 }
 
 void qt_dataset_free(struct qt_dataset *ds)

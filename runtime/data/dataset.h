@@ -25,6 +25,12 @@ struct qt_dataset {
  * per class of JPEG/PNG files). Every failure names the file and what is wrong with it. */
 int qt_dataset_load(struct qt_dataset *ds, const char *path, const char *split,
                     struct qt_error *e);
+/* The same, with images of any size in image folders and archives passed through
+ * torchvision's evaluation transform as they are decoded: Resize(resize) (the shorter side
+ * to resize, PIL's antialiased bilinear filter) and CenterCrop(crop). crop 0: no transform
+ * (all images of a split must have one size); resize 0 with a crop: crop * 256 / 224. */
+int qt_dataset_load_sized(struct qt_dataset *ds, const char *path, const char *split, int resize,
+                          int crop, struct qt_error *e);
 void qt_dataset_free(struct qt_dataset *ds);
 
 /* Normalization presets: "cifar10", "fashion-mnist", "mnist", "imagenet".

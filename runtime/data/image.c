@@ -384,14 +384,22 @@ int qt_imgset_flush(struct qt_imgset *s, struct qt_error *e)
     {
         struct qt_image_decoder *d = qt_image_decoder_new();
 #pragma omp for schedule(dynamic, 32)
-        for (int i = 0; i < np; i++)
+        for (int i = 0; i < np; i++) {
             res[i].rc = qt_image_decode(d, s->pend[i].data, s->pend[i].len, &res[i].img, NULL, 0);
+            if (res[i].rc == 0 && s->crop > 0 &&
+                qt_image_eval_transform(&res[i].img, s->resize, s->crop) < 0)
+                res[i].rc = -2;
+        }
         qt_image_decoder_free(d);
     }
 
     int want_c = s->c;
     for (int i = 0; i < np; i++) {
         const char *name = s->pend[i].name;
+        if (res[i].rc == -2) {
+            rc = qt_err(e, "%s: out of memory resizing the image", name);
+            goto done;
+        }
         if (res[i].rc < 0) {
             char msg[256];
             struct qt_image tmp;
@@ -415,8 +423,9 @@ int qt_imgset_flush(struct qt_imgset *s, struct qt_error *e)
             want_c = im->c;
         } else if (im->h != s->h || im->w != s->w) {
             rc = qt_err(e,
-                        "%s: image is %dx%d (width x height) but %s is %dx%d; all images of "
-                        "a split must have the same size",
+                        "%s: image is %dx%d (width x height) but %s is %dx%d; images of "
+                        "different sizes need --crop S (and --resize R: torchvision's "
+                        "Resize(R) and CenterCrop(S))",
                         name, im->w, im->h, s->first, s->w, s->h);
             goto done;
         }

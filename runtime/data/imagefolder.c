@@ -13,9 +13,22 @@
 
 static const char *const split_names[2] = {"train", "test"};
 
+/* 0 for train, 1 for test; ImageNet's val/ is the test split of a tree without test/. */
 static int split_index(const char *s)
 {
-    return !strcmp(s, "train") ? 0 : !strcmp(s, "test") ? 1 : -1;
+    return !strcmp(s, "train") ? 0 : !strcmp(s, "test") || !strcmp(s, "val") ? 1 : -1;
+}
+
+/* The folder of split i under dir: train/, or test/ (val/ where there is no test/). */
+static int split_dir(char *out, size_t cap, const char *dir, int i, struct qt_error *e)
+{
+    if (qt_data_join(out, cap, dir, split_names[i], e) < 0) return -1;
+    if (i == 1 && !qt_data_is_dir(out)) {
+        char val[QT_DATA_PATH_MAX];
+        if (qt_data_join(val, sizeof val, dir, "val", NULL) == 0 && qt_data_is_dir(val))
+            snprintf(out, cap, "%s", val);
+    }
+    return 0;
 }
 
 /* ---- class table ---- */
@@ -116,8 +129,7 @@ int qt_data_imagefolder_detect(const char *dir)
 {
     char p[QT_DATA_PATH_MAX];
     for (int i = 0; i < 2; i++)
-        if (qt_data_join(p, sizeof p, dir, split_names[i], NULL) == 0 && qt_data_is_dir(p))
-            return 1;
+        if (split_dir(p, sizeof p, dir, i, NULL) == 0 && qt_data_is_dir(p)) return 1;
     return 0;
 }
 
@@ -166,13 +178,14 @@ static int cmp_str(const void *a, const void *b)
 }
 
 int qt_data_imagefolder_load_dir(struct qt_dataset *ds, const char *dir, const char *split,
-                                 struct qt_error *e)
+                                 int resize, int crop, struct qt_error *e)
 {
     int want = split_index(split);
     char sp[QT_DATA_PATH_MAX], p[QT_DATA_PATH_MAX];
-    if (qt_data_join(sp, sizeof sp, dir, split, e) < 0) return -1;
+    if (split_dir(sp, sizeof sp, dir, want, e) < 0) return -1;
     if (!qt_data_is_dir(sp))
-        return qt_err(e, "%s: image-folder tree has no %s/ folder", dir, split);
+        return qt_err(e, "%s: image-folder tree has no %s/ folder", dir,
+                      want == 1 ? "test/ (or val/)" : "train/");
 
     /* Union of both splits' class folders, sorted and unique. */
     char **lists[2] = {NULL, NULL};
@@ -181,8 +194,10 @@ int qt_data_imagefolder_load_dir(struct qt_dataset *ds, const char *dir, const c
     int nall = 0, nmine = 0, rc = 0;
     struct qt_imgset s;
     memset(&s, 0, sizeof s);
+    s.resize = resize;
+    s.crop = crop;
     for (int i = 0; i < 2 && rc == 0; i++) {
-        if (qt_data_join(p, sizeof p, dir, split_names[i], e) < 0)
+        if (split_dir(p, sizeof p, dir, i, e) < 0)
             rc = -1;
         else if (qt_data_is_dir(p))
             rc = qt_data_list_dir(p, 1, &lists[i], &counts[i], e);
@@ -419,10 +434,12 @@ static int finish_cifar(struct archive *a, struct qt_dataset *ds, struct qt_erro
 }
 
 int qt_data_archive_load(struct qt_dataset *ds, const char *path, const char *split,
-                         struct qt_error *e)
+                         int resize, int crop, struct qt_error *e)
 {
     struct archive a;
     memset(&a, 0, sizeof a);
+    a.imgs.resize = resize;
+    a.imgs.crop = crop;
     a.path = path;
     a.want = split_index(split);
     a.off = -1;
@@ -462,6 +479,9 @@ int qt_data_archive_load(struct qt_dataset *ds, const char *path, const char *sp
                         path);
         else if (a.mode == 1)
             rc = finish_images(&a, ds, e);
+        else if (crop)
+            rc = qt_err(e, "%s: resizing and cropping apply to image folders; this archive "
+                           "holds CIFAR binary files of fixed-size images", path);
         else
             rc = finish_cifar(&a, ds, e);
     }

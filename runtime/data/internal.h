@@ -93,11 +93,18 @@ void qt_image_decoder_free(struct qt_image_decoder *d);
 int qt_image_decode(struct qt_image_decoder *d, const uint8_t *data, size_t len,
                     struct qt_image *out, char *msg, size_t msg_cap);
 
+/* Resizes src to ow x oh with PIL's bilinear filter (antialiased when reducing); dst->px is
+ * malloc'd. -1 when out of memory. */
+int qt_image_resize(const struct qt_image *src, int ow, int oh, struct qt_image *dst);
+/* torchvision's evaluation transform, in place: Resize(resize) (the shorter side to resize)
+ * then CenterCrop(crop). -1 when out of memory (im unchanged). */
+int qt_image_eval_transform(struct qt_image *im, int resize, int crop);
+
 struct qt_imgset_item;
 
-/* Collects encoded images with their class ids, decodes them in parallel batches and
- * stores them CHW; every image must have the same size, and gray images are expanded
- * to RGB as soon as one RGB image is seen. */
+/* Collects encoded images with their class ids, decodes them in parallel batches (each
+ * resized and center-cropped when crop > 0) and stores them CHW; every image must then have
+ * the same size, and gray images are expanded to RGB as soon as one RGB image is seen. */
 struct qt_imgset {
     int n, cap;
     int c, h, w;
@@ -105,6 +112,7 @@ struct qt_imgset {
     int32_t *labels;
     char **names; /* n: each image's file or archive entry name */
     char *first; /* name of the first image, for size-mismatch messages */
+    int resize, crop; /* crop > 0: every image through qt_image_eval_transform */
     struct qt_imgset_item *pend;
     int npend, pend_cap;
     size_t pend_bytes;
@@ -144,10 +152,11 @@ int qt_data_cifar_parse(struct qt_dataset *ds, int version, const struct qt_data
 int qt_data_cifar_file_kind(const char *base, int *slot);
 
 int qt_data_imagefolder_detect(const char *dir);
+/* resize, crop: see qt_dataset_load_sized */
 int qt_data_imagefolder_load_dir(struct qt_dataset *ds, const char *dir, const char *split,
-                                 struct qt_error *e);
+                                 int resize, int crop, struct qt_error *e);
 /* Loads an image-folder tree or CIFAR binary files from a tar or tar.gz archive. */
 int qt_data_archive_load(struct qt_dataset *ds, const char *path, const char *split,
-                         struct qt_error *e);
+                         int resize, int crop, struct qt_error *e);
 
 #endif

@@ -1,0 +1,106 @@
+"""Images of any size through qtune's evaluation transform (`--resize R --crop S`) against
+torchvision's Resize(R) + CenterCrop(S) + ToTensor on images its ImageFolder loader opens
+(PIL, converted to RGB): a generated ImageNet-layout folder (train/ and val/, one folder per
+class) of JPEG and PNG files, RGB and grayscale, of varied sizes and aspect ratios, larger
+and smaller than the crop. `qtune run` of a model that passes its input through (a ReLU of
+non-negative values) writes the tensors qtune feeds a model, named in y.txt; each must be
+within a mean absolute difference of 1/255 and a maximum of 8/255 of torchvision's."""
+import io
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+PIL = pytest.importorskip("PIL.Image")
+transforms = pytest.importorskip("torchvision.transforms")
+datasets = pytest.importorskip("torchvision.datasets")
+
+# (78, 72), (86, 80), (134, 128): crops whose offset is a half rounded to even
+SIZES = [(500, 375), (375, 500), (64, 48), (33, 97), (256, 256), (40, 300), (31, 29), (97, 33),
+         (78, 72), (72, 78), (86, 80), (134, 128)]
+
+
+def passthrough_model(path, s):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, s, s])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, s, s])
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "pass", [x], [y])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+def image(rng, w, h, gray):
+    """A smooth pattern with noise (JPEG's blocks and the filters both matter)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = [127 + 100 * np.sin(xx / (3 + 5 * k) + yy / (7 + 3 * k)) for k in range(3)]
+    px = np.stack(base, -1) + rng.normal(0, 20, (h, w, 3))
+    px = np.clip(px, 0, 255).astype(np.uint8)
+    return PIL.fromarray(px[..., 0] if gray else px, "L" if gray else "RGB")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imagenet_like")
+    rng = np.random.default_rng(3)
+    k = 0
+    for split in ("train", "val"):
+        for cls in ("n01", "n02"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for w, h in SIZES:
+                img = image(rng, w, h, gray=k % 3 == 2)
+                fmt = "JPEG" if k % 2 == 0 else "PNG"
+                img.save(str(d / ("%03d.%s" % (k, "JPEG" if fmt == "JPEG" else "png"))), fmt,
+                         **({"quality": 90} if fmt == "JPEG" else {}))
+                k += 1
+    return str(root)
+
+
+@pytest.mark.parametrize("resize,crop", [(None, 32), (40, 24), (24, 32), (64, 56)])
+def test_eval_transform_matches_torchvision(qtune, folder, tmp_path, resize, crop):
+    model = str(tmp_path / "pass.onnx")
+    passthrough_model(model, crop)
+    out = str(tmp_path / "y.npy")
+    args = ["run", model, "--data", folder, "--split", "test", "--mean", "0,0,0", "--std",
+            "1,1,1", "--crop", str(crop), "--output", out, "--quiet"]
+    if resize:
+        args += ["--resize", str(resize)]
+    qtune(*args).check_ok()
+    got = np.load(out)
+    with open(str(tmp_path / "y.txt")) as f:
+        names = [l.rstrip("\n") for l in f]
+    r = resize or int(crop * 256 / 224)
+    tf = transforms.Compose([transforms.Resize(r), transforms.CenterCrop(crop),
+                             transforms.ToTensor()])
+    ref = datasets.ImageFolder(os.path.join(folder, "val"), transform=tf)
+    want = {os.path.realpath(p): i for i, (p, _) in enumerate(ref.samples)}
+    assert got.shape == (len(ref.samples), 3, crop, crop), got.shape
+    assert sorted(os.path.realpath(n) for n in names) == sorted(want)
+    worst = (0.0, 0.0)
+    for row, name in enumerate(names):
+        x, _ = ref[want[os.path.realpath(name)]]
+        diff = np.abs(got[row] * 255.0 - x.numpy() * 255.0)
+        assert np.all(np.isfinite(got[row])), name
+        worst = (max(worst[0], float(diff.mean())), max(worst[1], float(diff.max())))
+        assert diff.mean() <= 1.0 and diff.max() <= 8.0, (
+            "%s: mean |qtune - torchvision| %.3f/255, max %.1f/255" % (name, diff.mean(),
+                                                                      diff.max()))
+    print("resize %d crop %d: %d images, worst mean %.4f/255, worst max %.1f/255"
+          % (r, crop, len(names), worst[0], worst[1]))
+
+
+def test_images_of_several_sizes_need_a_crop(qtune, folder, tmp_path):
+    model = str(tmp_path / "pass.onnx")
+    passthrough_model(model, 32)
+    r = qtune("run", model, "--data", folder, "--split", "test", "--mean", "0,0,0", "--std",
+              "1,1,1", "--output", str(tmp_path / "y.npy"), "--quiet")
+    r.check_error("--crop S")
+
+
+def test_crop_refused_for_fixed_size_formats(qtune, tmp_path):
+    from conftest import fashion_mnist
+    model = str(tmp_path / "pass.onnx")
+    passthrough_model(model, 28)
+    r = qtune("eval", model, "--data", fashion_mnist(), "--preset", "fashion-mnist", "--crop",
+              "24", "--quiet")
+    r.check_error("apply to image folders")
