@@ -33,6 +33,7 @@ struct qt_image_decoder {
     png_bytep *rows;
     const uint8_t *src;
     size_t src_len, src_pos;
+    uint8_t *row; /* a CMYK scanline being read (freed after a longjmp) */
     char png_msg[256];
 };
 
@@ -85,6 +86,46 @@ static int check_dims(unsigned w, unsigned h, unsigned c, char *msg, size_t cap)
     return 0;
 }
 
+/* The rest of a CMYK (or YCCK) JPEG, as RGB the way PIL converts it: 4-component JPEGs are
+ * read with Adobe's inverted convention (stored values are 255 - ink), then each channel is
+ * (255 - K) - C * (255 - K) / 255 in PIL's rounding. */
+static int read_cmyk(struct qt_image_decoder *d, struct qt_image *out, unsigned w, unsigned h,
+                     char *msg, size_t cap)
+{
+    struct jpeg_decompress_struct *ci = &d->jpeg;
+    out->w = (int)w;
+    out->h = (int)h;
+    out->c = 3;
+    out->px = malloc((size_t)w * h * 3);
+    uint8_t *row = malloc((size_t)w * 4);
+    if (!out->px || !row) {
+        free(row);
+        free(out->px);
+        out->px = NULL;
+        jpeg_abort_decompress(ci);
+        set_msg(msg, cap, "%s", "out of memory");
+        return -1;
+    }
+    d->row = row;
+    while (ci->output_scanline < h) {
+        uint8_t *dst = out->px + (size_t)ci->output_scanline * w * 3;
+        JSAMPROW rows[1] = {row};
+        jpeg_read_scanlines(ci, rows, 1);
+        for (unsigned x = 0; x < w; x++) {
+            const int nk = row[4 * x + 3]; /* 255 - K */
+            for (int k = 0; k < 3; k++) {
+                const int ink = 255 - row[4 * x + k], t = ink * nk + 128;
+                const int v = nk - (((t >> 8) + t) >> 8);
+                dst[3 * x + k] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+            }
+        }
+    }
+    d->row = NULL;
+    free(row);
+    jpeg_finish_decompress(ci);
+    return 0;
+}
+
 static int decode_jpeg(struct qt_image_decoder *d, const uint8_t *data, size_t len,
                        struct qt_image *out, char *msg, size_t cap)
 {
@@ -104,6 +145,8 @@ static int decode_jpeg(struct qt_image_decoder *d, const uint8_t *data, size_t l
     d->jerr.pub.num_warnings = 0;
     if (setjmp(d->jerr.jump)) {
         jpeg_abort_decompress(ci);
+        free(d->row);
+        d->row = NULL;
         free(out->px);
         out->px = NULL;
         set_msg(msg, cap, "corrupt JPEG: %s", d->jerr.msg);
@@ -111,20 +154,19 @@ static int decode_jpeg(struct qt_image_decoder *d, const uint8_t *data, size_t l
     }
     jpeg_mem_src(ci, data, (unsigned long)len);
     jpeg_read_header(ci, TRUE);
+    const int cmyk = ci->jpeg_color_space == JCS_CMYK || ci->jpeg_color_space == JCS_YCCK;
     if (ci->num_components == 1)
         ci->out_color_space = JCS_GRAYSCALE;
-    else if (ci->jpeg_color_space == JCS_CMYK || ci->jpeg_color_space == JCS_YCCK) {
-        jpeg_abort_decompress(ci);
-        set_msg(msg, cap, "%s", "unsupported JPEG color space (CMYK)");
-        return -1;
-    } else
-        ci->out_color_space = JCS_RGB;
+    else
+        ci->out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
     jpeg_start_decompress(ci);
-    unsigned w = ci->output_width, h = ci->output_height, c = (unsigned)ci->output_components;
+    unsigned w = ci->output_width, h = ci->output_height;
+    unsigned c = cmyk ? 3u : (unsigned)ci->output_components;
     if (check_dims(w, h, c, msg, cap) < 0) {
         jpeg_abort_decompress(ci);
         return -1;
     }
+    if (cmyk) return read_cmyk(d, out, w, h, msg, cap);
     out->w = (int)w;
     out->h = (int)h;
     out->c = (int)c;

@@ -1,7 +1,7 @@
 """Images of any size through qtune's evaluation transform (`--resize R --crop S`) against
 torchvision's Resize(R) + CenterCrop(S) + ToTensor on images its ImageFolder loader opens
 (PIL, converted to RGB): a generated ImageNet-layout folder (train/ and val/, one folder per
-class) of JPEG and PNG files, RGB and grayscale, of varied sizes and aspect ratios, larger
+class) of JPEG and PNG files, RGB, grayscale and CMYK (JPEG), of varied sizes and aspect ratios, larger
 and smaller than the crop. `qtune run` of a model that passes its input through (a ReLU of
 non-negative values) writes the tensors qtune feeds a model, named in y.txt; each must be
 within a mean absolute difference of 1/255 and a maximum of 8/255 of torchvision's."""
@@ -50,6 +50,8 @@ def folder(tmp_path_factory):
             for w, h in SIZES:
                 img = image(rng, w, h, gray=k % 3 == 2)
                 fmt = "JPEG" if k % 2 == 0 else "PNG"
+                if k % 4 == 0 and img.mode == "RGB":
+                    img = img.convert("CMYK")  # a CMYK JPEG (PIL writes Adobe's convention)
                 img.save(str(d / ("%03d.%s" % (k, "JPEG" if fmt == "JPEG" else "png"))), fmt,
                          **({"quality": 90} if fmt == "JPEG" else {}))
                 k += 1
