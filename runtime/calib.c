@@ -51,27 +51,10 @@ int qt_calib_holdout(struct qt_dataset *out, const struct qt_dataset *ds,
         return qt_err(e, "the training split has %d images, too few for %d calibration and %d "
                          "held-out images", ds->n, c->batches * c->batch, n);
     int *perm = calib_permutation(ds, c);
-    const size_t img = (size_t)ds->c * ds->h * ds->w;
-    out->pixels = malloc(img * n + 1);
-    out->labels = malloc(sizeof(int32_t) * (n + 1));
-    if (!perm || !out->pixels || !out->labels) {
-        free(perm);
-        qt_dataset_free(out);
-        return qt_err(e, "out of memory for %d held-out images", n);
-    }
-    for (int i = 0; i < n; i++) {
-        const int k = perm[ds->n - n + i];
-        memcpy(out->pixels + img * i, ds->pixels + img * k, img);
-        out->labels[i] = ds->labels[k];
-    }
+    if (!perm) return qt_err(e, "out of memory for %d held-out images", n);
+    const int rc = qt_dataset_subset(out, ds, perm + ds->n - n, n, e);
     free(perm);
-    out->n = n;
-    out->c = ds->c;
-    out->h = ds->h;
-    out->w = ds->w;
-    out->nclasses = ds->nclasses;
-    snprintf(out->kind, sizeof out->kind, "%s", ds->kind);
-    return 0;
+    return rc;
 }
 
 static int feed_open(struct feed *f, const struct qt_graph *g, const struct qt_dataset *ds,
@@ -95,12 +78,12 @@ static int feed_open(struct feed *f, const struct qt_graph *g, const struct qt_d
     return 0;
 }
 
-static void feed_batch(struct feed *f, const struct qt_dataset *ds, const struct qt_calib_config *c,
-                       int k)
+static int feed_batch(struct feed *f, const struct qt_dataset *ds, const struct qt_calib_config *c,
+                      int k, struct qt_error *e)
 {
     int bsz = (int)f->x->shape.d[0];
-    qt_dataset_batch(ds, f->perm + (int64_t)k * bsz, bsz, c->mean, c->std, f->layout, f->x->data,
-                     NULL);
+    return qt_dataset_batch(ds, f->perm + (int64_t)k * bsz, bsz, c->mean, c->std, f->layout,
+                            f->x->data, NULL, e);
 }
 
 static void feed_close(struct feed *f)
@@ -130,8 +113,7 @@ static int channel_stats(struct qt_graph *g, struct qt_backend *b, const struct 
     qt_exec_set_mode(x, QT_EXEC_PLAIN);
     qt_exec_keep_values(x, 1);
     for (int k = 0; k < f.nb; k++) {
-        feed_batch(&f, ds, c, k);
-        if (qt_exec_forward(x, f.in, e)) goto out;
+        if (feed_batch(&f, ds, c, k, e) || qt_exec_forward(x, f.in, e)) goto out;
         for (int j = 0; j < n; j++) {
             const struct qt_tensor *t = qt_exec_value(x, v[j]);
             if (!t || t->shape.ndim < 2) {
@@ -385,7 +367,7 @@ int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct q
                 goto out;
         }
         for (int k = 0; k < f.nb; k++) {
-            feed_batch(&f, ds, c, k);
+            if (feed_batch(&f, ds, c, k, e)) goto out;
             if (round == rounds) {
                 /* Running statistics become the average over this round's batches. */
                 for (int j = 0; j < nbn; j++)
@@ -564,8 +546,7 @@ static int collect_value(struct qt_graph *g, struct qt_backend *b, const struct 
     qt_exec_keep_values(x, 1);
     int64_t per = 0;
     for (int k = 0; k < f.nb; k++) {
-        feed_batch(&f, ds, c, k);
-        if (qt_exec_forward(x, f.in, e)) goto out;
+        if (feed_batch(&f, ds, c, k, e) || qt_exec_forward(x, f.in, e)) goto out;
         const struct qt_tensor *t = qt_exec_value(x, v);
         if (!t) {
             qt_err(e, "value '%s' was not kept", g->values[v].name);

@@ -125,7 +125,10 @@ static int for_each_batch(struct qt_graph *g, struct qt_backend *b, const struct
     while (!rc && done < total) {
         const int n = (int)(total - done < batch ? total - done : batch);
         for (int i = 0; i < n; i++) idx[i] = (int)(done + i);
-        qt_dataset_batch(ds, idx, n, mean, std, layout, xt->data, labels);
+        if (qt_dataset_batch(ds, idx, n, mean, std, layout, xt->data, labels, e)) {
+            rc = -1;
+            break;
+        }
         if (static_batch && n < batch) /* pad the last batch; extra rows are ignored */
             memset((float *)xt->data + n * per, 0, sizeof(float) * (batch - n) * per);
         xt->shape.d[0] = static_batch ? batch : n;

@@ -244,13 +244,22 @@ struct epoch_plan {
     int *perm;
     int8_t *oy, *ox;
     uint8_t *flip;
+    uint64_t *seed; /* streamed images: RandomResizedCrop's draw, the flip in the top bit */
 };
 
-static void plan_epoch(struct epoch_plan *p, struct qt_rng *rng, int n, int pad, int flip)
+/* A stream's augmentation (RandomResizedCrop) is drawn from one seed per sample; images in
+ * memory take padded-crop offsets (`pad`) and flips. */
+static void plan_epoch(struct epoch_plan *p, struct qt_rng *rng, int n, int pad, int flip,
+                       int stream)
 {
     for (int i = 0; i < n; i++) p->perm[i] = i;
     qt_rng_shuffle(rng, p->perm, n);
     for (int i = 0; i < n; i++) {
+        if (stream) {
+            const uint64_t s = qt_rng_next(rng) & ~(1ull << 63);
+            p->seed[i] = s | (flip && qt_rng_below(rng, 2) ? 1ull << 63 : 0);
+            continue;
+        }
         p->oy[i] = pad ? (int8_t)((int)qt_rng_below(rng, 2 * pad + 1) - pad) : 0;
         p->ox[i] = pad ? (int8_t)((int)qt_rng_below(rng, 2 * pad + 1) - pad) : 0;
         p->flip[i] = flip ? (uint8_t)qt_rng_below(rng, 2) : 0;
@@ -294,9 +303,10 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
     struct qt_sgd_param *sgd = NULL;
     double *step_loss = NULL; /* per step of the current epoch */
     int n = (int)(cfg->train_limit > 0 && cfg->train_limit < train->n ? cfg->train_limit : train->n);
-    struct epoch_plan plan = {malloc(sizeof(int) * (n + 1)), malloc(n + 1), malloc(n + 1), malloc(n + 1)};
+    struct epoch_plan plan = {malloc(sizeof(int) * (n + 1)), malloc(n + 1), malloc(n + 1),
+                              malloc(n + 1), malloc(sizeof(uint64_t) * (n + 1))};
     if (!r.mom || !r.mom_host || !r.range || !r.range_host || !r.range_set || !plan.perm ||
-        !plan.oy || !plan.ox || !plan.flip) {
+        !plan.oy || !plan.ox || !plan.flip || !plan.seed) {
         rc = qt_err(e, "out of memory for the training state");
         goto out;
     }
@@ -361,18 +371,22 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
     double t_start = now();
     while (r.epoch < cfg->epochs) {
         struct qt_rng rng = r.epoch_rng;
-        plan_epoch(&plan, &rng, n, cfg->crop_pad, cfg->flip);
+        plan_epoch(&plan, &rng, n, cfg->crop_pad, cfg->flip, train->stream != NULL);
         double t0 = now(), loss_sum = 0;
         int64_t hits = 0, seen = 0;
         int nsteps = 0;
         for (int bi = r.batch_pos; bi < nb; bi++) {
             int cnt = bi == nb - 1 ? n - bi * cfg->batch : cfg->batch;
             const int *idx = plan.perm + (int64_t)bi * cfg->batch;
-            struct qt_augment aug = {plan.oy + (int64_t)bi * cfg->batch, plan.ox + (int64_t)bi * cfg->batch,
-                                     plan.flip + (int64_t)bi * cfg->batch};
+            const int64_t at = (int64_t)bi * cfg->batch;
+            struct qt_augment aug = {plan.oy + at, plan.ox + at, plan.flip + at,
+                                     cfg->no_resized_crop ? NULL : plan.seed + at};
             /* Augmentation indexes follow batch positions, as drawn for the permuted order. */
-            qt_dataset_batch_augmented(train, idx, cnt, cfg->mean, cfg->std, &aug, layout,
-                                       xt->data, labels);
+            if (qt_dataset_batch_augmented(train, idx, cnt, cfg->mean, cfg->std, &aug, layout,
+                                           xt->data, labels, e)) {
+                rc = -1;
+                goto out;
+            }
             xt->shape.d[0] = cnt;
             xt->nbytes = sizeof(float) * qt_shape_numel(&xt->shape);
             const struct qt_tensor *ins[1] = {xt};
@@ -557,6 +571,7 @@ out:
     free(plan.oy);
     free(plan.ox);
     free(plan.flip);
+    free(plan.seed);
     free(labels);
     if (labels_dev) b->release(b, labels_dev);
     if (stats_dev) b->release(b, stats_dev);

@@ -21,6 +21,8 @@ struct qt_train_config {
     struct qt_schedule sched; /* milestones, total and warm-up in steps */
     float label_smoothing;
     int crop_pad;             /* random crop with this much zero padding (0: off) */
+    int no_resized_crop;      /* streamed images: the evaluation transform, not
+                               * RandomResizedCrop (and no flip) */
     int flip;                 /* random horizontal flip */
     uint64_t seed;
     const float *mean, *std;  /* normalization, one value per channel */

@@ -72,7 +72,8 @@ void recipe_usage(int quantized)
            "                       Resize(R) + CenterCrop(S) on PIL images\n"
            "  --resize R           see --crop\n"
            "  --no-flip            no random horizontal flips\n"
-           "  --no-augment         neither crops nor flips\n"
+           "  --no-augment         neither crops nor flips (with --crop: the evaluation\n"
+           "                       transform instead of RandomResizedCrop)\n"
            "  --seed S             seed of shuffling, augmentation and calibration (default 0)\n"
            "  --mean a,b,c --std a,b,c | --preset NAME   normalization (stored in OUT.onnx)\n"
            "  --train-limit N      train on the first N samples only\n"
@@ -143,6 +144,7 @@ int recipe_option(struct recipe *r, int argc, char **argv, int *ip)
     if (strcmp(a, "--no-augment") == 0) {
         r->flip = 0;
         r->crop_pad = 0;
+        r->no_augment = 1;
         return 1;
     }
     if (!has) return 0;
@@ -405,6 +407,7 @@ static void train_config(const struct recipe *r, const struct recipe_data *d, do
         cfg->sched.milestones[i] = (int64_t)llround(ms[i] * per_epoch);
     cfg->label_smoothing = (float)r->smoothing;
     cfg->crop_pad = (int)r->crop_pad;
+    cfg->no_resized_crop = r->no_augment;
     cfg->flip = r->flip;
     cfg->seed = r->seed;
     cfg->mean = d->mean;

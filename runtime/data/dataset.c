@@ -87,6 +87,7 @@ void qt_dataset_free(struct qt_dataset *ds)
         for (int i = 0; i < ds->n; i++) free(ds->sample_names[i]);
     free(ds->sample_names);
     free(ds->pixels);
+    qt_stream_free(ds->stream);
     free(ds->labels);
     memset(ds, 0, sizeof *ds);
 }
@@ -160,32 +161,66 @@ static void sample_to_float(float *dst, const uint8_t *src, const float *t, int 
     }
 }
 
-void qt_dataset_batch_augmented(const struct qt_dataset *ds, const int *idx, int count,
-                                const float *mean, const float *std, const struct qt_augment *aug,
-                                enum qt_image_layout l, float *x, int32_t *y)
+int qt_dataset_batch_augmented(const struct qt_dataset *ds, const int *idx, int count,
+                               const float *mean, const float *std, const struct qt_augment *aug,
+                               enum qt_image_layout l, float *x, int32_t *y, struct qt_error *e)
 {
-    if (count <= 0) return;
+    if (count <= 0) return 0;
     const int c = ds->c;
     const size_t chw = (size_t)c * ds->h * ds->w;
     const int par = (size_t)count * chw >= PAR_MIN_VALUES;
     float *lut = malloc(sizeof(float) * 256 * (size_t)c);
-    if (!lut) return;
+    if (!lut) return qt_err(e, "out of memory");
     for (int ch = 0; ch < c; ch++) {
-        float m = mean ? mean[ch] : 0.0f, s = std ? std[ch] : 1.0f;
-        for (int v = 0; v < 256; v++) lut[ch * 256 + v] = ((float)v / 255.0f - m) / s;
+        float m = mean ? mean[ch] : 0.0f, sd = std ? std[ch] : 1.0f;
+        for (int v = 0; v < 256; v++) lut[ch * 256 + v] = ((float)v / 255.0f - m) / sd;
     }
+    int rc = 0;
+    if (ds->stream)
+        rc = qt_stream_batch(ds->stream, idx, count, aug ? aug->seed : NULL, lut,
+                             l == QT_IMAGE_NHWC, x, e);
+    else
 #pragma omp parallel for schedule(static) if (par)
-    for (int i = 0; i < count; i++)
-        sample_to_float(x + (size_t)i * chw, ds->pixels + (size_t)idx[i] * chw, lut, c, ds->h,
-                        ds->w, aug ? aug->oy[i] : 0, aug ? aug->ox[i] : 0, aug ? aug->flip[i] : 0,
-                        l);
+        for (int i = 0; i < count; i++)
+            sample_to_float(x + (size_t)i * chw, ds->pixels + (size_t)idx[i] * chw, lut, c,
+                            ds->h, ds->w, aug ? aug->oy[i] : 0, aug ? aug->ox[i] : 0,
+                            aug ? aug->flip[i] : 0, l);
     free(lut);
-    if (y)
+    if (y && !rc)
         for (int i = 0; i < count; i++) y[i] = ds->labels[idx[i]];
+    return rc;
 }
 
-void qt_dataset_batch(const struct qt_dataset *ds, const int *idx, int count, const float *mean,
-                      const float *std, enum qt_image_layout l, float *x, int32_t *y)
+int qt_dataset_batch(const struct qt_dataset *ds, const int *idx, int count, const float *mean,
+                     const float *std, enum qt_image_layout l, float *x, int32_t *y,
+                     struct qt_error *e)
 {
-    qt_dataset_batch_augmented(ds, idx, count, mean, std, NULL, l, x, y);
+    return qt_dataset_batch_augmented(ds, idx, count, mean, std, NULL, l, x, y, e);
+}
+
+int qt_dataset_subset(struct qt_dataset *out, const struct qt_dataset *ds, const int *idx, int n,
+                      struct qt_error *e)
+{
+    memset(out, 0, sizeof *out);
+    const size_t img = (size_t)ds->c * ds->h * ds->w;
+    out->labels = malloc(sizeof(int32_t) * (size_t)(n + 1));
+    if (ds->stream)
+        out->stream = qt_stream_subset(ds->stream, idx, n);
+    else
+        out->pixels = malloc(img * (size_t)n + 1);
+    if (!out->labels || (ds->stream ? !out->stream : !out->pixels)) {
+        qt_dataset_free(out);
+        return qt_err(e, "out of memory for %d images", n);
+    }
+    for (int i = 0; i < n; i++) {
+        if (!ds->stream) memcpy(out->pixels + img * i, ds->pixels + img * idx[i], img);
+        out->labels[i] = ds->labels[idx[i]];
+    }
+    out->n = n;
+    out->c = ds->c;
+    out->h = ds->h;
+    out->w = ds->w;
+    out->nclasses = ds->nclasses;
+    snprintf(out->kind, sizeof out->kind, "%s", ds->kind);
+    return 0;
 }

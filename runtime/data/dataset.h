@@ -8,11 +8,14 @@
 #include "../../util/error.h"
 
 /* One split of a dataset, decoded: n samples of c x h x w uint8 pixels stored CHW. */
+struct qt_image_stream;
+
 struct qt_dataset {
     int n;
     int c, h, w;
     int nclasses;
-    uint8_t *pixels;     /* n * c * h * w */
+    uint8_t *pixels;     /* n * c * h * w, or NULL for a stream */
+    struct qt_image_stream *stream; /* images decoded per batch (--crop), else NULL */
     int32_t *labels;     /* n, each in [0, nclasses) */
     char **class_names;  /* nclasses names, or NULL when the format has none */
     char **sample_names; /* n file or archive entry names (image folders), or NULL */
@@ -41,19 +44,32 @@ int qt_norm_preset(const char *name, int channels, float *mean, float *std);
 enum qt_image_layout { QT_IMAGE_NCHW, QT_IMAGE_NHWC };
 
 /* Assembles a float batch from samples idx[0..count) in layout l: x = (p / 255 - mean[c]) /
- * std[c]; labels copied to y when y is not NULL. */
-void qt_dataset_batch(const struct qt_dataset *ds, const int *idx, int count, const float *mean,
-                      const float *std, enum qt_image_layout l, float *x, int32_t *y);
+ * std[c]; labels copied to y when y is not NULL. A stream decodes the samples here (its
+ * evaluation transform); -1 with e naming the file when one cannot be read or decoded. */
+int qt_dataset_batch(const struct qt_dataset *ds, const int *idx, int count, const float *mean,
+                     const float *std, enum qt_image_layout l, float *x, int32_t *y,
+                     struct qt_error *e);
 
-/* Per-sample augmentation drawn by the caller: sample i is shifted by (oy[i], ox[i]) pixels
- * with zero pixels filling the border (a random crop of the zero-padded image), then
- * mirrored horizontally when flip[i]. */
+/* Per-sample augmentation drawn by the caller. Images held in memory: sample i is shifted by
+ * (oy[i], ox[i]) pixels with zero pixels filling the border (a random crop of the
+ * zero-padded image), then mirrored horizontally when flip[i]. A stream: sample i goes
+ * through RandomResizedCrop drawn from seed[i], mirrored when its top bit is set
+ * (qt_random_resized_crop_box); seed NULL: the evaluation transform. */
 struct qt_augment {
     const int8_t *oy, *ox;
     const uint8_t *flip;
+    const uint64_t *seed;
 };
-void qt_dataset_batch_augmented(const struct qt_dataset *ds, const int *idx, int count,
-                                const float *mean, const float *std, const struct qt_augment *aug,
-                                enum qt_image_layout l, float *x, int32_t *y);
+int qt_dataset_batch_augmented(const struct qt_dataset *ds, const int *idx, int count,
+                               const float *mean, const float *std, const struct qt_augment *aug,
+                               enum qt_image_layout l, float *x, int32_t *y, struct qt_error *e);
+
+/* out := the n samples idx[0..n) of ds (pixels copied, or the stream's images shared). */
+int qt_dataset_subset(struct qt_dataset *out, const struct qt_dataset *ds, const int *idx, int n,
+                      struct qt_error *e);
+
+/* torchvision's RandomResizedCrop(scale (0.08, 1), ratio (3/4, 4/3)).get_params for a w x h
+ * image, drawn from seed: box = {left, top, width, height}. */
+void qt_random_resized_crop_box(int w, int h, uint64_t seed, int box[4]);
 
 #endif

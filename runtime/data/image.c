@@ -351,12 +351,46 @@ void qt_imgset_free(struct qt_imgset *s)
     free(s->labels);
     qt_data_free_names(s->names, s->names ? s->n : 0);
     free(s->first);
+    qt_stream_store_free(s->store);
     memset(s, 0, sizeof *s);
+}
+
+/* A streamed set: the image is listed (its bytes kept, or its file read later), not decoded. */
+static int stream_add(struct qt_imgset *s, char *name, uint8_t *data, size_t len, int label,
+                      struct qt_error *e)
+{
+    if (s->n == s->cap) {
+        const int ncap = s->cap ? 2 * s->cap : 1024;
+        int32_t *lb = realloc(s->labels, sizeof *lb * (size_t)ncap);
+        if (lb) s->labels = lb;
+        char **nm = realloc(s->names, sizeof *nm * (size_t)ncap);
+        if (nm) s->names = nm;
+        if (!lb || !nm || s->n == 0x7fffffff) {
+            free(name);
+            free(data);
+            return qt_err(e, "out of memory listing images");
+        }
+        s->cap = ncap;
+    }
+    char *copy = strdup(name);
+    if (!copy) {
+        free(name);
+        free(data);
+        return qt_err(e, "out of memory listing images");
+    }
+    if (qt_stream_store_add(&s->store, copy, data, len, e) < 0) {
+        free(name);
+        return -1;
+    }
+    s->labels[s->n] = label;
+    s->names[s->n++] = name;
+    return 0;
 }
 
 int qt_imgset_add(struct qt_imgset *s, char *name, uint8_t *data, size_t len, int label,
                   struct qt_error *e)
 {
+    if (s->crop > 0) return stream_add(s, name, data, len, label, e);
     if (s->npend == s->pend_cap) {
         int ncap = s->pend_cap ? 2 * s->pend_cap : 256;
         struct qt_imgset_item *np = realloc(s->pend, sizeof *np * ncap);
@@ -426,22 +460,14 @@ int qt_imgset_flush(struct qt_imgset *s, struct qt_error *e)
     {
         struct qt_image_decoder *d = qt_image_decoder_new();
 #pragma omp for schedule(dynamic, 32)
-        for (int i = 0; i < np; i++) {
+        for (int i = 0; i < np; i++)
             res[i].rc = qt_image_decode(d, s->pend[i].data, s->pend[i].len, &res[i].img, NULL, 0);
-            if (res[i].rc == 0 && s->crop > 0 &&
-                qt_image_eval_transform(&res[i].img, s->resize, s->crop) < 0)
-                res[i].rc = -2;
-        }
         qt_image_decoder_free(d);
     }
 
     int want_c = s->c;
     for (int i = 0; i < np; i++) {
         const char *name = s->pend[i].name;
-        if (res[i].rc == -2) {
-            rc = qt_err(e, "%s: out of memory resizing the image", name);
-            goto done;
-        }
         if (res[i].rc < 0) {
             char msg[256];
             struct qt_image tmp;

@@ -106,12 +106,19 @@ static int finish_dataset(struct qt_dataset *ds, struct qt_imgset *s, char **nam
     if (qt_imgset_flush(s, e) < 0) return -1;
     if (s->n == 0) return qt_err(e, "%s: no images in the %s split", where, split);
     ds->n = s->n;
-    ds->c = s->c;
-    ds->h = s->h;
-    ds->w = s->w;
-    size_t bytes = (size_t)s->n * s->c * s->h * s->w;
-    uint8_t *px = realloc(s->pixels, bytes);
-    ds->pixels = px ? px : s->pixels;
+    if (s->crop > 0) { /* a stream: RGB, crop x crop */
+        if (!(ds->stream = qt_stream_new(s->store, NULL, s->n, s->resize, s->crop)))
+            return qt_err(e, "out of memory");
+        ds->c = 3;
+        ds->h = ds->w = s->crop;
+    } else {
+        ds->c = s->c;
+        ds->h = s->h;
+        ds->w = s->w;
+        size_t bytes = (size_t)s->n * s->c * s->h * s->w;
+        uint8_t *px = realloc(s->pixels, bytes);
+        ds->pixels = px ? px : s->pixels;
+    }
     ds->labels = s->labels;
     ds->sample_names = s->names;
     s->pixels = NULL;
@@ -153,9 +160,10 @@ static int walk(struct qt_imgset *s, const char *dir, int label, int depth, int 
             continue;
         }
         if (!qt_data_is_image_name(names[i])) continue;
-        uint8_t *data;
-        size_t len;
-        if (qt_data_read_file(path, &data, &len, e) < 0) {
+        uint8_t *data = NULL;
+        size_t len = 0;
+        /* a stream reads its files when it needs them */
+        if (s->crop <= 0 && qt_data_read_file(path, &data, &len, e) < 0) {
             rc = -1;
             break;
         }

@@ -100,11 +100,38 @@ int qt_image_resize(const struct qt_image *src, int ow, int oh, struct qt_image 
  * then CenterCrop(crop). -1 when out of memory (im unchanged). */
 int qt_image_eval_transform(struct qt_image *im, int resize, int crop);
 
+/* ---- stream.c: images kept encoded and decoded per batch ---- */
+
+/* One image: its bytes (data, len), or data NULL for a file read from disk at `name`. */
+struct qt_stream_item {
+    char *name;
+    uint8_t *data;
+    size_t len;
+};
+struct qt_stream_store;
+/* Appends an item (taking name and data, also on failure); *s is made on first use. */
+int qt_stream_store_add(struct qt_stream_store **s, char *name, uint8_t *data, size_t len,
+                        struct qt_error *e);
+void qt_stream_store_free(struct qt_stream_store *s);
+const struct qt_stream_item *qt_stream_store_items(const struct qt_stream_store *s, int *n);
+/* A stream over n items of s (item index[i], or i when index is NULL); holds a reference. */
+struct qt_image_stream *qt_stream_new(struct qt_stream_store *s, const int *index, int n,
+                                      int resize, int crop);
+
+struct qt_image_stream *qt_stream_subset(const struct qt_image_stream *st, const int *idx, int n);
+void qt_stream_free(struct qt_image_stream *st);
+/* Decodes samples idx[0..count) of st into x (3 channels, crop x crop, NCHW or NHWC) through
+ * the byte-to-float table lut (3 x 256): RandomResizedCrop + flip from seeds[i], or the
+ * evaluation transform when seeds is NULL. -1 with e naming the first file that failed. */
+int qt_stream_batch(const struct qt_image_stream *st, const int *idx, int count,
+                    const uint64_t *seeds, const float *lut, int layout_nhwc, float *x,
+                    struct qt_error *e);
+
 struct qt_imgset_item;
 
-/* Collects encoded images with their class ids, decodes them in parallel batches (each
- * resized and center-cropped when crop > 0) and stores them CHW; every image must then have
- * the same size, and gray images are expanded to RGB as soon as one RGB image is seen. */
+/* Collects encoded images with their class ids, decodes them in parallel batches and stores
+ * them CHW; every image must have the same size, and gray images are expanded to RGB as
+ * soon as one RGB image is seen. With crop > 0 the images are only listed (a stream). */
 struct qt_imgset {
     int n, cap;
     int c, h, w;
@@ -112,7 +139,8 @@ struct qt_imgset {
     int32_t *labels;
     char **names; /* n: each image's file or archive entry name */
     char *first; /* name of the first image, for size-mismatch messages */
-    int resize, crop; /* crop > 0: every image through qt_image_eval_transform */
+    int resize, crop; /* crop > 0: images listed in store, decoded per batch (a stream) */
+    struct qt_stream_store *store;
     struct qt_imgset_item *pend;
     int npend, pend_cap;
     size_t pend_bytes;

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "runtime/data/dataset.h"
 
 struct entry {
     const char *name;
@@ -123,8 +124,25 @@ static int cmp(const void *a, const void *b)
     return strcmp(((const struct entry *)a)->name, ((const struct entry *)b)->name);
 }
 
+/* `qtune-tests --crop-boxes W H N SEED`: N RandomResizedCrop boxes of a W x H image, one
+ * "left top width height" line each (sample i drawn from SEED + i), for the statistical
+ * comparison with torchvision (tests/ref/test_image_transform.py). */
+static int crop_boxes(char **argv)
+{
+    const int w = atoi(argv[2]), h = atoi(argv[3]), n = atoi(argv[4]);
+    const uint64_t seed = strtoull(argv[5], NULL, 10);
+    if (w < 1 || h < 1 || n < 1) return 2;
+    for (int i = 0; i < n; i++) {
+        int box[4];
+        qt_random_resized_crop_box(w, h, seed + (uint64_t)i, box);
+        printf("%d %d %d %d\n", box[0], box[1], box[2], box[3]);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 6 && strcmp(argv[1], "--crop-boxes") == 0) return crop_boxes(argv);
     const char *filter = argc > 1 ? argv[1] : NULL;
     int pass = 0, fail = 0, skip = 0;
     qsort(tests, ntests, sizeof *tests, cmp);
