@@ -372,7 +372,7 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
     while (r.epoch < cfg->epochs) {
         struct qt_rng rng = r.epoch_rng;
         plan_epoch(&plan, &rng, n, cfg->crop_pad, cfg->flip, train->stream != NULL);
-        double t0 = now(), loss_sum = 0;
+        double t0 = now(), loss_sum = 0, data_seconds = 0;
         int64_t hits = 0, seen = 0;
         int nsteps = 0;
         for (int bi = r.batch_pos; bi < nb; bi++) {
@@ -382,11 +382,13 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
             struct qt_augment aug = {plan.oy + at, plan.ox + at, plan.flip + at,
                                      cfg->no_resized_crop ? NULL : plan.seed + at};
             /* Augmentation indexes follow batch positions, as drawn for the permuted order. */
+            const double td = now();
             if (qt_dataset_batch_augmented(train, idx, cnt, cfg->mean, cfg->std, &aug, layout,
                                            xt->data, labels, e)) {
                 rc = -1;
                 goto out;
             }
+            data_seconds += now() - td;
             xt->shape.d[0] = cnt;
             xt->nbytes = sizeof(float) * qt_shape_numel(&xt->shape);
             const struct qt_tensor *ins[1] = {xt};
@@ -522,6 +524,7 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
         st.train_loss = seen ? loss_sum / seen : 0;
         st.train_top1 = seen ? 100.0 * hits / seen : 0;
         st.seconds = train_seconds;
+        st.data_seconds = data_seconds;
         st.images_per_s = train_seconds > 0 ? seen / train_seconds : 0;
         st.best = st.test.top1 > r.best_top1;
         st.step_loss = step_loss;

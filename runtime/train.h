@@ -54,6 +54,7 @@ struct qt_epoch_stats {
     double train_loss, train_top1;
     struct qt_eval_result test;
     double seconds;     /* training part of the epoch */
+    double data_seconds; /* of which assembling batches (decoding, for a stream) */
     double images_per_s;
     int best;           /* the best test top-1 so far */
     const double *step_loss; /* mean loss of each step of the epoch run in this process */

@@ -275,16 +275,19 @@ static int on_epoch(void *ctx, const struct qt_epoch_stats *s)
     if (!ui->quiet)
         fprintf(stderr,
                 "epoch %d/%d: train loss %.4f top-1 %.2f%% | test loss %.4f top-1 %.2f%% "
-                "top-5 %.2f%% | lr %.5g | %.0f img/s%s\n",
+                "top-5 %.2f%% | lr %.5g | %.0f img/s, %.0f%% of it assembling batches%s\n",
                 s->epoch, s->epochs, s->train_loss, s->train_top1, s->test.loss, s->test.top1,
-                s->test.top5, s->lr, s->images_per_s, s->best ? " | best" : "");
+                s->test.top5, s->lr, s->images_per_s,
+                s->seconds > 0 ? 100.0 * s->data_seconds / s->seconds : 0.0,
+                s->best ? " | best" : "");
     if (ui->log) {
         fprintf(ui->log,
                 "{\"epoch\": %d, \"train_loss\": %.6f, \"train_top1\": %.4f, \"test_loss\": "
                 "%.6f, \"top1\": %.4f, \"top5\": %.4f, \"lr\": %.6g, \"images_per_s\": %.1f, "
-                "\"seconds\": %.2f, \"best\": %s, \"step_loss\": [",
+                "\"seconds\": %.2f, \"data_seconds\": %.2f, \"best\": %s, \"step_loss\": [",
                 s->epoch, s->train_loss, s->train_top1, s->test.loss, s->test.top1, s->test.top5,
-                s->lr, s->images_per_s, s->seconds, s->best ? "true" : "false");
+                s->lr, s->images_per_s, s->seconds, s->data_seconds,
+                s->best ? "true" : "false");
         for (int i = 0; i < s->nsteps; i++)
             fprintf(ui->log, "%s%.9g", i ? ", " : "", s->step_loss[i]);
         fprintf(ui->log, "]}\n");

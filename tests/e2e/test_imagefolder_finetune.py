@@ -1,7 +1,8 @@
 """A torchvision ResNet-18 (random weights, 64x64 input, exported by PyTorch) fine-tuned at
 W4A4 APoT on an ImageNet-layout folder (train/ and val/ of JPEG files of varied sizes) with
-`--crop 64`: the run completes, its progress lines (no terminal: plain lines) carry a rate
-and an ETA, the result is exported, and onnxruntime's top-1 of the export on the val images
+`--crop 64` (streamed: RandomResizedCrop for training): the run completes, its progress
+lines (no terminal: plain lines) carry a rate and an ETA, the epoch reports the share of
+its time spent assembling batches, the result is exported, and onnxruntime's top-1 of the export on the val images
 (torchvision's Resize + CenterCrop, the transform qtune applies) is the top-1 qtune reports."""
 import json
 import os
@@ -54,6 +55,11 @@ def test_resnet18_finetunes_on_an_image_folder(qtune, ref_out, tmp_path):
         # the ETA is the images left at the rate shown (to the second the display rounds to)
         assert abs(eta - (96 - done) / rate) <= 1.5, l
         assert elapsed <= done / rate + 1.5, l
+    # the epoch's summary and log say how much of its time went to decoding batches
+    assert re.search(r"img/s, \d+% of it assembling batches", r.stderr), r.stderr[-2000:]
+    with open(str(tmp_path / "q.log.jsonl")) as f:
+        ep = json.loads(f.readline())
+    assert 0 < ep["data_seconds"] <= ep["seconds"], ep
     top1 = json.loads(r.stdout.strip().splitlines()[-1])["top1"]
     exported = str(tmp_path / "q.export.onnx")
     m = onnx.load(exported)
