@@ -57,6 +57,7 @@ def main():
     log("%-32s %10s %8s %8s" % ("fine-tuning rates", "before ft", "top-1", "change"))
     for name, start, top1 in rows:
         log("%-32s %10.2f %8.2f %+8.2f" % (name, start, top1, top1 - start))
+    log.close()
 
 
 if __name__ == "__main__":
