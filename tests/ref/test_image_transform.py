@@ -58,12 +58,22 @@ def folder(tmp_path_factory):
     return str(root)
 
 
-@pytest.mark.parametrize("resize,crop", [(None, 32), (40, 24), (24, 32), (64, 56)])
-def test_eval_transform_matches_torchvision(qtune, folder, tmp_path, resize, crop):
+@pytest.mark.parametrize("resize,crop,archive", [(None, 32, False), (40, 24, False),
+                                                 (24, 32, False), (64, 56, False),
+                                                 (40, 24, True)])
+def test_eval_transform_matches_torchvision(qtune, folder, tmp_path, resize, crop, archive):
+    """The folder as it is, or as a .tar.gz (its entries then kept in memory)."""
     model = str(tmp_path / "pass.onnx")
     passthrough_model(model, crop)
     out = str(tmp_path / "y.npy")
-    args = ["run", model, "--data", folder, "--split", "test", "--mean", "0,0,0", "--std",
+    data = folder
+    if archive:
+        import tarfile
+        data = str(tmp_path / "images.tar.gz")
+        with tarfile.open(data, "w:gz") as t:
+            for split in ("train", "val"):
+                t.add(os.path.join(folder, split), arcname=split)
+    args = ["run", model, "--data", data, "--split", "test", "--mean", "0,0,0", "--std",
             "1,1,1", "--crop", str(crop), "--output", out, "--quiet"]
     if resize:
         args += ["--resize", str(resize)]
@@ -77,6 +87,8 @@ def test_eval_transform_matches_torchvision(qtune, folder, tmp_path, resize, cro
     ref = datasets.ImageFolder(os.path.join(folder, "val"), transform=tf)
     want = {os.path.realpath(p): i for i, (p, _) in enumerate(ref.samples)}
     assert got.shape == (len(ref.samples), 3, crop, crop), got.shape
+    if archive:  # "ARCHIVE:val/class/file" names the entry
+        names = [os.path.join(folder, n.split(":", 1)[1]) for n in names]
     assert sorted(os.path.realpath(n) for n in names) == sorted(want)
     worst = (0.0, 0.0)
     for row, name in enumerate(names):
