@@ -68,70 +68,98 @@ static int taps_make(struct taps *t, int in_size, int out_size)
     return 0;
 }
 
-static uint8_t clip8(int64_t acc)
+/* The weights sum to 1 << FRAC_BITS and are non-negative: a sum of 255 * weights plus the
+ * rounding half fits in 32 bits, as in PIL. */
+static uint8_t clip8(int32_t acc)
 {
-    const int64_t v = acc >> FRAC_BITS;
+    const int32_t v = acc >> FRAC_BITS;
     return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
 }
 
-/* One axis of src (h x w x c), taps t along `axis` (0: rows, i.e. x; 1: columns, i.e. y),
- * into dst; only dst rows [y0, y1) are computed when resampling x. */
-static void resample_x(uint8_t *dst, int dw, const uint8_t *src, int sw, int c, int y0, int y1,
-                       const struct taps *t)
+/* Rows [y0, y1) of src (sw pixels of c channels) resampled along x: output pixels [x0, x1)
+ * into the rows of dst (x1 - x0 pixels each). */
+static void resample_x(uint8_t *dst, int x0, int x1, const uint8_t *src, int sw, int c, int y0,
+                       int y1, const struct taps *t)
 {
+    const int dw = x1 - x0;
     for (int y = y0; y < y1; y++) {
         const uint8_t *row = src + (size_t)y * sw * c;
-        uint8_t *out = dst + (size_t)(y - y0) * dw * c;
-        for (int o = 0; o < dw; o++) {
+        uint8_t *out = dst + (size_t)(y - y0) * dw * c - (size_t)x0 * c;
+        for (int o = x0; o < x1; o++) {
             const int32_t *k = t->k + (size_t)o * t->width;
+            const uint8_t *p = row + (size_t)t->first[o] * c;
+            const int n = t->n[o];
+            if (c == 3) {
+                int32_t a0 = 1 << (FRAC_BITS - 1), a1 = a0, a2 = a0;
+                for (int i = 0; i < n; i++, p += 3) {
+                    a0 += p[0] * k[i];
+                    a1 += p[1] * k[i];
+                    a2 += p[2] * k[i];
+                }
+                out[3 * o] = clip8(a0);
+                out[3 * o + 1] = clip8(a1);
+                out[3 * o + 2] = clip8(a2);
+                continue;
+            }
             for (int ch = 0; ch < c; ch++) {
-                int64_t acc = (int64_t)1 << (FRAC_BITS - 1);
-                for (int i = 0; i < t->n[o]; i++)
-                    acc += (int64_t)row[(size_t)(t->first[o] + i) * c + ch] * k[i];
+                int32_t acc = 1 << (FRAC_BITS - 1);
+                for (int i = 0; i < n; i++)
+                    acc += p[(size_t)i * c + ch] * k[i];
                 out[(size_t)o * c + ch] = clip8(acc);
             }
         }
     }
 }
 
-static void resample_y(uint8_t *dst, int dh, const uint8_t *src, int w, int c, int row0,
-                       const struct taps *t)
+/* Rows of src (from row0 on, w pixels of c channels) resampled along y: output rows [y0, y1)
+ * into dst; acc holds one row of sums. */
+static void resample_y(uint8_t *dst, int y0, int y1, const uint8_t *src, int w, int c, int row0,
+                       const struct taps *t, int32_t *acc)
 {
     const size_t stride = (size_t)w * c;
-    for (int o = 0; o < dh; o++) {
+    for (int o = y0; o < y1; o++) {
         const int32_t *k = t->k + (size_t)o * t->width;
-        for (size_t x = 0; x < stride; x++) {
-            int64_t acc = (int64_t)1 << (FRAC_BITS - 1);
-            for (int i = 0; i < t->n[o]; i++)
-                acc += (int64_t)src[(size_t)(t->first[o] + i - row0) * stride + x] * k[i];
-            dst[(size_t)o * stride + x] = clip8(acc);
+        for (size_t x = 0; x < stride; x++) acc[x] = 1 << (FRAC_BITS - 1);
+        for (int i = 0; i < t->n[o]; i++) {
+            const uint8_t *row = src + (size_t)(t->first[o] + i - row0) * stride;
+            const int32_t ki = k[i];
+            for (size_t x = 0; x < stride; x++) acc[x] += row[x] * ki;
         }
+        uint8_t *out = dst + (size_t)(o - y0) * stride;
+        for (size_t x = 0; x < stride; x++) out[x] = clip8(acc[x]);
     }
 }
 
-int qt_image_resize(const struct qt_image *src, int ow, int oh, struct qt_image *dst)
+/* The part [rx, rx + rw) x [ry, ry + rh) of src resized to ow x oh (each output pixel
+ * depends on its own taps only, so the part is computed alone). */
+static int resize_part(const struct qt_image *src, int ow, int oh, int rx, int ry, int rw,
+                       int rh, struct qt_image *dst)
 {
     memset(dst, 0, sizeof *dst);
     struct taps tx = {0}, ty = {0};
     uint8_t *mid = NULL;
+    int32_t *acc = NULL;
     const int c = src->c;
     int rc = -1;
-    if (ow < 1 || oh < 1 || taps_make(&tx, src->w, ow) || taps_make(&ty, src->h, oh)) goto out;
+    if (rw < 1 || rh < 1 || taps_make(&tx, src->w, ow) || taps_make(&ty, src->h, oh)) goto out;
     /* rows the vertical pass reads */
-    const int y0 = ty.first[0], y1 = ty.first[oh - 1] + ty.n[oh - 1];
-    mid = malloc((size_t)(y1 - y0) * ow * c);
-    dst->px = malloc((size_t)oh * ow * c);
-    if (!mid || !dst->px) goto out;
+    const int y0 = ty.first[ry], y1 = ty.first[ry + rh - 1] + ty.n[ry + rh - 1];
+    mid = malloc((size_t)(y1 - y0) * rw * c);
+    dst->px = malloc((size_t)rh * rw * c);
+    acc = malloc(sizeof(int32_t) * (size_t)rw * c);
+    if (!mid || !dst->px || !acc) goto out;
     if (ow == src->w) /* PIL skips a pass that keeps the size */
-        memcpy(mid, src->px + (size_t)y0 * src->w * c, (size_t)(y1 - y0) * ow * c);
+        for (int y = y0; y < y1; y++)
+            memcpy(mid + (size_t)(y - y0) * rw * c, src->px + ((size_t)y * src->w + rx) * c,
+                   (size_t)rw * c);
     else
-        resample_x(mid, ow, src->px, src->w, c, y0, y1, &tx);
+        resample_x(mid, rx, rx + rw, src->px, src->w, c, y0, y1, &tx);
     if (oh == src->h)
-        memcpy(dst->px, mid, (size_t)oh * ow * c);
+        memcpy(dst->px, mid, (size_t)rh * rw * c);
     else
-        resample_y(dst->px, oh, mid, ow, c, y0, &ty);
-    dst->w = ow;
-    dst->h = oh;
+        resample_y(dst->px, ry, ry + rh, mid, rw, c, y0, &ty, acc);
+    dst->w = rw;
+    dst->h = rh;
     dst->c = c;
     rc = 0;
 out:
@@ -140,9 +168,15 @@ out:
         dst->px = NULL;
     }
     free(mid);
+    free(acc);
     taps_free(&tx);
     taps_free(&ty);
     return rc;
+}
+
+int qt_image_resize(const struct qt_image *src, int ow, int oh, struct qt_image *dst)
+{
+    return resize_part(src, ow, oh, 0, 0, ow, oh, dst);
 }
 
 /* Where a crop of `crop` starts along a side of `size`: Python's round((size - crop) / 2),
@@ -157,37 +191,39 @@ static int crop_start(int size, int crop)
 
 int qt_image_eval_transform(struct qt_image *im, int resize, int crop)
 {
-    struct qt_image r;
     const int shorter = im->w < im->h ? im->w : im->h, longer = im->w < im->h ? im->h : im->w;
     const int side = (int)((double)((int64_t)resize * longer) / shorter);
     const int rw = im->w <= im->h ? resize : side, rh = im->w <= im->h ? side : resize;
-    if (rw == im->w && rh == im->h) {
-        r = *im;
-        im->px = NULL;
-    } else if (qt_image_resize(im, rw, rh, &r)) {
+    /* the crop's window on the resized image; CenterCrop pads with zeros around an image
+     * smaller than the crop */
+    const int top = crop_start(rh, crop), left = crop_start(rw, crop);
+    const int x0 = left > 0 ? left : 0, y0 = top > 0 ? top : 0;
+    const int x1 = left + crop < rw ? left + crop : rw, y1 = top + crop < rh ? top + crop : rh;
+    struct qt_image part;
+    if (rw == im->w && rh == im->h) { /* PIL keeps an image of the target size as it is */
+        part.w = x1 - x0;
+        part.h = y1 - y0;
+        part.c = im->c;
+        if (!(part.px = malloc((size_t)part.w * part.h * im->c))) return -1;
+        for (int y = 0; y < part.h; y++)
+            memcpy(part.px + (size_t)y * part.w * im->c,
+                   im->px + ((size_t)(y0 + y) * im->w + x0) * im->c, (size_t)part.w * im->c);
+    } else if (resize_part(im, rw, rh, x0, y0, x1 - x0, y1 - y0, &part)) {
         return -1;
     }
-    /* CenterCrop pads with zeros where the image is smaller than the crop */
-    uint8_t *px = calloc((size_t)crop * crop * r.c, 1);
+    uint8_t *px = part.w == crop && part.h == crop ? part.px : calloc((size_t)crop * crop * im->c, 1);
     if (!px) {
-        free(r.px);
+        free(part.px);
         return -1;
     }
-    const int top = crop_start(r.h, crop), left = crop_start(r.w, crop);
-    for (int y = 0; y < crop; y++) {
-        const int sy = y + top;
-        if (sy < 0 || sy >= r.h) continue;
-        for (int x = 0; x < crop; x++) {
-            const int sx = x + left;
-            if (sx < 0 || sx >= r.w) continue;
-            memcpy(px + ((size_t)y * crop + x) * r.c, r.px + ((size_t)sy * r.w + sx) * r.c,
-                   (size_t)r.c);
-        }
+    if (px != part.px) {
+        for (int y = 0; y < part.h; y++)
+            memcpy(px + ((size_t)(y0 - top + y) * crop + (x0 - left)) * im->c,
+                   part.px + (size_t)y * part.w * im->c, (size_t)part.w * im->c);
+        free(part.px);
     }
-    free(r.px);
     free(im->px);
     im->px = px;
     im->w = im->h = crop;
-    im->c = r.c;
     return 0;
 }
