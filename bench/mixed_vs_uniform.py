@@ -104,7 +104,7 @@ def main():
     ap.add_argument("--preset", default="cifar10")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--abits", default="4")
-    ap.add_argument("--budgets", nargs="+", default=["100kB"],
+    ap.add_argument("--budgets", nargs="*", default=["100kB"],
                     help="sensitivity runs: --size-budget values, or avg:A for --avg-bits A")
     ap.add_argument("--mixed-bits", default="", help="sensitivity: the widths to choose from")
     ap.add_argument("--uniform", default="4,3,2")
