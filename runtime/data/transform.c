@@ -15,11 +15,12 @@
 
 #define FRAC_BITS 22
 
-/* The taps of one axis: out_size windows, each `n` integer weights from `first`. */
+/* The taps of outputs [o0, o1) of one axis: output o reads n[o - o0] inputs from
+ * first[o - o0] with the integer weights k + (o - o0) * width. */
 struct taps {
     int *first, *n;
-    int32_t *k; /* out_size x width */
-    int width;
+    int32_t *k;
+    int width, o0;
 };
 
 static void taps_free(struct taps *t)
@@ -29,21 +30,26 @@ static void taps_free(struct taps *t)
     free(t->k);
 }
 
-static int taps_make(struct taps *t, int in_size, int out_size)
+/* Only the outputs a crop keeps are computed: a sliver of an image resized to a huge side
+ * costs what the crop costs. */
+static int taps_make(struct taps *t, int in_size, int out_size, int o0, int o1)
 {
     const double scale = (double)in_size / out_size;
     const double fscale = scale > 1.0 ? scale : 1.0, support = fscale; /* triangle: 1 */
+    const double ss = 1.0 / fscale;
+    const size_t count = (size_t)(o1 - o0);
     t->width = (int)ceil(support) * 2 + 1;
-    t->first = malloc(sizeof(int) * (size_t)out_size);
-    t->n = malloc(sizeof(int) * (size_t)out_size);
-    t->k = malloc(sizeof(int32_t) * (size_t)out_size * (size_t)t->width);
+    t->o0 = o0;
+    t->first = malloc(sizeof(int) * count);
+    t->n = malloc(sizeof(int) * count);
+    t->k = malloc(sizeof(int32_t) * count * (size_t)t->width);
     double *w = malloc(sizeof(double) * (size_t)t->width);
     if (!t->first || !t->n || !t->k || !w) {
         free(w);
         taps_free(t);
         return -1;
     }
-    for (int o = 0; o < out_size; o++) {
+    for (int o = o0; o < o1; o++) {
         const double center = (o + 0.5) * scale;
         int lo = (int)(center - support + 0.5), hi = (int)(center + support + 0.5);
         if (lo < 0) lo = 0;
@@ -52,17 +58,17 @@ static int taps_make(struct taps *t, int in_size, int out_size)
         if (n > t->width) n = t->width;
         double sum = 0.0;
         for (int i = 0; i < n; i++) {
-            const double x = fabs((i + lo - center + 0.5) / fscale);
+            const double x = fabs((i + lo - center + 0.5) * ss);
             w[i] = x < 1.0 ? 1.0 - x : 0.0;
             sum += w[i];
         }
-        int32_t *k = t->k + (size_t)o * t->width;
+        int32_t *k = t->k + (size_t)(o - o0) * t->width;
         for (int i = 0; i < n; i++) {
             const double v = sum != 0.0 ? w[i] / sum : 0.0;
             k[i] = (int32_t)(v < 0 ? v * (1 << FRAC_BITS) - 0.5 : v * (1 << FRAC_BITS) + 0.5);
         }
-        t->first[o] = lo;
-        t->n[o] = n;
+        t->first[o - o0] = lo;
+        t->n[o - o0] = n;
     }
     free(w);
     return 0;
@@ -86,9 +92,9 @@ static void resample_x(uint8_t *dst, int x0, int x1, const uint8_t *src, int sw,
         const uint8_t *row = src + (size_t)y * sw * c;
         uint8_t *out = dst + (size_t)(y - y0) * dw * c - (size_t)x0 * c;
         for (int o = x0; o < x1; o++) {
-            const int32_t *k = t->k + (size_t)o * t->width;
-            const uint8_t *p = row + (size_t)t->first[o] * c;
-            const int n = t->n[o];
+            const int32_t *k = t->k + (size_t)(o - t->o0) * t->width;
+            const uint8_t *p = row + (size_t)t->first[o - t->o0] * c;
+            const int n = t->n[o - t->o0];
             if (c == 3) {
                 int32_t a0 = 1 << (FRAC_BITS - 1), a1 = a0, a2 = a0;
                 for (int i = 0; i < n; i++, p += 3) {
@@ -118,10 +124,10 @@ static void resample_y(uint8_t *dst, int y0, int y1, const uint8_t *src, int w, 
 {
     const size_t stride = (size_t)w * c;
     for (int o = y0; o < y1; o++) {
-        const int32_t *k = t->k + (size_t)o * t->width;
+        const int32_t *k = t->k + (size_t)(o - t->o0) * t->width;
         for (size_t x = 0; x < stride; x++) acc[x] = 1 << (FRAC_BITS - 1);
-        for (int i = 0; i < t->n[o]; i++) {
-            const uint8_t *row = src + (size_t)(t->first[o] + i - row0) * stride;
+        for (int i = 0; i < t->n[o - t->o0]; i++) {
+            const uint8_t *row = src + (size_t)(t->first[o - t->o0] + i - row0) * stride;
             const int32_t ki = k[i];
             for (size_t x = 0; x < stride; x++) acc[x] += row[x] * ki;
         }
@@ -141,9 +147,11 @@ static int resize_part(const struct qt_image *src, int ow, int oh, int rx, int r
     int32_t *acc = NULL;
     const int c = src->c;
     int rc = -1;
-    if (rw < 1 || rh < 1 || taps_make(&tx, src->w, ow) || taps_make(&ty, src->h, oh)) goto out;
+    if (rw < 1 || rh < 1 || taps_make(&tx, src->w, ow, rx, rx + rw) ||
+        taps_make(&ty, src->h, oh, ry, ry + rh))
+        goto out;
     /* rows the vertical pass reads */
-    const int y0 = ty.first[ry], y1 = ty.first[ry + rh - 1] + ty.n[ry + rh - 1];
+    const int y0 = ty.first[0], y1 = ty.first[rh - 1] + ty.n[rh - 1];
     mid = malloc((size_t)(y1 - y0) * rw * c);
     dst->px = malloc((size_t)rh * rw * c);
     acc = malloc(sizeof(int32_t) * (size_t)rw * c);

@@ -17,9 +17,10 @@ PIL = pytest.importorskip("PIL.Image")
 transforms = pytest.importorskip("torchvision.transforms")
 datasets = pytest.importorskip("torchvision.datasets")
 
-# (78, 72), (86, 80), (134, 128): crops whose offset is a half rounded to even
+# (78, 72), (86, 80), (134, 128): crops whose offset is a half rounded to even; (300, 2) and
+# (2, 300): slivers whose long side is resized to thousands of pixels
 SIZES = [(500, 375), (375, 500), (64, 48), (33, 97), (256, 256), (40, 300), (31, 29), (97, 33),
-         (78, 72), (72, 78), (86, 80), (134, 128)]
+         (78, 72), (72, 78), (86, 80), (134, 128), (300, 2), (2, 300)]
 
 
 def passthrough_model(path, s):
