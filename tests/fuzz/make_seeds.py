@@ -308,7 +308,13 @@ def tar_seeds(out, rng, cifar10, meta10):
         "cifar10_tar_gz": bytes([2]) + tar_bytes([("cifar-10-batches-bin/test_batch.bin",
                                                    cifar10)]),
     }
+    # streamed with a crop of 28 (bit 2, bits 3-5 = 3), the train split through the training
+    # transform as well
+    s["png_tar_stream"] = bytes([4 | 3 << 3]) + tar_bytes(folder)
+    s["png_tar_stream_train_gz"] = bytes([7 | 1 << 3]) + tar_bytes(folder)
     if len(j) == 2:
+        s["jpeg_tar_stream"] = bytes([5 | 7 << 3]) + tar_bytes([("train/a/0.jpg", j[0]),
+                                                                 ("train/b/1.jpg", j[1])])
         s["jpeg_tar"] = bytes([0]) + tar_bytes([("test/airplane/0.jpg", j[0]),
                                                 ("test/ship/1.jpg", j[1]),
                                                 ("train/ship/2.jpg", j[1])])
