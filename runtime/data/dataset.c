@@ -34,14 +34,13 @@ static int load(struct qt_dataset *ds, const char *path, const char *split, int 
         return qt_err(e, "%s: cannot open dataset: %s", path, strerror(errno));
     if (S_ISDIR(st.st_mode)) {
         char sub[QT_DATA_PATH_MAX];
-        int v;
-        if (qt_data_idx_detect(path) || qt_data_cifar_detect(path, sub, sizeof sub)) {
-            if (crop) return qt_err(e, "%s: resizing and cropping apply to image folders; this "
-                                       "is an IDX or CIFAR folder of fixed-size images", path);
-            if (qt_data_idx_detect(path)) return qt_data_idx_load(ds, path, split, e);
-            v = qt_data_cifar_detect(path, sub, sizeof sub);
-            return qt_data_cifar_load_dir(ds, sub, v, split, e);
-        }
+        const int idx = qt_data_idx_detect(path);
+        const int v = idx ? 0 : qt_data_cifar_detect(path, sub, sizeof sub);
+        if ((idx || v) && crop)
+            return qt_err(e, "%s: resizing and cropping apply to image folders; this is an IDX "
+                             "or CIFAR folder of fixed-size images", path);
+        if (idx) return qt_data_idx_load(ds, path, split, e);
+        if (v) return qt_data_cifar_load_dir(ds, sub, v, split, e);
         if (qt_data_imagefolder_detect(path))
             return qt_data_imagefolder_load_dir(ds, path, split, resize, crop, e);
         return qt_err(e, "%s: folder is not a dataset qtune reads; " LAYOUTS, path);
