@@ -186,7 +186,7 @@ class Variant:
         for _ in range(3):
             out = step()
         torch.cuda.synchronize()
-        if self.train and not math.isfinite(float(out)):
+        if self.train and not math.isfinite(float(out.detach())):
             raise RuntimeError("%s: loss is not finite" % self.name)
         return time.perf_counter() - t0
 

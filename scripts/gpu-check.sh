@@ -84,11 +84,13 @@ step_probe() {
         for d in $incdirs; do inc="$inc -I$d"; done
         local lib=""
         for d in ${libdirs//:/ }; do lib="$lib -L$d"; done
-        # Python packages ship versioned sonames only: link against them by full name.
+        # Python packages ship versioned sonames only: link against them by file name.
         local dnn blas
         dnn=$(for d in ${libdirs//:/ }; do ls "$d"/libcudnn.so.[0-9]* 2>/dev/null; done | head -1)
         blas=$(for d in ${libdirs//:/ }; do ls "$d"/libcublas.so.[0-9]* 2>/dev/null; done | head -1)
-        echo "building gpu-probe here: nvcc $inc ${dnn:--lcudnn} ${blas:--lcublas}"
+        dnn=${dnn:+-Xlinker -l:$(basename "$dnn")}
+        blas=${blas:+-Xlinker -l:$(basename "$blas")}
+        echo "building gpu-probe here: nvcc $inc $lib ${dnn:--lcudnn} ${blas:--lcublas}"
         nvcc -O2 -gencode arch=compute_90,code=[sm_90,compute_90] $inc scripts/gpu-probe.cu \
             $lib ${dnn:--lcudnn} ${blas:--lcublas} -o "$bin" || return 1
     fi
