@@ -24,24 +24,41 @@ LDLIBS  := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -ldnnl -lprotobuf-c -
 LDFLAGS += -fopenmp $(LDSAN)
 
 GEN_C   := $(BUILD)/gen/onnx/onnx.pb-c.c
-LIB_SRC := $(wildcard util/*.c graph/*.c onnx/*.c passes/*.c runtime/*.c runtime/data/*.c \
-                      kernels/common/*.c kernels/cpu/*.c kernels/ref/*.c)
+# The CUDA backend (runtime/backend_cuda.c, kernels/cuda/) is built when nvcc and cuDNN's
+# header are found; CUDA=0 leaves it out, and runtime/backend_cuda_none.c answers for it.
+NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA ?= $(if $(and $(NVCC),$(wildcard $(CUDA_HOME)/include/cudnn.h)),1,0)
+# Hopper machine code, and PTX that the driver compiles for other GPUs (Turing and later).
+CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_75,code=compute_75
+CUDA_C_SRC := runtime/backend_cuda.c $(wildcard kernels/cuda/*.c)
+CUDA_CU_SRC := $(wildcard kernels/cuda/*.cu)
+BASE_SRC := $(filter-out $(CUDA_C_SRC) runtime/backend_cuda_none.c, \
+              $(wildcard util/*.c graph/*.c onnx/*.c passes/*.c runtime/*.c runtime/data/*.c \
+                         kernels/common/*.c kernels/cpu/*.c kernels/ref/*.c))
+ifeq ($(CUDA),1)
+LIB_SRC := $(BASE_SRC) $(CUDA_C_SRC)
+CU_OBJ  := $(CUDA_CU_SRC:%.cu=$(BUILD)/obj/%.cu.o)
+CFLAGS  += -I$(CUDA_HOME)/include
+LDLIBS  += -L$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcudart_static -lstdc++ -ldl -lrt -lpthread
+else
+LIB_SRC := $(BASE_SRC) runtime/backend_cuda_none.c
+CU_OBJ  :=
+endif
 CLI_SRC := $(wildcard tools/*.c)
 TEST_SRC := $(wildcard tests/unit/*.c tests/onnx_node/*.c)
 
-LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/onnx.pb-c.o
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(CU_OBJ) $(BUILD)/obj/gen/onnx.pb-c.o
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
-
-NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 
 all: info $(BUILD)/qtune $(BUILD)/qtune-tests
 
 info:
-ifneq ($(NVCC),)
-	@echo "qtune: nvcc found at $(NVCC) (CUDA backend: not part of this build yet)"
+ifeq ($(CUDA),1)
+	@echo "qtune: building the CUDA backend with $(NVCC) (CUDA=0 leaves it out)"
 else
-	@echo "qtune: nvcc not found; building the CPU backend only"
+	@echo "qtune: no nvcc with cuDNN found (or CUDA=0); building the CPU backends only"
 endif
 
 $(GEN_C): $(ONNX_PROTO)
@@ -55,6 +72,11 @@ $(BUILD)/obj/gen/onnx.pb-c.o: $(GEN_C)
 $(BUILD)/obj/%.o: %.c $(GEN_C)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/%.cu.o: %.cu $(wildcard kernels/cuda/*.h kernels/cuda/*.cuh kernels/common/*.h)
+	@mkdir -p $(dir $@)
+	$(NVCC) -O2 -std=c++17 $(CUDA_ARCH) -I. -Xcompiler -Wall,-Wextra,-Wno-unused-parameter,-Wno-unknown-pragmas \
+	    -Werror all-warnings -c $< -o $@
 
 $(BUILD)/libqtune.a: $(LIB_OBJ)
 	ar rcs $@ $^
@@ -81,7 +103,8 @@ FUZZ_CFLAGS   = -std=c11 -D_DEFAULT_SOURCE -D_FILE_OFFSET_BITS=64 -g $(FUZZ_OPT)
                 -fopenmp -march=x86-64-v3 -fsanitize=address,undefined -fno-sanitize-recover=all \
                 -Wall -Wextra -Wno-unused-parameter -Wno-pass-failed -I. -I$(FUZZ_DIR)/gen
 FUZZ_GEN_C   := $(FUZZ_DIR)/gen/onnx/onnx.pb-c.c
-FUZZ_OBJ     := $(LIB_SRC:%.c=$(FUZZ_DIR)/obj/%.o) $(FUZZ_DIR)/obj/gen/onnx.pb-c.o
+FUZZ_OBJ     := $(BASE_SRC:%.c=$(FUZZ_DIR)/obj/%.o) $(FUZZ_DIR)/obj/runtime/backend_cuda_none.o \
+                $(FUZZ_DIR)/obj/gen/onnx.pb-c.o
 FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
 # The kernels at -O0: UBSan at -O1 takes minutes per kernel file, and fuzz inputs are tiny.
 $(FUZZ_DIR)/obj/kernels/%.o: FUZZ_OPT := -O0

@@ -28,7 +28,7 @@ int qt_sgd_psgd_check(const struct qt_sgd_param *p, int index, struct qt_error *
 
 const char *qt_backend_devices(void)
 {
-    return "auto|cpu|ref";
+    return "auto|cpu|ref|cuda";
 }
 
 struct qt_backend *qt_backend_new(const char *device, int threads, struct qt_error *e)
@@ -46,6 +46,7 @@ struct qt_backend *qt_backend_new(const char *device, int threads, struct qt_err
         if (!b) qt_err(e, "cannot create the ref backend (out of memory)");
         return b;
     }
+    if (!strcmp(device, "cuda")) return qt_backend_cuda_new(e);
     qt_err(e, "unknown device '%s' (expected %s)", device, qt_backend_devices());
     return NULL;
 }

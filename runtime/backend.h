@@ -125,15 +125,19 @@ int qt_quant_check_alpha(const struct qt_quant_desc *q, const float *alpha, stru
  * per side; returns 0, or -1 with the message every backend gives. */
 int qt_sgd_psgd_check(const struct qt_sgd_param *p, int index, struct qt_error *e);
 
-/* The one factory: "cpu", "ref", or "auto" (the fastest backend built and usable here).
+/* The one factory: "cpu", "ref", "cuda", or "auto" (the CPU backend; the cuda backend does not
+ * cover every op yet).
  * threads <= 0 keeps OpenMP's default. NULL with a message naming the device on failure. */
 struct qt_backend *qt_backend_new(const char *device, int threads, struct qt_error *e);
-/* Devices the factory knows, for messages: "auto|cpu|ref". */
+/* Devices the factory knows, for messages: "auto|cpu|ref|cuda". */
 const char *qt_backend_devices(void);
 
 /* The backends (runtime/backend_*.c), created through the factory. */
 struct qt_backend *qt_backend_cpu_new(int threads);
 struct qt_backend *qt_backend_ref_new(void);
+/* runtime/backend_cuda.c, or runtime/backend_cuda_none.c in a build without nvcc: NULL with a
+ * message when no CUDA device is usable (or CUDA was not built). */
+struct qt_backend *qt_backend_cuda_new(struct qt_error *e);
 /* Download calls made on the ref backend b since its creation or the last reset (the host
  * reads of its memory); -1 when b is not a ref backend. */
 int64_t qt_backend_ref_downloads(const struct qt_backend *b);

@@ -20,7 +20,7 @@ static void usage(void)
            "  --crop S           images of any size: resized (--resize R, default S * 256 /\n"
            "                     224, the shorter side) and center-cropped to S x S\n"
            "  --threads N        CPU threads (default: all cores)\n"
-           "  --device D         auto, cpu or ref (default auto)\n"
+           "  --device D         auto (the CPU), cpu, ref or cuda (default auto)\n"
            "  --json             print a JSON summary as the last line\n"
            "  --quiet            no progress display\n"
            "Without --mean/--std/--preset the normalization stored in the model is used.\n");
