@@ -13,6 +13,7 @@
 #   train     scripts/gpu_train_checks.py: ResNet-20 FP32 training and W4A4 fine-tuning step
 #             losses on cuda against cpu; with the bundle's CIFAR-10 and pretrained ResNet-20,
 #             images/s of an epoch and (GPU_ACCURACY_EPOCHS > 0) the accuracy runs
+#   accuracy  (not by default) the accuracy runs alone, GPU_ACCURACY_EPOCHS (3) epochs each
 #   sanitize  compute-sanitizer memcheck on op-harness tests and a short cuda training run,
 #             racecheck on the kernels with shared memory
 #   torch     bench/gpu_train_step_torch.py: PyTorch's images/s for the same model, eager and
@@ -115,7 +116,14 @@ step_train() {
     [ -f "$BUNDLE/shared/cifar10-jpeg.tar.gz" ] &&
         data=(--data "$BUNDLE/shared/cifar10-jpeg.tar.gz" --model "$BUNDLE/shared/resnet20_cifar10_fp32_bn.onnx")
     PYTHONUNBUFFERED=1 $PY scripts/gpu_train_checks.py --qtune "$BUNDLE/qtune" "${data[@]}" \
-        --accuracy-epochs "$acc" --out "$RES/train"
+        --accuracy-epochs "$acc"
+}
+
+step_accuracy() {
+    [ -f "$BUNDLE/shared/cifar10-jpeg.tar.gz" ] || { echo "no CIFAR-10 in the bundle"; return 1; }
+    PYTHONUNBUFFERED=1 $PY scripts/gpu_train_checks.py --qtune "$BUNDLE/qtune" --only-accuracy \
+        --data "$BUNDLE/shared/cifar10-jpeg.tar.gz" --model "$BUNDLE/shared/resnet20_cifar10_fp32_bn.onnx" \
+        --accuracy-epochs "${GPU_ACCURACY_EPOCHS:-3}"
 }
 
 step_sanitize() {
@@ -128,7 +136,7 @@ step_sanitize() {
     for t in backends_batchnorm backends_quantizers backends_global_avgpool; do
         timeout 120 $cs --tool racecheck "$BUNDLE/qtune-tests" "$t" | tail -3 || rc=1
     done
-    local d=$RES/sanitize-run
+    local d=/tmp/qtune-sanitize-run
     mkdir -p "$d"
     $PY -c "import sys; sys.path.insert(0, 'scripts'); import gpu_train_checks as g; g.make_cifar('$d/c', 256, 128)"
     "$BUNDLE/qtune" init resnet20 --input 3x32x32 --classes 10 --seed 3 -o "$d/r.onnx" >/dev/null

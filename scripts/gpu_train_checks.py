@@ -77,6 +77,32 @@ def compare(name, a, b, rtol, log):
         FAIL.append(name)
 
 
+def accuracy(a, q, tmp, common, log):
+    """FP32 fine-tuning and W4A4 -> W3A3 -> W2A2 progressive APoT fine-tuning of --model."""
+    if a.train_limit:
+        common = common + ["--train-limit", str(a.train_limit), "--test-limit", str(a.train_limit)]
+    E = str(a.accuracy_epochs)
+    acc = {}
+    out = os.path.join(tmp, "acc_fp32.onnx")
+    j = run([q, "train", a.model, "--data", a.data, "--epochs", E, "--lr", "0.01",
+             "--device", a.dev, "-o", out] + common, log)
+    if j is not None:
+        acc["FP32"] = j["top1"]
+        log("FP32: top-1 %.2f%% after %s epochs" % (j["top1"], E))
+    src = a.model
+    for bits in (4, 3, 2):
+        out = os.path.join(tmp, "acc_w%d.onnx" % bits)
+        j = run([q, "finetune", src, "--data", a.data, "--wbits", str(bits), "--abits", str(bits),
+                 "--epochs", E, "--reset-alphas", "--device", a.dev, "-o", out] + common, log)
+        if j is None:
+            break
+        acc["W%dA%d" % (bits, bits)] = j["top1"]
+        log("W%dA%d: top-1 %.2f%% (start %.2f%%) after %s epochs, %.1f s"
+            % (bits, bits, j["top1"], j.get("start_top1", float("nan")), E, j["seconds"]))
+        src = out
+    log("accuracy (%s epochs each, %s): %s" % (E, a.dev, ", ".join("%s %.2f%%" % kv for kv in acc.items())))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--qtune", required=True)
@@ -87,6 +113,7 @@ def main():
     ap.add_argument("--model", default="")
     ap.add_argument("--accuracy-epochs", type=int, default=0)
     ap.add_argument("--train-limit", type=int, default=0, help="speed and accuracy runs: first N images")
+    ap.add_argument("--only-accuracy", action="store_true", help="skip the parity and speed runs")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
     lines = []
@@ -100,6 +127,9 @@ def main():
     os.makedirs(tmp, exist_ok=True)
     common = ["--batch", "128", "--preset", "cifar10", "--quiet", "--json", "--seed", "0"]
     try:
+        if a.only_accuracy:
+            accuracy(a, q, tmp, common, log)
+            return
         # ---- parity ----
         cifar = make_cifar(os.path.join(tmp, "synthetic"), a.parity_images, 256)
         r20 = os.path.join(tmp, "r20.onnx")
@@ -141,25 +171,8 @@ def main():
             log("%-16s epoch: %.1f s, %.0f img/s (%.1f s assembling batches), test top-1 %.2f%%, "
                 "command %.1f s" % (name, ep["seconds"], ep["images_per_s"], ep.get("data_seconds", 0),
                                     ep["top1"], j["seconds"]))
-        # ---- accuracy ----
         if a.accuracy_epochs > 0:
-            E = str(a.accuracy_epochs)
-            acc = {}
-            out = os.path.join(tmp, "acc_fp32.onnx")
-            j = run([q, "train", a.model, "--data", a.data, "--epochs", E, "--lr", "0.01",
-                     "--device", a.dev, "-o", out] + common, log)
-            if j is not None:
-                acc["FP32"] = j["top1"]
-            src = a.model
-            for bits in (4, 3, 2):
-                out = os.path.join(tmp, "acc_w%d.onnx" % bits)
-                j = run([q, "finetune", src, "--data", a.data, "--wbits", str(bits), "--abits", str(bits),
-                         "--epochs", E, "--reset-alphas", "--device", a.dev, "-o", out] + common, log)
-                if j is None:
-                    break
-                acc["W%dA%d" % (bits, bits)] = j["top1"]
-                src = out
-            log("accuracy (%s epochs each, %s): %s" % (E, a.dev, ", ".join("%s %.2f%%" % kv for kv in acc.items())))
+            accuracy(a, q, tmp, common, log)
     finally:
         log("gpu_train_checks: %s" % ("FAILED: " + ", ".join(FAIL) if FAIL else "passed"))
         if a.out:
