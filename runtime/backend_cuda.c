@@ -92,13 +92,18 @@ static int cu_supports(struct qt_backend *b, const struct qt_op_desc *d)
     case QT_K_COPY:
     case QT_K_SIGMOID:
     case QT_K_BITQUANT:
+    case QT_K_MATMUL:
+    case QT_K_SOFTMAX:
+    case QT_K_LOGSOFTMAX:
+    case QT_K_REDUCE_MEAN:
+    case QT_K_TRANSPOSE:
         return 1;
     case QT_K_BATCHNORM:
         return d->u.bn.c <= 65535;
     case QT_K_WEIGHTQUANT:
     case QT_K_ACTQUANT:
         return d->u.q.int8 || d->u.q.nalpha <= 65535;
-    default: /* matmul, softmax, log-softmax, reduce-mean, transpose: not yet */
+    default:
         return 0;
     }
 }
@@ -177,6 +182,19 @@ static int forward_op(struct qt_backend *b, const struct qt_op_desc *d, const fl
         return 0;
     case QT_K_SIGMOID:
         sigmoid_forward_cuda(c, y, x, d->numel);
+        break;
+    case QT_K_MATMUL:
+        return matmul_forward_cuda(c, y, x, in[1], &d->u.mm, e);
+    case QT_K_SOFTMAX:
+    case QT_K_LOGSOFTMAX:
+        softmax_forward_cuda(c, y, x, d->u.ax.outer, d->u.ax.mid, d->u.ax.inner,
+                             d->kind == QT_K_LOGSOFTMAX);
+        break;
+    case QT_K_REDUCE_MEAN:
+        reduce_mean_forward_cuda(c, y, x, &d->u.red);
+        break;
+    case QT_K_TRANSPOSE:
+        transpose_forward_cuda(c, y, x, &d->u.tr);
         break;
     case QT_K_BITQUANT:
         bitquant_forward_cuda(c, y, x, in[1], in[2], d->u.bq.N, d->u.bq.n);
@@ -258,6 +276,20 @@ static int cu_backward(struct qt_backend *b, const struct qt_op_desc *d, const f
         break;
     case QT_K_SIGMOID:
         if (dx) sigmoid_backward_cuda(c, dx, dy, out[0], d->numel, acc[0]);
+        break;
+    case QT_K_MATMUL:
+        return matmul_backward_cuda(c, dx, din[1], dy, x, in[1], &d->u.mm, acc[0], acc[1], e);
+    case QT_K_SOFTMAX:
+    case QT_K_LOGSOFTMAX:
+        if (dx)
+            softmax_backward_cuda(c, dx, dy, out[0], d->u.ax.outer, d->u.ax.mid, d->u.ax.inner,
+                                  d->kind == QT_K_LOGSOFTMAX, acc[0]);
+        break;
+    case QT_K_REDUCE_MEAN:
+        if (dx) reduce_mean_backward_cuda(c, dx, dy, &d->u.red, acc[0]);
+        break;
+    case QT_K_TRANSPOSE:
+        if (dx) transpose_backward_cuda(c, dx, dy, &d->u.tr, acc[0]);
         break;
     case QT_K_BITQUANT:
         return bitquant_backward_cuda(c, dx, din[1], din[2], dy, x, in[1], in[2], d->u.bq.N,

@@ -18,8 +18,8 @@
 #             racecheck on the kernels with shared memory
 #   torch     bench/gpu_train_step_torch.py: PyTorch's images/s for the same model, eager and
 #             torch.compile (the baseline)
-# Environment: GPU_CHECK_STEPS, QT_GPU_BUNDLE (default build-gpu), GPU_ACCURACY_EPOCHS (0),
-# TORCH_BUDGET_S (270), PYTHON (python3).
+# Environment: GPU_CHECK_STEPS, GPU_CHECK_DEADLINE_S (0: none), QT_GPU_BUNDLE (default
+# build-gpu), GPU_ACCURACY_EPOCHS (train: 0, accuracy: 3), TORCH_BUDGET_S (270), PYTHON (python3).
 set -u
 cd "$(dirname "$0")/.."
 RES=${1:-${OUT:-bench/out/gpu}}
@@ -60,13 +60,23 @@ if ls "$BUNDLE"/lib/*.xz >/dev/null 2>&1; then
 fi
 [ -n "$libdirs" ] && export LD_LIBRARY_PATH="$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
-run_step() { # name command...
-    local name=$1; shift
-    local t0=$SECONDS
-    "$@" >"$RES/$name.txt" 2>&1
+# Each step runs under what is left of GPU_CHECK_DEADLINE_S (seconds from the start; 0: none).
+DEADLINE=${GPU_CHECK_DEADLINE_S:-0}
+run_step() { # name
+    local name=$1
+    local t0=$SECONDS left=0
+    if [ "$DEADLINE" -gt 0 ]; then
+        left=$((DEADLINE - SECONDS))
+        if [ $left -le 5 ]; then
+            summary "step $name: skipped, GPU_CHECK_DEADLINE_S=$DEADLINE reached"
+            status=1
+            return
+        fi
+    fi
+    timeout $left bash -c "step_$name" >"$RES/$name.txt" 2>&1
     local rc=$?
     cat "$RES/$name.txt"
-    summary "step $name: exit $rc in $((SECONDS - t0)) s"
+    summary "step $name: exit $rc in $((SECONDS - t0)) s$([ $rc -eq 124 ] && echo ' (out of time)')"
     [ $rc -eq 0 ] || status=1
 }
 
@@ -115,7 +125,7 @@ step_train() {
     local data=() acc=${GPU_ACCURACY_EPOCHS:-0}
     [ -f "$BUNDLE/shared/cifar10-jpeg.tar.gz" ] &&
         data=(--data "$BUNDLE/shared/cifar10-jpeg.tar.gz" --model "$BUNDLE/shared/resnet20_cifar10_fp32_bn.onnx")
-    PYTHONUNBUFFERED=1 $PY scripts/gpu_train_checks.py --qtune "$BUNDLE/qtune" "${data[@]}" \
+    PYTHONUNBUFFERED=1 $PY scripts/gpu_train_checks.py --qtune "$BUNDLE/qtune" ${data[@]+"${data[@]}"} \
         --accuracy-epochs "$acc"
 }
 
@@ -127,6 +137,7 @@ step_accuracy() {
 }
 
 step_sanitize() {
+    set -o pipefail
     command -v compute-sanitizer >/dev/null || { echo "compute-sanitizer absent"; return 1; }
     local cs="compute-sanitizer --error-exitcode 9 --print-limit 20"
     local rc=0 t
@@ -138,10 +149,11 @@ step_sanitize() {
     done
     local d=/tmp/qtune-sanitize-run
     mkdir -p "$d"
-    $PY -c "import sys; sys.path.insert(0, 'scripts'); import gpu_train_checks as g; g.make_cifar('$d/c', 256, 128)"
+    $PY -c "import sys; sys.path.insert(0, 'scripts'); import gpu_train_checks as g; g.make_cifar('$d/c', 160, 64)"
     "$BUNDLE/qtune" init resnet20 --input 3x32x32 --classes 10 --seed 3 -o "$d/r.onnx" >/dev/null
     timeout 300 $cs --tool memcheck "$BUNDLE/qtune" finetune "$d/r.onnx" --data "$d/c" --wbits 4 --abits 4 \
-        --epochs 1 --batch 64 --preset cifar10 --device cuda --quiet --json -o "$d/q.onnx" | tail -4 || rc=1
+        --epochs 1 --batch 64 --calib-batches 1 --preset cifar10 --device cuda --quiet --json \
+        -o "$d/q.onnx" | tail -4 || rc=1
     return $rc
 }
 
@@ -150,8 +162,10 @@ step_torch() {
         --variants fp32-train-eager,w4a4-train-eager,fp32-eval-eager,w4a4-eval-eager,w4a4-train-compile,fp32-train-compile,w4a4-train-compile-ro,w4a4-eval-compile
 }
 
+export RES PY BUNDLE libdirs incdirs LD_LIBRARY_PATH
+export -f step_env step_probe step_ops step_train step_accuracy step_sanitize step_torch summary
 for s in $STEPS; do
-    run_step "$s" "step_$s"
+    run_step "$s"
 done
 summary "gpu-check: $([ $status -eq 0 ] && echo passed || echo FAILED)"
 exit $status

@@ -75,7 +75,7 @@ struct qt_matmul_desc {
 };
 
 /* Element offsets of the A and B matrices that product t reads. */
-static inline void qt_matmul_offsets(const struct qt_matmul_desc *d, int64_t t, int64_t *oa,
+QT_HD static inline void qt_matmul_offsets(const struct qt_matmul_desc *d, int64_t t, int64_t *oa,
                                      int64_t *ob)
 {
     int64_t ia = 0, ib = 0;
@@ -129,7 +129,7 @@ struct qt_transpose_desc {
 };
 
 /* Offset in x of element o of y (row-major over y's dims). */
-static inline int64_t qt_transpose_offset(const struct qt_transpose_desc *d, int64_t o)
+QT_HD static inline int64_t qt_transpose_offset(const struct qt_transpose_desc *d, int64_t o)
 {
     int64_t stride[QT_DESC_MAX_DIMS], s = 1, off = 0;
     for (int i = d->ndim - 1; i >= 0; i--) {

@@ -87,6 +87,20 @@ void avgpool2d_forward_cuda(struct qt_cuda_ctx *c, float *y, const float *x,
 void avgpool2d_backward_cuda(struct qt_cuda_ctx *c, float *dx, const float *dy,
                              const struct qt_conv2d_desc *d, int count_include_pad, int acc);
 
+/* ---- softmax.cu (log_softmax: the log-softmax instead) and transpose.cu ---- */
+void softmax_forward_cuda(struct qt_cuda_ctx *c, float *y, const float *x, int64_t outer,
+                          int64_t mid, int64_t inner, int log_softmax);
+void softmax_backward_cuda(struct qt_cuda_ctx *c, float *dx, const float *dy, const float *y,
+                           int64_t outer, int64_t mid, int64_t inner, int log_softmax, int acc);
+void reduce_mean_forward_cuda(struct qt_cuda_ctx *c, float *y, const float *x,
+                              const struct qt_reduce_desc *r);
+void reduce_mean_backward_cuda(struct qt_cuda_ctx *c, float *dx, const float *dy,
+                               const struct qt_reduce_desc *r, int acc);
+void transpose_forward_cuda(struct qt_cuda_ctx *c, float *y, const float *x,
+                            const struct qt_transpose_desc *d);
+void transpose_backward_cuda(struct qt_cuda_ctx *c, float *dx, const float *dy,
+                             const struct qt_transpose_desc *d, int acc);
+
 /* ---- batchnorm.cu (per-channel sums in double scratch: 4 c doubles) ---- */
 int batchnorm_infer_forward_cuda(struct qt_cuda_ctx *c, float *y, const float *x,
                                  const float *scale, const float *bias, const float *mean,
@@ -159,6 +173,12 @@ void conv2d_cache_free_cuda(struct qt_cuda_ctx *c);
 /* ---- gemm.c (cuBLAS) ---- */
 int gemm_forward_cuda(struct qt_cuda_ctx *c, float *y, const float *a, const float *b,
                       const float *cm, const struct qt_gemm_desc *d, struct qt_error *e);
+/* MatMul with broadcast batches: one product per batch, in stream order. */
+int matmul_forward_cuda(struct qt_cuda_ctx *c, float *y, const float *a, const float *b,
+                        const struct qt_matmul_desc *d, struct qt_error *e);
+int matmul_backward_cuda(struct qt_cuda_ctx *c, float *da, float *db, const float *dy,
+                         const float *a, const float *b, const struct qt_matmul_desc *d, int acc_a,
+                         int acc_b, struct qt_error *e);
 int gemm_backward_cuda(struct qt_cuda_ctx *c, float *da, float *db, float *dc, const float *dy,
                        const float *a, const float *b, const struct qt_gemm_desc *d, int acc_a,
                        int acc_b, int acc_c, struct qt_error *e);

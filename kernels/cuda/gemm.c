@@ -1,5 +1,5 @@
-/* CUDA Gemm (ONNX: transposes, alpha, beta, broadcast C) through cuBLAS, forward and backward
- * side by side. Row-major products are computed as the column-major products of the
+/* CUDA Gemm (ONNX: transposes, alpha, beta, broadcast C) and MatMul (broadcast batches) through
+ * cuBLAS, forward and backward side by side. Row-major products are computed as the column-major products of the
  * transposes; FP32 arithmetic (cuBLAS's default math: no TF32). */
 #include <cublas_v2.h>
 
@@ -63,6 +63,46 @@ int gemm_backward_cuda(struct qt_cuda_ctx *c, float *da, float *db, float *dc, c
     if (dc) {
         gemm_dc_cuda(c, dc, dy, d->beta, m, n, d, acc_c);
         return QT_CU_LAUNCH(e, "Gemm's C gradient");
+    }
+    return 0;
+}
+
+int matmul_forward_cuda(struct qt_cuda_ctx *c, float *y, const float *a, const float *b,
+                        const struct qt_matmul_desc *d, struct qt_error *e)
+{
+    const int64_t m = d->m, n = d->n, k = d->k;
+    if (m < 1 || n < 1 || d->batches < 1) return 0;
+    if (k < 1)
+        return QT_CU(e, cudaMemsetAsync(y, 0, sizeof(float) * (size_t)(d->batches * m * n), c->stream));
+    for (int64_t t = 0; t < d->batches; t++) {
+        int64_t oa, ob;
+        qt_matmul_offsets(d, t, &oa, &ob);
+        if (rm_gemm(c, 0, 0, m, n, k, 1.0f, a + oa, b + ob, 0.0f, y + t * m * n, e)) return -1;
+    }
+    return 0;
+}
+
+/* Gradients are cleared first (unless accumulating), then every product adds its share to the
+ * matrices it read: several where a batch dimension broadcasts. */
+int matmul_backward_cuda(struct qt_cuda_ctx *c, float *da, float *db, const float *dy,
+                         const float *a, const float *b, const struct qt_matmul_desc *d, int acc_a,
+                         int acc_b, struct qt_error *e)
+{
+    const int64_t m = d->m, n = d->n, k = d->k;
+    if (da && !acc_a && d->na > 0 &&
+        QT_CU(e, cudaMemsetAsync(da, 0, sizeof(float) * (size_t)d->na, c->stream)))
+        return -1;
+    if (db && !acc_b && d->nb > 0 &&
+        QT_CU(e, cudaMemsetAsync(db, 0, sizeof(float) * (size_t)d->nb, c->stream)))
+        return -1;
+    if (m < 1 || n < 1 || k < 1) return 0;
+    for (int64_t t = 0; t < d->batches; t++) {
+        int64_t oa, ob;
+        qt_matmul_offsets(d, t, &oa, &ob);
+        const float *g = dy + t * m * n;
+        /* dA_t += dY_t B_t^T;  dB_t += A_t^T dY_t */
+        if (da && rm_gemm(c, 0, 1, m, k, n, 1.0f, g, b + ob, 1.0f, da + oa, e)) return -1;
+        if (db && rm_gemm(c, 1, 0, k, n, m, 1.0f, a + oa, g, 1.0f, db + ob, e)) return -1;
     }
     return 0;
 }
