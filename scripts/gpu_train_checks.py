@@ -7,8 +7,10 @@ parity    ResNet-20 (`qtune init`, seed 3) on a synthetic CIFAR-10 folder of --p
           losses must agree within 1e-3 (FP32) and 1e-2 (W4A4: a value within float rounding
           of a level midpoint takes the neighbouring level on one backend) relative, and the
           final test loss likewise.
-speed     with --data (CIFAR-10) and --model (a trained ResNet-20): one epoch of W4A4 APoT
-          fine-tuning and one of FP32 training on --dev, images/s as qtune reports them.
+eval      with --data (CIFAR-10) and --model (a trained ResNet-20): `qtune eval` on both, loss
+          within 1e-4 and top-1 within 1e-3 relative.
+speed     with --data and --model: one epoch of W4A4 APoT fine-tuning and one of FP32
+          training on --dev, images/s as qtune reports them.
 accuracy  with --accuracy-epochs E > 0: FP32 fine-tuning and W4A4 -> W3A3 -> W2A2 progressive
           APoT fine-tuning, E epochs each (cosine), top-1 on the test split.
 Prints a table; exits 1 when a parity check fails or a command fails.
@@ -157,6 +159,16 @@ def main():
             return
         if a.train_limit:
             common += ["--train-limit", str(a.train_limit), "--test-limit", str(a.train_limit)]
+        # ---- evaluation of the trained model on both backends ----
+        ev = {}
+        for dev in (a.base, a.dev):
+            ev[dev] = run([q, "eval", a.model, "--data", a.data, "--device", dev, "--json", "--preset", "cifar10"], log)
+            if ev[dev] is None:
+                return
+            log("%-5s eval: top-1 %.2f%%, loss %.6f, %.1f s" % (dev, ev[dev]["top1"], ev[dev]["loss"],
+                                                              ev[dev].get("seconds", float("nan"))))
+        compare("eval loss", [ev[a.dev]["loss"]], [ev[a.base]["loss"]], 1e-4, log)
+        compare("eval top-1", [ev[a.dev]["top1"]], [ev[a.base]["top1"]], 1e-3, log)
         # ---- speed, on the real data ----
         sp = {}
         for name, cmd in (
