@@ -16,6 +16,8 @@
 #   accuracy  (not by default) the accuracy runs alone, GPU_ACCURACY_EPOCHS (3) epochs each
 #   sanitize  compute-sanitizer memcheck on op-harness tests and a short cuda training run,
 #             racecheck on the kernels with shared memory
+#   bench     (not by default) bench/gpu_train_step_vs_torch.py: qtune's W4A4 training step on
+#             cuda against PyTorch eager and compiled, alternated in one script
 #   torch     bench/gpu_train_step_torch.py: PyTorch's images/s for the same model, eager and
 #             torch.compile (the baseline)
 # Environment: GPU_CHECK_STEPS, GPU_CHECK_DEADLINE_S (0: none), QT_GPU_BUNDLE (default
@@ -157,13 +159,17 @@ step_sanitize() {
     return $rc
 }
 
+step_bench() {
+    PYTHONUNBUFFERED=1 $PY bench/gpu_train_step_vs_torch.py --qtune "$BUNDLE/qtune"
+}
+
 step_torch() {
     PYTHONUNBUFFERED=1 $PY bench/gpu_train_step_torch.py --budget-s "${TORCH_BUDGET_S:-270}" \
         --variants fp32-train-eager,w4a4-train-eager,fp32-eval-eager,w4a4-eval-eager,w4a4-train-compile,fp32-train-compile,w4a4-train-compile-ro,w4a4-eval-compile
 }
 
 export RES PY BUNDLE libdirs incdirs LD_LIBRARY_PATH
-export -f step_env step_probe step_ops step_train step_accuracy step_sanitize step_torch summary
+export -f step_env step_probe step_ops step_train step_accuracy step_sanitize step_bench step_torch summary
 for s in $STEPS; do
     run_step "$s"
 done
