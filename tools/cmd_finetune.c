@@ -24,6 +24,10 @@ static void usage(void)
         "usage: qtune finetune MODEL.onnx --data DATA --wbits W --abits A -o OUT.onnx [options]\n"
         "  --wbits W, --abits A weight and activation bits (default 4 and 4); --bits B sets both;\n"
         "                       --abits 0 keeps activations float\n"
+        "                       progressive: lists (--wbits 4,3,2 --abits 4,3,2; one value\n"
+        "                       holds for every stage) fine-tune stage after stage, each from\n"
+        "                       the last stage's model with its alphas re-calibrated; stage k\n"
+        "                       writes OUT.wWaA.onnx, the last one OUT\n"
         "  --scheme S           apot (default) or uniform\n"
         "  --epochs E           fine-tuning epochs (default 1); 0: post-training quantization\n"
         "  --first-last M       first conv and last layer: 8 (8-bit weights, float inputs;\n"
@@ -275,6 +279,155 @@ static int mixed_allocate(struct qt_graph *g, struct qt_backend *b, const struct
     return rc;
 }
 
+
+/* ---- progressive fine-tuning: --wbits 4,3,2 --abits 4,3,2 ---- */
+
+#define MAX_STAGES 8
+
+struct stages {
+    int n;
+    long w[MAX_STAGES], a[MAX_STAGES];
+};
+
+/* Parses a bit-width list into v (1 to MAX_STAGES values in [lo, 8]); returns the count or -1. */
+static int bits_list(const char *s, long lo, long *v)
+{
+    int n = 0;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        const long x = strtol(p, &end, 10);
+        if (end == p || x < lo || x > 8 || n == MAX_STAGES || (*end && *end != ',')) return -1;
+        v[n++] = x;
+        p = *end ? end + 1 : end;
+        if (*end && !*p) return -1;
+    }
+    return n;
+}
+
+/* s inside a JSON string: quotes, backslashes and control characters escaped. */
+static void json_string(FILE *f, const char *s)
+{
+    for (; *s; s++) {
+        const unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c < 0x20)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
+    }
+}
+
+/* "OUT.w4a4.onnx" for stage OUT.onnx. */
+static void stage_out(char *buf, size_t cap, const char *out, long w, long a)
+{
+    const char *dot = strrchr(out, '.');
+    const int stem = dot && strcmp(dot, ".onnx") == 0 ? (int)(dot - out) : (int)strlen(out);
+    snprintf(buf, cap, "%.*s.w%lda%ld.onnx", stem, out, w, a);
+}
+
+/* The last epoch of a stage's log (OUT.log.jsonl): top-1, top-5 and loss, and the best top-1;
+ * 0, or -1 when the log cannot be read. */
+static int stage_result(const char *out, double *top1, double *top5, double *loss, double *best)
+{
+    char path[4200];
+    const char *dot = strrchr(out, '.');
+    const int stem = dot && strcmp(dot, ".onnx") == 0 ? (int)(dot - out) : (int)strlen(out);
+    snprintf(path, sizeof path, "%.*s.log.jsonl", stem, out);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char line[65536];
+    int got = 0;
+    *best = -1;
+    while (fgets(line, sizeof line, f)) {
+        const char *t1 = strstr(line, "\"top1\": "), *t5 = strstr(line, "\"top5\": ");
+        const char *tl = strstr(line, "\"test_loss\": ");
+        if (!strstr(line, "\"epoch\": ") || !t1 || !t5 || !tl) continue;
+        *top1 = strtod(t1 + 8, NULL);
+        *top5 = strtod(t5 + 8, NULL);
+        *loss = strtod(tl + 13, NULL);
+        if (*top1 > *best) *best = *top1;
+        got = 1;
+    }
+    fclose(f);
+    return got ? 0 : -1;
+}
+
+/* Runs `finetune` once per stage with argv rewritten: the model (argv[model_at]) becomes the
+ * last stage's output, -o (argv[out_at]) the stage's output, the bit options the stage's bits;
+ * stages after the first re-initialize their alphas from data (--reset-alphas --alpha-init
+ * calib, unless --alpha-init is given). --json: one summary of every stage as the last line. */
+static int progressive(int argc, char **argv, int model_at, int out_at, const struct stages *st,
+                       int json, int alpha_init_given)
+{
+    char outs[MAX_STAGES][4200], wv[MAX_STAGES][8], av[MAX_STAGES][8];
+    char **sv = malloc(sizeof(char *) * (size_t)(argc + 8));
+    if (!sv) return cli_fail("finetune: out of memory");
+    int rc = 0;
+    for (int k = 0; k < st->n && !rc; k++) {
+        if (k + 1 < st->n)
+            stage_out(outs[k], sizeof outs[k], argv[out_at], st->w[k], st->a[k]);
+        else
+            snprintf(outs[k], sizeof outs[k], "%s", argv[out_at]);
+        snprintf(wv[k], sizeof wv[k], "%ld", st->w[k]);
+        snprintf(av[k], sizeof av[k], "%ld", st->a[k]);
+        int n = 0;
+        for (int i = 0; i < argc; i++) {
+            const char *a = argv[i];
+            if (json && strcmp(a, "--json") == 0) continue;
+            if ((strcmp(a, "--wbits") == 0 || strcmp(a, "--abits") == 0 || strcmp(a, "--bits") == 0) &&
+                i + 1 < argc) {
+                i++; /* replaced below */
+                continue;
+            }
+            sv[n++] = i == model_at ? (k ? outs[k - 1] : argv[i]) : i == out_at ? outs[k] : argv[i];
+        }
+        sv[n++] = "--wbits";
+        sv[n++] = wv[k];
+        sv[n++] = "--abits";
+        sv[n++] = av[k];
+        if (k) {
+            sv[n++] = "--reset-alphas";
+            if (!alpha_init_given) {
+                sv[n++] = "--alpha-init";
+                sv[n++] = "calib";
+            }
+        }
+        sv[n] = NULL;
+        fprintf(stderr, "progressive fine-tuning, stage %d of %d: W%ldA%ld from %s\n", k + 1,
+                st->n, st->w[k], st->a[k], k ? outs[k - 1] : argv[model_at]);
+        rc = cmd_finetune(n, sv);
+        if (rc)
+            fprintf(stderr, "qtune: progressive fine-tuning stopped in stage %d of %d (W%ldA%ld)%s\n",
+                    k + 1, st->n, st->w[k], st->a[k],
+                    k ? "; the earlier stages' models are written" : "");
+    }
+    free(sv);
+    if (rc) return rc;
+    double t1[MAX_STAGES], t5[MAX_STAGES], ls[MAX_STAGES], bt[MAX_STAGES];
+    for (int k = 0; k < st->n; k++)
+        if (stage_result(outs[k], &t1[k], &t5[k], &ls[k], &bt[k]))
+            return cli_fail("finetune: cannot read the log of stage %d (%s)", k + 1, outs[k]);
+    printf("progressive fine-tuning:");
+    for (int k = 0; k < st->n; k++)
+        printf("%s W%ldA%ld %.2f%%", k ? " ->" : "", st->w[k], st->a[k], t1[k]);
+    printf(" (test top-1 after each stage)\n");
+    if (json) {
+        printf("{\"top1\": %.4f, \"top5\": %.4f, \"loss\": %.6f, \"best_top1\": %.4f, \"stages\": [",
+               t1[st->n - 1], t5[st->n - 1], ls[st->n - 1], bt[st->n - 1]);
+        for (int k = 0; k < st->n; k++) {
+            printf("%s{\"wbits\": %ld, \"abits\": %ld, \"top1\": %.4f, \"top5\": %.4f, \"loss\": "
+                   "%.6f, \"best_top1\": %.4f, \"model\": \"",
+                   k ? ", " : "", st->w[k], st->a[k], t1[k], t5[k], ls[k], bt[k]);
+            json_string(stdout, outs[k]);
+            printf("\"}");
+        }
+        printf("]}\n");
+    }
+    return 0;
+}
+
 int cmd_finetune(int argc, char **argv)
 {
     struct recipe r;
@@ -283,6 +436,8 @@ int cmd_finetune(int argc, char **argv)
     const char *path = NULL, *first_last = "8", *alpha_init = "paper", *folded = "unfold";
     const char *int8_range = "absmax", *export_fmt = NULL, *export_out = NULL;
     long wbits = 4, abits = 4, calib_batches = 8, calib_images = 0, holdout = 2000;
+    long wl[MAX_STAGES], al[MAX_STAGES]; /* progressive: the lists given */
+    int nw = 1, na = 1, model_at = -1;
     struct ptq_opts po = {-1, -1, 99.99, -1, 1, 0, {200, 32, 1e-2, 0.01}, QT_BN_AUTO};
     int scheme = QT_QS_APOT, per_channel = 0, no_std = 0, reset = 0;
     double alpha_w = 3.0, alpha_a = 8.0;
@@ -331,12 +486,22 @@ int cmd_finetune(int argc, char **argv)
         } else if ((strcmp(a, "--wbits") == 0 || strcmp(a, "--abits") == 0 ||
                     strcmp(a, "--bits") == 0) &&
                    has) {
-            long v = strtol(argv[++i], &end, 10);
             const long lo = a[2] == 'a' ? 0 : 1; /* --abits 0: activations stay float */
-            if (*end || !*argv[i] || v < lo || v > 8)
-                return cli_fail("finetune: %s needs a bit width from %ld to 8", a, lo);
-            if (a[2] != 'a') wbits = v;
-            if (a[2] != 'w') abits = v;
+            long v[MAX_STAGES];
+            const int n = bits_list(argv[++i], lo, v);
+            if (n < 1)
+                return cli_fail("finetune: %s needs a bit width from %ld to 8, or a list of up to "
+                                "%d (4,3,2)", a, lo, MAX_STAGES);
+            if (a[2] != 'a') {
+                wbits = v[0];
+                nw = n;
+                memcpy(wl, v, sizeof(long) * (size_t)n);
+            }
+            if (a[2] != 'w') {
+                abits = v[0];
+                na = n;
+                memcpy(al, v, sizeof(long) * (size_t)n);
+            }
         } else if (strcmp(a, "--holdout") == 0 && has) {
             char *hend;
             holdout = strtol(argv[++i], &hend, 10);
@@ -402,12 +567,37 @@ int cmd_finetune(int argc, char **argv)
             return cli_fail("finetune: unknown or incomplete option '%s'", a);
         else if (path)
             return cli_fail("finetune: more than one model given");
-        else
+        else {
             path = a;
+            model_at = i;
+        }
     }
     if (!path || !r.data || !r.out)
         return cli_fail("finetune: usage: qtune finetune MODEL.onnx --data DATA --wbits W "
                         "--abits A -o OUT.onnx");
+    if (nw > 1 || na > 1) {
+        struct stages st = {nw > na ? nw : na, {0}, {0}};
+        if (nw > 1 && na > 1 && nw != na)
+            return cli_fail("finetune: --wbits and --abits list %d and %d stages", nw, na);
+        for (int k = 0; k < st.n; k++) {
+            st.w[k] = nw > 1 ? wl[k] : wbits;
+            st.a[k] = na > 1 ? al[k] : abits;
+        }
+        const char *clash = r.resume ? "--resume (resume the interrupted stage alone, then run "
+                                       "the remaining stages from its output)"
+                            : r.ckpt ? "--checkpoint (each stage checkpoints next to its output)"
+                            : mixed || budget || avg_bits > 0 ? "mixed precision"
+                            : r.epochs == 0 ? "--epochs 0" : NULL;
+        if (clash) return cli_fail("finetune: progressive stages do not combine with %s", clash);
+        int out_at = -1;
+        for (int i = 1; i < argc; i++)
+            if (argv[i] == r.out) out_at = i;
+        int alpha_init_given = 0;
+        for (int i = 1; i < argc; i++)
+            alpha_init_given |= strcmp(argv[i], "--alpha-init") == 0;
+        if (out_at < 0) return cli_fail("finetune: cannot find the value of -o");
+        return progressive(argc, argv, model_at, out_at, &st, r.json, alpha_init_given);
+    }
     int rc = recipe_check(&r);
     if (rc) return rc;
     if (mixed && !strcmp(mixed, "sensitivity") && !budget && !(avg_bits > 0))

@@ -234,6 +234,58 @@ def test_reload_continues_and_progressive_bits(qtune, fp_model, tmp_path):
         prev = out
 
 
+def test_progressive_in_one_command(qtune, fp_model, tmp_path):
+    """--wbits 4,3,2 --abits 4,3,2: three stages in one command, each from the last stage's
+    model with re-initialized alphas; the same as the three commands run by hand (bit for
+    bit), each stage's model at its bits, and the JSON summary of every stage as the last line,
+    whose accuracies `qtune eval` of the written models reproduces."""
+    fp, _, _ = fp_model
+    opts = ["--epochs", "1", "--train-limit", "1024", "--lr", "0.01"] + COMMON
+    out = str(tmp_path / "p.onnx")
+    r = qtune("finetune", fp, "--wbits", "4,3,2", "--abits", "4,3,2", "--json", "-o", out,
+              *opts[:-1])  # not --quiet: the stages' reports are checked
+    r.check_ok()
+    assert r.stderr.count("alphas re-initialized") == 2, r.stderr
+    summary = last_json(r)
+    stages = summary["stages"]
+    models = [str(tmp_path / "p.w4a4.onnx"), str(tmp_path / "p.w3a3.onnx"), out]
+    assert [(s["wbits"], s["abits"], s["model"]) for s in stages] == \
+        [(4, 4, models[0]), (3, 3, models[1]), (2, 2, out)], stages
+    assert summary["top1"] == stages[-1]["top1"]
+    for s, m in zip(stages, models):
+        qn = [n for n in quant_nodes(m) if attr(n, "scheme") == b"apot"]
+        assert qn and all(attr(n, "bits") == s["wbits"] for n in qn), m
+        ev = qtune("eval", m, "--data", FMNIST, "--preset", "fashion-mnist", "--limit", "1000",
+                   "--json", "--quiet")
+        ev.check_ok()
+        assert abs(last_json(ev)["top1"] - s["top1"]) < 1e-6, (m, last_json(ev), s)
+    # By hand: the same stages, each from the last one's output.
+    prev = fp
+    for bits, extra in ((4, []), (3, ["--reset-alphas", "--alpha-init", "calib"]),
+                        (2, ["--reset-alphas", "--alpha-init", "calib"])):
+        hand = str(tmp_path / ("h%d.onnx" % bits))
+        qtune("finetune", prev, "--bits", str(bits), "-o", hand, *extra, *opts).check_ok()
+        prev = hand
+    a, b = inits(out), inits(prev)
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].shape == b[k].shape and np.array_equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--wbits", "4,3", "--abits", "4,3,2"], "list 2 and 3 stages"),
+    (["--wbits", "4,3,"], "--wbits needs"),
+    (["--wbits", "4,9"], "--wbits needs"),
+    (["--wbits", "4,3", "--resume", "x.ckpt"], "--resume"),
+    (["--wbits", "4,3", "--epochs", "0"], "--epochs 0"),
+])
+def test_progressive_bad_settings(qtune, fp_model, tmp_path, args, needle):
+    fp, _, _ = fp_model
+    r = qtune("finetune", fp, "-o", str(tmp_path / "x.onnx"), *COMMON, *args)
+    r.check_error(needle)
+    assert not os.path.exists(str(tmp_path / "x.onnx")), r.describe()
+
+
 def test_overrides_and_uniform_per_channel(qtune, fp_model, tmp_path):
     fp, _, _ = fp_model
     out = str(tmp_path / "ov.onnx")
