@@ -185,6 +185,60 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* A test split folder sp holding its images directly: each one's class from the labels file
+ * in the dataset's root (classes: the train split's class folders, sorted). */
+static int flat_split(struct qt_imgset *s, const char *sp, const char *root, char **classes,
+                      int nclasses, struct qt_error *e)
+{
+    char lp[QT_DATA_PATH_MAX], path[QT_DATA_PATH_MAX];
+    if (nclasses == 0)
+        return qt_err(e, "%s: no class folders in train/ to name the classes of %s's images", root,
+                      sp);
+    if (qt_labels_find(lp, sizeof lp, root) < 0)
+        return qt_err(e, "%s: no class folders, and no labels file in %s (%s)", sp, root,
+                      qt_labels_names());
+    struct qt_labels L;
+    if (qt_labels_load(&L, lp, classes, nclasses, e) < 0) return -1;
+    char **names;
+    int n, rc = 0, count = 0;
+    if (qt_data_list_dir(sp, 0, &names, &n, e) < 0) {
+        qt_labels_free(&L);
+        return -1;
+    }
+    for (int i = 0; i < n && rc == 0; i++) {
+        if (!qt_data_is_image_name(names[i])) continue;
+        if (qt_data_join(path, sizeof path, sp, names[i], e) < 0) {
+            rc = -1;
+            break;
+        }
+        if (qt_data_is_dir(path)) continue;
+        const int label = qt_labels_get(&L, names[i]);
+        if (label < 0) {
+            rc = qt_err(e, "%s: image '%s' has no line in %s", sp, names[i], lp);
+            break;
+        }
+        uint8_t *data = NULL;
+        size_t len = 0;
+        if (s->crop <= 0 && qt_data_read_file(path, &data, &len, e) < 0) {
+            rc = -1;
+            break;
+        }
+        char *name = strdup(path);
+        if (!name) {
+            free(data);
+            rc = qt_err(e, "out of memory");
+            break;
+        }
+        rc = qt_imgset_add(s, name, data, len, label, e);
+        count++;
+    }
+    if (rc == 0 && count == 0)
+        rc = qt_err(e, "%s: no class folders and no images (.jpg, .jpeg or .png)", sp);
+    qt_data_free_names(names, n);
+    qt_labels_free(&L);
+    return rc;
+}
+
 int qt_data_imagefolder_load_dir(struct qt_dataset *ds, const char *dir, const char *split,
                                  int resize, int crop, struct qt_error *e)
 {
@@ -238,6 +292,16 @@ int qt_data_imagefolder_load_dir(struct qt_dataset *ds, const char *dir, const c
     }
     mine = lists[want];
     nmine = counts[want];
+    if (nmine == 0 && want == 1) {
+        /* ImageNet's flat val/: the images themselves, classed by a labels file */
+        rc = flat_split(&s, sp, dir, all, nall, e);
+        if (rc == 0) rc = finish_dataset(ds, &s, all, nall, dir, split, e);
+        if (rc == 0) {
+            all = NULL;
+            nall = 0;
+        }
+        goto done;
+    }
     if (nmine == 0) {
         rc = qt_err(e, "%s: no class folders in the %s split", sp, split);
         goto done;

@@ -38,6 +38,23 @@ void qt_data_free_names(char **names, int n);
 /* Whether name ends in .jpg, .jpeg or .png (any case). */
 int qt_data_is_image_name(const char *name);
 
+/* ---- labels.c: labels files for folders without class sub-folders (ImageNet's flat val/) ---- */
+struct qt_labels {
+    void *entries; /* sorted by key (a file name without its extension) */
+    int n;
+    char path[QT_DATA_PATH_MAX];
+};
+/* The labels file in the dataset's root folder root (qt_labels_names() lists the names it is
+ * looked for under) into out: 0, or -1 when there is none. */
+int qt_labels_find(char *out, size_t cap, const char *root);
+const char *qt_labels_names(void);
+/* Reads a labels file against the sorted class names; -1 with the file and line on error. */
+int qt_labels_load(struct qt_labels *L, const char *path, char *const *classes, int nclasses,
+                   struct qt_error *e);
+/* The class of image file name (a path or a bare name), or -1 when the file has no line. */
+int qt_labels_get(const struct qt_labels *L, const char *name);
+void qt_labels_free(struct qt_labels *L);
+
 /* Splits text into its non-empty lines (whitespace trimmed); returns the count or -1. */
 int qt_data_split_lines(const char *text, size_t len, char ***lines);
 
