@@ -6,7 +6,8 @@ parity    ResNet-20 (`qtune init`, seed 3) on a synthetic CIFAR-10 folder of --p
           and one W4A4 APoT `finetune` epoch on --base and on --dev; the per-step training
           losses must agree within 1e-3 (FP32) and 1e-2 (W4A4: a value within float rounding
           of a level midpoint takes the neighbouring level on one backend) relative, and the
-          final test loss likewise.
+          final test loss likewise; a checkpoint of one FP32 epoch on either backend resumed on
+          the other gives the second epoch's losses of two epochs straight on --base (1e-3).
 eval      with --data (CIFAR-10) and --model (a trained ResNet-20): `qtune eval` on both, loss
           within 1e-4 and top-1 within 1e-3 relative.
 speed     with --data and --model: one epoch of W4A4 APoT fine-tuning and one of FP32
@@ -152,6 +153,22 @@ def main():
         compare("FP32 test loss", [res[a.dev][0]["loss"]], [res[a.base][0]["loss"]], 1e-3, log)
         compare("W4A4 step losses", step_losses(qd), step_losses(qb), 1e-2, log)
         compare("W4A4 test loss", [res[a.dev][1]["loss"]], [res[a.base][1]["loss"]], 1e-2, log)
+        # ---- checkpoints move between devices: epoch 1 on one, --resume epoch 2 on the other ----
+        rs = ["--schedule", "step", "--milestones", "1"]
+        straight = os.path.join(tmp, "straight.onnx")
+        if run([q, "train", r20, "--data", cifar, "--epochs", "2", "--device", a.base, "-o", straight]
+               + rs + common, log) is None:
+            return
+        for d1, d2 in ((a.base, a.dev), (a.dev, a.base)):
+            first = os.path.join(tmp, "first_%s.onnx" % d1)
+            resumed = os.path.join(tmp, "resumed_%s.onnx" % d2)
+            if run([q, "train", r20, "--data", cifar, "--epochs", "1", "--device", d1, "-o", first]
+                   + rs + common, log) is None or \
+                    run([q, "train", r20, "--data", cifar, "--epochs", "2", "--device", d2, "--resume",
+                         first + ".ckpt", "-o", resumed] + rs + common, log) is None:
+                return
+            want = step_losses(straight)
+            compare("resume %s -> %s" % (d1, d2), step_losses(resumed), want[len(want) // 2:], 1e-3, log)
         for d in (a.base, a.dev):
             log("%-5s FP32 %.0f img/s, W4A4 %.0f img/s (synthetic, %d images, whole command)"
                 % (d, res[d][0]["images_per_s"], res[d][1]["images_per_s"], a.parity_images))

@@ -131,3 +131,27 @@ def test_finetune_same_on_ref(qtune, fmnist, trained, tmp_path):
     check_steps(res, QSTEP_RTOL)
     j, k = res["cpu"][0], res["ref"][0]
     assert abs(j["top1"] - k["top1"]) <= 100.0 / 64 + 1e-9, (j, k)
+
+
+def test_checkpoint_resumes_on_the_other_backend(qtune, fmnist, model, tmp_path):
+    """A checkpoint is device-neutral: one epoch on cpu, then --resume on ref for the second
+    gives the same second-epoch losses as two epochs straight on cpu (and the reverse)."""
+    args = ["--data", fmnist, "--train-limit", "96", "--test-limit", "32", "--lr", "0.05",
+            "--schedule", "step", "--milestones", "1", "--seed", "5"] + COMMON
+    straight = str(tmp_path / "straight.onnx")
+    qtune("train", model, "--epochs", "2", "--device", "cpu", "-o", straight, *args).check_ok()
+    want = step_losses(straight)
+    assert len(want) == 6, want
+    for first_dev, then_dev in (("cpu", "ref"), ("ref", "cpu")):
+        first = str(tmp_path / ("first_%s.onnx" % first_dev))
+        qtune("train", model, "--epochs", "1", "--device", first_dev, "-o", first, *args,
+              timeout=1200).check_ok()
+        resumed = str(tmp_path / ("resumed_%s.onnx" % then_dev))
+        qtune("train", model, "--epochs", "2", "--device", then_dev, "--resume", first + ".ckpt",
+              "-o", resumed, *args, timeout=1200).check_ok()
+        got = step_losses(resumed)
+        assert len(got) == 3, got
+        for i, (x, y) in enumerate(zip(got, want[3:])):
+            assert np.isfinite(x) and abs(x - y) <= STEP_RTOL * abs(y), (
+                "%s -> %s, epoch 2 step %d: %.7g, straight on cpu %.7g"
+                % (first_dev, then_dev, i + 1, x, y))
