@@ -3,6 +3,7 @@
 #include "backend.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 int qt_quant_check_alpha(const struct qt_quant_desc *q, const float *alpha, struct qt_error *e)
@@ -31,16 +32,32 @@ const char *qt_backend_devices(void)
     return "auto|cpu|ref|cuda";
 }
 
+static struct qt_backend *cpu_new(int threads, struct qt_error *e)
+{
+    struct qt_backend *b = qt_backend_cpu_new(threads);
+    if (!b)
+        qt_err(e, "cannot create the CPU backend (oneDNN engine or stream creation failed, or out "
+                  "of memory)");
+    return b;
+}
+
+struct qt_backend *qt_backend_auto(int threads, char *notice, size_t cap, struct qt_error *e)
+{
+    if (notice && cap) notice[0] = 0;
+    if (qt_backend_cuda_built()) {
+        struct qt_error ce;
+        ce.msg[0] = 0;
+        struct qt_backend *b = qt_backend_cuda_new(&ce);
+        if (b) return b;
+        if (notice && cap) snprintf(notice, cap, "%s; running on the CPU", ce.msg);
+    }
+    return cpu_new(threads, e);
+}
+
 struct qt_backend *qt_backend_new(const char *device, int threads, struct qt_error *e)
 {
-    if (!device || !*device) device = "auto";
-    if (!strcmp(device, "cpu") || !strcmp(device, "auto")) {
-        struct qt_backend *b = qt_backend_cpu_new(threads);
-        if (!b)
-            qt_err(e, "cannot create the CPU backend (oneDNN engine or stream creation failed, "
-                      "or out of memory)");
-        return b;
-    }
+    if (!device || !*device || !strcmp(device, "auto")) return qt_backend_auto(threads, NULL, 0, e);
+    if (!strcmp(device, "cpu")) return cpu_new(threads, e);
     if (!strcmp(device, "ref")) {
         struct qt_backend *b = qt_backend_ref_new();
         if (!b) qt_err(e, "cannot create the ref backend (out of memory)");

@@ -125,10 +125,13 @@ int qt_quant_check_alpha(const struct qt_quant_desc *q, const float *alpha, stru
  * per side; returns 0, or -1 with the message every backend gives. */
 int qt_sgd_psgd_check(const struct qt_sgd_param *p, int index, struct qt_error *e);
 
-/* The one factory: "cpu", "ref", "cuda", or "auto" (the CPU backend; the cuda backend does not
- * cover every op yet).
+/* The one factory: "cpu", "ref", "cuda", or "auto" (qt_backend_auto, without its notice).
  * threads <= 0 keeps OpenMP's default. NULL with a message naming the device on failure. */
 struct qt_backend *qt_backend_new(const char *device, int threads, struct qt_error *e);
+/* "auto": the cuda backend when qtune was built with CUDA and a GPU is usable, else the CPU
+ * backend; when a CUDA build falls back (no GPU, no driver, an unusable device), notice
+ * (if not NULL) receives a one-line reason, else it is set to "". */
+struct qt_backend *qt_backend_auto(int threads, char *notice, size_t cap, struct qt_error *e);
 /* Devices the factory knows, for messages: "auto|cpu|ref|cuda". */
 const char *qt_backend_devices(void);
 
@@ -138,6 +141,8 @@ struct qt_backend *qt_backend_ref_new(void);
 /* runtime/backend_cuda.c, or runtime/backend_cuda_none.c in a build without nvcc: NULL with a
  * message when no CUDA device is usable (or CUDA was not built). */
 struct qt_backend *qt_backend_cuda_new(struct qt_error *e);
+/* Whether this build has the cuda backend. */
+int qt_backend_cuda_built(void);
 /* Download calls made on the ref backend b since its creation or the last reset (the host
  * reads of its memory); -1 when b is not a ref backend. */
 int64_t qt_backend_ref_downloads(const struct qt_backend *b);

@@ -482,3 +482,8 @@ fail:
     cu_destroy(b);
     return NULL;
 }
+
+int qt_backend_cuda_built(void)
+{
+    return 1;
+}

@@ -11,6 +11,7 @@
 
 #include "../onnx/onnx.h"
 #include "../passes/passes.h"
+#include "../runtime/backend.h"
 #include "../runtime/data/dataset.h"
 
 int cli_fail(const char *fmt, ...)
@@ -188,4 +189,19 @@ int cli_image_size_option(const char *cmd, int argc, char **argv, int *i, long *
         return -1;
     }
     return 1;
+}
+
+struct qt_backend *cli_backend_new(const char *cmd, const char *device, long threads)
+{
+    struct qt_error e;
+    char notice[QT_ERR_MSG];
+    struct qt_backend *b = !device || !*device || !strcmp(device, "auto")
+                               ? qt_backend_auto((int)threads, notice, sizeof notice, &e)
+                               : (notice[0] = 0, qt_backend_new(device, (int)threads, &e));
+    if (!b) {
+        cli_fail("%s: %s", cmd, e.msg);
+        return NULL;
+    }
+    if (notice[0]) fprintf(stderr, "qtune: note: %s\n", notice);
+    return b;
 }

@@ -63,6 +63,11 @@ int cli_evaluate(const char *cmd, const char *path, const char *data, const char
                  long limit, long resize, long crop, const char *device, long threads,
                  int quiet, struct qt_eval_result *r, char *device_name, size_t device_len);
 
+/* The backend --device names ("auto", the default, also when device is NULL): prints the
+ * reason when "auto" falls back to the CPU ("qtune: note: ..."), and the error (through
+ * cli_fail, naming cmd) when none can be created. */
+struct qt_backend *cli_backend_new(const char *cmd, const char *device, long threads);
+
 struct qt_export_report;
 int cli_export(const char *path, const char *format, const char *out, double top1,
                int64_t images, struct qt_export_report *rep);

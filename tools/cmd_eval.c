@@ -20,7 +20,7 @@ static void usage(void)
            "  --crop S           images of any size: resized (--resize R, default S * 256 /\n"
            "                     224, the shorter side) and center-cropped to S x S\n"
            "  --threads N        CPU threads (default: all cores)\n"
-           "  --device D         auto (the CPU), cpu, ref or cuda (default auto)\n"
+           "  --device D         auto (a GPU when usable, else the CPU; default), cpu, cuda, ref\n"
            "  --json             print a JSON summary as the last line\n"
            "  --quiet            no progress display\n"
            "Without --mean/--std/--preset the normalization stored in the model is used.\n");
@@ -46,8 +46,8 @@ int cli_evaluate(const char *cmd, const char *path, const char *data, const char
     float mean[4], std[4];
     if ((rc = cli_normalization(cmd, g, path, preset, mean_s, std_s, ds.c, mean, std))) goto out;
     cli_check_limit(cmd, "--limit", &ds, split, limit);
-    if (!(b = qt_backend_new(device, (int)threads, &e))) {
-        rc = cli_fail("%s: %s", cmd, e.msg);
+    if (!(b = cli_backend_new(cmd, device, threads))) {
+        rc = 1;
         goto out;
     }
     if (device_name) snprintf(device_name, device_len, "%s", b->name);

@@ -661,8 +661,8 @@ int cmd_finetune(int argc, char **argv)
     struct recipe_data d;
     struct qt_backend *b = NULL;
     if ((rc = recipe_load_data(&r, g, path, &d))) goto out;
-    if (!(b = qt_backend_new(r.device, (int)r.threads, &e))) {
-        rc = cli_fail("finetune: %s", e.msg);
+    if (!(b = cli_backend_new("finetune", r.device, r.threads))) {
+        rc = 1;
         goto out;
     }
     char mixed_json[sizeof(((struct recipe_extra *)0)->json) - 200] = "";

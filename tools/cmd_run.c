@@ -44,8 +44,8 @@ static int run_dataset(const char *path, const char *data, const char *split, co
     }
     float mean[4], std[4];
     if ((rc = cli_normalization("run", g, path, preset, mean_s, std_s, ds.c, mean, std))) goto out;
-    if (!(b = qt_backend_new(device, (int)threads, &e))) {
-        rc = cli_fail("run: %s", e.msg);
+    if (!(b = cli_backend_new("run", device, threads))) {
+        rc = 1;
         goto out;
     }
     struct cli_progress prog;
@@ -160,11 +160,11 @@ int cmd_run(int argc, char **argv)
         return 1;
     }
     int rc = 0;
-    struct qt_backend *b = qt_backend_new(device, 0, &e);
+    struct qt_backend *b = cli_backend_new("run", device, 0);
     struct qt_exec *ex = NULL;
     struct qt_tensor *y = NULL;
     if (!b) {
-        rc = cli_fail("run: %s", e.msg);
+        rc = 1;
         goto out;
     }
     if (g->ninputs != 1) {

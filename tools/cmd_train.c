@@ -163,8 +163,7 @@ int cmd_train(int argc, char **argv)
     r.psgd_bits = bits;
     r.psgd_lambda = (float)lambda;
     if (!(rc = recipe_load_data(&r, g, path, &d))) {
-        struct qt_error e;
-        if (!(b = qt_backend_new(r.device, (int)r.threads, &e))) rc = cli_fail("train: %s", e.msg);
+        if (!(b = cli_backend_new("train", r.device, r.threads))) rc = 1;
         else rc = recipe_run(&r, g, path, &d, b, psgd ? &extra : NULL);
     }
     recipe_data_free(&d);

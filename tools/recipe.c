@@ -81,8 +81,8 @@ void recipe_usage(int quantized)
            "  --checkpoint PATH    checkpoint written every epoch (default OUT.onnx.ckpt)\n"
            "  --resume PATH        continue from a checkpoint (same model, data and options)\n"
            "  --threads N          CPU threads\n"
-           "  --device D           auto (the CPU), cpu, ref (the plain reference backend;\n"
-           "                       slow) or cuda (a GPU; not every op yet)\n"
+           "  --device D           auto (a GPU when one is usable, else the CPU), cpu, cuda,\n"
+           "                       or ref (the plain reference backend; slow)\n"
            "  --json               print a JSON summary as the last line\n"
            "  --quiet              no progress display\n"
            "Writes OUT.onnx (final weights), OUT.best.onnx (best test top-1) and OUT.log.jsonl.\n");

@@ -2,7 +2,9 @@
  * geometry gets its descriptors and algorithms once (cudnnFind*, the fastest that needs at
  * most QT_CONV_MAX_WORK bytes of workspace), kept in a cache owned by the backend; the
  * workspace is one buffer grown to the largest need. FP32 arithmetic (CUDNN_FMA_MATH: no
- * TF32), so results match the ref backend's within float rounding. */
+ * TF32), so results match the ref backend's within float rounding. cuDNN pads both sides of
+ * an axis alike: padding that differs between sides is applied explicitly (conv_pad.cu), the
+ * convolution then running unpadded on the padded input. */
 #include <cudnn.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +19,7 @@ struct conv_entry {
     cudnnFilterDescriptor_t w;
     cudnnConvolutionDescriptor_t conv;
     int have_fwd, have_bwd;
+    int padded; /* explicit padding: x describes the padded input, the convolution has none */
     cudnnConvolutionFwdAlgo_t fwd;
     cudnnConvolutionBwdDataAlgo_t bwd_data;
     cudnnConvolutionBwdFilterAlgo_t bwd_filter;
@@ -34,26 +37,34 @@ static int dnn_check(cudnnStatus_t rc, const char *call, int line, struct qt_err
 
 int conv2d_supported_cuda(const struct qt_conv2d_desc *d)
 {
-    return d->pt == d->pb && d->pl == d->pr && d->group >= 1 && d->c % d->group == 0 &&
-           d->k % d->group == 0 && d->n > 0 && d->k > 0 && d->c > 0;
+    return d->group >= 1 && d->c % d->group == 0 && d->k % d->group == 0 && d->n > 0 && d->k > 0 &&
+           d->c > 0 && d->pt >= 0 && d->pb >= 0 && d->pl >= 0 && d->pr >= 0;
+}
+
+static int asymmetric(const struct qt_conv2d_desc *g)
+{
+    return g->pt != g->pb || g->pl != g->pr;
 }
 
 static int entry_init(struct conv_entry *t, const struct qt_conv2d_desc *g, struct qt_error *e)
 {
     t->g = *g;
+    t->padded = asymmetric(g);
+    const int xh = t->padded ? g->h + g->pt + g->pb : g->h, xw = t->padded ? g->w + g->pl + g->pr : g->w;
+    const int pt = t->padded ? 0 : g->pt, pl = t->padded ? 0 : g->pl;
     if (DNN(e, cudnnCreateTensorDescriptor(&t->x)) || DNN(e, cudnnCreateTensorDescriptor(&t->y)) ||
         DNN(e, cudnnCreateTensorDescriptor(&t->bias)) || DNN(e, cudnnCreateFilterDescriptor(&t->w)) ||
         DNN(e, cudnnCreateConvolutionDescriptor(&t->conv)))
         return -1;
     if (DNN(e, cudnnSetTensor4dDescriptor(t->x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, g->n, g->c,
-                                          g->h, g->w)) ||
+                                          xh, xw)) ||
         DNN(e, cudnnSetTensor4dDescriptor(t->y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, g->n, g->k,
                                           g->oh, g->ow)) ||
         DNN(e, cudnnSetTensor4dDescriptor(t->bias, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, g->k, 1,
                                           1)) ||
         DNN(e, cudnnSetFilter4dDescriptor(t->w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, g->k,
                                           g->c / g->group, g->kh, g->kw)) ||
-        DNN(e, cudnnSetConvolution2dDescriptor(t->conv, g->pt, g->pl, g->sh, g->sw, g->dh, g->dw,
+        DNN(e, cudnnSetConvolution2dDescriptor(t->conv, pt, pl, g->sh, g->sw, g->dh, g->dw,
                                                CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT)) ||
         DNN(e, cudnnSetConvolutionGroupCount(t->conv, g->group)) ||
         DNN(e, cudnnSetConvolutionMathType(t->conv, CUDNN_FMA_MATH)))
@@ -106,6 +117,25 @@ static int work(struct qt_cuda_ctx *c, size_t bytes, struct qt_error *e)
     c->work_bytes = 0;
     if (QT_CU(e, cudaMalloc(&c->work, bytes))) return -1;
     c->work_bytes = bytes;
+    return 0;
+}
+
+/* The padded input (and, for backward, its gradient after it): elements of one. */
+static int64_t padded_numel(const struct qt_conv2d_desc *g)
+{
+    return (int64_t)g->n * g->c * (g->h + g->pt + g->pb) * (g->w + g->pl + g->pr);
+}
+
+/* Grows the padding buffer to bytes. */
+static int pad_buffer(struct qt_cuda_ctx *c, size_t bytes, struct qt_error *e)
+{
+    if (bytes <= c->pad_bytes) return 0;
+    if (QT_CU(e, cudaStreamSynchronize(c->stream))) return -1;
+    if (c->pad) cudaFree(c->pad);
+    c->pad = NULL;
+    c->pad_bytes = 0;
+    if (QT_CU(e, cudaMalloc(&c->pad, bytes))) return -1;
+    c->pad_bytes = bytes;
     return 0;
 }
 
@@ -167,6 +197,12 @@ int conv2d_forward_cuda(struct qt_cuda_ctx *c, float *y, const float *x, const f
     struct conv_entry *t = lookup(c, d, e);
     if (!t || (!t->have_fwd && find_fwd(c, t, e))) return -1;
     const float one = 1.0f, zero = 0.0f;
+    if (t->padded) {
+        if (pad_buffer(c, sizeof(float) * (size_t)padded_numel(d), e)) return -1;
+        pad2d_cuda(c, c->pad, x, d);
+        if (QT_CU_LAUNCH(e, "convolution padding")) return -1;
+        x = c->pad;
+    }
     if (DNN(e, cudnnConvolutionForward(c->dnn, &one, t->x, x, t->w, w, t->conv, t->fwd, c->work,
                                        t->work_fwd, &zero, t->y, y)))
         return -1;
@@ -182,10 +218,24 @@ int conv2d_backward_cuda(struct qt_cuda_ctx *c, float *dx, float *dw, float *dbi
     struct conv_entry *t = lookup(c, d, e);
     if (!t || ((dx || dw) && !t->have_bwd && find_bwd(c, t, e))) return -1;
     const float one = 1.0f, zero = 0.0f;
+    float *dxp = NULL; /* padded: the padded input's gradient, cropped into dx below */
+    if (t->padded && (dx || dw)) {
+        const int64_t np = padded_numel(d);
+        if (pad_buffer(c, sizeof(float) * (size_t)(2 * np), e)) return -1;
+        pad2d_cuda(c, c->pad, x, d);
+        if (QT_CU_LAUNCH(e, "convolution padding")) return -1;
+        x = c->pad;
+        dxp = (float *)c->pad + np;
+    }
     if (dx && DNN(e, cudnnConvolutionBackwardData(c->dnn, &one, t->w, w, t->y, dy, t->conv,
                                                   t->bwd_data, c->work, t->work_bwd,
-                                                  acc_x ? &one : &zero, t->x, dx)))
+                                                  dxp || !acc_x ? &zero : &one, t->x,
+                                                  dxp ? dxp : dx)))
         return -1;
+    if (dx && dxp) {
+        crop2d_cuda(c, dx, dxp, d, acc_x);
+        if (QT_CU_LAUNCH(e, "convolution padding gradient")) return -1;
+    }
     if (dw && DNN(e, cudnnConvolutionBackwardFilter(c->dnn, &one, t->x, x, t->y, dy, t->conv,
                                                     t->bwd_filter, c->work, t->work_bwd,
                                                     acc_w ? &one : &zero, t->w, dw)))
@@ -208,4 +258,7 @@ void conv2d_cache_free_cuda(struct qt_cuda_ctx *c)
     if (c->work) cudaFree(c->work);
     c->work = NULL;
     c->work_bytes = 0;
+    if (c->pad) cudaFree(c->pad);
+    c->pad = NULL;
+    c->pad_bytes = 0;
 }

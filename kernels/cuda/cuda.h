@@ -36,6 +36,8 @@ struct qt_cuda_ctx {
     void *conv_cache;    /* kernels/cuda/conv.c */
     void *work;          /* device workspace of cuDNN, work_bytes */
     size_t work_bytes;
+    void *pad;           /* device: padded inputs and their gradients (conv.c), pad_bytes */
+    size_t pad_bytes;
 };
 
 /* Records a failed CUDA runtime call (its text, file and line) in e; 0 when ok. */
@@ -159,6 +161,13 @@ int bitquant_backward_cuda(struct qt_cuda_ctx *c, float *dp, float *dn, float *d
                            int acc_p, int acc_n, int acc_s, struct qt_error *e);
 int bitquant_lasso_cuda(struct qt_cuda_ctx *c, float *dp, float *dn, const float *p,
                         const float *n, int N, int64_t cnt, float coef, struct qt_error *e);
+
+/* ---- conv_pad.cu: explicit padding where it differs on opposite sides ---- */
+/* y = x zero-padded by d's pads ([n, c, h + pt + pb, w + pl + pr]). */
+void pad2d_cuda(struct qt_cuda_ctx *c, float *y, const float *x, const struct qt_conv2d_desc *d);
+/* dx (+)= the unpadded window of the padded gradient dxp. */
+void crop2d_cuda(struct qt_cuda_ctx *c, float *dx, const float *dxp, const struct qt_conv2d_desc *d,
+                 int acc);
 
 /* ---- conv.c (cuDNN; algorithms found once per geometry and cached) ---- */
 int conv2d_supported_cuda(const struct qt_conv2d_desc *d);
