@@ -155,3 +155,26 @@ def test_checkpoint_resumes_on_the_other_backend(qtune, fmnist, model, tmp_path)
             assert np.isfinite(x) and abs(x - y) <= STEP_RTOL * abs(y), (
                 "%s -> %s, epoch 2 step %d: %.7g, straight on cpu %.7g"
                 % (first_dev, then_dev, i + 1, x, y))
+
+
+def test_auto_device_choice(qtune, fmnist, model):
+    """--device auto (the default) is cuda where `--device cuda` works; in a CUDA build on a
+    machine without a usable GPU it falls back to the CPU with one note giving cuda's reason;
+    a build without CUDA uses the CPU silently."""
+    args = ["eval", model, "--data", fmnist, "--limit", "64", "--preset", "fashion-mnist",
+            "--quiet", "--json"]
+    cuda = qtune(*args, "--device", "cuda")
+    auto = qtune(*args).check_ok()
+    auto_explicit = qtune(*args, "--device", "auto").check_ok()
+    notes = [ln for ln in auto.stderr.splitlines() if ln.startswith("qtune: note: ")]
+    assert notes == [ln for ln in auto_explicit.stderr.splitlines() if ln.startswith("qtune: note: ")]
+    if cuda.returncode == 0:
+        assert auto.json()["device"] == "cuda" and not notes, auto.describe()
+        return
+    cuda.check_no_crash()
+    why = cuda.error_lines()[0].split("eval: ", 1)[1]
+    assert auto.json()["device"] == "cpu", auto.describe()
+    if "built without CUDA" in why:
+        assert not notes, auto.describe()
+    else:
+        assert notes == ["qtune: note: %s; running on the CPU" % why], (notes, why)
