@@ -403,23 +403,14 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
                 goto out;
             }
             /* The loss on the backend, its gradient straight into the output's gradient; the
-             * host reads back only the loss and the counts. */
+             * host reads back only the loss and the counts, once the whole step is queued (a
+             * step is one sequence of backend calls with no host synchronization inside:
+             * what a GPU backend can capture and replay). */
             float *dlogits = qt_exec_output_grad(x, e);
-            double stats[QT_XENT_STATS];
             if (!dlogits || b->upload(b, labels_dev, labels, sizeof(int32_t) * cnt) ||
                 b->xent(b, dlogits, stats_dev, out->data, labels_dev, cnt, out->shape.d[1],
-                        cfg->label_smoothing, 1.0f / cnt, e) ||
-                b->sync(b, e) || b->download(b, stats, stats_dev, sizeof stats)) {
+                        cfg->label_smoothing, 1.0f / cnt, e)) {
                 rc = dlogits ? qt_err_prefix(e, "loss at step %" PRId64 ": ", r.step + 1) : -1;
-                goto out;
-            }
-            const double l = stats[QT_XENT_NONFINITE] > 0 ? NAN : stats[QT_XENT_LOSS];
-            const int64_t h = (int64_t)stats[QT_XENT_TOP1];
-            if (!isfinite(l)) {
-                rc = qt_err(e, "the loss became %s at epoch %d, step %" PRId64 "; training stopped%s%s%s",
-                            isnan(l) ? "NaN" : "infinite", r.epoch + 1, r.step + 1,
-                            cfg->checkpoint ? " (the last good checkpoint is '" : "",
-                            cfg->checkpoint ? cfg->checkpoint : "", cfg->checkpoint ? "')" : "");
                 goto out;
             }
             if (qt_exec_backward(x, NULL, e)) {
@@ -482,6 +473,22 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
             const struct qt_sgd_desc sd = {cfg->sgd.momentum, cfg->sgd.nesterov};
             if (b->sgd_step(b, &sd, sgd, r.ps.n, e)) {
                 rc = qt_err_prefix(e, "optimizer step %" PRId64 ": ", r.step + 1);
+                goto out;
+            }
+            /* The step's one read: its loss and counts. A non-finite loss stops the run; the
+             * parameters it updated are not saved (the last checkpoint stays the good one). */
+            double stats[QT_XENT_STATS];
+            if (b->sync(b, e) || b->download(b, stats, stats_dev, sizeof stats)) {
+                rc = qt_err_prefix(e, "step %" PRId64 ": ", r.step + 1);
+                goto out;
+            }
+            const double l = stats[QT_XENT_NONFINITE] > 0 ? NAN : stats[QT_XENT_LOSS];
+            const int64_t h = (int64_t)stats[QT_XENT_TOP1];
+            if (!isfinite(l)) {
+                rc = qt_err(e, "the loss became %s at epoch %d, step %" PRId64 "; training stopped%s%s%s",
+                            isnan(l) ? "NaN" : "infinite", r.epoch + 1, r.step + 1,
+                            cfg->checkpoint ? " (the last good checkpoint is '" : "",
+                            cfg->checkpoint ? cfg->checkpoint : "", cfg->checkpoint ? "')" : "");
                 goto out;
             }
             r.step++;
