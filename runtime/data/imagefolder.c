@@ -140,6 +140,21 @@ int qt_data_imagefolder_detect(const char *dir)
     return 0;
 }
 
+/* Adds the image file at path with its label (its bytes now, or, for a stream, when a batch
+ * needs them). */
+static int add_file(struct qt_imgset *s, const char *path, int label, struct qt_error *e)
+{
+    uint8_t *data = NULL;
+    size_t len = 0;
+    if (s->crop <= 0 && qt_data_read_file(path, &data, &len, e) < 0) return -1;
+    char *name = strdup(path);
+    if (!name) {
+        free(data);
+        return qt_err(e, "out of memory");
+    }
+    return qt_imgset_add(s, name, data, len, label, e);
+}
+
 /* Adds every image under dir (sorted, recursing into sub-folders); *count is increased. */
 static int walk(struct qt_imgset *s, const char *dir, int label, int depth, int *count,
                 struct qt_error *e)
@@ -160,20 +175,7 @@ static int walk(struct qt_imgset *s, const char *dir, int label, int depth, int 
             continue;
         }
         if (!qt_data_is_image_name(names[i])) continue;
-        uint8_t *data = NULL;
-        size_t len = 0;
-        /* a stream reads its files when it needs them */
-        if (s->crop <= 0 && qt_data_read_file(path, &data, &len, e) < 0) {
-            rc = -1;
-            break;
-        }
-        char *name = strdup(path);
-        if (!name) {
-            free(data);
-            rc = qt_err(e, "out of memory");
-            break;
-        }
-        rc = qt_imgset_add(s, name, data, len, label, e);
+        rc = add_file(s, path, label, e);
         (*count)++;
     }
     qt_data_free_names(names, n);
@@ -217,19 +219,7 @@ static int flat_split(struct qt_imgset *s, const char *sp, const char *root, cha
             rc = qt_err(e, "%s: image '%s' has no line in %s", sp, names[i], lp);
             break;
         }
-        uint8_t *data = NULL;
-        size_t len = 0;
-        if (s->crop <= 0 && qt_data_read_file(path, &data, &len, e) < 0) {
-            rc = -1;
-            break;
-        }
-        char *name = strdup(path);
-        if (!name) {
-            free(data);
-            rc = qt_err(e, "out of memory");
-            break;
-        }
-        rc = qt_imgset_add(s, name, data, len, label, e);
+        rc = add_file(s, path, label, e);
         count++;
     }
     if (rc == 0 && count == 0)
