@@ -27,18 +27,24 @@ int qt_cuda_check(cudaError_t rc, const char *call, const char *file, int line, 
     return qt_err(e, "CUDA: %s failed at %s:%d: %s", call, file, line, cudaGetErrorString(rc));
 }
 
+int qt_cuda_grow(struct qt_cuda_ctx *c, void **buf, size_t *have, size_t bytes, struct qt_error *e)
+{
+    if (bytes <= *have) return 0;
+    if (QT_CU(e, cudaStreamSynchronize(c->stream))) return -1;
+    if (*buf) cudaFree(*buf);
+    *buf = NULL;
+    *have = 0;
+    if (QT_CU(e, cudaMalloc(buf, bytes))) return -1;
+    *have = bytes;
+    return 0;
+}
+
 int qt_cuda_scratch(struct qt_cuda_ctx *c, size_t bytes, struct qt_error *e)
 {
     if (bytes <= c->scratch_bytes) return 0;
     size_t want = c->scratch_bytes ? c->scratch_bytes : 1 << 16;
     while (want < bytes) want *= 2;
-    if (QT_CU(e, cudaStreamSynchronize(c->stream))) return -1;
-    if (c->scratch) cudaFree(c->scratch);
-    c->scratch = NULL;
-    c->scratch_bytes = 0;
-    if (QT_CU(e, cudaMalloc(&c->scratch, want))) return -1;
-    c->scratch_bytes = want;
-    return 0;
+    return qt_cuda_grow(c, &c->scratch, &c->scratch_bytes, want, e);
 }
 
 static struct qt_cuda_ctx *ctx(struct qt_backend *b)
@@ -124,7 +130,7 @@ static int unsupported(const struct qt_op_desc *d, const char *what, struct qt_e
     return qt_err(e, "the cuda backend has no %s for a %s op", what, qt_opk_name(d->kind));
 }
 
-/* Forward; stats (may be NULL: scratch) receives a weight quantizer's statistics. */
+/* Forward; stats (NULL outside training) receives a weight quantizer's statistics. */
 static int forward_op(struct qt_backend *b, const struct qt_op_desc *d, const float *const *in,
                       float *const *out, float *stats, struct qt_error *e)
 {
@@ -165,13 +171,8 @@ static int forward_op(struct qt_backend *b, const struct qt_op_desc *d, const fl
         break;
     case QT_K_GEMM:
         return gemm_forward_cuda(c, y, x, in[1], d->u.gemm.has_c ? in[2] : NULL, &d->u.gemm, e);
-    case QT_K_WEIGHTQUANT: {
-        if (!stats) {
-            if (qt_cuda_scratch(c, 64, e)) return -1;
-            stats = (float *)((char *)c->scratch + c->scratch_bytes - 16);
-        }
+    case QT_K_WEIGHTQUANT:
         return quant_weight_forward_cuda(c, y, stats, x, d->u.q.int8 ? NULL : in[1], &d->u.q, e);
-    }
     case QT_K_ACTQUANT:
         return quant_act_forward_cuda(c, y, x, in[1], &d->u.q, e);
     case QT_K_COPY:

@@ -110,14 +110,7 @@ static struct conv_entry *lookup(struct qt_cuda_ctx *c, const struct qt_conv2d_d
 /* Grows the shared workspace to bytes. */
 static int work(struct qt_cuda_ctx *c, size_t bytes, struct qt_error *e)
 {
-    if (bytes <= c->work_bytes) return 0;
-    if (QT_CU(e, cudaStreamSynchronize(c->stream))) return -1;
-    if (c->work) cudaFree(c->work);
-    c->work = NULL;
-    c->work_bytes = 0;
-    if (QT_CU(e, cudaMalloc(&c->work, bytes))) return -1;
-    c->work_bytes = bytes;
-    return 0;
+    return qt_cuda_grow(c, &c->work, &c->work_bytes, bytes, e);
 }
 
 /* The padded input (and, for backward, its gradient after it): elements of one. */
@@ -129,14 +122,7 @@ static int64_t padded_numel(const struct qt_conv2d_desc *g)
 /* Grows the padding buffer to bytes. */
 static int pad_buffer(struct qt_cuda_ctx *c, size_t bytes, struct qt_error *e)
 {
-    if (bytes <= c->pad_bytes) return 0;
-    if (QT_CU(e, cudaStreamSynchronize(c->stream))) return -1;
-    if (c->pad) cudaFree(c->pad);
-    c->pad = NULL;
-    c->pad_bytes = 0;
-    if (QT_CU(e, cudaMalloc(&c->pad, bytes))) return -1;
-    c->pad_bytes = bytes;
-    return 0;
+    return qt_cuda_grow(c, &c->pad, &c->pad_bytes, bytes, e);
 }
 
 #define NALGO 16

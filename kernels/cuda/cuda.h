@@ -46,7 +46,10 @@ int qt_cuda_check(cudaError_t rc, const char *call, const char *file, int line, 
 /* The last launch's error, as a failed call named `what`. */
 #define QT_CU_LAUNCH(e, what) qt_cuda_check(cudaGetLastError(), (what), __FILE__, __LINE__, (e))
 
-/* Makes ctx->scratch at least bytes (synchronizes the stream when it grows). */
+/* Makes the device buffer *buf (of *have bytes) at least bytes: when it must grow, the stream
+ * is synchronized and the buffer reallocated (its contents are not kept). */
+int qt_cuda_grow(struct qt_cuda_ctx *c, void **buf, size_t *have, size_t bytes, struct qt_error *e);
+/* Makes ctx->scratch at least bytes (qt_cuda_grow, in steps of powers of two from 64 KiB). */
 int qt_cuda_scratch(struct qt_cuda_ctx *c, size_t bytes, struct qt_error *e);
 
 /* ---- elementwise.cu ---- */
@@ -122,8 +125,8 @@ int channel_moments_cuda(struct qt_cuda_ctx *c, double *s1, double *s2, const fl
                          int64_t ch, int64_t hw, struct qt_error *e);
 
 /* ---- quant.cu (the math of kernels/common/apot.h) ---- */
-/* Weight quantizer: stats receives mu, sigma (or the 8-bit scale). Alphas that are not
- * positive and finite raise QT_CUDA_FLAG_ALPHA. */
+/* Weight quantizer: stats receives mu, sigma (or the 8-bit scale); NULL keeps them in scratch
+ * (inference). Alphas that are not positive and finite raise QT_CUDA_FLAG_ALPHA. */
 int quant_weight_forward_cuda(struct qt_cuda_ctx *c, float *wq, float *stats, const float *w,
                               const float *alpha, const struct qt_quant_desc *q,
                               struct qt_error *e);

@@ -285,12 +285,14 @@ int quant_weight_forward_cuda(struct qt_cuda_ctx *c, float *wq, float *stats, co
                               struct qt_error *e)
 {
     const int64_t n = q->n;
+    /* scratch: the two sums in double, then the statistics when the caller keeps none */
+    if (qt_cuda_scratch(c, sizeof(double) * 2 + sizeof(float) * 2, e)) return -1;
+    double *s = (double *)c->scratch;
+    if (!stats) stats = (float *)(s + 2);
     if (q->int8) {
         quant_int8_weight_forward_cuda(c, wq, stats, w, q->int8 == 2, n);
         return QT_CU_LAUNCH(e, "8-bit weight quantizer");
     }
-    if (qt_cuda_scratch(c, sizeof(double) * 2, e)) return -1;
-    double *s = (double *)c->scratch;
     k_check_alpha<<<1, QT_CUDA_THREADS, 0, c->stream>>>(c->flags, alpha, q->nalpha);
     if (q->standardize) {
         if (QT_CU(e, cudaMemsetAsync(s, 0, 2 * sizeof(double), c->stream))) return -1;
