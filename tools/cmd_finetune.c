@@ -319,12 +319,17 @@ static void json_string(FILE *f, const char *s)
     }
 }
 
+/* Length of path without a final ".onnx". */
+static int onnx_stem(const char *path)
+{
+    const char *dot = strrchr(path, '.');
+    return dot && strcmp(dot, ".onnx") == 0 ? (int)(dot - path) : (int)strlen(path);
+}
+
 /* "OUT.w4a4.onnx" for stage OUT.onnx. */
 static void stage_out(char *buf, size_t cap, const char *out, long w, long a)
 {
-    const char *dot = strrchr(out, '.');
-    const int stem = dot && strcmp(dot, ".onnx") == 0 ? (int)(dot - out) : (int)strlen(out);
-    snprintf(buf, cap, "%.*s.w%lda%ld.onnx", stem, out, w, a);
+    snprintf(buf, cap, "%.*s.w%lda%ld.onnx", onnx_stem(out), out, w, a);
 }
 
 /* The last epoch of a stage's log (OUT.log.jsonl): top-1, top-5 and loss, and the best top-1;
@@ -332,9 +337,7 @@ static void stage_out(char *buf, size_t cap, const char *out, long w, long a)
 static int stage_result(const char *out, double *top1, double *top5, double *loss, double *best)
 {
     char path[4200];
-    const char *dot = strrchr(out, '.');
-    const int stem = dot && strcmp(dot, ".onnx") == 0 ? (int)(dot - out) : (int)strlen(out);
-    snprintf(path, sizeof path, "%.*s.log.jsonl", stem, out);
+    snprintf(path, sizeof path, "%.*s.log.jsonl", onnx_stem(out), out);
     FILE *f = fopen(path, "r");
     if (!f) return -1;
     char line[65536];
@@ -608,9 +611,7 @@ int cmd_finetune(int argc, char **argv)
         return cli_fail("finetune: --export must be onnx, qdq or float, not '%s'", export_fmt);
     char export_buf[4096];
     if (export_fmt && !export_out) {
-        const char *dot = strrchr(r.out, '.');
-        int stem = dot && strcmp(dot, ".onnx") == 0 ? (int)(dot - r.out) : (int)strlen(r.out);
-        snprintf(export_buf, sizeof export_buf, "%.*s.export.onnx", stem, r.out);
+        snprintf(export_buf, sizeof export_buf, "%.*s.export.onnx", onnx_stem(r.out), r.out);
         export_out = export_buf;
     }
     struct qt_quant_config qc;
