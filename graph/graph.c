@@ -281,6 +281,31 @@ struct qt_attr *qt_node_add_attr(struct qt_node *n, const char *name, enum qt_at
     return a;
 }
 
+void qt_node_copy_attrs(struct qt_node *dst, const struct qt_node *src)
+{
+    for (int i = 0; i < src->nattrs; i++) {
+        const struct qt_attr *a = &src->attrs[i];
+        struct qt_attr *b = qt_node_add_attr(dst, a->name, a->type);
+        b->i = a->i;
+        b->f = a->f;
+        b->n = a->n;
+        if (a->s) b->s = xstrdup(a->s);
+        if (a->ints) {
+            b->ints = xrealloc(NULL, sizeof(int64_t) * (a->n ? a->n : 1));
+            memcpy(b->ints, a->ints, sizeof(int64_t) * a->n);
+        }
+        if (a->floats) {
+            b->floats = xrealloc(NULL, sizeof(float) * (a->n ? a->n : 1));
+            memcpy(b->floats, a->floats, sizeof(float) * a->n);
+        }
+        if (a->strings) {
+            b->strings = xrealloc(NULL, sizeof(char *) * (a->n ? a->n : 1));
+            for (int k = 0; k < a->n; k++) b->strings[k] = xstrdup(a->strings[k]);
+        }
+        if (a->t) b->t = qt_tensor_clone(a->t);
+    }
+}
+
 void qt_node_set_int(struct qt_node *n, const char *name, int64_t v)
 {
     qt_node_add_attr(n, name, QT_ATTR_INT)->i = v;

@@ -79,7 +79,7 @@ enum qt_op {
     QT_OP_GATHER, QT_OP_UNSQUEEZE, QT_OP_SQUEEZE, QT_OP_CONCAT, QT_OP_CONSTANT, QT_OP_CAST,
     QT_OP_SOFTMAX, QT_OP_REDUCEMEAN, QT_OP_ABS, QT_OP_NEG, QT_OP_GREATER, QT_OP_LESS, QT_OP_WHERE,
     QT_OP_REDUCESUM, QT_OP_QUANTIZELINEAR, QT_OP_DEQUANTIZELINEAR, QT_OP_FLOOR, QT_OP_SLICE, QT_OP_SIGN,
-    QT_OP_TRANSPOSE, QT_OP_SIGMOID, QT_OP_LOGSOFTMAX,
+    QT_OP_TRANSPOSE, QT_OP_SIGMOID, QT_OP_LOGSOFTMAX, QT_OP_CONVINTEGER,
     /* qtune's own domain (QT_DOMAIN): fake-quantizers, see schema.h */
     QT_OP_WEIGHTQUANT, QT_OP_ACTQUANT, QT_OP_BITQUANT,
     QT_OP_COUNT
@@ -160,6 +160,8 @@ int qt_graph_find_node(const struct qt_graph *g, const char *name);
 int qt_graph_add_node(struct qt_graph *g, enum qt_op op, const char *name, const int *in,
                       int nin, const int *out, int nout);
 struct qt_attr *qt_node_add_attr(struct qt_node *n, const char *name, enum qt_attr_type type);
+/* Copies every attribute of src into dst (replacing those of the same name). */
+void qt_node_copy_attrs(struct qt_node *dst, const struct qt_node *src);
 void qt_node_set_int(struct qt_node *n, const char *name, int64_t v);
 void qt_node_set_float(struct qt_node *n, const char *name, float v);
 void qt_node_set_ints(struct qt_node *n, const char *name, const int64_t *v, int count);

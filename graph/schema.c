@@ -284,13 +284,13 @@ static int infer_where(struct qt_infer_ctx *c, struct qt_error *e)
     return 0;
 }
 
-static int infer_conv(struct qt_infer_ctx *c, struct qt_error *e)
+/* The output shape of a Conv or ConvInteger (c->n's kind is `what`). */
+static int conv_shape(struct qt_infer_ctx *c, const char *what, struct qt_error *e)
 {
     const struct qt_shape *x = &c->in[0], *w = &c->in[1];
     char b1[96], b2[96];
     struct qt_conv_attrs a;
-    if (require_float(c, 0, e) || require_float(c, 1, e)) return -1;
-    if (qt_conv_attrs_get(c->n, x, w, &a, e, "Conv")) return -1;
+    if (qt_conv_attrs_get(c->n, x, w, &a, e, what)) return -1;
     if (x->d[1] >= 0 && w->d[1] >= 0 && x->d[1] != w->d[1] * a.group)
         return qt_err(e, NODE_FMT ": input %s has %" PRId64 " channels but weight %s expects %" PRId64
                          " (group %" PRId64 ")",
@@ -299,12 +299,6 @@ static int infer_conv(struct qt_infer_ctx *c, struct qt_error *e)
     if (w->d[0] >= 0 && w->d[0] % a.group)
         return qt_err(e, NODE_FMT ": %" PRId64 " output channels do not split into %" PRId64 " groups",
                       NODE_ARGS(c), w->d[0], a.group);
-    if (c->n->nin > 2 && c->n->in[2] >= 0) {
-        const struct qt_shape *b = &c->in[2];
-        if (b->ndim != 1 || (b->d[0] >= 0 && w->d[0] >= 0 && b->d[0] != w->d[0]))
-            return qt_err(e, NODE_FMT ": bias shape %s does not match %" PRId64 " output channels",
-                          NODE_ARGS(c), qt_shape_str(c->g, b, b1, sizeof b1), w->d[0]);
-    }
     struct qt_shape *o = &c->out[0];
     o->ndim = x->ndim;
     o->d[0] = x->d[0];
@@ -316,7 +310,43 @@ static int infer_conv(struct qt_infer_ctx *c, struct qt_error *e)
             return qt_err(e, NODE_FMT ": kernel larger than the padded input %s", NODE_ARGS(c),
                           qt_shape_str(c->g, x, b1, sizeof b1));
     }
+    return 0;
+}
+
+static int infer_conv(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    char b1[96];
+    if (require_float(c, 0, e) || require_float(c, 1, e) || conv_shape(c, "Conv", e)) return -1;
+    if (c->n->nin > 2 && c->n->in[2] >= 0) {
+        const struct qt_shape *b = &c->in[2], *w = &c->in[1];
+        if (b->ndim != 1 || (b->d[0] >= 0 && w->d[0] >= 0 && b->d[0] != w->d[0]))
+            return qt_err(e, NODE_FMT ": bias shape %s does not match %" PRId64 " output channels",
+                          NODE_ARGS(c), qt_shape_str(c->g, b, b1, sizeof b1), w->d[0]);
+    }
     c->out_dtype[0] = QT_F32;
+    return 0;
+}
+
+/* ConvInteger(x, w, x_zero_point?, w_zero_point?): int8/uint8 x and w, zero points of their
+ * types (x's a scalar, w's a scalar or one per output channel), int32 output. */
+static int infer_convinteger(struct qt_infer_ctx *c, struct qt_error *e)
+{
+    for (int k = 0; k < c->n->nin; k++) {
+        if (c->n->in[k] < 0) continue;
+        const enum qt_dtype t = c->in_dtype[k], want = k < 2 ? t : c->in_dtype[k - 2];
+        if ((t != QT_U8 && t != QT_I8) || t != want)
+            return qt_err(e, NODE_FMT ": input %d of type %s is not supported (int8 or uint8, "
+                             "zero points of their input's type)",
+                          NODE_ARGS(c), k, qt_dtype_name(t));
+    }
+    if (c->n->nin > 2 && c->n->in[2] >= 0 && qt_shape_numel(&c->in[2]) != 1)
+        return qt_err(e, NODE_FMT ": the input's zero point must be a scalar", NODE_ARGS(c));
+    if (c->n->nin > 3 && c->n->in[3] >= 0 && qt_shape_numel(&c->in[3]) != 1 &&
+        !(c->in[3].ndim == 1 && c->in[3].d[0] == c->in[1].d[0]))
+        return qt_err(e, NODE_FMT ": the weight's zero point must be a scalar or one per output "
+                         "channel", NODE_ARGS(c));
+    if (conv_shape(c, "ConvInteger", e)) return -1;
+    c->out_dtype[0] = QT_I32;
     return 0;
 }
 
@@ -1042,6 +1072,7 @@ static int infer_qdq(struct qt_infer_ctx *c, struct qt_error *e)
 
 static const struct qt_op_schema schemas[] = {
     {QT_OP_CONV, "Conv", 2, 3, 1, 1, 0, infer_conv, NULL},
+    {QT_OP_CONVINTEGER, "ConvInteger", 2, 4, 1, 1, 0, infer_convinteger, NULL},
     {QT_OP_BATCHNORM, "BatchNormalization", 5, 5, 1, 3, 0, infer_batchnorm, NULL},
     {QT_OP_RELU, "Relu", 1, 1, 1, 1, 0, infer_unary_float, NULL},
     {QT_OP_CLIP, "Clip", 1, 3, 1, 1, 0, infer_clip, NULL},

@@ -1,7 +1,8 @@
 /* Canonicalization: Constant nodes become initializers, Identity and Dropout go, constant
  * subgraphs (shape computations included) are folded, a purely spatial zero Pad merges into
  * the following Conv or pool, per-channel constant Mul and Add after a Conv fold into it, activation quantizers written in standard operators by `qtune
- * export` become ActQuant nodes again (raise_quant.c), and the result is shape-checked. */
+ * export` become ActQuant nodes again (raise_quant.c), ConvInteger becomes a float Conv of
+ * its centered codes, and the result is shape-checked. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -347,9 +348,85 @@ static void merge_pads(struct qt_graph *g)
     }
 }
 
+/* A node of op reading in[0..nin) into a new float-or-unknown value named after it (or into
+ * out when >= 0); returns the value written. */
+static int add_node1(struct qt_graph *g, enum qt_op op, const char *name, const int *in, int nin,
+                     int out)
+{
+    if (out < 0) out = qt_graph_add_value_unique(g, name, QT_UNDEF, NULL);
+    qt_graph_add_node(g, op, name, in, nin, &out, 1);
+    return out;
+}
+
+static int add_cast(struct qt_graph *g, const char *name, int x, enum qt_dtype to, int out)
+{
+    const int o = add_node1(g, QT_OP_CAST, name, &x, 1, out);
+    qt_node_set_int(&g->nodes[g->nnodes - 1], "to", to);
+    return o;
+}
+
+/* ConvInteger(x, w, x_zero_point, w_zero_point) becomes Cast(Conv(Cast(x) - x_zero_point,
+ * Cast(w) - w_zero_point), int32) in float32, where qtune computes: the integer sums are
+ * exact while they stay below 2^24 in magnitude (a 3x3 convolution over 64 channels of 8-bit
+ * codes reaches at most 127 * 255 * 576 < 2^24.2). Constant weights are folded afterwards. */
+static int lower_convinteger(struct qt_graph *g, struct qt_error *e)
+{
+    const int nn = g->nnodes;
+    for (int i = 0; i < nn; i++) {
+        if (g->nodes[i].dead || g->nodes[i].op != QT_OP_CONVINTEGER) continue;
+        char base[256], name[300];
+        snprintf(base, sizeof base, "%s", g->nodes[i].name);
+        int in[4] = {-1, -1, -1, -1};
+        for (int k = 0; k < g->nodes[i].nin && k < 4; k++) in[k] = g->nodes[i].in[k];
+        if (in[0] < 0 || in[1] < 0 || g->nodes[i].out[0] < 0)
+            return qt_err(e, "ConvInteger node '%s': an input or its output is left out", base);
+        int f[2];
+        for (int k = 0; k < 2; k++) {
+            snprintf(name, sizeof name, "%s/%s", base, k ? "w" : "x");
+            f[k] = add_cast(g, name, in[k], QT_F32, -1);
+            if (in[k + 2] < 0) continue;
+            snprintf(name, sizeof name, "%s/%s_zero_point", base, k ? "w" : "x");
+            int z = add_cast(g, name, in[k + 2], QT_F32, -1);
+            const struct qt_value *zv = &g->values[in[k + 2]], *wv = &g->values[in[1]];
+            if (k == 1 && (!zv->has_shape || qt_shape_numel(&zv->shape) != 1)) {
+                /* one zero point per output channel: shaped [M, 1, ...] against the weight */
+                if (!wv->has_shape || wv->shape.ndim < 3)
+                    return qt_err(e, "ConvInteger node '%s': per-channel weight zero points need "
+                                     "the weight's rank", base);
+                const struct qt_shape ss = {.ndim = 1, .d = {wv->shape.ndim}};
+                struct qt_tensor *sh = qt_tensor_new(QT_I64, &ss);
+                for (int d = 0; d < wv->shape.ndim; d++) ((int64_t *)sh->data)[d] = d ? 1 : -1;
+                snprintf(name, sizeof name, "%s/w_zero_point_shape", base);
+                const int vs = qt_graph_add_value_unique(g, name, QT_I64, &ss);
+                g->values[vs].init = sh;
+                const int r2[2] = {z, vs};
+                snprintf(name, sizeof name, "%s/w_zero_point_r", base);
+                z = add_node1(g, QT_OP_RESHAPE, name, r2, 2, -1);
+            }
+            const int s2[2] = {f[k], z};
+            snprintf(name, sizeof name, "%s/%s_centered", base, k ? "w" : "x");
+            f[k] = add_node1(g, QT_OP_SUB, name, s2, 2, -1);
+        }
+        snprintf(name, sizeof name, "%s/float", base);
+        const int yf = qt_graph_add_value_unique(g, name, QT_UNDEF, NULL);
+        struct qt_node *n = &g->nodes[i];
+        const int y = n->out[0];
+        n->op = QT_OP_CONV;
+        n->in[0] = f[0];
+        n->in[1] = f[1];
+        n->nin = 2;
+        n->out[0] = yf;
+        g->values[yf].producer = i;
+        snprintf(name, sizeof name, "%s/int32", base);
+        add_cast(g, name, yf, QT_I32, y);
+    }
+    return 0;
+}
+
 int qt_pass_canonicalize(struct qt_graph *g, struct qt_error *e)
 {
     drop_passthrough(g);
+    if (lower_convinteger(g, e)) return -1;
     if (qt_graph_compact(g, e)) return -1;
     for (int i = 0; i < g->nnodes; i++) {
         if (g->nodes[i].dead) continue;

@@ -48,18 +48,26 @@ const char *qt_export_format_name(enum qt_export_format f)
     case QT_EXPORT_ONNX: return "onnx";
     case QT_EXPORT_QDQ: return "qdq";
     case QT_EXPORT_FLOAT: return "float";
+    case QT_EXPORT_QLINEAR: return "qlinear";
+    case QT_EXPORT_INTEGER: return "integer";
     }
     return "?";
 }
 
 int qt_export_format_parse(const char *s, enum qt_export_format *f)
 {
-    for (int k = 0; k <= QT_EXPORT_FLOAT; k++)
+    for (int k = 0; k <= QT_EXPORT_INTEGER; k++)
         if (strcmp(s, qt_export_format_name((enum qt_export_format)k)) == 0) {
             *f = (enum qt_export_format)k;
             return 0;
         }
     return -1;
+}
+
+/* Formats whose weights and activations are int8/uint8 codes read by DequantizeLinear. */
+static int int8_grid(enum qt_export_format f)
+{
+    return f == QT_EXPORT_QDQ || f == QT_EXPORT_QLINEAR || f == QT_EXPORT_INTEGER;
 }
 
 /* ---- Small graph-building helpers ----
@@ -197,15 +205,21 @@ static int level_grid(const struct qt_apot_quantizer *qz, int dmax, int *j)
     return -1;
 }
 
-/* Q -> DQ pair (or DQ alone when q_in < 0) with a scalar or per-channel scale: the value
- * written is `out` (or a new value when out < 0), which is returned. */
+/* Q -> DQ pair (or DQ alone when q_in < 0) with a scalar or per-channel scale (along axis 0)
+ * and zero point z (of type zt): the value written is `out` (or a new value when out < 0),
+ * which is returned. */
 static int dequant(struct qt_graph *g, const char *qn, int q_in, int codes, const float *scale,
-                   int64_t ns, enum qt_dtype zt, int out)
+                   int64_t ns, enum qt_dtype zt, int32_t z, int out)
 {
     char name[512];
     struct qt_shape ss = {.ndim = ns > 1 ? 1 : 0, .d = {ns}};
     struct qt_tensor *st = qt_tensor_new(QT_F32, &ss), *zp = qt_tensor_new(zt, &ss);
     memcpy(st->data, scale, sizeof(float) * ns);
+    for (int64_t k = 0; k < ns; k++) {
+        if (zt == QT_I8) ((int8_t *)zp->data)[k] = (int8_t)z;
+        else if (zt == QT_U8) ((uint8_t *)zp->data)[k] = (uint8_t)z;
+        else ((int32_t *)zp->data)[k] = z;
+    }
     snprintf(name, sizeof name, "%s.scale", qn);
     const int vs = add_const(g, name, st);
     snprintf(name, sizeof name, "%s.zero_point", qn);
@@ -302,43 +316,61 @@ static int add_offset(struct lower *L, const char *qn, int x, struct qt_tensor *
     return node(L->g, QT_OP_ADD, name, in2, 2, -1);
 }
 
-/* Format onnx: when the layer reading WeightQuant qi is a Conv whose output only an
- * inference BatchNormalization reads, folds that BatchNorm into the Conv: per output channel
- * s = scale / sqrt(var + eps) goes into `chan` (cout values, multiplied into the decoded
- * weight's scale) and (b - mean) * s + bias becomes the Conv's bias. Returns the channel
- * count folded (0: nothing folded). As onnxruntime and TensorRT fold BatchNorm into constant
- * convolution weights themselves, this changes results by rounding only, and saves the four
- * BatchNorm parameters per channel in the file. */
-static int64_t fold_bn(struct lower *L, int qi, float **chan)
+/* The BatchNormalization that can be folded into the layer reading WeightQuant qi (its
+ * node index), or -1: the layer is a Conv whose weight only qi writes, whose output only an
+ * inference BatchNormalization reads, with float32 parameters of one value per output
+ * channel (and a float32 bias of as many, if any). */
+static int foldable_bn(const struct qt_graph *g, int qi)
 {
-    struct qt_graph *g = L->g;
-    *chan = NULL;
-    if (L->fmt != QT_EXPORT_ONNX) return 0;
     const int ci = layer_of(g, &g->nodes[qi]);
     if (ci < 0 || g->nodes[ci].op != QT_OP_CONV || g->nodes[ci].nout != 1 ||
         g->nodes[ci].in[1] != g->nodes[qi].out[0] || qt_graph_use_count(g, g->nodes[qi].out[0]) != 1)
-        return 0;
+        return -1;
     const int y = g->nodes[ci].out[0];
-    if ((g->values[y].flags & QT_V_OUTPUT) || qt_graph_use_count(g, y) != 1) return 0;
+    if ((g->values[y].flags & QT_V_OUTPUT) || qt_graph_use_count(g, y) != 1) return -1;
     const int bi = qt_graph_first_consumer(g, y);
     if (bi < 0 || g->nodes[bi].op != QT_OP_BATCHNORM || g->nodes[bi].nout != 1 ||
         g->nodes[bi].in[0] != y)
-        return 0;
+        return -1;
     const struct qt_node *bn = &g->nodes[bi];
     const struct qt_tensor *p[4];
     for (int k = 0; k < 4; k++) {
         p[k] = g->values[bn->in[1 + k]].init;
-        if (!p[k] || p[k]->dtype != QT_F32) return 0;
+        if (!p[k] || p[k]->dtype != QT_F32) return -1;
     }
     const int64_t C = qt_shape_numel(&p[0]->shape);
     const struct qt_tensor *w = g->values[g->nodes[qi].in[0]].init;
-    if (!w || w->shape.ndim < 1 || w->shape.d[0] != C) return 0;
+    if (!w || w->shape.ndim < 1 || w->shape.d[0] != C) return -1;
     for (int k = 1; k < 4; k++)
-        if (qt_shape_numel(&p[k]->shape) != C) return 0;
+        if (qt_shape_numel(&p[k]->shape) != C) return -1;
     const struct qt_node *conv = &g->nodes[ci];
     const struct qt_tensor *cb = conv->nin > 2 && conv->in[2] >= 0 ? g->values[conv->in[2]].init : NULL;
     if (conv->nin > 2 && conv->in[2] >= 0 && (!cb || cb->dtype != QT_F32 || qt_shape_numel(&cb->shape) != C))
+        return -1;
+    return bi;
+}
+
+/* Formats onnx, qlinear and integer: folds the BatchNorm foldable_bn finds into the Conv reading
+ * WeightQuant qi: per output channel s = scale / sqrt(var + eps) goes into `chan` (cout
+ * values, multiplied into the decoded weight's scale) and (b - mean) * s + bias becomes the
+ * Conv's bias. Returns the channel count folded (0: nothing folded). As onnxruntime and
+ * TensorRT fold BatchNorm into constant convolution weights themselves, this changes results
+ * by rounding only, and saves the four BatchNorm parameters per channel in the file. */
+static int64_t fold_bn(struct lower *L, int qi, float **chan)
+{
+    struct qt_graph *g = L->g;
+    *chan = NULL;
+    if (L->fmt != QT_EXPORT_ONNX && L->fmt != QT_EXPORT_QLINEAR && L->fmt != QT_EXPORT_INTEGER)
         return 0;
+    const int bi = foldable_bn(g, qi);
+    if (bi < 0) return 0;
+    const int ci = layer_of(g, &g->nodes[qi]), y = g->nodes[ci].out[0];
+    const struct qt_node *bn = &g->nodes[bi];
+    const struct qt_tensor *p[4];
+    for (int k = 0; k < 4; k++) p[k] = g->values[bn->in[1 + k]].init;
+    const int64_t C = qt_shape_numel(&p[0]->shape);
+    const struct qt_node *conv = &g->nodes[ci];
+    const struct qt_tensor *cb = conv->nin > 2 && conv->in[2] >= 0 ? g->values[conv->in[2]].init : NULL;
     const float eps = qt_node_float(bn, "epsilon", 1e-5f);
     float *s = malloc(sizeof(float) * C);
     struct qt_shape bs = {.ndim = 1, .d = {C}};
@@ -359,6 +391,23 @@ static int64_t fold_bn(struct lower *L, int qi, float **chan)
     qt_graph_replace_uses(g, z, y);
     *chan = s;
     return C;
+}
+
+/* int8 codes and their scales along axis 0 (one, or one per slice): a slice whose scale is
+ * negative (a BatchNorm folded with a negative gamma) has its codes and scale negated, one
+ * whose scale is 0 gets codes 0 and scale 1, so that every scale is positive as integer
+ * kernels need, with the same products. Codes lie in -127..127, so negation stays in int8. */
+static void positive_scales(struct qt_tensor *codes, struct qt_tensor *scale)
+{
+    const int64_t ns = qt_shape_numel(&scale->shape), cnt = qt_shape_numel(&codes->shape);
+    const int64_t per = ns > 0 ? cnt / ns : 0;
+    float *s = scale->data;
+    int8_t *k = codes->data;
+    for (int64_t c = 0; c < ns; c++) {
+        if (s[c] > 0) continue;
+        for (int64_t i = c * per; i < (c + 1) * per; i++) k[i] = s[c] < 0 ? (int8_t)-k[i] : 0;
+        s[c] = s[c] < 0 ? -s[c] : 1.0f;
+    }
 }
 
 /* Writes the decoded weight of an APoT/uniform WeightQuant (node index qi) into value `out`. */
@@ -428,15 +477,16 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
         free(code);
         return 0;
     }
-    if (L->fmt == QT_EXPORT_QDQ) {
+    if (int8_grid(L->fmt)) {
         int jk[QT_APOT_MAX_LEVELS];
         const int D = level_grid(qz, 127, jk);
         free(wq);
         if (D < 0) {
             free(code);
             return qt_err(e, "layer '%s': %s %d-bit weights do not lie on an 8-bit integer grid, "
-                             "which --format qdq needs (use --format onnx)",
-                          lname, qt_quant_scheme_name(a->scheme), a->bits);
+                             "which --format %s needs (use --format onnx)",
+                          lname, qt_quant_scheme_name(a->scheme), a->bits,
+                          qt_export_format_name(L->fmt));
         }
         struct qt_tensor *ct = qt_tensor_new(QT_I8, &w->shape);
         for (int64_t i = 0; i < cnt; i++) {
@@ -452,13 +502,13 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
         for (int64_t c = 0; c < nal; c++) sc[c] = (restore ? alpha[c] * sigma : alpha[c]) / (float)D;
         char qn[32];
         snprintf(qn, sizeof qn, "qw%d", L->nw);
-        int vw = dequant(g, qn, -1, vc, sc, nal, QT_I8, -1);
+        struct qt_tensor *off = NULL;
+        struct qt_tensor *st = weight_scale(L, qi, w->shape.ndim, sc, nal, 1.0f, mu, restore ? &off : NULL);
         free(sc);
-        if (restore) {
-            struct qt_tensor *o = qt_tensor_new(QT_F32, &(struct qt_shape){.ndim = 0});
-            *(float *)o->data = mu;
-            vw = add_offset(L, qn, vw, o);
-        }
+        positive_scales(ct, st);
+        int vw = dequant(g, qn, -1, vc, st->data, qt_shape_numel(&st->shape), QT_I8, 0, -1);
+        qt_tensor_free(st);
+        if (off) vw = add_offset(L, qn, vw, off);
         qt_graph_replace_uses(g, out, vw);
         return 0;
     }
@@ -635,11 +685,11 @@ static int lower_weight_int8(struct lower *L, int qi, const struct qt_quant_attr
     }
     free(wq);
     if (!k) return qt_err(L->e, "layer '%s': out of memory", lname);
-    if (L->fmt == QT_EXPORT_QDQ && wide) {
+    if (int8_grid(L->fmt) && wide) {
         free(k);
         return qt_err(L->e, "layer '%s': 8-bit weights scaled by max W reach steps beyond -127, "
-                            "which int8 cannot hold (--format qdq needs --int8-range absmax)",
-                      lname);
+                            "which int8 cannot hold (--format %s needs --int8-range absmax)",
+                      lname, qt_export_format_name(L->fmt));
     }
     struct qt_tensor *codes = qt_tensor_new(wide ? QT_I16 : QT_I8, &w->shape);
     for (int64_t i = 0; i < cnt; i++) {
@@ -652,9 +702,13 @@ static int lower_weight_int8(struct lower *L, int qi, const struct qt_quant_attr
     int vc = add_const(g, name, codes);
     char qn[32];
     snprintf(qn, sizeof qn, "qw%d", L->nw);
-    if (L->fmt == QT_EXPORT_QDQ) {
+    if (int8_grid(L->fmt)) {
         const float sc = m / 127.0f;
-        qt_graph_replace_uses(g, out, dequant(g, qn, -1, vc, &sc, 1, QT_I8, -1));
+        struct qt_tensor *st = weight_scale(L, qi, w->shape.ndim, &sc, 1, 1.0f, 0.0f, NULL);
+        positive_scales(codes, st);
+        qt_graph_replace_uses(g, out, dequant(g, qn, -1, vc, st->data, qt_shape_numel(&st->shape),
+                                              QT_I8, 0, -1));
+        qt_tensor_free(st);
         return 0;
     }
     node_name(name, sizeof name, qn, "c");
@@ -710,10 +764,12 @@ static int lower_act(struct lower *L, int qi, const struct qt_quant_attrs *a,
     const int n = qz->n, sg = a->is_signed;
     const int x_in = q->in[0], out = q->out[0];
     int jk[QT_APOT_MAX_LEVELS], D = 0;
-    if (L->fmt == QT_EXPORT_QDQ && (D = level_grid(qz, sg ? 127 : 255, jk)) < 0)
+    const int qdq = int8_grid(L->fmt);
+    if (qdq && (D = level_grid(qz, sg ? 127 : 255, jk)) < 0)
         return qt_err(L->e, "layer '%s': %s %d-bit %s activations do not lie on an 8-bit integer "
-                            "grid, which --format qdq needs (use --format onnx)",
-                      lname, qt_quant_scheme_name(a->scheme), a->bits, sg ? "signed" : "unsigned");
+                            "grid, which --format %s needs (use --format onnx)",
+                      lname, qt_quant_scheme_name(a->scheme), a->bits, sg ? "signed" : "unsigned",
+                      qt_export_format_name(L->fmt));
     int32_t tab[QT_ACT_MAX_BUCKETS];
     float tthr[QT_ACT_MAX_BUCKETS];
     const int M = qt_act_buckets(qz, tab, tthr);
@@ -723,7 +779,7 @@ static int lower_act(struct lower *L, int qi, const struct qt_quant_attrs *a,
                       QT_ACT_MAX_BUCKETS);
     /* format qdq: the quantized values go through QuantizeLinear/DequantizeLinear on the grid
      * alpha / D, where they lie (the division rounds to the integer codes exactly) */
-    const int fin = L->fmt == QT_EXPORT_QDQ ? -1 : out;
+    const int fin = qdq ? -1 : out;
     /* u = a / (alpha / M) equals (a / alpha) * M exactly when alpha / M is a normal float */
     const float alpha_m = alpha / (float)M;
     if (!(alpha_m * (float)M == alpha) || alpha_m < 1.17549435e-38f)
@@ -806,7 +862,7 @@ static int lower_act(struct lower *L, int qi, const struct qt_quant_attrs *a,
     }
     if (fin < 0) {
         const float sc = alpha / (float)D;
-        dequant(g, qn, v, -1, &sc, 1, sg ? QT_I8 : QT_U8, out);
+        dequant(g, qn, v, -1, &sc, 1, sg ? QT_I8 : QT_U8, 0, out);
     }
     return 0;
 }
@@ -834,7 +890,271 @@ static void describe(struct qt_graph *g, int qi, const struct qt_quant_attrs *a)
     qt_graph_set_meta(g, key, val);
 }
 
+/* ---- Format qlinear: requantized convolution outputs ---- */
+
+/* The largest alpha of the ActQuant nodes that alone read value r (+inf when another node
+ * reads it, or an alpha is not a float32 initializer). */
+static float act_cap(const struct qt_graph *g, int r)
+{
+    float cap = -INFINITY;
+    int uses = 0;
+    for (int i = 0; i < g->nnodes; i++) {
+        const struct qt_node *n = &g->nodes[i];
+        if (n->dead) continue;
+        for (int k = 0; k < n->nin; k++) {
+            if (n->in[k] != r) continue;
+            uses++;
+            const struct qt_tensor *a = n->nin > 1 && n->in[1] >= 0 ? g->values[n->in[1]].init : NULL;
+            if (n->op != QT_OP_ACTQUANT || k != 0 || !a || a->dtype != QT_F32 ||
+                qt_shape_numel(&a->shape) != 1 || !(*(const float *)a->data > 0))
+                return INFINITY;
+            cap = *(const float *)a->data > cap ? *(const float *)a->data : cap;
+        }
+    }
+    return uses > 0 && !(g->values[r].flags & QT_V_OUTPUT) ? cap : INFINITY;
+}
+
+int qt_export_requant_value(const struct qt_graph *g, int ci, float *cap)
+{
+    *cap = INFINITY;
+    const struct qt_node *c = &g->nodes[ci];
+    if (c->dead || c->op != QT_OP_CONV || c->nin < 2 || c->nout != 1) return -1;
+    const int pa = g->values[c->in[0]].producer, pw = g->values[c->in[1]].producer;
+    if (pa < 0 || pw < 0 || g->nodes[pa].dead || g->nodes[pw].dead ||
+        g->nodes[pa].op != QT_OP_ACTQUANT || g->nodes[pw].op != QT_OP_WEIGHTQUANT)
+        return -1;
+    /* weights mapped back to their mean are decoded with an Add of it: no integer weight */
+    if (qt_node_int(&g->nodes[pw], "standardize", 0) == QT_STD_RESTORE) return -1;
+    const int bi = foldable_bn(g, pw);
+    const int v = bi >= 0 ? g->nodes[bi].out[0] : c->out[0];
+    /* a Relu alone reading v, whose output only quantizers read: nothing above their alpha
+     * or below 0 matters */
+    const int ri = qt_graph_first_consumer(g, v);
+    if (ri >= 0 && qt_graph_use_count(g, v) == 1 && !(g->values[v].flags & QT_V_OUTPUT) &&
+        g->nodes[ri].op == QT_OP_RELU && g->nodes[ri].nout == 1)
+        *cap = act_cap(g, g->nodes[ri].out[0]);
+    return v;
+}
+
+/* The float32 initializer v, or NULL. */
+static const struct qt_tensor *f32_init(const struct qt_graph *g, int v)
+{
+    const struct qt_tensor *t = v >= 0 ? g->values[v].init : NULL;
+    return t && t->dtype == QT_F32 ? t : NULL;
+}
+
+/* The DequantizeLinear node writing v with an initializer scale (and zero point of the
+ * input's type, all 0 when zero0), or -1. */
+static int dq_producer(const struct qt_graph *g, int v, int zero0)
+{
+    const int p = v >= 0 ? g->values[v].producer : -1;
+    if (p < 0 || g->nodes[p].dead || g->nodes[p].op != QT_OP_DEQUANTIZELINEAR ||
+        g->nodes[p].nin < 3 || !f32_init(g, g->nodes[p].in[1]))
+        return -1;
+    const struct qt_tensor *z = g->values[g->nodes[p].in[2]].init;
+    if (!z || (z->dtype != QT_U8 && z->dtype != QT_I8)) return -1;
+    for (int64_t k = 0; zero0 && k < qt_shape_numel(&z->shape); k++)
+        if (qt_tensor_get_i(z, k) != 0) return -1;
+    return p;
+}
+
+/* Format qlinear: the Conv named r->conv, whose input and weight now come from
+ * DequantizeLinear (a scalar activation scale sx, int8 weights with zero points 0 and scales
+ * sw), gets its bias as int32 steps of sx * sw (DequantizeLinear) and its output through a
+ * QuantizeLinear/DequantizeLinear pair of the input's type, whose scale and zero point map
+ * r's range (widened to hold 0) onto the 256 codes: the node group onnxruntime turns into
+ * QLinearConv. */
+static int requant_conv(struct lower *L, const struct qt_export_range *r, int k)
+{
+    struct qt_graph *g = L->g;
+    const int ci = qt_graph_find_node(g, r->conv);
+    if (ci < 0 || g->nodes[ci].dead || g->nodes[ci].op != QT_OP_CONV)
+        return qt_err(L->e, "layer '%s': no convolution of that name to requantize", r->conv);
+    const int da = dq_producer(g, g->nodes[ci].in[0], 0), dw = dq_producer(g, g->nodes[ci].in[1], 1);
+    const struct qt_tensor *sa = da >= 0 ? g->values[g->nodes[da].in[1]].init : NULL;
+    const struct qt_tensor *sw = dw >= 0 ? g->values[g->nodes[dw].in[1]].init : NULL;
+    if (!sa || !sw || qt_shape_numel(&sa->shape) != 1 ||
+        g->values[g->nodes[dw].in[2]].init->dtype != QT_I8)
+        return qt_err(L->e, "layer '%s': its input and weight are not both 8-bit "
+                            "DequantizeLinear outputs, which --format qlinear needs", r->conv);
+    if (!(isfinite(r->lo) && isfinite(r->hi) && r->lo <= r->hi))
+        return qt_err(L->e, "layer '%s': the calibrated output range [%g, %g] is not finite",
+                      r->conv, (double)r->lo, (double)r->hi);
+    const enum qt_dtype zt = g->values[g->nodes[da].in[2]].init->dtype;
+    const int64_t ns = qt_shape_numel(&sw->shape);
+    const float sx = *(const float *)sa->data;
+    char name[512], qn[32];
+    snprintf(qn, sizeof qn, "qc%d", k);
+    struct qt_node *conv = &g->nodes[ci];
+    if (conv->nin > 2 && conv->in[2] >= 0) {
+        const struct qt_tensor *b = f32_init(g, conv->in[2]);
+        const int64_t nb = b ? qt_shape_numel(&b->shape) : 0;
+        if (!b || (ns > 1 && nb != ns))
+            return qt_err(L->e, "layer '%s': the bias is not a float32 initializer of one value "
+                                "per output channel", r->conv);
+        struct qt_tensor *bq = qt_tensor_new(QT_I32, &b->shape);
+        float *bs = malloc(sizeof(float) * nb);
+        if (!bs) {
+            qt_tensor_free(bq);
+            return qt_err(L->e, "layer '%s': out of memory", r->conv);
+        }
+        for (int64_t c = 0; c < nb; c++) {
+            bs[c] = sx * ((const float *)sw->data)[ns > 1 ? c : 0];
+            const double q = rint((double)((const float *)b->data)[c] / (double)bs[c]);
+            if (!(bs[c] > 0) || !(fabs(q) < 2147483647.0)) {
+                qt_tensor_free(bq);
+                free(bs);
+                return qt_err(L->e, "layer '%s': bias %g is beyond int32 steps of %g", r->conv,
+                              (double)((const float *)b->data)[c], (double)bs[c]);
+            }
+            ((int32_t *)bq->data)[c] = (int32_t)q;
+        }
+        snprintf(name, sizeof name, "%s.bias_steps", qn);
+        const int vq = add_const(g, name, bq);
+        snprintf(name, sizeof name, "%s/bias", qn);
+        const int vb = dequant(g, name, -1, vq, bs, nb, QT_I32, 0, -1);
+        free(bs);
+        g->nodes[ci].in[2] = vb;
+    }
+    /* the output range: codes 0..255 (uint8) or -128..127 (int8) */
+    const float lo = r->lo < 0 ? r->lo : 0.0f, hi = r->hi > 0 ? r->hi : 0.0f;
+    const float scale = hi > lo ? (hi - lo) / 255.0f : 1.0f;
+    const int zmin = zt == QT_I8 ? -128 : 0;
+    long z = lrint(zmin - (double)lo / scale);
+    z = z < zmin ? zmin : z > zmin + 255 ? zmin + 255 : z;
+    /* the pair goes after the Relu when the range is its output's: Conv -> Relu -> Q, a
+     * Relu onnxruntime finds redundant (the zero point is the lowest code) */
+    int pi = ci;
+    if (r->relu) {
+        const int y0 = g->nodes[ci].out[0], ri = qt_graph_first_consumer(g, y0);
+        if (ri < 0 || qt_graph_use_count(g, y0) != 1 || g->nodes[ri].op != QT_OP_RELU)
+            return qt_err(L->e, "layer '%s': its output is not read by a Relu alone", r->conv);
+        pi = ri;
+    }
+    const int y = g->nodes[pi].out[0];
+    snprintf(name, sizeof name, "%s/raw", qn);
+    const int raw = qt_graph_add_value_unique(g, name, QT_UNDEF, NULL);
+    g->nodes[pi].out[0] = raw;
+    g->values[raw].producer = pi;
+    dequant(g, qn, raw, -1, &scale, 1, zt, (int32_t)z, y);
+    char key[512], val[512];
+    snprintf(key, sizeof key, "qtune.quant.%s", r->conv);
+    const char *old = qt_graph_meta(g, key);
+    snprintf(val, sizeof val, "%s%soutput%s %s8 scale %.9g zero point %ld (range %.6g to %.6g)",
+             old ? old : "", old ? "; " : "", r->relu ? " after relu" : "",
+             zt == QT_I8 ? "int" : "uint", (double)scale, z, (double)r->lo, (double)r->hi);
+    qt_graph_set_meta(g, key, val);
+    return 0;
+}
+
+/* Format integer: Conv node ci, when its input and weight come from DequantizeLinear (codes
+ * x of scalar scale sx, int8 weight codes w with zero points 0 and scales sw), becomes
+ * Cast(ConvInteger(x, w, zero point of x), float) * (sx * sw) + bias, the scale and bias
+ * shaped [C, 1, ...]: the products and their sums are exact integers, one rounding follows.
+ * Returns 1 when rewritten, 0 when ci does not qualify. */
+static int integer_conv(struct lower *L, int ci, int k)
+{
+    struct qt_graph *g = L->g;
+    const struct qt_node *c = &g->nodes[ci];
+    if (c->dead || c->op != QT_OP_CONV || c->nin < 2 || c->nout != 1) return 0;
+    /* weights mapped back to their mean: DequantizeLinear, then Add of the mean (one value,
+     * or one per output channel) */
+    const struct qt_tensor *mu = NULL;
+    int wv = c->in[1];
+    const int pm = g->values[wv].producer;
+    if (pm >= 0 && g->nodes[pm].op == QT_OP_ADD && !g->nodes[pm].dead &&
+        qt_graph_use_count(g, wv) == 1 && (mu = f32_init(g, g->nodes[pm].in[1]))) {
+        if (qt_shape_numel(&mu->shape) != 1 && (mu->shape.ndim < 1 || mu->shape.d[0] != qt_shape_numel(&mu->shape)))
+            return 0;
+        wv = g->nodes[pm].in[0];
+    }
+    const int da = dq_producer(g, c->in[0], 0), dw = dq_producer(g, wv, 1);
+    if (da < 0 || dw < 0) return 0;
+    const struct qt_tensor *sa = g->values[g->nodes[da].in[1]].init;
+    const struct qt_tensor *sw = g->values[g->nodes[dw].in[1]].init;
+    const struct qt_tensor *wc = g->values[g->nodes[dw].in[0]].init;
+    if (qt_shape_numel(&sa->shape) != 1 || !wc || wc->dtype != QT_I8 || wc->shape.ndim < 3)
+        return 0;
+    const int64_t C = wc->shape.d[0], ns = qt_shape_numel(&sw->shape);
+    const struct qt_tensor *b = c->nin > 2 && c->in[2] >= 0 ? f32_init(g, c->in[2]) : NULL;
+    if ((c->nin > 2 && c->in[2] >= 0 && (!b || qt_shape_numel(&b->shape) != C)) ||
+        (ns != 1 && ns != C) || (mu && qt_shape_numel(&mu->shape) != 1 && qt_shape_numel(&mu->shape) != C))
+        return 0;
+    char name[512], qn[32];
+    snprintf(qn, sizeof qn, "qc%d", k);
+    struct qt_shape cs = {.ndim = wc->shape.ndim - 1};
+    for (int d = 0; d < cs.ndim; d++) cs.d[d] = d ? 1 : C;
+    struct qt_tensor *st = qt_tensor_new(QT_F32, &cs), *bt = b ? qt_tensor_new(QT_F32, &cs) : NULL;
+    const float sx = *(const float *)sa->data;
+    for (int64_t ch = 0; ch < C; ch++) {
+        ((float *)st->data)[ch] = sx * ((const float *)sw->data)[ns > 1 ? ch : 0];
+        if (bt) ((float *)bt->data)[ch] = ((const float *)b->data)[ch];
+    }
+    const int xz = g->nodes[da].in[2], xcodes = g->nodes[da].in[0], wcodes = g->nodes[dw].in[0];
+    const int y = c->out[0];
+    if (mu) g->nodes[pm].dead = 1;
+    snprintf(name, sizeof name, "%s/acc", qn);
+    const int acc = qt_graph_add_value_unique(g, name, QT_UNDEF, NULL);
+    struct qt_node *n = &g->nodes[ci];
+    n->op = QT_OP_CONVINTEGER;
+    n->in = realloc(n->in, sizeof(int) * 3);
+    n->in[0] = xcodes;
+    n->in[1] = wcodes;
+    n->in[2] = xz;
+    n->nin = 3;
+    n->out[0] = acc;
+    g->values[acc].producer = ci;
+    node_name(name, sizeof name, qn, "f");
+    const int vf = cast(g, name, acc, QT_F32);
+    snprintf(name, sizeof name, "%s.scale", qn);
+    int in2[2] = {vf, add_const(g, name, st)};
+    node_name(name, sizeof name, qn, "s");
+    int vs = node(g, QT_OP_MUL, name, in2, 2, bt || mu ? -1 : y);
+    if (mu) {
+        /* + sx * mu * (the window sums of the input codes): a ConvInteger of one output
+         * channel whose weights are all 1, with the layer's attributes */
+        struct qt_shape os = wc->shape;
+        os.d[0] = 1;
+        struct qt_tensor *ones = qt_tensor_new(QT_I8, &os);
+        memset(ones->data, 1, ones->nbytes);
+        snprintf(name, sizeof name, "%s.ones", qn);
+        const int vo = add_const(g, name, ones);
+        node_name(name, sizeof name, qn, "m");
+        const int in3[3] = {xcodes, vo, xz};
+        const int vsum = node(g, QT_OP_CONVINTEGER, name, in3, 3, -1);
+        qt_node_copy_attrs(&g->nodes[g->nnodes - 1], &g->nodes[ci]);
+        node_name(name, sizeof name, qn, "mf");
+        const int vmf = cast(g, name, vsum, QT_F32);
+        struct qt_tensor *mt = qt_tensor_new(QT_F32, &cs);
+        for (int64_t ch = 0; ch < C; ch++)
+            ((float *)mt->data)[ch] = sx * ((const float *)mu->data)[qt_shape_numel(&mu->shape) > 1 ? ch : 0];
+        snprintf(name, sizeof name, "%s.mu", qn);
+        in2[0] = vmf;
+        in2[1] = add_const(g, name, mt);
+        node_name(name, sizeof name, qn, "ms");
+        const int vms = node(g, QT_OP_MUL, name, in2, 2, -1);
+        in2[0] = vs;
+        in2[1] = vms;
+        node_name(name, sizeof name, qn, "ma");
+        vs = node(g, QT_OP_ADD, name, in2, 2, bt ? -1 : y);
+    }
+    if (bt) {
+        snprintf(name, sizeof name, "%s.bias", qn);
+        in2[0] = vs;
+        in2[1] = add_const(g, name, bt);
+        node_name(name, sizeof name, qn, "b");
+        node(g, QT_OP_ADD, name, in2, 2, y);
+    }
+    char key[512], val[512];
+    snprintf(key, sizeof key, "qtune.quant.%s", g->nodes[ci].name);
+    const char *old = qt_graph_meta(g, key);
+    snprintf(val, sizeof val, "%s%sConvInteger", old ? old : "", old ? "; " : "");
+    qt_graph_set_meta(g, key, val);
+    return 1;
+}
+
 int qt_pass_lower_export(struct qt_graph *g, enum qt_export_format fmt,
+                         const struct qt_export_range *ranges, int nranges,
                          struct qt_export_report *rep, struct qt_error *e)
 {
     struct qt_export_report dummy;
@@ -876,6 +1196,20 @@ int qt_pass_lower_export(struct qt_graph *g, enum qt_export_format fmt,
         }
         if (rc) return -1;
         g->nodes[i].dead = 1;
+    }
+    if (fmt == QT_EXPORT_QLINEAR) {
+        for (int k = 0; k < nranges; k++)
+            if (requant_conv(&L, &ranges[k], k)) return -1;
+        rep->integer_convs = nranges;
+    } else if (nranges > 0)
+        return qt_err(e, "output ranges are only used by format qlinear");
+    if (fmt == QT_EXPORT_INTEGER)
+        for (int i = 0, n = g->nnodes; i < n; i++)
+            rep->integer_convs += integer_conv(&L, i, rep->integer_convs);
+    if (fmt == QT_EXPORT_QLINEAR || fmt == QT_EXPORT_INTEGER) {
+        char buf[32];
+        snprintf(buf, sizeof buf, "%d", rep->integer_convs);
+        qt_graph_set_meta(g, "qtune.export.integer_convs", buf);
     }
     qt_graph_set_meta(g, "qtune.export.format", qt_export_format_name(fmt));
     if (qt_graph_compact(g, e)) return -1;

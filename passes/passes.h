@@ -113,11 +113,27 @@ int qt_pass_raise_quant(struct qt_graph *g, int *count, struct qt_error *e);
 /* ---- The export pass (lower_export.c) ---- */
 
 /* Formats of `qtune export`:
- *   onnx   standard operators only: weights as packed level codes decoded by Cast/Gather/
- *          Reshape/Mul, activation quantizers as Div/Greater/ReduceSum/Gather/Mul
- *   qdq    QuantizeLinear/DequantizeLinear pairs on an 8-bit integer grid (integer runtimes)
- *   float  weights as float values on the grid, activation quantizers as in onnx */
-enum qt_export_format { QT_EXPORT_ONNX = 0, QT_EXPORT_QDQ = 1, QT_EXPORT_FLOAT = 2 };
+ *   onnx     standard operators only: weights as packed level codes decoded by Cast/Gather/
+ *            Reshape/Mul, activation quantizers as Div/Greater/ReduceSum/Gather/Mul
+ *   qdq      QuantizeLinear/DequantizeLinear pairs on an 8-bit integer grid: the values
+ *            qtune computes, in the explicit-quantization layout of TensorRT's INT8
+ *            convolutions
+ *   float    weights as float values on the grid, activation quantizers as in onnx
+ *   qlinear  qdq with BatchNorm folded and every Conv between quantized input and weights
+ *            given an int32 bias and an 8-bit output (QuantizeLinear/DequantizeLinear on a
+ *            range measured on data): the node groups onnxruntime runs as QLinearConv. Not
+ *            exact: the outputs are rounded to 256 levels, which training does not model.
+ *   integer  qdq with BatchNorm folded and every Conv between quantized input and weights
+ *            written as ConvInteger on the codes (exact int32 sums), then Cast, one Mul by
+ *            the product of the scales and the bias: integer kernels in onnxruntime that
+ *            compute what qtune computes. */
+enum qt_export_format {
+    QT_EXPORT_ONNX = 0,
+    QT_EXPORT_QDQ = 1,
+    QT_EXPORT_FLOAT = 2,
+    QT_EXPORT_QLINEAR = 3,
+    QT_EXPORT_INTEGER = 4
+};
 const char *qt_export_format_name(enum qt_export_format f);
 /* 0, or -1 for a name that is not a format. */
 int qt_export_format_parse(const char *s, enum qt_export_format *f);
@@ -133,14 +149,34 @@ int qt_act_buckets(const struct qt_apot_quantizer *qz, int32_t *table, float *th
 struct qt_export_report {
     int weights, acts;    /* quantizers lowered */
     int64_t weight_bytes; /* bytes of the quantized weights as stored */
+    int integer_convs;    /* formats qlinear and integer: convolutions on integer codes */
 };
+
+/* Format qlinear: the range of the values a convolution's 8-bit output must hold (measured on
+ * data), by the Conv node's name. */
+struct qt_export_range {
+    const char *conv;
+    float lo, hi;
+    int relu; /* the range is that of the Relu alone reading the output (lo 0) */
+};
+
+/* Format qlinear: the value of g (before lowering) whose range Conv node ci's 8-bit output
+ * must hold: ci's output, or that of the BatchNormalization folded into it; -1 when ci is not
+ * requantized (not a Conv reading an ActQuant input and WeightQuant weights that the format
+ * turns into int8 DequantizeLinear outputs). *cap is the largest value that matters after
+ * it: when a Relu alone reads the value and only ActQuant nodes read the Relu, their largest
+ * alpha (the 8-bit output then holds [0, min(measured max, cap)] after the Relu), else +inf. */
+int qt_export_requant_value(const struct qt_graph *g, int ci, float *cap);
 
 /* Replaces every WeightQuant/ActQuant node of g by standard operators computing the same
  * values (lower_export.c explains the forms), records every quantizer's settings in the
  * metadata (qtune.quant.<layer>.weight|input) and the format (qtune.export.format). Fails,
  * naming the layer, on a malformed quantizer or one the format cannot express; g is then
- * partly rewritten and must be discarded. */
+ * partly rewritten and must be discarded. Format qlinear requantizes the outputs of the
+ * convolutions named in ranges[0..nranges) (qt_export_requant_value says which qualify);
+ * other formats take no ranges. */
 int qt_pass_lower_export(struct qt_graph *g, enum qt_export_format fmt,
+                         const struct qt_export_range *ranges, int nranges,
                          struct qt_export_report *rep, struct qt_error *e);
 
 #endif

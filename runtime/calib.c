@@ -524,6 +524,62 @@ out:
     return rc;
 }
 
+int qt_calib_value_ranges(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
+                          const struct qt_calib_config *c, const int *v, int n, float *lo,
+                          float *hi, struct qt_error *e)
+{
+    struct feed f;
+    if (feed_open(&f, g, ds, c, e)) return -1;
+    struct qt_exec *x = qt_exec_new(g, b, e);
+    float *buf = NULL;
+    int64_t cap = 0;
+    int rc = -1;
+    if (!x) goto out;
+    qt_exec_set_mode(x, QT_EXEC_PLAIN);
+    qt_exec_keep_values(x, 1);
+    for (int j = 0; j < n; j++) {
+        lo[j] = INFINITY;
+        hi[j] = -INFINITY;
+    }
+    for (int k = 0; k < f.nb; k++) {
+        if (feed_batch(&f, ds, c, k, e) || qt_exec_forward(x, f.in, e)) goto out;
+        for (int j = 0; j < n; j++) {
+            const struct qt_tensor *t = qt_exec_value(x, v[j]);
+            if (!t || t->dtype != QT_F32) {
+                qt_err(e, "value '%s' was not kept or is not float32", g->values[v[j]].name);
+                goto out;
+            }
+            const int64_t cnt = qt_shape_numel(&t->shape);
+            if (cnt > cap) {
+                float *nbuf = realloc(buf, sizeof(float) * (size_t)cnt);
+                if (!nbuf) {
+                    qt_err(e, "out of memory for %lld values of '%s'", (long long)cnt,
+                           g->values[v[j]].name);
+                    goto out;
+                }
+                buf = nbuf;
+                cap = cnt;
+            }
+            if (qt_exec_read(x, t->data, buf, cnt, e)) goto out;
+            for (int64_t i = 0; i < cnt; i++) {
+                if (!isfinite(buf[i])) {
+                    qt_err(e, "value '%s' holds %g on calibration batch %d", g->values[v[j]].name,
+                           (double)buf[i], k);
+                    goto out;
+                }
+                lo[j] = buf[i] < lo[j] ? buf[i] : lo[j];
+                hi[j] = buf[i] > hi[j] ? buf[i] : hi[j];
+            }
+        }
+    }
+    rc = 0;
+out:
+    free(buf);
+    if (x) qt_exec_free(x);
+    feed_close(&f);
+    return rc;
+}
+
 /* ---- AdaRound ---- */
 
 /* Bytes of layer inputs and float outputs AdaRound keeps per layer at most (whole batches;

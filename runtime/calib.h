@@ -93,6 +93,12 @@ int qt_calib_adaround(struct qt_graph *g, struct qt_graph *fp, struct qt_backend
                       const struct qt_adaround_config *ac, struct qt_adaround_report *r,
                       struct qt_error *e);
 
+/* The smallest and largest value of each v[j] (j < n) of g over the calibration batches in
+ * evaluation mode, into lo[j] and hi[j]. Fails on a value that is not finite. */
+int qt_calib_value_ranges(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *ds,
+                          const struct qt_calib_config *c, const int *v, int n, float *lo,
+                          float *hi, struct qt_error *e);
+
 /* A dataset of `n` training images that calibration does not use: the last n of the seeded
  * permutation whose first batches it takes (pixels copied; free with qt_dataset_free). Fails
  * when the split is too small to hold both. */

@@ -38,9 +38,6 @@ void cli_progress_init(struct cli_progress *p, const char *label, const char *un
 void cli_progress_update(void *ctx, int64_t done, int64_t total, double seconds);
 void cli_progress_end(struct cli_progress *p);
 
-/* Lowers the quantized model at `path` to `format` (onnx, qdq, float) and writes it to out
- * (nothing written on error); top1 >= 0 is recorded in the metadata with the number of
- * images it was measured on. rep receives the counts. Returns the exit status. */
 /* Evaluates the model at `path` (loaded for inference) on split `split` of DATA with the
  * normalization of --preset or --mean/--std (else the model's own), on `device`; prints
  * errors prefixed with cmd. Writes the result to r and the backend's name to device_name
@@ -68,9 +65,22 @@ int cli_evaluate(const char *cmd, const char *path, const char *data, const char
  * cli_fail, naming cmd) when none can be created. */
 struct qt_backend *cli_backend_new(const char *cmd, const char *device, long threads);
 
+/* Format qlinear's calibration: the training images (normalized by mean/std) on which the
+ * ranges of the requantized convolution outputs are measured, how many of them, and the
+ * backend that runs the model. */
+struct cli_export_calib {
+    const struct qt_dataset *train;
+    const float *mean, *std;
+    struct qt_backend *b;
+    long images;
+};
 struct qt_export_report;
+/* Lowers the quantized model at `path` to `format` (onnx, qdq, float, integer, qlinear) and writes it
+ * to out (nothing written on error); top1 >= 0 is recorded in the metadata with the number of
+ * images it was measured on; format qlinear needs cal (else NULL). rep receives the counts.
+ * Returns the exit status. */
 int cli_export(const char *path, const char *format, const char *out, double top1,
-               int64_t images, struct qt_export_report *rep);
+               int64_t images, const struct cli_export_calib *cal, struct qt_export_report *rep);
 
 int cmd_inspect(int argc, char **argv);
 int cmd_run(int argc, char **argv);

@@ -89,7 +89,9 @@ static void usage(void)
         "                       fine-tuning after them has --lr, --alpha-lr-weight and\n"
         "                       --alpha-lr-act at a tenth of their defaults unless given\n"
         "  --export F           also write OUT with its quantizers lowered to standard ONNX\n"
-        "                       (F: onnx, qdq or float; see qtune export) to OUT.export.onnx\n"
+        "                       (F: onnx, qdq, float, integer or qlinear; see qtune export) to\n"
+        "                       OUT.export.onnx; qlinear measures its convolution outputs\n"
+        "                       on 512 training images\n"
         "  --export-out PATH    where --export writes (default OUT.export.onnx)\n");
     recipe_usage(1);
 }
@@ -608,7 +610,8 @@ int cmd_finetune(int argc, char **argv)
     enum qt_export_format efmt;
     if (export_out && !export_fmt) return cli_fail("finetune: --export-out needs --export FORMAT");
     if (export_fmt && qt_export_format_parse(export_fmt, &efmt))
-        return cli_fail("finetune: --export must be onnx, qdq or float, not '%s'", export_fmt);
+        return cli_fail("finetune: --export must be onnx, qdq, float, integer or qlinear, not '%s'",
+                        export_fmt);
     char export_buf[4096];
     if (export_fmt && !export_out) {
         snprintf(export_buf, sizeof export_buf, "%.*s.export.onnx", onnx_stem(r.out), r.out);
@@ -901,7 +904,8 @@ int cmd_finetune(int argc, char **argv)
 out_export:
     if (!rc && export_fmt) {
         struct qt_export_report rep;
-        rc = cli_export(r.out, export_fmt, export_out, -1, 0, &rep);
+        const struct cli_export_calib cal = {&d.train, d.mean, d.std, b, 512};
+        rc = cli_export(r.out, export_fmt, export_out, -1, 0, &cal, &rep);
         if (!rc) fprintf(r.json ? stderr : stdout, "exported %s as %s: wrote %s\n", r.out, export_fmt, export_out);
     }
 out:
