@@ -1,9 +1,12 @@
 """onnxruntime (CPUExecutionProvider, 2 threads) on qtune's exports against the FP32 model they
-come from: file size, session creation time, latency at batch 1 and 128, and which kernels
-onnxruntime's optimized graph holds (QLinearConv, ConvInteger or float Conv).
+come from: file size, top-1 on the whole test split, session creation time, latency at batch
+1 and 128, and which kernels onnxruntime's optimized graph holds (QLinearConv, ConvInteger or
+float Conv).
 
 The quantized model is a post-training quantization of the FP32 model (`qtune finetune
---epochs 0`), exported with `qtune export --format onnx|qdq|float`. Every round creates a
+--epochs 0`), exported with `qtune export --format onnx|qdq|float|integer|qlinear` (qlinear's
+output ranges from 512 training images); its own top-1 is qtune's (`qtune eval`), each
+file's is onnxruntime's on the test split as PIL decodes it. Every round creates a
 session of each model in turn (FP32 first, then the exports) and times it, so that load from
 other jobs hits all alike; the report gives the median and min-max over rounds and the
 per-round ratios to FP32. Appends the report to bench/results/export_ort.txt.
@@ -14,6 +17,7 @@ Defaults: the shared ResNet-20 and CIFAR-10 JPEG data (../shared or QT_SHARED).
 """
 import argparse
 import collections
+import json
 import os
 import subprocess
 import sys
@@ -79,22 +83,34 @@ def main():
                     "--bits", str(a.bits), "--scheme", a.scheme, "--epochs", "0", "--quiet",
                     "--test-limit", "1000", "-o", q], check=True, stdout=subprocess.DEVNULL)
     models = collections.OrderedDict([("fp32", a.fp32)])
-    for fmt in ("onnx", "qdq", "float"):
+    for fmt in ("onnx", "qdq", "float", "integer", "qlinear"):
         out = os.path.join(tmp, "%s.onnx" % fmt)
-        subprocess.run([QTUNE, "export", q, "--format", fmt, "-o", out], check=True,
-                       stdout=subprocess.DEVNULL)
+        extra = ["--data", a.data, "--preset", a.preset] if fmt == "qlinear" else []
+        subprocess.run([QTUNE, "export", q, "--format", fmt, "-o", out] + extra, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         models[fmt] = out
+    r = subprocess.run([QTUNE, "eval", q, "--data", a.data, "--preset", a.preset, "--quiet",
+                        "--json"], check=True, capture_output=True, text=True)
+    log("qtune's top-1 of the quantized (ai.qtune) model on the test split: %.2f%%" %
+        json.loads(r.stdout.strip().splitlines()[-1])["top1"])
+    import datasets
+    x, y = datasets.load_cifar_jpeg(a.data, "test", 10000)
     fp_size = os.path.getsize(a.fp32)
     log("")
-    log("%-6s %10s %8s   optimized graph (ORT_ENABLE_ALL): convolution kernels" % (
-        "model", "bytes", "vs fp32"))
+    log("%-8s %10s %8s %8s   optimized graph (ORT_ENABLE_ALL): convolution kernels" % (
+        "model", "bytes", "vs fp32", "top-1"))
     for k, p in models.items():
         opt = os.path.join(tmp, "%s.opt.onnx" % k)
-        session(ort, p, a.threads, opt)
+        s = session(ort, p, a.threads, opt)
+        name = s.get_inputs()[0].name
+        logits = np.concatenate([s.run(None, {name: x[i:i + 500]})[0]
+                                 for i in range(0, len(x), 500)])
+        top1 = 100.0 * float((logits.argmax(1) == y).mean())
         ops = collections.Counter(n.op_type for n in onnx.load(opt).graph.node)
         convs = {o: c for o, c in ops.items() if "Conv" in o}
-        log("%-6s %10d %8.3f   %s" % (k, os.path.getsize(p), os.path.getsize(p) / fp_size,
-                                      ", ".join("%s %d" % kv for kv in sorted(convs.items()))))
+        log("%-8s %10d %8.3f %7.2f%%   %s" % (
+            k, os.path.getsize(p), os.path.getsize(p) / fp_size, top1,
+            ", ".join("%s %d" % kv for kv in sorted(convs.items()))))
     rng = np.random.default_rng(0)
     x128 = rng.standard_normal((128, 3, 32, 32)).astype(np.float32)
     x1 = np.ascontiguousarray(x128[:1])
@@ -113,7 +129,7 @@ def main():
                                ("b128", "latency batch 128 (ms)", 1e3)):
         log(label + ":")
         for k in models:
-            line = "  %-6s %s" % (k, benchlib.spread(res[k][what], scale, "%.2f"))
+            line = "  %-8s %s" % (k, benchlib.spread(res[k][what], scale, "%.2f"))
             if k != "fp32":
                 line += "   ratio to fp32 %s" % benchlib.ratio_spread(res[k][what], res["fp32"][what])
             log(line)
@@ -122,4 +138,5 @@ def main():
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(REPO, "tests", "ref"))
     main()
