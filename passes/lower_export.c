@@ -924,7 +924,7 @@ int qt_export_requant_value(const struct qt_graph *g, int ci, float *cap)
         g->nodes[pa].op != QT_OP_ACTQUANT || g->nodes[pw].op != QT_OP_WEIGHTQUANT)
         return -1;
     /* weights mapped back to their mean are decoded with an Add of it: no integer weight */
-    if (qt_node_int(&g->nodes[pw], "standardize", 0) == QT_STD_RESTORE) return -1;
+    if (qt_node_int(&g->nodes[pw], "standardize", 0) == QT_STD_RESTORE) return -2;
     const int bi = foldable_bn(g, pw);
     const int v = bi >= 0 ? g->nodes[bi].out[0] : c->out[0];
     /* a Relu alone reading v, whose output only quantizers read: nothing above their alpha

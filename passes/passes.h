@@ -163,7 +163,9 @@ struct qt_export_range {
 /* Format qlinear: the value of g (before lowering) whose range Conv node ci's 8-bit output
  * must hold: ci's output, or that of the BatchNormalization folded into it; -1 when ci is not
  * requantized (not a Conv reading an ActQuant input and WeightQuant weights that the format
- * turns into int8 DequantizeLinear outputs). *cap is the largest value that matters after
+ * turns into int8 DequantizeLinear outputs), -2 when it would be but for its weights being
+ * mapped back to their mean (standardize 2: w = sigma * alpha * q + mu, which QLinearConv,
+ * with weight zero points 0, cannot hold). *cap is the largest value that matters after
  * it: when a Relu alone reads the value and only ActQuant nodes read the Relu, their largest
  * alpha (the 8-bit output then holds [0, min(measured max, cap)] after the Relu), else +inf. */
 int qt_export_requant_value(const struct qt_graph *g, int ci, float *cap);

@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "checkpoint.h"
+#include "data/prefetch.h"
 #include "exec.h"
 #include "../util/rng.h"
 
@@ -266,6 +267,29 @@ static void plan_epoch(struct epoch_plan *p, struct qt_rng *rng, int n, int pad,
     }
 }
 
+/* Samples in batch bi of nb over n samples. */
+static int batch_count(int bi, int nb, int n, int batch)
+{
+    return bi == nb - 1 ? n - bi * batch : batch;
+}
+
+/* Batch bi's augmentation: the plan's draws at the batch's positions. */
+static struct qt_augment batch_augment(const struct epoch_plan *p, const struct qt_train_config *cfg,
+                                       int bi)
+{
+    const int64_t at = (int64_t)bi * cfg->batch;
+    return (struct qt_augment){p->oy + at, p->ox + at, p->flip + at,
+                               cfg->no_resized_crop ? NULL : p->seed + at};
+}
+
+static void start_batch(struct qt_prefetch *pf, const struct epoch_plan *p,
+                        const struct qt_train_config *cfg, int bi, int nb, int n)
+{
+    const struct qt_augment aug = batch_augment(p, cfg, bi);
+    qt_prefetch_start(pf, p->perm + (int64_t)bi * cfg->batch,
+                             batch_count(bi, nb, n, cfg->batch), &aug);
+}
+
 int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *train,
              const struct qt_dataset *test, const struct qt_train_config *cfg,
              const struct qt_train_callbacks *cb, struct qt_train_result *res, struct qt_error *e)
@@ -298,6 +322,7 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
     int rc = 0;
     struct qt_exec *x = NULL;
     struct qt_tensor *xt = NULL;
+    struct qt_prefetch *pf = NULL;
     int32_t *labels = NULL, *labels_dev = NULL; /* host and backend copies */
     double *stats_dev = NULL;                   /* the loss op's result (backend memory) */
     struct qt_sgd_param *sgd = NULL;
@@ -368,6 +393,14 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
         rc = qt_err(e, "out of memory for a batch of %d", cfg->batch);
         goto out;
     }
+    /* The next batch is assembled by the prefetch thread while a step computes; the step
+     * waits only when that takes longer than the step itself. */
+    struct qt_tensor xv = *xt; /* the batch: xt's buffer, or the prefetch buffer in turn */
+    if (!cfg->no_prefetch &&
+        !(pf = qt_prefetch_new(train, cfg->batch, cfg->mean, cfg->std, layout, e))) {
+        rc = -1;
+        goto out;
+    }
     double t_start = now();
     while (r.epoch < cfg->epochs) {
         struct qt_rng rng = r.epoch_rng;
@@ -375,23 +408,33 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
         double t0 = now(), loss_sum = 0, data_seconds = 0;
         int64_t hits = 0, seen = 0;
         int nsteps = 0;
-        for (int bi = r.batch_pos; bi < nb; bi++) {
-            int cnt = bi == nb - 1 ? n - bi * cfg->batch : cfg->batch;
-            const int *idx = plan.perm + (int64_t)bi * cfg->batch;
-            const int64_t at = (int64_t)bi * cfg->batch;
-            struct qt_augment aug = {plan.oy + at, plan.ox + at, plan.flip + at,
-                                     cfg->no_resized_crop ? NULL : plan.seed + at};
-            /* Augmentation indexes follow batch positions, as drawn for the permuted order. */
-            const double td = now();
-            if (qt_dataset_batch_augmented(train, idx, cnt, cfg->mean, cfg->std, &aug, layout,
-                                           xt->data, labels, e)) {
-                rc = -1;
-                goto out;
+        const int first = r.batch_pos;
+        for (int bi = first; bi < nb; bi++) {
+            const int cnt = batch_count(bi, nb, n, cfg->batch);
+            int32_t *lab = labels;
+            if (pf) {
+                float *px;
+                if (bi == first) start_batch(pf, &plan, cfg, bi, nb, n);
+                if (qt_prefetch_wait(pf, &px, &lab, &data_seconds, e)) {
+                    rc = -1;
+                    goto out;
+                }
+                xv.data = px;
+                if (bi + 1 < nb) start_batch(pf, &plan, cfg, bi + 1, nb, n);
+            } else {
+                const struct qt_augment aug = batch_augment(&plan, cfg, bi);
+                const double td = now();
+                if (qt_dataset_batch_augmented(train, plan.perm + (int64_t)bi * cfg->batch, cnt,
+                                               cfg->mean, cfg->std, &aug, layout, xt->data,
+                                               labels, e)) {
+                    rc = -1;
+                    goto out;
+                }
+                data_seconds += now() - td;
             }
-            data_seconds += now() - td;
-            xt->shape.d[0] = cnt;
-            xt->nbytes = sizeof(float) * qt_shape_numel(&xt->shape);
-            const struct qt_tensor *ins[1] = {xt};
+            xv.shape.d[0] = cnt;
+            xv.nbytes = sizeof(float) * qt_shape_numel(&xv.shape);
+            const struct qt_tensor *ins[1] = {&xv};
             if (qt_exec_forward_train(x, ins, e)) {
                 rc = -1;
                 goto out;
@@ -407,7 +450,7 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
              * step is one sequence of backend calls with no host synchronization inside:
              * what a GPU backend can capture and replay). */
             float *dlogits = qt_exec_output_grad(x, e);
-            if (!dlogits || b->upload(b, labels_dev, labels, sizeof(int32_t) * cnt) ||
+            if (!dlogits || b->upload(b, labels_dev, lab, sizeof(int32_t) * cnt) ||
                 b->xent(b, dlogits, stats_dev, out->data, labels_dev, cnt, out->shape.d[1],
                         cfg->label_smoothing, 1.0f / cnt, e)) {
                 rc = dlogits ? qt_err_prefix(e, "loss at step %" PRId64 ": ", r.step + 1) : -1;
@@ -582,6 +625,7 @@ out:
     free(plan.ox);
     free(plan.flip);
     free(plan.seed);
+    qt_prefetch_free(pf);
     free(labels);
     if (labels_dev) b->release(b, labels_dev);
     if (stats_dev) b->release(b, stats_dev);

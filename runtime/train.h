@@ -24,6 +24,8 @@ struct qt_train_config {
     int no_resized_crop;      /* streamed images: the evaluation transform, not
                                * RandomResizedCrop (and no flip) */
     int flip;                 /* random horizontal flip */
+    int no_prefetch;          /* assemble each batch between steps (default: the next batch
+                               * is assembled by a thread of its own during a step) */
     uint64_t seed;
     const float *mean, *std;  /* normalization, one value per channel */
     int64_t train_limit;      /* use the first N training samples (0: all) */
@@ -54,7 +56,7 @@ struct qt_epoch_stats {
     double train_loss, train_top1;
     struct qt_eval_result test;
     double seconds;     /* training part of the epoch */
-    double data_seconds; /* of which assembling batches (decoding, for a stream) */
+    double data_seconds; /* of which waiting for batches (decoding, for a stream) */
     double images_per_s;
     int best;           /* the best test top-1 so far */
     const double *step_loss; /* mean loss of each step of the epoch run in this process */

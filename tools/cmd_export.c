@@ -59,12 +59,19 @@ static int measure_ranges(struct qt_graph *g, const char *path, const struct cli
         rc = cli_fail("export: out of memory");
         goto out;
     }
+    int mapped = 0;
     for (int i = 0; i < g->nnodes; i++) {
         const int x = qt_export_requant_value(g, i, &cap[k]);
+        mapped += x == -2;
         if (x < 0) continue;
         v[k] = x;
         r[k++].conv = g->nodes[i].name;
     }
+    if (mapped)
+        fprintf(stderr, "qtune: warning: export: %d convolutions keep float kernels in format "
+                        "qlinear: their weights are mapped back to their mean (post-training "
+                        "quantization of standardized weights); fine-tuned models, --no-standardize "
+                        "or --format integer have integer kernels throughout\n", mapped);
     if (k > 0) {
         const long images = cal->images > 0 ? cal->images : 512;
         struct qt_calib_config c = {.batch = images < 128 ? (int)images : 128, .seed = 0,

@@ -74,6 +74,8 @@ void recipe_usage(int quantized)
            "  --no-flip            no random horizontal flips\n"
            "  --no-augment         neither crops nor flips (with --crop: the evaluation\n"
            "                       transform instead of RandomResizedCrop)\n"
+           "  --no-prefetch        assemble each batch between steps (default: a thread of\n"
+           "                       its own assembles the next batch during a step)\n"
            "  --seed S             seed of shuffling, augmentation and calibration (default 0)\n"
            "  --mean a,b,c --std a,b,c | --preset NAME   normalization (stored in OUT.onnx)\n"
            "  --train-limit N      train on the first N samples only\n"
@@ -136,7 +138,8 @@ int recipe_option(struct recipe *r, int argc, char **argv, int *ip)
               {"--quiet", &r->quiet, 1},
               {"--nesterov", &r->nesterov, 1},
               {"--no-wd-bn", &r->no_wd_bn, 1},
-              {"--no-flip", &r->flip, 0}};
+              {"--no-flip", &r->flip, 0},
+              {"--no-prefetch", &r->no_prefetch, 1}};
     for (size_t k = 0; k < sizeof sw / sizeof sw[0]; k++)
         if (strcmp(a, sw[k].name) == 0) {
             *sw[k].var = sw[k].val;
@@ -276,7 +279,7 @@ static int on_epoch(void *ctx, const struct qt_epoch_stats *s)
     if (!ui->quiet)
         fprintf(stderr,
                 "epoch %d/%d: train loss %.4f top-1 %.2f%% | test loss %.4f top-1 %.2f%% "
-                "top-5 %.2f%% | lr %.5g | %.0f img/s, %.0f%% of it assembling batches%s\n",
+                "top-5 %.2f%% | lr %.5g | %.0f img/s, %.0f%% of it waiting for batches%s\n",
                 s->epoch, s->epochs, s->train_loss, s->train_top1, s->test.loss, s->test.top1,
                 s->test.top5, s->lr, s->images_per_s,
                 s->seconds > 0 ? 100.0 * s->data_seconds / s->seconds : 0.0,
@@ -412,6 +415,7 @@ static void train_config(const struct recipe *r, const struct recipe_data *d, do
     cfg->label_smoothing = (float)r->smoothing;
     cfg->crop_pad = (int)r->crop_pad;
     cfg->no_resized_crop = r->no_augment;
+    cfg->no_prefetch = r->no_prefetch;
     cfg->flip = r->flip;
     cfg->seed = r->seed;
     cfg->mean = d->mean;

@@ -12,7 +12,7 @@ struct recipe {
     const char *device; /* qt_backend_new's device name */
     long epochs, batch, threads, train_limit, test_limit, crop_pad;
     long resize, crop; /* images of any size: torchvision's Resize + CenterCrop (0: off) */
-    int no_augment;
+    int no_augment, no_prefetch;
     double lr, momentum, wd, gamma, warmup, smoothing;
     double alpha_lr_w, alpha_lr_a, alpha_wd; /* quantizer alphas (finetune) */
     unsigned long long seed;

@@ -2,7 +2,7 @@
 W4A4 APoT on an ImageNet-layout folder (train/ and val/ of JPEG files of varied sizes) with
 `--crop 64` (streamed: RandomResizedCrop for training): the run completes, its progress
 lines (no terminal: plain lines) carry a rate and an ETA, the epoch reports the share of
-its time spent assembling batches, the result is exported, and onnxruntime's top-1 of the export on the val images
+its time spent waiting for batches, the result is exported, and onnxruntime's top-1 of the export on the val images
 (torchvision's Resize + CenterCrop, the transform qtune applies) is the top-1 qtune reports."""
 import json
 import os
@@ -56,7 +56,7 @@ def test_resnet18_finetunes_on_an_image_folder(qtune, ref_out, tmp_path):
         assert abs(eta - (96 - done) / rate) <= 1.5, l
         assert elapsed <= done / rate + 1.5, l
     # the epoch's summary and log say how much of its time went to decoding batches
-    assert re.search(r"img/s, \d+% of it assembling batches", r.stderr), r.stderr[-2000:]
+    assert re.search(r"img/s, \d+% of it waiting for batches", r.stderr), r.stderr[-2000:]
     with open(str(tmp_path / "q.log.jsonl")) as f:
         ep = json.loads(f.readline())
     assert 0 < ep["data_seconds"] <= ep["seconds"], ep
