@@ -288,7 +288,7 @@ static int on_epoch(void *ctx, const struct qt_epoch_stats *s)
         fprintf(ui->log,
                 "{\"epoch\": %d, \"train_loss\": %.6f, \"train_top1\": %.4f, \"test_loss\": "
                 "%.6f, \"top1\": %.4f, \"top5\": %.4f, \"lr\": %.6g, \"images_per_s\": %.1f, "
-                "\"seconds\": %.2f, \"data_seconds\": %.2f, \"best\": %s, \"step_loss\": [",
+                "\"seconds\": %.2f, \"data_seconds\": %.4f, \"best\": %s, \"step_loss\": [",
                 s->epoch, s->train_loss, s->train_top1, s->test.loss, s->test.top1, s->test.top5,
                 s->lr, s->images_per_s, s->seconds, s->data_seconds,
                 s->best ? "true" : "false");

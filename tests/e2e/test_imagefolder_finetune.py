@@ -78,3 +78,23 @@ def test_resnet18_finetunes_on_an_image_folder(qtune, ref_out, tmp_path):
     ort_top1 = 100.0 * float((logits.argmax(1) == y).mean())
     print("ResNet-18 W4A4 on the folder: qtune %.2f%%, onnxruntime %.2f%%" % (top1, ort_top1))
     assert abs(ort_top1 - top1) <= 100.0 / len(val) + 1e-9, (ort_top1, top1)
+
+
+def test_prefetch_gives_the_same_training(qtune, ref_out, tmp_path):
+    """The prefetch thread assembles each next batch (streamed: decoded, RandomResizedCrop,
+    flipped) during a step: the steps see exactly the batches they see without it
+    (--no-prefetch), so the per-step losses of two epochs are identical. (Runs resumed in the
+    middle of an epoch, with prefetch, are compared with straight runs in test_train.py.)"""
+    model = os.path.join(ref_out, "resnet18", "resnet18_op11_dyn_train.onnx")
+    root = str(tmp_path / "images")
+    write_folder(root, np.random.default_rng(1))
+    losses = {}
+    for flag in ("", "--no-prefetch"):
+        out = str(tmp_path / ("q%s.onnx" % flag))
+        qtune("train", model, "--data", root, "--crop", "64", "--preset", "imagenet",
+              "--epochs", "2", "--batch", "16", "--lr", "0.01", "--quiet", "-o", out,
+              *([flag] if flag else []), timeout=1200).check_ok()
+        with open(out[:-5] + ".log.jsonl") as f:
+            losses[flag] = [json.loads(l)["step_loss"] for l in f if "step_loss" in l]
+    assert len(losses[""]) == 2 and len(losses[""][0]) == 6, losses
+    assert losses[""] == losses["--no-prefetch"], losses
