@@ -109,6 +109,73 @@ static int add_vec(struct qt_graph *g, const char *base, const char *suffix, con
     return id;
 }
 
+/* The per-channel values of constant c against an input of rank r: C values along axis 1
+ * (c's shape, aligned to the right against r dimensions, is 1 everywhere else), or NULL. */
+static const float *channel_const(const struct qt_graph *g, int c, int r, int64_t C)
+{
+    const struct qt_tensor *t = c >= 0 ? g->values[c].init : NULL;
+    if (!t || t->dtype != QT_F32 || t->shape.ndim > r || r < 3 || qt_shape_numel(&t->shape) != C)
+        return NULL;
+    for (int k = 0; k < t->shape.ndim; k++) {
+        const int axis = r - t->shape.ndim + k;
+        if (t->shape.d[k] != (axis == 1 ? C : 1)) return NULL;
+    }
+    if (t->shape.ndim < r - 1) return NULL; /* the channel axis must be in it */
+    return t->data;
+}
+
+/* A Mul by a per-channel constant whose output only an Add of a per-channel constant reads
+ * (a BatchNorm written as its inference arithmetic, as tf2onnx writes Keras' pre-activation
+ * BatchNorms) becomes a BatchNormalization: scale s, bias b, mean 0, var 1 - eps, the same
+ * function. Returns the node's index, or -1 when node i is not such a Mul. */
+static int affine_to_batchnorm(struct qt_graph *g, int i, float eps)
+{
+    const struct qt_node *mul = &g->nodes[i];
+    if (mul->dead || mul->op != QT_OP_MUL || mul->nout != 1) return -1;
+    for (int k = 0; k < 2; k++) {
+        const int x = mul->in[k], sv = mul->in[1 - k];
+        const struct qt_value *xv = &g->values[x];
+        if (xv->init || !xv->has_shape || xv->shape.ndim < 3 || xv->shape.d[1] < 1) continue;
+        const int r = xv->shape.ndim;
+        const int64_t C = xv->shape.d[1];
+        const float *s = channel_const(g, sv, r, C);
+        const int m = mul->out[0], ai = qt_graph_first_consumer(g, m);
+        if (!s || ai < 0 || qt_graph_use_count(g, m) != 1 || (g->values[m].flags & QT_V_OUTPUT) ||
+            g->nodes[ai].op != QT_OP_ADD || g->nodes[ai].nout != 1)
+            continue;
+        const struct qt_node *add = &g->nodes[ai];
+        const int bv = add->in[0] == m ? add->in[1] : add->in[0];
+        const float *b = channel_const(g, bv, r, C);
+        if (!b) continue;
+        double *sc = malloc(sizeof(double) * C), *bi = malloc(sizeof(double) * C);
+        double *mean = calloc(C, sizeof(double)), *var = malloc(sizeof(double) * C);
+        for (int64_t c = 0; c < C; c++) {
+            sc[c] = s[c];
+            bi[c] = b[c];
+            var[c] = 1.0 - eps;
+        }
+        char base[300], name[512];
+        snprintf(base, sizeof base, "%s", mul->name);
+        const int in[5] = {x, add_vec(g, base, "bn_scale", sc, C), add_vec(g, base, "bn_bias", bi, C),
+                           add_vec(g, base, "bn_mean", mean, C), add_vec(g, base, "bn_var", var, C)};
+        free(sc);
+        free(bi);
+        free(mean);
+        free(var);
+        const int y = g->nodes[ai].out[0];
+        g->nodes[i].dead = 1;
+        g->nodes[ai].dead = 1;
+        snprintf(name, sizeof name, "%s.bn", base);
+        for (int j = 1; qt_graph_find_node(g, name) >= 0; j++)
+            snprintf(name, sizeof name, "%s.bn_%d", base, j);
+        const int n = qt_graph_add_node(g, QT_OP_BATCHNORM, name, in, 5, &y, 1);
+        qt_node_set_float(&g->nodes[n], "epsilon", eps);
+        qt_node_set_float(&g->nodes[n], "momentum", 0.9f);
+        return n;
+    }
+    return -1;
+}
+
 int qt_pass_unfold_batchnorm(struct qt_graph *g, int **bn, int *count, struct qt_error *e)
 {
     *count = 0;
@@ -180,6 +247,12 @@ int qt_pass_unfold_batchnorm(struct qt_graph *g, int **bn, int *count, struct qt
         qt_node_set_float(&g->nodes[bi], "momentum", 0.9f);
         added = realloc(added, sizeof *added * (*count + 1));
         added[(*count)++] = strdup(name);
+    }
+    for (int i = 0; i < nn; i++) {
+        const int n = affine_to_batchnorm(g, i, eps);
+        if (n < 0) continue;
+        added = realloc(added, sizeof *added * (*count + 1));
+        added[(*count)++] = strdup(g->nodes[n].name);
     }
     int rc = qt_graph_compact(g, e);
     /* Compaction reorders nodes: the inserted ones are found again by their (unique) names. */

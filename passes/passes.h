@@ -25,7 +25,10 @@ double qt_bn_fold_channel(const struct qt_tensor *const p[4], float eps, const f
  * constant), W_c /= s_c (every channel gets He initialization's std), the Conv's bias
  * moves into the BatchNorm: scale s_c, bias b_c, mean 0, var 1 - eps. The function is
  * unchanged in inference mode; the runtime then sets the statistics from data
- * (qt_calib_bn_from_data). Writes the inserted nodes' count to *count and, when bn is not
+ * (qt_calib_bn_from_data). A Mul by a per-channel constant followed by an Add of one (a
+ * BatchNorm written as its arithmetic, as tf2onnx writes Keras' pre-activation BatchNorms)
+ * becomes a BatchNormalization the same way: scale and bias those constants, mean 0, var
+ * 1 - eps. Writes the inserted nodes' count to *count and, when bn is not
  * NULL, their indices to *bn (malloc'd, NULL when none; the caller frees it). */
 int qt_pass_unfold_batchnorm(struct qt_graph *g, int **bn, int *count, struct qt_error *e);
 

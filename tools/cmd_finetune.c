@@ -760,7 +760,8 @@ int cmd_finetune(int argc, char **argv)
     if (!r.quiet && !bsq_resumed) {
         if (pr.unfolded)
             fprintf(stderr,
-                    "unfolding: a BatchNorm after each of %d Convs, statistics from %d batches\n",
+                    "unfolding: %d BatchNorms (after each Conv without one, and in place of "
+                    "per-channel Mul/Add pairs), statistics from %d batches\n",
                     pr.unfolded, pc.calib.batches);
         fprintf(stderr,
                 "quantized %d layers: %d weight and %d activation quantizers (%d signed), "

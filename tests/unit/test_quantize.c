@@ -956,6 +956,68 @@ out:
     return bad;
 }
 
+/* A Mul by a per-channel constant ([4,1,1]) followed by an Add of one ([1,4,1,1]): a
+ * BatchNorm written as its arithmetic becomes a BatchNormalization (scale and bias those
+ * constants, mean 0, var 1 - eps) computing the same values; a Mul by a constant that
+ * broadcasts along the width ([8]) and an Add whose other input is computed stay as they are. */
+QT_TEST(unfold_batchnorm_channel_affine)
+{
+    uint64_t seed = 5;
+    int x, bad = 0, count = -1;
+    struct qt_error e;
+    struct qt_graph *g = small_graph(&x);
+    struct qt_tensor *in = NULL, *y0 = NULL, *y1 = NULL;
+    const int s = add_init(g, "bn.s", 3, (int64_t[]){4, 1, 1}, &seed, 2.0f);
+    const int b = add_init(g, "bn.b", 4, (int64_t[]){1, 4, 1, 1}, &seed, 1.0f);
+    (void)x;
+    const int sw = add_init(g, "w.s", 1, (int64_t[]){8}, &seed, 2.0f);
+    const int bw = add_init(g, "w.b", 3, (int64_t[]){4, 1, 1}, &seed, 1.0f);
+    int m = qt_graph_add_value(g, "m", QT_UNDEF, NULL), a = qt_graph_add_value(g, "a", QT_UNDEF, NULL);
+    int r = qt_graph_add_value(g, "r", QT_UNDEF, NULL), m2 = qt_graph_add_value(g, "m2", QT_UNDEF, NULL);
+    int a2 = qt_graph_add_value(g, "a2", QT_UNDEF, NULL), y = qt_graph_add_value(g, "y0", QT_UNDEF, NULL);
+    qt_graph_add_node(g, QT_OP_MUL, "mul", (int[]){x, s}, 2, &m, 1);
+    qt_graph_add_node(g, QT_OP_ADD, "add", (int[]){b, m}, 2, &a, 1);
+    qt_graph_add_node(g, QT_OP_RELU, "relu", &a, 1, &r, 1);
+    qt_graph_add_node(g, QT_OP_MUL, "mul_w", (int[]){r, sw}, 2, &m2, 1);
+    qt_graph_add_node(g, QT_OP_ADD, "add_w", (int[]){m2, bw}, 2, &a2, 1);
+    qt_graph_add_node(g, QT_OP_ADD, "add_x", (int[]){a2, x}, 2, &y, 1);
+    if (qt_builder_output(g, y, "y", &e) || qt_graph_infer_shapes(g, &e)) T_FAIL("%s", e.msg);
+    in = random_input(g, 2, 9);
+    float s0[4], b0[4];
+    memcpy(s0, g->values[s].init->data, sizeof s0);
+    memcpy(b0, g->values[b].init->data, sizeof b0);
+    if (!(y0 = forward(g, in, QT_EXEC_PLAIN, &e))) T_FAIL("forward: %s", e.msg);
+    if (qt_pass_unfold_batchnorm(g, NULL, &count, &e)) T_FAIL("unfold: %s", e.msg);
+    T_CHECK(count == 1);
+    T_CHECK(count_op(g, QT_OP_BATCHNORM) == 1 && count_op(g, QT_OP_MUL) == 1 &&
+            count_op(g, QT_OP_ADD) == 2);
+    for (int i = 0; i < g->nnodes; i++) {
+        const struct qt_node *n = &g->nodes[i];
+        if (n->op != QT_OP_BATCHNORM) continue;
+        /* compaction renumbered the values (and dropped the constants): names and copies */
+        T_CHECK(strcmp(g->values[n->in[0]].name, "x") == 0);
+        const float *sc = g->values[n->in[1]].init->data, *bi = g->values[n->in[2]].init->data;
+        const float *mean = g->values[n->in[3]].init->data, *var = g->values[n->in[4]].init->data;
+        for (int c = 0; c < 4; c++) {
+            T_CHECK(sc[c] == s0[c]);
+            T_CHECK(bi[c] == b0[c]);
+            T_CHECK(mean[c] == 0);
+            T_NEAR(var[c] + qt_node_float(n, "epsilon", -1), 1.0, 1e-6);
+        }
+    }
+    if (qt_graph_infer_shapes(g, &e)) T_FAIL("%s", e.msg);
+    if (!(y1 = forward(g, in, QT_EXEC_PLAIN, &e))) T_FAIL("forward (unfolded): %s", e.msg);
+    T_CHECK(qt_shape_eq(&y0->shape, &y1->shape));
+    const double d = rel_diff(y1, y0);
+    if (!(d <= 1e-6)) T_FAIL("the BatchNorm differs from the Mul/Add: %g relative", d);
+out:
+    qt_tensor_free(in);
+    qt_tensor_free(y0);
+    qt_tensor_free(y1);
+    qt_graph_free(g);
+    return bad;
+}
+
 /* ---- 5. The executor's fast path with quantizers ---- */
 
 /* Quantized ResNet-20 (canonical: Conv -> BatchNorm; or folded first, where Conv + Relu
