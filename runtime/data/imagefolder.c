@@ -346,6 +346,11 @@ struct archive {
     struct qt_data_blob blobs[6];
     uint8_t *names;
     size_t names_len;
+    /* ImageNet's flat val/: images directly in the test split's folder, classed by a labels
+     * file beside the split folders (at depth 1 or 2, the preferred name of each kept) */
+    int flat;
+    struct qt_data_blob labels[2];
+    int labels_rank[2];
 };
 
 static int read_entry(struct archive *a, const struct qt_tar_entry *ent, uint8_t **data,
@@ -420,6 +425,23 @@ static int take_image_entry(struct archive *a, const struct qt_tar_entry *ent, c
             return 0;
     }
     if (k < o + 2 || split_index(comp[o]) < 0) return 0;
+    if (ent->type == QT_TAR_FILE && k == o + 2) {
+        /* an image directly in the split folder: the test split's flat val/ */
+        if (split_index(comp[o]) != a->want || a->want != 1 || comp[o + 1][0] == '.' ||
+            !qt_data_is_image_name(comp[o + 1]))
+            return 0;
+        a->off = o;
+        a->mode = 1;
+        uint8_t *data;
+        if (read_entry(a, ent, &data, e) < 0) return -1;
+        char *name = entry_label(a->path, ent->name);
+        if (!name) {
+            free(data);
+            return qt_err(e, "out of memory");
+        }
+        a->flat++;
+        return qt_imgset_add(&a->imgs, name, data, (size_t)ent->size, 0, e);
+    }
     if (ent->type == QT_TAR_FILE && k < o + 3) return 0;
     for (int i = o + 1; i < k; i++)
         if (comp[i][0] == '.') return 0;
@@ -442,6 +464,50 @@ static int take_image_entry(struct archive *a, const struct qt_tar_entry *ent, c
     return qt_imgset_add(&a->imgs, name, data, (size_t)ent->size, id, e);
 }
 
+/* A labels file entry (depth k, its name the last component): kept when it is the preferred
+ * name at its depth. */
+static int take_labels_entry(struct archive *a, const struct qt_tar_entry *ent, const char *name,
+                             int k, struct qt_error *e)
+{
+    const int rank = qt_labels_is_name(name);
+    if (ent->type != QT_TAR_FILE || rank < 0 || k < 1 || k > 2) return 0;
+    struct qt_data_blob *b = &a->labels[k - 1];
+    if (b->data && a->labels_rank[k - 1] <= rank) return 0;
+    uint8_t *data;
+    if (read_entry(a, ent, &data, e) < 0) return -1;
+    free(b->name);
+    free(b->data);
+    b->name = entry_label(a->path, ent->name);
+    b->data = data;
+    b->len = (size_t)ent->size;
+    a->labels_rank[k - 1] = rank;
+    return b->name ? 0 : qt_err(e, "out of memory");
+}
+
+/* Flat val/: every image's class from the labels file beside the split folders, against the
+ * sorted class names of train/. */
+static int label_flat(struct archive *a, char **classes, int nclasses, struct qt_error *e)
+{
+    const struct qt_data_blob *b = &a->labels[a->off > 0 ? 1 : 0];
+    if (nclasses == 0)
+        return qt_err(e, "%s: no class folders in train/ to name the classes of val/'s images",
+                      a->path);
+    if (!b->data)
+        return qt_err(e, "%s: val/ holds images directly, and there is no labels file beside "
+                         "it (%s)", a->path, qt_labels_names());
+    struct qt_labels L;
+    if (qt_labels_parse(&L, b->name, b->data, b->len, classes, nclasses, e) < 0) return -1;
+    int rc = 0;
+    for (int i = 0; i < a->imgs.n && rc == 0; i++) {
+        const int label = qt_labels_get(&L, a->imgs.names[i]);
+        if (label < 0) rc = qt_err(e, "%s: image '%s' has no line in %s", a->path,
+                                   a->imgs.names[i], b->name);
+        a->imgs.labels[i] = label;
+    }
+    qt_labels_free(&L);
+    return rc;
+}
+
 static int finish_images(struct archive *a, struct qt_dataset *ds, struct qt_error *e)
 {
     const char *split = split_names[a->want];
@@ -453,17 +519,22 @@ static int finish_images(struct archive *a, struct qt_dataset *ds, struct qt_err
             return qt_err(e, "%s: %s/%s/ is an empty class folder (no .jpg, .jpeg or .png files)",
                           a->path, split, a->cls.names[i]);
     }
-    if (!any)
+    if (a->flat && any)
+        return qt_err(e, "%s: the %s split holds both class folders and images directly",
+                      a->path, split);
+    if (!any && !a->flat)
         return qt_err(e, "%s: image-folder archive has no %s/<class>/ folders", a->path, split);
     if (qt_imgset_flush(&a->imgs, e) < 0) return -1;
-    int *rank = malloc(sizeof *rank * (size_t)a->cls.n);
+    int *rank = malloc(sizeof *rank * (size_t)(a->cls.n + 1));
     if (!rank) return qt_err(e, "out of memory");
     if (classes_sort(&a->cls, rank, e) < 0) {
         free(rank);
         return -1;
     }
-    for (int i = 0; i < a->imgs.n; i++) a->imgs.labels[i] = rank[a->imgs.labels[i]];
+    if (!a->flat)
+        for (int i = 0; i < a->imgs.n; i++) a->imgs.labels[i] = rank[a->imgs.labels[i]];
     free(rank);
+    if (a->flat && label_flat(a, a->cls.names, a->cls.n, e) < 0) return -1;
     if (finish_dataset(ds, &a->imgs, a->cls.names, a->cls.n, a->path, split, e) < 0) return -1;
     a->cls.names = NULL;
     a->cls.n = 0;
@@ -529,6 +600,7 @@ int qt_data_archive_load(struct qt_dataset *ds, const char *path, const char *sp
             }
         }
         if (a.mode == 10 || a.mode == 100) continue;
+        if ((rc = take_labels_entry(&a, &ent, comp[k - 1], k, e)) < 0) break;
         rc = take_image_entry(&a, &ent, comp, k, e);
         if (rc < 0) break;
     }
@@ -555,5 +627,9 @@ int qt_data_archive_load(struct qt_dataset *ds, const char *path, const char *sp
         free(a.blobs[i].data);
     }
     free(a.names);
+    for (int i = 0; i < 2; i++) {
+        free(a.labels[i].name);
+        free(a.labels[i].data);
+    }
     return rc;
 }

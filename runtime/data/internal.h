@@ -51,6 +51,11 @@ const char *qt_labels_names(void);
 /* Reads a labels file against the sorted class names; -1 with the file and line on error. */
 int qt_labels_load(struct qt_labels *L, const char *path, char *const *classes, int nclasses,
                    struct qt_error *e);
+/* The same for a labels file's contents held in memory (path names it in messages). */
+int qt_labels_parse(struct qt_labels *L, const char *path, const uint8_t *buf, size_t len,
+                    char *const *classes, int nclasses, struct qt_error *e);
+/* The rank of file name (no folders) among the labels file names (lower: preferred), or -1. */
+int qt_labels_is_name(const char *name);
 /* The class of image file name (a path or a bare name), or -1 when the file has no line. */
 int qt_labels_get(const struct qt_labels *L, const char *name);
 void qt_labels_free(struct qt_labels *L);

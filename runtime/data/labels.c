@@ -77,14 +77,30 @@ void qt_labels_free(struct qt_labels *L)
     memset(L, 0, sizeof *L);
 }
 
+int qt_labels_is_name(const char *name)
+{
+    for (size_t i = 0; i < sizeof label_files / sizeof label_files[0]; i++)
+        if (!strcmp(name, label_files[i])) return (int)i;
+    return -1;
+}
+
 int qt_labels_load(struct qt_labels *L, const char *path, char *const *classes, int nclasses,
                    struct qt_error *e)
 {
-    memset(L, 0, sizeof *L);
-    snprintf(L->path, sizeof L->path, "%s", path);
     uint8_t *buf = NULL;
     size_t len = 0;
+    memset(L, 0, sizeof *L);
     if (qt_data_read_file(path, &buf, &len, e) < 0) return -1;
+    const int rc = qt_labels_parse(L, path, buf, len, classes, nclasses, e);
+    free(buf);
+    return rc;
+}
+
+int qt_labels_parse(struct qt_labels *L, const char *path, const uint8_t *buf, size_t len,
+                    char *const *classes, int nclasses, struct qt_error *e)
+{
+    memset(L, 0, sizeof *L);
+    snprintf(L->path, sizeof L->path, "%s", path);
     struct entry *v = NULL;
     int n = 0, cap = 0, rc = 0, line = 0;
     size_t pos = 0;
@@ -144,7 +160,6 @@ int qt_labels_load(struct qt_labels *L, const char *path, char *const *classes, 
         v[n].line = line;
         n++;
     }
-    free(buf);
     L->entries = v;
     L->n = n;
     if (rc == 0 && n == 0) rc = qt_err(e, "%s: no labels in the file", path);
