@@ -196,6 +196,9 @@ static int cpu_forward(struct qt_backend *b, const struct qt_op_desc *d, const f
     case QT_K_TRANSPOSE:
         transpose_forward_cpu(y, x, &d->u.tr);
         return 0;
+    case QT_K_PAD:
+        pad_forward_cpu(y, x, &d->u.pad);
+        return 0;
     case QT_K_SIGMOID:
         sigmoid_forward_cpu(y, x, d->numel);
         return 0;
@@ -395,6 +398,9 @@ static int cpu_backward(struct qt_backend *b, const struct qt_op_desc *d, const 
         return 0;
     case QT_K_TRANSPOSE:
         if (dx) transpose_backward_cpu(dx, dy, &d->u.tr, acc[0]);
+        return 0;
+    case QT_K_PAD:
+        if (dx) pad_backward_cpu(dx, dy, &d->u.pad, acc[0]);
         return 0;
     case QT_K_SOFTMAX:
         if (dx)

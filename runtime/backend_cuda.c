@@ -103,6 +103,7 @@ static int cu_supports(struct qt_backend *b, const struct qt_op_desc *d)
     case QT_K_LOGSOFTMAX:
     case QT_K_REDUCE_MEAN:
     case QT_K_TRANSPOSE:
+    case QT_K_PAD:
         return 1;
     case QT_K_BATCHNORM:
         return d->u.bn.c <= 65535;
@@ -196,6 +197,9 @@ static int forward_op(struct qt_backend *b, const struct qt_op_desc *d, const fl
         break;
     case QT_K_TRANSPOSE:
         transpose_forward_cuda(c, y, x, &d->u.tr);
+        break;
+    case QT_K_PAD:
+        pad_forward_cuda(c, y, x, &d->u.pad);
         break;
     case QT_K_BITQUANT:
         bitquant_forward_cuda(c, y, x, in[1], in[2], d->u.bq.N, d->u.bq.n);
@@ -291,6 +295,9 @@ static int cu_backward(struct qt_backend *b, const struct qt_op_desc *d, const f
         break;
     case QT_K_TRANSPOSE:
         if (dx) transpose_backward_cuda(c, dx, dy, &d->u.tr, acc[0]);
+        break;
+    case QT_K_PAD:
+        if (dx) pad_backward_cuda(c, dx, dy, &d->u.pad, acc[0]);
         break;
     case QT_K_BITQUANT:
         return bitquant_backward_cuda(c, dx, din[1], din[2], dy, x, in[1], in[2], d->u.bq.N,

@@ -201,6 +201,9 @@ static int forward_host(const struct qt_op_desc *d, float *const *in, float *con
     case QT_K_TRANSPOSE:
         transpose_forward_ref(y, x, &d->u.tr);
         return 0;
+    case QT_K_PAD:
+        pad_forward_ref(y, x, &d->u.pad);
+        return 0;
     case QT_K_SIGMOID:
         sigmoid_forward_ref(y, x, d->numel);
         return 0;
@@ -340,6 +343,9 @@ static int ref_backward(struct qt_backend *b, const struct qt_op_desc *d, const 
         return 0;
     case QT_K_TRANSPOSE:
         if (dx) transpose_backward_ref(dx, dy, &d->u.tr, acc[0]);
+        return 0;
+    case QT_K_PAD:
+        if (dx) pad_backward_ref(dx, dy, &d->u.pad, acc[0]);
         return 0;
     case QT_K_SIGMOID:
         if (dx) sigmoid_backward_ref(dx, dy, hout[0], d->numel, acc[0]);

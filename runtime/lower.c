@@ -205,7 +205,8 @@ int qt_lower_node(struct qt_op_desc *d, const struct qt_graph *g, const struct q
     for (int k = 0; k < n->nin; k++) {
         if (!in[k]) continue;
         const int aux_int = (n->op == QT_OP_RESHAPE || n->op == QT_OP_SQUEEZE ||
-                             n->op == QT_OP_UNSQUEEZE || n->op == QT_OP_REDUCEMEAN) &&
+                             n->op == QT_OP_UNSQUEEZE || n->op == QT_OP_REDUCEMEAN ||
+                             n->op == QT_OP_PAD) &&
                             k == 1;
         if (in[k]->dtype != QT_F32 && !aux_int) return QT_LOWER_HOST;
     }
@@ -335,6 +336,34 @@ int qt_lower_node(struct qt_op_desc *d, const struct qt_graph *g, const struct q
         t->ndim = xs->ndim;
         for (int i = 0; i < xs->ndim; i++) t->shape[i] = xs->d[i];
         d->kind = QT_K_TRANSPOSE;
+        return QT_LOWER_BACKEND;
+    }
+    case QT_OP_PAD: {
+        /* constant mode with constant pads on the backend (trainable); reflect and edge,
+         * and pads computed at run time, on the host */
+        struct qt_pad_desc *p = &d->u.pad;
+        int64_t pads[2 * QT_MAX_DIMS];
+        const int r = xs->ndim;
+        if (strcmp(qt_node_string(n, "mode", "constant"), "constant") || r < 1 ||
+            r > QT_DESC_MAX_DIMS || (n->nin > 3 && in[3]))
+            return QT_LOWER_HOST;
+        if (qt_node_ints(n, "pads", pads, 2 * QT_MAX_DIMS) < 0) {
+            if (n->nin < 2 || !in[1] || qt_shape_numel(&in[1]->shape) != 2 * r)
+                return QT_LOWER_HOST;
+            for (int i = 0; i < 2 * r; i++) pads[i] = qt_tensor_get_i(in[1], i);
+        }
+        p->ndim = r;
+        p->value = qt_node_float(n, "value", 0.0f);
+        if (n->nin > 2 && in[2]) p->value = (float)qt_tensor_get_f(in[2], 0);
+        for (int i = 0; i < r; i++) {
+            p->shape[i] = xs->d[i];
+            p->begin[i] = pads[i];
+            p->end[i] = pads[i + r];
+            if (xs->d[i] + pads[i] + pads[i + r] != ys->d[i])
+                return qt_err(e, "Pad node '%s': pads do not give the output's shape", n->name);
+        }
+        d->kind = QT_K_PAD;
+        d->numel = qt_shape_numel(ys);
         return QT_LOWER_BACKEND;
     }
     case QT_OP_BITQUANT:

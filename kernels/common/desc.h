@@ -32,6 +32,7 @@ enum qt_opk {
     QT_K_TRANSPOSE,   /* in: x                     out: y (dims permuted) */
     QT_K_SIGMOID,     /* in: x                     out: y */
     QT_K_LOGSOFTMAX,  /* in: x                     out: y */
+    QT_K_PAD,         /* in: x                     out: y (constant padding) */
     QT_K_COUNT
 };
 
@@ -144,6 +145,46 @@ QT_HD static inline int64_t qt_transpose_offset(const struct qt_transpose_desc *
     return off;
 }
 
+/* Pad with a constant: y's dims are x's (shape) plus begin[i] + end[i] (negative: cropped);
+ * y holds value where no element of x lands. */
+struct qt_pad_desc {
+    int ndim;
+    int64_t shape[QT_DESC_MAX_DIMS], begin[QT_DESC_MAX_DIMS], end[QT_DESC_MAX_DIMS];
+    float value;
+};
+
+/* Offset in y of element i of x (row-major over x's dims), or -1 where it is cropped away.
+ * Every element of y is either such an image or padding, so the backward gathers
+ * dx[i] = dy[qt_pad_target(d, i)] with no collisions. */
+QT_HD static inline int64_t qt_pad_target(const struct qt_pad_desc *d, int64_t i)
+{
+    int64_t off = 0, ystride = 1;
+    for (int k = d->ndim - 1; k >= 0; k--) {
+        const int64_t c = i % d->shape[k] + d->begin[k];
+        const int64_t ydim = d->shape[k] + d->begin[k] + d->end[k];
+        i /= d->shape[k];
+        if (c < 0 || c >= ydim) return -1;
+        off += c * ystride;
+        ystride *= ydim;
+    }
+    return off;
+}
+
+/* Offset in x of element o of y, or -1 where y holds the padding value. */
+QT_HD static inline int64_t qt_pad_source(const struct qt_pad_desc *d, int64_t o)
+{
+    int64_t off = 0, xstride = 1;
+    for (int k = d->ndim - 1; k >= 0; k--) {
+        const int64_t ydim = d->shape[k] + d->begin[k] + d->end[k];
+        const int64_t c = o % ydim - d->begin[k];
+        o /= ydim;
+        if (c < 0 || c >= d->shape[k]) return -1;
+        off += c * xstride;
+        xstride *= d->shape[k];
+    }
+    return off;
+}
+
 /* BSQ's bit planes [N, n] and scale to n weights. */
 struct qt_bitq_desc {
     int N;
@@ -165,6 +206,7 @@ struct qt_op_desc {
         struct qt_quant_desc q;
         struct qt_bitq_desc bq;
         struct qt_transpose_desc tr;
+        struct qt_pad_desc pad;
         float clip[2]; /* lo, hi */
     } u;
     int has_bias;          /* CONV */

@@ -112,6 +112,11 @@ void sigmoid_backward_cpu(float *dx, const float *dy, const float *y, int64_t n,
 void transpose_forward_cpu(float *y, const float *x, const struct qt_transpose_desc *d);
 void transpose_backward_cpu(float *dx, const float *dy, const struct qt_transpose_desc *d, int acc);
 
+/* Constant Pad (pad.c): y is x placed at offsets begin in a tensor of d->value; the backward
+ * takes dy's elements over x's place (assigns or, with acc, adds). */
+void pad_forward_cpu(float *y, const float *x, const struct qt_pad_desc *d);
+void pad_backward_cpu(float *dx, const float *dy, const struct qt_pad_desc *d, int acc);
+
 /* Number of threads the CPU kernels use. */
 int qt_cpu_threads(void);
 

@@ -106,6 +106,11 @@ void transpose_forward_cuda(struct qt_cuda_ctx *c, float *y, const float *x,
 void transpose_backward_cuda(struct qt_cuda_ctx *c, float *dx, const float *dy,
                              const struct qt_transpose_desc *d, int acc);
 
+/* ---- pad.cu: constant Pad ---- */
+void pad_forward_cuda(struct qt_cuda_ctx *c, float *y, const float *x, const struct qt_pad_desc *d);
+void pad_backward_cuda(struct qt_cuda_ctx *c, float *dx, const float *dy,
+                       const struct qt_pad_desc *d, int acc);
+
 /* ---- batchnorm.cu (per-channel sums in double scratch: 4 c doubles) ---- */
 int batchnorm_infer_forward_cuda(struct qt_cuda_ctx *c, float *y, const float *x,
                                  const float *scale, const float *bias, const float *mean,

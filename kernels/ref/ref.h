@@ -133,6 +133,12 @@ void reduce_mean_backward_ref(float *dx, const float *dy, const struct qt_reduce
 void transpose_forward_ref(float *y, const float *x, const struct qt_transpose_desc *d);
 void transpose_backward_ref(float *dx, const float *dy, const struct qt_transpose_desc *d, int acc);
 
+/* ---- Constant Pad (pad.c) ----
+ * y[o] = x[qt_pad_source(o)], or d->value where that is -1. Backward: dx[i] =
+ * dy[qt_pad_target(i)], 0 for an element cropped away. */
+void pad_forward_ref(float *y, const float *x, const struct qt_pad_desc *d);
+void pad_backward_ref(float *dx, const float *dy, const struct qt_pad_desc *d, int acc);
+
 /* ---- Fake quantizers (quant.c), per element with kernels/common/apot.h's formulas ---- */
 /* mu = mean(w), sigma = unbiased std(w) (double, rounded to float); sigma = 1 when it is 0
  * or n < 2 (NaN stays NaN). */

@@ -1338,6 +1338,61 @@ QT_TEST(backends_transpose)
     return fail;
 }
 
+static void pad_case(struct cases *cs, int nd, const int64_t *shape, const int64_t *begin,
+                     const int64_t *end, float value)
+{
+    char sh[64] = "", pb[64] = "";
+    for (int i = 0, ls = 0, lp = 0; i < nd; i++) {
+        ls += snprintf(sh + ls, sizeof sh - ls, "%s%lld", i ? "," : "", (long long)shape[i]);
+        lp += snprintf(pb + lp, sizeof pb - lp, "%s%lld/%lld", i ? "," : "", (long long)begin[i],
+                       (long long)end[i]);
+    }
+    struct tcase *t = add_case(cs, QT_K_PAD, TOL_EXACT, TOL_EXACT, "pad [%s] by %s, value %g", sh,
+                               pb, (double)value);
+    struct qt_pad_desc *d = &t->d.u.pad;
+    d->ndim = nd;
+    d->value = value;
+    int64_t nx = 1, ny = 1;
+    for (int i = 0; i < nd; i++) {
+        d->shape[i] = shape[i];
+        d->begin[i] = begin[i];
+        d->end[i] = end[i];
+        nx *= shape[i];
+        ny *= shape[i] + begin[i] + end[i];
+    }
+    t->d.nin = 1;
+    t->d.numel = ny;
+    t->in_n[0] = nx;
+    t->out_n[0] = ny;
+    t->gen[0] = G_WIDE;
+    t->grad[0] = 1;
+}
+
+/* Constant Pad: spatial pads as Keras' ZeroPadding2D writes them, asymmetric and channel pads,
+ * negative pads (cropping), a value other than 0, rank 1 and 5, and one large enough for the
+ * CPU kernel's threads. */
+QT_TEST(backends_pad)
+{
+    struct cases *cs = calloc(1, sizeof *cs);
+    const int64_t s4[] = {2, 3, 5, 6}, big[] = {2, 64, 33, 33}, s1[] = {9}, s5[] = {1, 2, 3, 2, 4};
+    const int64_t z4[] = {0, 0, 0, 0}, sp[] = {0, 0, 1, 1}, asym_b[] = {0, 0, 0, 1};
+    const int64_t asym_e[] = {0, 0, 2, 0}, ch_b[] = {0, 1, 0, 0}, ch_e[] = {1, 2, 0, 0};
+    const int64_t crop_b[] = {0, 0, -1, 2}, crop_e[] = {0, 0, 1, -3}, b1[] = {3}, e1[] = {-2};
+    const int64_t b5[] = {0, 1, 0, 1, 2}, e5[] = {1, 0, 2, 0, 1};
+    pad_case(cs, 4, s4, sp, sp, 0.0f);
+    pad_case(cs, 4, s4, asym_b, asym_e, 0.0f);
+    pad_case(cs, 4, s4, ch_b, ch_e, -1.5f);
+    pad_case(cs, 4, s4, crop_b, crop_e, 0.25f);
+    pad_case(cs, 4, s4, z4, z4, 0.0f);
+    pad_case(cs, 1, s1, b1, e1, 2.0f);
+    pad_case(cs, 5, s5, b5, e5, 0.0f);
+    pad_case(cs, 4, big, sp, sp, 0.0f);
+    int fail = run_cases("pad", cs, 121);
+    fail |= ref_backward_fd(cs, 123);
+    free(cs);
+    return fail;
+}
+
 QT_TEST(backends_quantizers)
 {
     struct cases *cs = calloc(1, sizeof *cs);
