@@ -49,17 +49,12 @@ static int measure_ranges(struct qt_graph *g, const char *path, const struct cli
     struct qt_export_range *r = calloc(g->nnodes ? g->nnodes : 1, sizeof *r);
     float *lo = malloc(sizeof(float) * (g->nnodes ? g->nnodes : 1));
     float *hi = malloc(sizeof(float) * (g->nnodes ? g->nnodes : 1));
-    int rc = 0, k = 0;
-    if (!v || !r || !lo || !hi) {
-        rc = cli_fail("export: out of memory");
-        goto out;
-    }
     float *cap = malloc(sizeof(float) * (g->nnodes ? g->nnodes : 1));
-    if (!cap) {
+    int rc = 0, k = 0, mapped = 0;
+    if (!v || !r || !lo || !hi || !cap) {
         rc = cli_fail("export: out of memory");
         goto out;
     }
-    int mapped = 0;
     for (int i = 0; i < g->nnodes; i++) {
         const int x = qt_export_requant_value(g, i, &cap[k]);
         mapped += x == -2;
@@ -84,12 +79,11 @@ static int measure_ranges(struct qt_graph *g, const char *path, const struct cli
         }
         for (int j = 0; j < k; j++) {
             /* below a Relu and above the alphas of the quantizers after it nothing matters */
-            r[j].relu = isfinite(cap[j]) && !getenv("QT_NORELU");
+            r[j].relu = isfinite(cap[j]);
             r[j].lo = r[j].relu ? 0.0f : lo[j];
             r[j].hi = r[j].relu && cap[j] < hi[j] ? cap[j] : hi[j];
         }
     }
-    free(cap);
     *ranges = r;
     *n = k;
     r = NULL;
@@ -98,6 +92,7 @@ out:
     free(r);
     free(lo);
     free(hi);
+    free(cap);
     return rc;
 }
 
@@ -106,8 +101,8 @@ int cli_export(const char *path, const char *format, const char *out, double top
 {
     enum qt_export_format fmt;
     if (qt_export_format_parse(format, &fmt))
-        return cli_fail("export: unknown format '%s' (available: onnx, qdq, float, integer, qlinear)",
-                        format);
+        return cli_fail("export: unknown format '%s' (available: onnx, qdq, float, integer, "
+                        "qlinear)", format);
     struct qt_graph *g = cli_load_model(path, 0);
     if (!g) return 1;
     struct qt_error e;
@@ -137,6 +132,9 @@ int cli_export(const char *path, const char *format, const char *out, double top
     if (qt_pass_lower_export(g, fmt, ranges, nranges, rep, &e))
         rc = cli_fail("export: '%s': %s", path, e.msg);
     else if (qt_onnx_save(g, out, &e)) rc = cli_fail("%s", e.msg);
+    else if ((fmt == QT_EXPORT_INTEGER || fmt == QT_EXPORT_QLINEAR) && rep->integer_convs == 0)
+        fprintf(stderr, "qtune: warning: export: no convolution reads a quantized activation "
+                        "with quantized weights: '%s' has no integer kernels\n", out);
     free(ranges);
     qt_graph_free(g);
     return rc;
@@ -175,13 +173,13 @@ int cmd_export(int argc, char **argv)
         else return cli_fail("export: more than one model given");
     }
     if (!path || !out)
-        return cli_fail("export: usage: qtune export MODEL.onnx --format onnx|qdq|float|integer|qlinear "
-                        "-o OUT.onnx");
+        return cli_fail("export: usage: qtune export MODEL.onnx "
+                        "--format onnx|qdq|float|integer|qlinear -o OUT.onnx");
     if ((mean_s != NULL) != (std_s != NULL)) return cli_fail("export: --mean and --std go together");
     enum qt_export_format fmt;
     if (qt_export_format_parse(format, &fmt))
-        return cli_fail("export: unknown format '%s' (available: onnx, qdq, float, integer, qlinear)",
-                        format);
+        return cli_fail("export: unknown format '%s' (available: onnx, qdq, float, integer, "
+                        "qlinear)", format);
     if (fmt == QT_EXPORT_QLINEAR && !data)
         return cli_fail("export: --format qlinear needs --data: the ranges of its 8-bit "
                         "convolution outputs are measured on training images");
