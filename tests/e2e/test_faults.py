@@ -103,6 +103,7 @@ def log_records(path):
     for r in recs:
         r.pop("seconds")
         r.pop("images_per_s")
+        r.pop("data_seconds")
     return recs
 
 
