@@ -14,13 +14,7 @@
 #include "loops.h"
 #include "quantizer.h"
 #include "../util/rng.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "../util/clock.h"
 
 /* The calibration images: the first batches * batch of a seeded permutation. */
 struct feed {
@@ -302,7 +296,7 @@ int qt_calib_quantizers(struct qt_graph *g, struct qt_backend *b, const struct q
                         const struct qt_calib_config *c, int set_alphas, struct qt_calib_report *r,
                         struct qt_error *e)
 {
-    double t0 = now();
+    double t0 = qt_now();
     memset(r, 0, sizeof *r);
     int nact = 0, nbn = 0;
     int *act = malloc(sizeof(int) * (g->nnodes + 1)), *bn = malloc(sizeof(int) * (g->nnodes + 1));
@@ -430,7 +424,7 @@ out:
     free(saved_mom);
     if (x) qt_exec_free(x);
     feed_close(&f);
-    r->seconds = now() - t0;
+    r->seconds = qt_now() - t0;
     return rc;
 }
 
@@ -876,7 +870,7 @@ int qt_calib_adaround(struct qt_graph *g, struct qt_graph *fp, struct qt_backend
                       struct qt_error *e)
 {
     memset(r, 0, sizeof *r);
-    double t0 = now();
+    double t0 = qt_now();
     for (int i = 0; i < g->nnodes; i++) {
         const struct qt_node *L = &g->nodes[i];
         if (L->dead || (L->op != QT_OP_CONV && L->op != QT_OP_GEMM) || L->nin < 2) continue;
@@ -918,6 +912,6 @@ int qt_calib_adaround(struct qt_graph *g, struct qt_graph *fp, struct qt_backend
         r->flipped += flipped;
         r->weights += qt_shape_numel(&g->values[g->nodes[qn].in[0]].init->shape);
     }
-    r->seconds = now() - t0;
+    r->seconds = qt_now() - t0;
     return 0;
 }

@@ -7,13 +7,7 @@
 
 #include "exec.h"
 #include "loops.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "../util/clock.h"
 
 /* Whether node n turns the NHWC value v into NCHW: a Transpose with perm (0, 3, 1, 2), or,
  * for one channel (where both layouts have the same memory; tf2onnx writes it so), a Reshape
@@ -119,7 +113,7 @@ static int for_each_batch(struct qt_graph *g, struct qt_backend *b, const struct
     int *idx = malloc(sizeof(int) * batch);
     int64_t done = 0;
     const int64_t per = (int64_t)ds->c * ds->h * ds->w;
-    const double t0 = now();
+    const double t0 = qt_now();
     int rc = 0;
     if (!xt || !labels || !idx) rc = qt_err(e, "out of memory for a batch of %d", batch);
     while (!rc && done < total) {
@@ -139,9 +133,9 @@ static int for_each_batch(struct qt_graph *g, struct qt_backend *b, const struct
             break;
         }
         done += n;
-        if (progress) progress(pctx, done, total, now() - t0);
+        if (progress) progress(pctx, done, total, qt_now() - t0);
     }
-    *seconds = now() - t0;
+    *seconds = qt_now() - t0;
     *images = done;
     free(idx);
     free(labels);

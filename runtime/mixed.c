@@ -9,13 +9,7 @@
 #include "../graph/schema.h"
 #include "../kernels/cpu/quant.h"
 #include "loops.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "../util/clock.h"
 
 int64_t qt_mixed_bytes(int64_t count, int bits)
 {
@@ -168,7 +162,7 @@ int qt_mixed_sensitivity(struct qt_graph *g, struct qt_backend *b, const struct 
                          struct qt_error *e)
 {
     memset(r, 0, sizeof *r);
-    const double t0 = now();
+    const double t0 = qt_now();
     if (c->nchoices < 1 || c->nchoices > QT_MIXED_MAX_CHOICES)
         return qt_err(e, "mixed precision needs 1 to %d candidate bit widths", QT_MIXED_MAX_CHOICES);
     for (int k = 0; k < c->nchoices; k++) {
@@ -255,6 +249,6 @@ int qt_mixed_sensitivity(struct qt_graph *g, struct qt_backend *b, const struct 
     }
     qt_dataset_free(&hold);
     if (!rc) rc = qt_mixed_allocate(r, c, e);
-    r->seconds = now() - t0;
+    r->seconds = qt_now() - t0;
     return rc;
 }

@@ -15,13 +15,7 @@
 #include "data/prefetch.h"
 #include "exec.h"
 #include "../util/rng.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "../util/clock.h"
 
 struct run {
     struct qt_graph *g;
@@ -401,11 +395,11 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
         rc = -1;
         goto out;
     }
-    double t_start = now();
+    double t_start = qt_now();
     while (r.epoch < cfg->epochs) {
         struct qt_rng rng = r.epoch_rng;
         plan_epoch(&plan, &rng, n, cfg->crop_pad, cfg->flip, train->stream != NULL);
-        double t0 = now(), loss_sum = 0, data_seconds = 0;
+        double t0 = qt_now(), loss_sum = 0, data_seconds = 0;
         int64_t hits = 0, seen = 0;
         int nsteps = 0;
         const int first = r.batch_pos;
@@ -423,14 +417,14 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
                 if (bi + 1 < nb) start_batch(pf, &plan, cfg, bi + 1, nb, n);
             } else {
                 const struct qt_augment aug = batch_augment(&plan, cfg, bi);
-                const double td = now();
+                const double td = qt_now();
                 if (qt_dataset_batch_augmented(train, plan.perm + (int64_t)bi * cfg->batch, cnt,
                                                cfg->mean, cfg->std, &aug, layout, xt->data,
                                                labels, e)) {
                     rc = -1;
                     goto out;
                 }
-                data_seconds += now() - td;
+                data_seconds += qt_now() - td;
             }
             xv.shape.d[0] = cnt;
             xv.nbytes = sizeof(float) * qt_shape_numel(&xv.shape);
@@ -542,7 +536,7 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
             step_loss[nsteps++] = l / cnt;
             if (cb && cb->batch)
                 cb->batch(cb->ctx, r.epoch + 1, (int64_t)bi * cfg->batch + cnt, n, loss_sum / seen,
-                          100.0 * hits / seen, now() - t0);
+                          100.0 * hits / seen, qt_now() - t0);
             if (cfg->stop && *cfg->stop) {
                 if (cfg->checkpoint && save_checkpoint(&r, e)) {
                     rc = -1;
@@ -552,7 +546,7 @@ int qt_train(struct qt_graph *g, struct qt_backend *b, const struct qt_dataset *
                 goto done;
             }
         }
-        double train_seconds = now() - t0;
+        double train_seconds = qt_now() - t0;
         struct qt_epoch_stats st;
         memset(&st, 0, sizeof st);
         /* The epoch's state into the graph: evaluated, and written by the callbacks. */
@@ -607,7 +601,7 @@ done:
     res->best_top1 = r.best_top1;
     res->best_epoch = r.best_epoch;
     res->last = r.last;
-    res->seconds = now() - t_start;
+    res->seconds = qt_now() - t_start;
 out:
     for (int i = 0; i < r.ps.n; i++) {
         if (r.mom && r.mom[i]) b->release(b, r.mom[i]);

@@ -13,6 +13,7 @@
 #include "../passes/passes.h"
 #include "../runtime/backend.h"
 #include "../runtime/data/dataset.h"
+#include "../util/clock.h"
 
 int cli_fail(const char *fmt, ...)
 {
@@ -65,13 +66,6 @@ long cli_parse_long(const char *s)
     return v;
 }
 
-static double wall(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 void cli_progress_init(struct cli_progress *p, const char *label, const char *unit, int quiet)
 {
     p->label = label;
@@ -92,7 +86,7 @@ void cli_progress_update(void *ctx, int64_t done, int64_t total, double seconds)
 {
     struct cli_progress *p = ctx;
     if (p->quiet) return;
-    double t = wall();
+    double t = qt_now();
     int final = done >= total;
     if (!final && p->last_print >= 0 && t - p->last_print < (p->tty ? 0.1 : 5.0)) return;
     p->last_print = t;

@@ -5,7 +5,8 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+
+#include "../../util/clock.h"
 
 struct qt_prefetch {
     const struct qt_dataset *ds;
@@ -27,13 +28,6 @@ struct qt_prefetch {
     pthread_mutex_t mu;
     pthread_cond_t cv;
 };
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void *worker(void *arg)
 {
@@ -112,13 +106,13 @@ void qt_prefetch_start(struct qt_prefetch *p, const int *idx, int count,
 int qt_prefetch_wait(struct qt_prefetch *p, float **x, int32_t **y, double *waited,
                      struct qt_error *e)
 {
-    const double t0 = now();
+    const double t0 = qt_now();
     pthread_mutex_lock(&p->mu);
     while (p->busy) pthread_cond_wait(&p->cv, &p->mu);
     const int rc = p->rc, b = p->fill;
     if (rc) *e = p->err;
     pthread_mutex_unlock(&p->mu);
-    if (waited) *waited += now() - t0;
+    if (waited) *waited += qt_now() - t0;
     if (rc) return -1;
     *x = p->x[b];
     *y = p->y[b];
