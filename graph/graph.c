@@ -263,6 +263,21 @@ int qt_graph_add_node(struct qt_graph *g, enum qt_op op, const char *name, const
     return g->nnodes++;
 }
 
+int qt_graph_add_op(struct qt_graph *g, enum qt_op op, const char *name, const int *in, int nin,
+                    int out)
+{
+    if (out < 0) out = qt_graph_add_value_unique(g, name, QT_UNDEF, NULL);
+    qt_graph_add_node(g, op, name, in, nin, &out, 1);
+    return out;
+}
+
+int qt_graph_add_cast(struct qt_graph *g, const char *name, int x, enum qt_dtype to, int out)
+{
+    const int o = qt_graph_add_op(g, QT_OP_CAST, name, &x, 1, out);
+    qt_node_set_int(&g->nodes[g->nnodes - 1], "to", to);
+    return o;
+}
+
 struct qt_attr *qt_node_add_attr(struct qt_node *n, const char *name, enum qt_attr_type type)
 {
     for (int i = 0; i < n->nattrs; i++)

@@ -159,6 +159,12 @@ int qt_graph_find_node(const struct qt_graph *g, const char *name);
 /* Nodes: the op's inputs/outputs are copied; returns the node index. */
 int qt_graph_add_node(struct qt_graph *g, enum qt_op op, const char *name, const int *in,
                       int nin, const int *out, int nout);
+/* A node of one output reading in[0..nin) into `out`, or into a new value named after the node
+ * when out < 0 (its dtype and shape left to shape inference); returns the output value. */
+int qt_graph_add_op(struct qt_graph *g, enum qt_op op, const char *name, const int *in, int nin,
+                    int out);
+/* A Cast of x to dtype `to`, written as qt_graph_add_op writes; returns the output value. */
+int qt_graph_add_cast(struct qt_graph *g, const char *name, int x, enum qt_dtype to, int out);
 struct qt_attr *qt_node_add_attr(struct qt_node *n, const char *name, enum qt_attr_type type);
 /* Copies every attribute of src into dst (replacing those of the same name). */
 void qt_node_copy_attrs(struct qt_node *dst, const struct qt_node *src);

@@ -348,23 +348,6 @@ static void merge_pads(struct qt_graph *g)
     }
 }
 
-/* A node of op reading in[0..nin) into a new float-or-unknown value named after it (or into
- * out when >= 0); returns the value written. */
-static int add_node1(struct qt_graph *g, enum qt_op op, const char *name, const int *in, int nin,
-                     int out)
-{
-    if (out < 0) out = qt_graph_add_value_unique(g, name, QT_UNDEF, NULL);
-    qt_graph_add_node(g, op, name, in, nin, &out, 1);
-    return out;
-}
-
-static int add_cast(struct qt_graph *g, const char *name, int x, enum qt_dtype to, int out)
-{
-    const int o = add_node1(g, QT_OP_CAST, name, &x, 1, out);
-    qt_node_set_int(&g->nodes[g->nnodes - 1], "to", to);
-    return o;
-}
-
 /* ConvInteger(x, w, x_zero_point, w_zero_point) becomes Cast(Conv(Cast(x) - x_zero_point,
  * Cast(w) - w_zero_point), int32) in float32, where qtune computes: the integer sums are
  * exact while they stay below 2^24 in magnitude (a 3x3 convolution over 64 channels of 8-bit
@@ -383,10 +366,10 @@ static int lower_convinteger(struct qt_graph *g, struct qt_error *e)
         int f[2];
         for (int k = 0; k < 2; k++) {
             snprintf(name, sizeof name, "%s/%s", base, k ? "w" : "x");
-            f[k] = add_cast(g, name, in[k], QT_F32, -1);
+            f[k] = qt_graph_add_cast(g, name, in[k], QT_F32, -1);
             if (in[k + 2] < 0) continue;
             snprintf(name, sizeof name, "%s/%s_zero_point", base, k ? "w" : "x");
-            int z = add_cast(g, name, in[k + 2], QT_F32, -1);
+            int z = qt_graph_add_cast(g, name, in[k + 2], QT_F32, -1);
             const struct qt_value *zv = &g->values[in[k + 2]], *wv = &g->values[in[1]];
             if (k == 1 && (!zv->has_shape || qt_shape_numel(&zv->shape) != 1)) {
                 /* one zero point per output channel: shaped [M, 1, ...] against the weight */
@@ -401,11 +384,11 @@ static int lower_convinteger(struct qt_graph *g, struct qt_error *e)
                 g->values[vs].init = sh;
                 const int r2[2] = {z, vs};
                 snprintf(name, sizeof name, "%s/w_zero_point_r", base);
-                z = add_node1(g, QT_OP_RESHAPE, name, r2, 2, -1);
+                z = qt_graph_add_op(g, QT_OP_RESHAPE, name, r2, 2, -1);
             }
             const int s2[2] = {f[k], z};
             snprintf(name, sizeof name, "%s/%s_centered", base, k ? "w" : "x");
-            f[k] = add_node1(g, QT_OP_SUB, name, s2, 2, -1);
+            f[k] = qt_graph_add_op(g, QT_OP_SUB, name, s2, 2, -1);
         }
         snprintf(name, sizeof name, "%s/float", base);
         const int yf = qt_graph_add_value_unique(g, name, QT_UNDEF, NULL);
@@ -418,7 +401,7 @@ static int lower_convinteger(struct qt_graph *g, struct qt_error *e)
         n->out[0] = yf;
         g->values[yf].producer = i;
         snprintf(name, sizeof name, "%s/int32", base);
-        add_cast(g, name, yf, QT_I32, y);
+        qt_graph_add_cast(g, name, yf, QT_I32, y);
     }
     return 0;
 }

@@ -140,16 +140,6 @@ static int scalar_f(struct qt_graph *g, const char *base, float v)
     return add_const(g, base, t);
 }
 
-/* A node of `op` reading in[0..nin) into a new value named base (or into `out` when >= 0);
- * returns the output value. The output's dtype and shape come from shape inference later. */
-static int node(struct qt_graph *g, enum qt_op op, const char *name, const int *in, int nin,
-                int out)
-{
-    if (out < 0) out = qt_graph_add_value_unique(g, name, QT_UNDEF, NULL);
-    qt_graph_add_node(g, op, name, in, nin, &out, 1);
-    return out;
-}
-
 static void node_name(char *buf, size_t n, const char *base, const char *suffix)
 {
     snprintf(buf, n, "%s/%s", base, suffix);
@@ -174,13 +164,6 @@ static int shared_scalar(struct qt_graph *g, const char *key, float v)
     struct qt_tensor *t = tensor1(QT_F32, 0, NULL);
     *(float *)t->data = v;
     return shared_const(g, key, t);
-}
-
-static int cast(struct qt_graph *g, const char *name, int x, enum qt_dtype to)
-{
-    int o = node(g, QT_OP_CAST, name, &x, 1, -1);
-    qt_node_set_int(&g->nodes[g->nnodes - 1], "to", to);
-    return o;
 }
 
 /* ---- Level sets ---- */
@@ -227,11 +210,11 @@ static int dequant(struct qt_graph *g, const char *qn, int q_in, int codes, cons
     int in3[3] = {q_in, vs, vz};
     if (q_in >= 0) {
         node_name(name, sizeof name, qn, "q");
-        codes = node(g, QT_OP_QUANTIZELINEAR, name, in3, 3, -1);
+        codes = qt_graph_add_op(g, QT_OP_QUANTIZELINEAR, name, in3, 3, -1);
     }
     in3[0] = codes;
     node_name(name, sizeof name, qn, "dq");
-    const int r = node(g, QT_OP_DEQUANTIZELINEAR, name, in3, 3, out);
+    const int r = qt_graph_add_op(g, QT_OP_DEQUANTIZELINEAR, name, in3, 3, out);
     if (ns > 1) qt_node_set_int(&g->nodes[g->nnodes - 1], "axis", 0);
     return r;
 }
@@ -313,7 +296,7 @@ static int add_offset(struct lower *L, const char *qn, int x, struct qt_tensor *
     snprintf(name, sizeof name, "%s.mu", qn);
     const int in2[2] = {x, add_const(L->g, name, off)};
     node_name(name, sizeof name, qn, "m");
-    return node(L->g, QT_OP_ADD, name, in2, 2, -1);
+    return qt_graph_add_op(L->g, QT_OP_ADD, name, in2, 2, -1);
 }
 
 /* The BatchNormalization that can be folded into the layer reading WeightQuant qi (its
@@ -548,7 +531,7 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
     char qn[32];
     snprintf(qn, sizeof qn, "qw%d", L->nw);
     node_name(name, sizeof name, qn, "c");
-    int vi = cast(g, name, vbytes, QT_I32);
+    int vi = qt_graph_add_cast(g, name, vbytes, QT_I32, -1);
     int in2[2], vl;
     if (B == 1) {
         /* decoding table: row b holds the levels of the G codes of byte value b */
@@ -563,7 +546,7 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
         in2[0] = shared_const(g, key, tab);
         in2[1] = vi;
         node_name(name, sizeof name, qn, "d");
-        vl = node(g, QT_OP_GATHER, name, in2, 2, -1);
+        vl = qt_graph_add_op(g, QT_OP_GATHER, name, in2, 2, -1);
     } else {
         /* the group's number y = sum of byte_k * 256^k (< 2^24), its digits
          * (y / L^s) - L * (y / L^(s+1)) in integer division, then Gather of their levels */
@@ -573,7 +556,7 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
         in2[0] = vi;
         in2[1] = shared_const(g, key, place);
         node_name(name, sizeof name, qn, "p");
-        const int vp = node(g, QT_OP_MUL, name, in2, 2, -1);
+        const int vp = qt_graph_add_op(g, QT_OP_MUL, name, in2, 2, -1);
         node_name(name, sizeof name, qn, "y");
         int vy;
         if (g->opset >= 13) {
@@ -581,9 +564,9 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
             ((int64_t *)ax->data)[0] = 1;
             in2[0] = vp;
             in2[1] = shared_const(g, "qtune.axis1", ax);
-            vy = node(g, QT_OP_REDUCESUM, name, in2, 2, -1);
+            vy = qt_graph_add_op(g, QT_OP_REDUCESUM, name, in2, 2, -1);
         } else {
-            vy = node(g, QT_OP_REDUCESUM, name, &vp, 1, -1);
+            vy = qt_graph_add_op(g, QT_OP_REDUCESUM, name, &vp, 1, -1);
             qt_node_set_ints(&g->nodes[g->nnodes - 1], "axes", (const int64_t[]){1}, 1);
         }
         qt_node_set_int(&g->nodes[g->nnodes - 1], "keepdims", 1);
@@ -593,7 +576,7 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
         in2[0] = vy;
         in2[1] = shared_const(g, key, dig);
         node_name(name, sizeof name, qn, "q");
-        const int vq = node(g, QT_OP_DIV, name, in2, 2, -1);
+        const int vq = qt_graph_add_op(g, QT_OP_DIV, name, in2, 2, -1);
         struct qt_tensor *base = tensor1(QT_I32, 0, NULL);
         *(int32_t *)base->data = nlv;
         snprintf(key, sizeof key, "qtune.base.%d", nlv);
@@ -601,20 +584,20 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
         in2[0] = vq;
         in2[1] = vbase;
         node_name(name, sizeof name, qn, "h");
-        in2[0] = node(g, QT_OP_DIV, name, in2, 2, -1);
+        in2[0] = qt_graph_add_op(g, QT_OP_DIV, name, in2, 2, -1);
         node_name(name, sizeof name, qn, "l");
-        const int vhl = node(g, QT_OP_MUL, name, in2, 2, -1);
+        const int vhl = qt_graph_add_op(g, QT_OP_MUL, name, in2, 2, -1);
         in2[0] = vq;
         in2[1] = vhl;
         node_name(name, sizeof name, qn, "o");
-        const int vcode = node(g, QT_OP_SUB, name, in2, 2, -1);
+        const int vcode = qt_graph_add_op(g, QT_OP_SUB, name, in2, 2, -1);
         struct qt_tensor *lv = tensor1(QT_F32, 1, &(int64_t){nlv});
         memcpy(lv->data, slv, sizeof(float) * nlv);
         snprintf(key, sizeof key, "qtune.levels.%s%d", qt_quant_scheme_name(a->scheme), a->bits);
         in2[0] = shared_const(g, key, lv);
         in2[1] = vcode;
         node_name(name, sizeof name, qn, "d");
-        vl = node(g, QT_OP_GATHER, name, in2, 2, -1);
+        vl = qt_graph_add_op(g, QT_OP_GATHER, name, in2, 2, -1);
     }
     if (pad) {
         /* [groups, G] -> [groups * G] -> the first cnt codes */
@@ -626,20 +609,20 @@ static int lower_weight_levels(struct lower *L, int qi, const struct qt_quant_at
         in2[0] = vl;
         in2[1] = shared_const(g, "qtune.shape.flat", flat);
         node_name(name, sizeof name, qn, "f");
-        const int vflat = node(g, QT_OP_RESHAPE, name, in2, 2, -1);
+        const int vflat = qt_graph_add_op(g, QT_OP_RESHAPE, name, in2, 2, -1);
         snprintf(key, sizeof key, "qtune.count.%lld", (long long)cnt);
         const int in3[3] = {vflat, shared_const(g, "qtune.axis0", st), shared_const(g, key, en)};
         node_name(name, sizeof name, qn, "u");
-        vl = node(g, QT_OP_SLICE, name, in3, 3, -1);
+        vl = qt_graph_add_op(g, QT_OP_SLICE, name, in3, 3, -1);
     }
     node_name(name, sizeof name, qn, "r");
     in2[0] = vl;
     in2[1] = vshape;
-    int vr = node(g, QT_OP_RESHAPE, name, in2, 2, -1);
+    int vr = qt_graph_add_op(g, QT_OP_RESHAPE, name, in2, 2, -1);
     node_name(name, sizeof name, qn, "s");
     in2[0] = vr;
     in2[1] = valpha;
-    int vw = node(g, QT_OP_MUL, name, in2, 2, -1);
+    int vw = qt_graph_add_op(g, QT_OP_MUL, name, in2, 2, -1);
     if (off) vw = add_offset(L, qn, vw, off);
     qt_graph_replace_uses(g, out, vw);
     return 0;
@@ -712,15 +695,15 @@ static int lower_weight_int8(struct lower *L, int qi, const struct qt_quant_attr
         return 0;
     }
     node_name(name, sizeof name, qn, "c");
-    int vf = cast(g, name, vc, QT_F32);
+    int vf = qt_graph_add_cast(g, name, vc, QT_F32, -1);
     int in2[2] = {vf, shared_scalar(g, "qtune.int8.steps", 127.0f)};
     node_name(name, sizeof name, qn, "k");
-    int vd = node(g, QT_OP_DIV, name, in2, 2, -1);
+    int vd = qt_graph_add_op(g, QT_OP_DIV, name, in2, 2, -1);
     snprintf(name, sizeof name, "%s.scale", wname);
     in2[0] = vd;
     in2[1] = add_const(g, name, weight_scale(L, qi, w->shape.ndim, &m, 1, 1.0f, 0.0f, NULL));
     node_name(name, sizeof name, qn, "s");
-    qt_graph_replace_uses(g, out, node(g, QT_OP_MUL, name, in2, 2, -1));
+    qt_graph_replace_uses(g, out, qt_graph_add_op(g, QT_OP_MUL, name, in2, 2, -1));
     return 0;
 }
 
@@ -811,11 +794,11 @@ static int lower_act(struct lower *L, int qi, const struct qt_quant_attrs *a,
 
     int in2[2] = {x_in, valpha};
     node_name(name, sizeof name, qn, "u");
-    const int vu = node(g, QT_OP_DIV, name, in2, 2, -1);
+    const int vu = qt_graph_add_op(g, QT_OP_DIV, name, in2, 2, -1);
     int vm = vu;
     if (sg) {
         node_name(name, sizeof name, qn, "a");
-        vm = node(g, QT_OP_ABS, name, &vu, 1, -1);
+        vm = qt_graph_add_op(g, QT_OP_ABS, name, &vu, 1, -1);
     }
     node_name(name, sizeof name, qn, "c");
     int vc;
@@ -823,42 +806,42 @@ static int lower_act(struct lower *L, int qi, const struct qt_quant_attrs *a,
         snprintf(key, sizeof key, "qtune.bucket_last.%d", M);
         const int in3[3] = {vm, shared_scalar(g, "qtune.zero", 0.0f),
                             shared_scalar(g, key, (float)(M - 1))};
-        vc = node(g, QT_OP_CLIP, name, in3, 3, -1);
+        vc = qt_graph_add_op(g, QT_OP_CLIP, name, in3, 3, -1);
     } else {
-        vc = node(g, QT_OP_CLIP, name, &vm, 1, -1);
+        vc = qt_graph_add_op(g, QT_OP_CLIP, name, &vm, 1, -1);
         qt_node_set_float(&g->nodes[g->nnodes - 1], "min", 0.0f);
         qt_node_set_float(&g->nodes[g->nnodes - 1], "max", (float)(M - 1));
     }
     node_name(name, sizeof name, qn, "b");
-    const int vb = cast(g, name, vc, QT_I32); /* truncation: the floor of a value >= 0 */
+    const int vb = qt_graph_add_cast(g, name, vc, QT_I32, -1); /* truncation: the floor of a value >= 0 */
     in2[0] = vtab;
     in2[1] = vb;
     node_name(name, sizeof name, qn, "e");
-    const int ve = node(g, QT_OP_GATHER, name, in2, 2, -1);
+    const int ve = qt_graph_add_op(g, QT_OP_GATHER, name, in2, 2, -1);
     in2[0] = vthr;
     node_name(name, sizeof name, qn, "t");
-    const int vt = node(g, QT_OP_GATHER, name, in2, 2, -1);
+    const int vt = qt_graph_add_op(g, QT_OP_GATHER, name, in2, 2, -1);
     in2[0] = vm;
     in2[1] = vt;
     node_name(name, sizeof name, qn, "g");
-    const int vgt = node(g, QT_OP_GREATER, name, in2, 2, -1);
+    const int vgt = qt_graph_add_op(g, QT_OP_GREATER, name, in2, 2, -1);
     node_name(name, sizeof name, qn, "k");
-    const int vst = cast(g, name, vgt, QT_I32);
+    const int vst = qt_graph_add_cast(g, name, vgt, QT_I32, -1);
     in2[0] = ve;
     in2[1] = vst;
     node_name(name, sizeof name, qn, "i");
-    const int vidx = node(g, QT_OP_ADD, name, in2, 2, -1);
+    const int vidx = qt_graph_add_op(g, QT_OP_ADD, name, in2, 2, -1);
     in2[0] = vlv;
     in2[1] = vidx;
     node_name(name, sizeof name, qn, "v");
-    int v = node(g, QT_OP_GATHER, name, in2, 2, sg ? -1 : fin);
+    int v = qt_graph_add_op(g, QT_OP_GATHER, name, in2, 2, sg ? -1 : fin);
     if (sg) {
         /* the sign of x: alpha * level * -1 is alpha * -level exactly; at x = 0 the level is 0 */
         node_name(name, sizeof name, qn, "n");
         in2[0] = v;
-        in2[1] = node(g, QT_OP_SIGN, name, &vu, 1, -1);
+        in2[1] = qt_graph_add_op(g, QT_OP_SIGN, name, &vu, 1, -1);
         node_name(name, sizeof name, qn, "w");
-        v = node(g, QT_OP_MUL, name, in2, 2, fin);
+        v = qt_graph_add_op(g, QT_OP_MUL, name, in2, 2, fin);
     }
     if (fin < 0) {
         const float sc = alpha / (float)D;
@@ -1105,11 +1088,11 @@ static int integer_conv(struct lower *L, int ci, int k)
     n->out[0] = acc;
     g->values[acc].producer = ci;
     node_name(name, sizeof name, qn, "f");
-    const int vf = cast(g, name, acc, QT_F32);
+    const int vf = qt_graph_add_cast(g, name, acc, QT_F32, -1);
     snprintf(name, sizeof name, "%s.scale", qn);
     int in2[2] = {vf, add_const(g, name, st)};
     node_name(name, sizeof name, qn, "s");
-    int vs = node(g, QT_OP_MUL, name, in2, 2, bt || mu ? -1 : y);
+    int vs = qt_graph_add_op(g, QT_OP_MUL, name, in2, 2, bt || mu ? -1 : y);
     if (mu) {
         /* + sx * mu * (the window sums of the input codes): a ConvInteger of one output
          * channel whose weights are all 1, with the layer's attributes */
@@ -1121,10 +1104,10 @@ static int integer_conv(struct lower *L, int ci, int k)
         const int vo = add_const(g, name, ones);
         node_name(name, sizeof name, qn, "m");
         const int in3[3] = {xcodes, vo, xz};
-        const int vsum = node(g, QT_OP_CONVINTEGER, name, in3, 3, -1);
+        const int vsum = qt_graph_add_op(g, QT_OP_CONVINTEGER, name, in3, 3, -1);
         qt_node_copy_attrs(&g->nodes[g->nnodes - 1], &g->nodes[ci]);
         node_name(name, sizeof name, qn, "mf");
-        const int vmf = cast(g, name, vsum, QT_F32);
+        const int vmf = qt_graph_add_cast(g, name, vsum, QT_F32, -1);
         struct qt_tensor *mt = qt_tensor_new(QT_F32, &cs);
         for (int64_t ch = 0; ch < C; ch++)
             ((float *)mt->data)[ch] = sx * ((const float *)mu->data)[qt_shape_numel(&mu->shape) > 1 ? ch : 0];
@@ -1132,18 +1115,18 @@ static int integer_conv(struct lower *L, int ci, int k)
         in2[0] = vmf;
         in2[1] = add_const(g, name, mt);
         node_name(name, sizeof name, qn, "ms");
-        const int vms = node(g, QT_OP_MUL, name, in2, 2, -1);
+        const int vms = qt_graph_add_op(g, QT_OP_MUL, name, in2, 2, -1);
         in2[0] = vs;
         in2[1] = vms;
         node_name(name, sizeof name, qn, "ma");
-        vs = node(g, QT_OP_ADD, name, in2, 2, bt ? -1 : y);
+        vs = qt_graph_add_op(g, QT_OP_ADD, name, in2, 2, bt ? -1 : y);
     }
     if (bt) {
         snprintf(name, sizeof name, "%s.bias", qn);
         in2[0] = vs;
         in2[1] = add_const(g, name, bt);
         node_name(name, sizeof name, qn, "b");
-        node(g, QT_OP_ADD, name, in2, 2, y);
+        qt_graph_add_op(g, QT_OP_ADD, name, in2, 2, y);
     }
     char key[512], val[512];
     snprintf(key, sizeof key, "qtune.quant.%s", g->nodes[ci].name);
