@@ -852,13 +852,23 @@ static int lower_act(struct lower *L, int qi, const struct qt_quant_attrs *a,
 
 /* ---- Metadata ---- */
 
-/* Appends "weight apot4 signed standardized" or "input apot4 unsigned" to the layer's
- * qtune.quant.<layer> metadata entry ("; " between the two). */
+/* Appends part to the layer's qtune.quant.<layer> metadata entry ("; " between parts). */
+static void describe_layer(struct qt_graph *g, const char *layer, const char *part)
+{
+    char key[512], val[512];
+    snprintf(key, sizeof key, "qtune.quant.%s", layer);
+    const char *old = qt_graph_meta(g, key);
+    if (old) snprintf(val, sizeof val, "%s; %s", old, part);
+    else snprintf(val, sizeof val, "%s", part);
+    qt_graph_set_meta(g, key, val);
+}
+
+/* Describes a quantizer in its layer's metadata: "weight apot4 signed standardized" or
+ * "input apot4 unsigned". */
 static void describe(struct qt_graph *g, int qi, const struct qt_quant_attrs *a)
 {
     const struct qt_node *q = &g->nodes[qi];
-    char key[512], val[512], part[160];
-    snprintf(key, sizeof key, "qtune.quant.%s", layer_name(g, q));
+    char part[160];
     if (a->scheme >= QT_QS_MAX)
         snprintf(part, sizeof part, "weight int8 signed %s", qt_quant_scheme_name(a->scheme));
     else
@@ -867,10 +877,7 @@ static void describe(struct qt_graph *g, int qi, const struct qt_quant_attrs *a)
                  q->op != QT_OP_WEIGHTQUANT || !a->standardize ? ""
                  : a->standardize == QT_STD_RESTORE        ? " standardized mapped-back"
                                                            : " standardized");
-    const char *old = qt_graph_meta(g, key);
-    if (old) snprintf(val, sizeof val, "%s; %s", old, part);
-    else snprintf(val, sizeof val, "%s", part);
-    qt_graph_set_meta(g, key, val);
+    describe_layer(g, layer_name(g, q), part);
 }
 
 /* ---- Format qlinear: requantized convolution outputs ---- */
@@ -941,6 +948,21 @@ static int dq_producer(const struct qt_graph *g, int v, int zero0)
     return p;
 }
 
+/* The DequantizeLinear nodes a convolution's integer form reads (formats qlinear, integer):
+ * *da writes its input x (codes of one scalar scale), *dw its weight w (an int8 initializer of
+ * rank >= 3, zero points 0). 0, or -1 when x and w are not such outputs. */
+static int int8_operands(const struct qt_graph *g, int x, int w, int *da, int *dw)
+{
+    *da = dq_producer(g, x, 0);
+    *dw = dq_producer(g, w, 1);
+    if (*da < 0 || *dw < 0) return -1;
+    const struct qt_tensor *sa = g->values[g->nodes[*da].in[1]].init;
+    const struct qt_tensor *wc = g->values[g->nodes[*dw].in[0]].init;
+    return qt_shape_numel(&sa->shape) == 1 && wc && wc->dtype == QT_I8 && wc->shape.ndim >= 3
+               ? 0
+               : -1;
+}
+
 /* Format qlinear: the Conv named r->conv, whose input and weight now come from
  * DequantizeLinear (a scalar activation scale sx, int8 weights with zero points 0 and scales
  * sw), gets its bias as int32 steps of sx * sw (DequantizeLinear) and its output through a
@@ -953,13 +975,12 @@ static int requant_conv(struct lower *L, const struct qt_export_range *r, int k)
     const int ci = qt_graph_find_node(g, r->conv);
     if (ci < 0 || g->nodes[ci].dead || g->nodes[ci].op != QT_OP_CONV)
         return qt_err(L->e, "layer '%s': no convolution of that name to requantize", r->conv);
-    const int da = dq_producer(g, g->nodes[ci].in[0], 0), dw = dq_producer(g, g->nodes[ci].in[1], 1);
-    const struct qt_tensor *sa = da >= 0 ? g->values[g->nodes[da].in[1]].init : NULL;
-    const struct qt_tensor *sw = dw >= 0 ? g->values[g->nodes[dw].in[1]].init : NULL;
-    if (!sa || !sw || qt_shape_numel(&sa->shape) != 1 ||
-        g->values[g->nodes[dw].in[2]].init->dtype != QT_I8)
+    int da, dw;
+    if (int8_operands(g, g->nodes[ci].in[0], g->nodes[ci].in[1], &da, &dw))
         return qt_err(L->e, "layer '%s': its input and weight are not both 8-bit "
                             "DequantizeLinear outputs, which --format qlinear needs", r->conv);
+    const struct qt_tensor *sa = g->values[g->nodes[da].in[1]].init;
+    const struct qt_tensor *sw = g->values[g->nodes[dw].in[1]].init;
     if (!(isfinite(r->lo) && isfinite(r->hi) && r->lo <= r->hi))
         return qt_err(L->e, "layer '%s': the calibrated output range [%g, %g] is not finite",
                       r->conv, (double)r->lo, (double)r->hi);
@@ -1020,13 +1041,11 @@ static int requant_conv(struct lower *L, const struct qt_export_range *r, int k)
     g->nodes[pi].out[0] = raw;
     g->values[raw].producer = pi;
     dequant(g, qn, raw, -1, &scale, 1, zt, (int32_t)z, y);
-    char key[512], val[512];
-    snprintf(key, sizeof key, "qtune.quant.%s", r->conv);
-    const char *old = qt_graph_meta(g, key);
-    snprintf(val, sizeof val, "%s%soutput%s %s8 scale %.9g zero point %ld (range %.6g to %.6g)",
-             old ? old : "", old ? "; " : "", r->relu ? " after relu" : "",
-             zt == QT_I8 ? "int" : "uint", (double)scale, z, (double)r->lo, (double)r->hi);
-    qt_graph_set_meta(g, key, val);
+    char part[160];
+    snprintf(part, sizeof part, "output%s %s8 scale %.9g zero point %ld (range %.6g to %.6g)",
+             r->relu ? " after relu" : "", zt == QT_I8 ? "int" : "uint", (double)scale, z,
+             (double)r->lo, (double)r->hi);
+    describe_layer(g, r->conv, part);
     return 0;
 }
 
@@ -1051,13 +1070,11 @@ static int integer_conv(struct lower *L, int ci, int k)
             return 0;
         wv = g->nodes[pm].in[0];
     }
-    const int da = dq_producer(g, c->in[0], 0), dw = dq_producer(g, wv, 1);
-    if (da < 0 || dw < 0) return 0;
+    int da, dw;
+    if (int8_operands(g, c->in[0], wv, &da, &dw)) return 0;
     const struct qt_tensor *sa = g->values[g->nodes[da].in[1]].init;
     const struct qt_tensor *sw = g->values[g->nodes[dw].in[1]].init;
     const struct qt_tensor *wc = g->values[g->nodes[dw].in[0]].init;
-    if (qt_shape_numel(&sa->shape) != 1 || !wc || wc->dtype != QT_I8 || wc->shape.ndim < 3)
-        return 0;
     const int64_t C = wc->shape.d[0], ns = qt_shape_numel(&sw->shape);
     const struct qt_tensor *b = c->nin > 2 && c->in[2] >= 0 ? f32_init(g, c->in[2]) : NULL;
     if ((c->nin > 2 && c->in[2] >= 0 && (!b || qt_shape_numel(&b->shape) != C)) ||
@@ -1128,11 +1145,7 @@ static int integer_conv(struct lower *L, int ci, int k)
         node_name(name, sizeof name, qn, "b");
         qt_graph_add_op(g, QT_OP_ADD, name, in2, 2, y);
     }
-    char key[512], val[512];
-    snprintf(key, sizeof key, "qtune.quant.%s", g->nodes[ci].name);
-    const char *old = qt_graph_meta(g, key);
-    snprintf(val, sizeof val, "%s%sConvInteger", old ? old : "", old ? "; " : "");
-    qt_graph_set_meta(g, key, val);
+    describe_layer(g, g->nodes[ci].name, "ConvInteger");
     return 1;
 }
 
