@@ -411,6 +411,20 @@ static int take_cifar(struct archive *a, const struct qt_tar_entry *ent, int ver
     return 0;
 }
 
+/* Reads image entry ent into the archive's image set with class id `label`. */
+static int add_image_entry(struct archive *a, const struct qt_tar_entry *ent, int label,
+                           struct qt_error *e)
+{
+    uint8_t *data;
+    if (read_entry(a, ent, &data, e) < 0) return -1;
+    char *name = entry_label(a->path, ent->name);
+    if (!name) {
+        free(data);
+        return qt_err(e, "out of memory");
+    }
+    return qt_imgset_add(&a->imgs, name, data, (size_t)ent->size, label, e);
+}
+
 static int take_image_entry(struct archive *a, const struct qt_tar_entry *ent, char **comp, int k,
                             struct qt_error *e)
 {
@@ -432,15 +446,8 @@ static int take_image_entry(struct archive *a, const struct qt_tar_entry *ent, c
             return 0;
         a->off = o;
         a->mode = 1;
-        uint8_t *data;
-        if (read_entry(a, ent, &data, e) < 0) return -1;
-        char *name = entry_label(a->path, ent->name);
-        if (!name) {
-            free(data);
-            return qt_err(e, "out of memory");
-        }
         a->flat++;
-        return qt_imgset_add(&a->imgs, name, data, (size_t)ent->size, 0, e);
+        return add_image_entry(a, ent, 0, e); /* labelled from the labels file at the end */
     }
     if (ent->type == QT_TAR_FILE && k < o + 3) return 0;
     for (int i = o + 1; i < k; i++)
@@ -453,15 +460,8 @@ static int take_image_entry(struct archive *a, const struct qt_tar_entry *ent, c
     if (sp != a->want) return 0;
     a->cls.seen[id] = 1;
     if (ent->type != QT_TAR_FILE || !qt_data_is_image_name(comp[k - 1])) return 0;
-    uint8_t *data;
-    if (read_entry(a, ent, &data, e) < 0) return -1;
-    char *name = entry_label(a->path, ent->name);
-    if (!name) {
-        free(data);
-        return qt_err(e, "out of memory");
-    }
     a->cls.count[id]++;
-    return qt_imgset_add(&a->imgs, name, data, (size_t)ent->size, id, e);
+    return add_image_entry(a, ent, id, e);
 }
 
 /* A labels file entry (depth k, its name the last component): kept when it is the preferred
