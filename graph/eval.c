@@ -323,10 +323,8 @@ static int eval_pad(const struct qt_node *n, const struct qt_tensor **in, int ni
     const struct qt_tensor *x = in[0];
     int r = x->shape.ndim;
     int64_t pads[2 * QT_MAX_DIMS];
-    if (qt_node_ints(n, "pads", pads, 2 * QT_MAX_DIMS) < 0)
-        for (int i = 0; i < 2 * r; i++) pads[i] = qt_tensor_get_i(in[1], i);
-    double cval = qt_node_float(n, "value", 0.f);
-    if (nin > 2 && in[2]) cval = qt_tensor_get_f(in[2], 0);
+    qt_pad_amounts(n, nin > 1 ? in[1] : NULL, pads); /* 2 r of them: shape inference checked */
+    const double cval = qt_pad_value(n, nin > 2 ? in[2] : NULL);
     const char *mode = qt_node_string(n, "mode", "constant");
     int64_t total = qt_shape_numel(&o->shape), idx[QT_MAX_DIMS] = {0};
     size_t es = qt_dtype_size(x->dtype);

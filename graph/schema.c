@@ -798,18 +798,29 @@ static int infer_reduce(struct qt_infer_ctx *c, struct qt_error *e)
     return 0;
 }
 
+int qt_pad_amounts(const struct qt_node *n, const struct qt_tensor *t, int64_t *pads)
+{
+    const int np = qt_node_ints(n, "pads", pads, 2 * QT_MAX_DIMS);
+    if (np >= 0) return np;
+    if (!t) return -1;
+    const int64_t m = qt_shape_numel(&t->shape);
+    if (m > 2 * QT_MAX_DIMS) return -2;
+    for (int64_t i = 0; i < m; i++) pads[i] = qt_tensor_get_i(t, i);
+    return (int)m;
+}
+
+double qt_pad_value(const struct qt_node *n, const struct qt_tensor *t)
+{
+    return t ? qt_tensor_get_f(t, 0) : qt_node_float(n, "value", 0.f);
+}
+
 static int infer_pad(struct qt_infer_ctx *c, struct qt_error *e)
 {
     int r = c->in[0].ndim;
     int64_t pads[2 * QT_MAX_DIMS];
-    int np = qt_node_ints(c->n, "pads", pads, 2 * QT_MAX_DIMS);
-    if (np < 0) {
-        const struct qt_tensor *t = c->in_val && c->n->nin > 1 ? c->in_val[1] : NULL;
-        if (!t) return qt_err(e, NODE_FMT ": pads must be a constant", NODE_ARGS(c));
-        np = (int)qt_shape_numel(&t->shape);
-        if (np > 2 * QT_MAX_DIMS) return qt_err(e, NODE_FMT ": too many pads", NODE_ARGS(c));
-        for (int i = 0; i < np; i++) pads[i] = qt_tensor_get_i(t, i);
-    }
+    const int np = qt_pad_amounts(c->n, c->in_val && c->n->nin > 1 ? c->in_val[1] : NULL, pads);
+    if (np == -1) return qt_err(e, NODE_FMT ": pads must be a constant", NODE_ARGS(c));
+    if (np == -2) return qt_err(e, NODE_FMT ": too many pads", NODE_ARGS(c));
     if (c->n->nin > 3 && c->n->in[3] >= 0)
         return qt_err(e, NODE_FMT ": the axes input is not supported", NODE_ARGS(c));
     if (np != 2 * r)

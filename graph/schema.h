@@ -70,6 +70,13 @@ struct qt_conv_attrs {
 int qt_conv_attrs_get(const struct qt_node *n, const struct qt_shape *x, const struct qt_shape *w,
                       struct qt_conv_attrs *a, struct qt_error *e, const char *what);
 
+/* Pad's amounts (the begin of every axis, then the ends): the pads attribute (opsets below
+ * 11) or the values of input 1 (t; NULL when they are not known). Returns their count, -1
+ * when there are none, -2 when there are more than 2 * QT_MAX_DIMS. */
+int qt_pad_amounts(const struct qt_node *n, const struct qt_tensor *t, int64_t *pads);
+/* Pad's constant: input 2's first value (t, may be NULL), else the value attribute (0). */
+double qt_pad_value(const struct qt_node *n, const struct qt_tensor *t);
+
 struct qt_pool_attrs {
     struct qt_conv_attrs c;
     int ceil_mode;

@@ -347,14 +347,9 @@ int qt_lower_node(struct qt_op_desc *d, const struct qt_graph *g, const struct q
         if (strcmp(qt_node_string(n, "mode", "constant"), "constant") || r < 1 ||
             r > QT_DESC_MAX_DIMS || (n->nin > 3 && in[3]))
             return QT_LOWER_HOST;
-        if (qt_node_ints(n, "pads", pads, 2 * QT_MAX_DIMS) < 0) {
-            if (n->nin < 2 || !in[1] || qt_shape_numel(&in[1]->shape) != 2 * r)
-                return QT_LOWER_HOST;
-            for (int i = 0; i < 2 * r; i++) pads[i] = qt_tensor_get_i(in[1], i);
-        }
+        if (qt_pad_amounts(n, n->nin > 1 ? in[1] : NULL, pads) != 2 * r) return QT_LOWER_HOST;
         p->ndim = r;
-        p->value = qt_node_float(n, "value", 0.0f);
-        if (n->nin > 2 && in[2]) p->value = (float)qt_tensor_get_f(in[2], 0);
+        p->value = (float)qt_pad_value(n, n->nin > 2 ? in[2] : NULL);
         for (int i = 0; i < r; i++) {
             p->shape[i] = xs->d[i];
             p->begin[i] = pads[i];
