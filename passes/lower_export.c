@@ -1006,10 +1006,11 @@ static int requant_conv(struct lower *L, const struct qt_export_range *r, int k)
             bs[c] = sx * ((const float *)sw->data)[ns > 1 ? c : 0];
             const double q = rint((double)((const float *)b->data)[c] / (double)bs[c]);
             if (!(bs[c] > 0) || !(fabs(q) < 2147483647.0)) {
+                qt_err(L->e, "layer '%s': bias %g is beyond int32 steps of %g", r->conv,
+                       (double)((const float *)b->data)[c], (double)bs[c]);
                 qt_tensor_free(bq);
                 free(bs);
-                return qt_err(L->e, "layer '%s': bias %g is beyond int32 steps of %g", r->conv,
-                              (double)((const float *)b->data)[c], (double)bs[c]);
+                return -1;
             }
             ((int32_t *)bq->data)[c] = (int32_t)q;
         }
